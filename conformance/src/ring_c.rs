@@ -1,0 +1,1 @@
+//! ring.h peers, written in C (c/ring_peers.c).

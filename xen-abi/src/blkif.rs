@@ -1,0 +1,1 @@
+//! TODO(owner): `blkif` is being written.

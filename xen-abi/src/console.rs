@@ -1,0 +1,1 @@
+//! TODO(owner): `console` is being written.

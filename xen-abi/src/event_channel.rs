@@ -1,0 +1,1 @@
+//! TODO(owner): `event_channel` is being written.

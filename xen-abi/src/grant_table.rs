@@ -1,0 +1,1 @@
+//! TODO(owner): `grant_table` is being written.

@@ -1,0 +1,1 @@
+//! TODO(owner): `hvm_start_info` is being written.

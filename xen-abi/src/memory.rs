@@ -1,0 +1,1 @@
+//! TODO(owner): `memory` is being written.

@@ -1,0 +1,1 @@
+//! TODO(owner): `netif` is being written.

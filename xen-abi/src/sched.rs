@@ -1,0 +1,1 @@
+//! TODO(owner): `sched` is being written.

@@ -1,0 +1,1 @@
+//! TODO(owner): `version` is being written.

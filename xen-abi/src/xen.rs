@@ -1,0 +1,1 @@
+//! TODO(owner): `xen` is being written.

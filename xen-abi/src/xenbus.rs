@@ -1,0 +1,1 @@
+//! TODO(owner): `xenbus` is being written.

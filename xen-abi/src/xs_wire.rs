@@ -1,0 +1,1 @@
+//! TODO(owner): `xs_wire` is being written.
