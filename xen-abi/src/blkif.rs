@@ -1,1 +1,0 @@
-//! TODO(owner): `blkif` is being written.
