@@ -1,0 +1,93 @@
+/* start_info, shared_info, vcpu_info, vcpu_time_info and their arch parts (xen.h, arch-x86/xen.h,
+ * arch-x86/xen-x86_64.h), x86-64. */
+#include "abi_table.h"
+#include <xen/xen.h>
+
+#define MEMBER_SIZE(T, F) { "size:" #T "." #F, (long long)sizeof(((T *)0)->F) }
+
+static const struct abi_entry entries[] = {
+    ABI_CONST(XEN_LEGACY_MAX_VCPUS),
+    ABI_CONST(XEN_PVCLOCK_TSC_STABLE_BIT),
+    ABI_CONST(XEN_PVCLOCK_GUEST_STOPPED),
+    ABI_CONST(MAX_GUEST_CMDLINE),
+    ABI_CONST(SIF_PRIVILEGED),
+    ABI_CONST(SIF_INITDOMAIN),
+    ABI_CONST(SIF_MULTIBOOT_MOD),
+    ABI_CONST(SIF_MOD_START_PFN),
+    ABI_CONST(SIF_VIRT_P2M_4TOOLS),
+    ABI_CONST(SIF_PM_MASK),
+
+    ABI_TYPE(struct vcpu_time_info),
+    ABI_OFFSET(struct vcpu_time_info, version),
+    ABI_OFFSET(struct vcpu_time_info, pad0),
+    ABI_OFFSET(struct vcpu_time_info, tsc_timestamp),
+    ABI_OFFSET(struct vcpu_time_info, system_time),
+    ABI_OFFSET(struct vcpu_time_info, tsc_to_system_mul),
+    ABI_OFFSET(struct vcpu_time_info, tsc_shift),
+    ABI_OFFSET(struct vcpu_time_info, flags),
+    ABI_OFFSET(struct vcpu_time_info, pad1),
+
+    ABI_TYPE(struct arch_vcpu_info),
+    ABI_OFFSET(struct arch_vcpu_info, cr2),
+    ABI_OFFSET(struct arch_vcpu_info, pad),
+
+    ABI_TYPE(struct vcpu_info),
+    ABI_OFFSET(struct vcpu_info, evtchn_upcall_pending),
+    ABI_OFFSET(struct vcpu_info, evtchn_upcall_mask),
+    ABI_OFFSET(struct vcpu_info, evtchn_pending_sel),
+    ABI_OFFSET(struct vcpu_info, arch),
+    ABI_OFFSET(struct vcpu_info, time),
+
+    ABI_TYPE(struct arch_shared_info),
+    ABI_OFFSET(struct arch_shared_info, max_pfn),
+    ABI_OFFSET(struct arch_shared_info, pfn_to_mfn_frame_list_list),
+    ABI_OFFSET(struct arch_shared_info, nmi_reason),
+    ABI_OFFSET(struct arch_shared_info, p2m_cr3),
+    ABI_OFFSET(struct arch_shared_info, p2m_vaddr),
+    ABI_OFFSET(struct arch_shared_info, p2m_generation),
+
+    ABI_TYPE(struct shared_info),
+    ABI_OFFSET(struct shared_info, vcpu_info),
+    ABI_OFFSET(struct shared_info, evtchn_pending),
+    ABI_OFFSET(struct shared_info, evtchn_mask),
+    ABI_OFFSET(struct shared_info, wc_version),
+    ABI_OFFSET(struct shared_info, wc_sec),
+    ABI_OFFSET(struct shared_info, wc_nsec),
+    ABI_OFFSET(struct shared_info, wc_sec_hi),
+    ABI_OFFSET(struct shared_info, arch),
+    MEMBER_SIZE(struct shared_info, vcpu_info),
+    MEMBER_SIZE(struct shared_info, evtchn_pending),
+    MEMBER_SIZE(struct shared_info, evtchn_mask),
+
+    ABI_TYPE(struct start_info),
+    ABI_OFFSET(struct start_info, magic),
+    ABI_OFFSET(struct start_info, nr_pages),
+    ABI_OFFSET(struct start_info, shared_info),
+    ABI_OFFSET(struct start_info, flags),
+    ABI_OFFSET(struct start_info, store_mfn),
+    ABI_OFFSET(struct start_info, store_evtchn),
+    ABI_OFFSET(struct start_info, console),
+    ABI_OFFSET(struct start_info, console.domU.mfn),
+    ABI_OFFSET(struct start_info, console.domU.evtchn),
+    ABI_OFFSET(struct start_info, console.dom0.info_off),
+    ABI_OFFSET(struct start_info, console.dom0.info_size),
+    ABI_OFFSET(struct start_info, pt_base),
+    ABI_OFFSET(struct start_info, nr_pt_frames),
+    ABI_OFFSET(struct start_info, mfn_list),
+    ABI_OFFSET(struct start_info, mod_start),
+    ABI_OFFSET(struct start_info, mod_len),
+    ABI_OFFSET(struct start_info, cmd_line),
+    ABI_OFFSET(struct start_info, first_p2m_pfn),
+    ABI_OFFSET(struct start_info, nr_p2m_frames),
+    MEMBER_SIZE(struct start_info, magic),
+    MEMBER_SIZE(struct start_info, console),
+    MEMBER_SIZE(struct start_info, cmd_line),
+
+    ABI_TYPE(struct xen_multiboot_mod_list),
+    ABI_OFFSET(struct xen_multiboot_mod_list, mod_start),
+    ABI_OFFSET(struct xen_multiboot_mod_list, mod_end),
+    ABI_OFFSET(struct xen_multiboot_mod_list, cmdline),
+    ABI_OFFSET(struct xen_multiboot_mod_list, pad),
+};
+
+ABI_TABLE(xen, entries)
