@@ -1,1 +1,0 @@
-//! TODO(owner): `netif` is being written.
