@@ -555,16 +555,16 @@ impl Iterator for TxResponses {
         }
         self.pos += 1;
         if pos == 0 {
-            return Some(NetifTxResponse::new(self.id, self.status));
+            return Some(NetifTxResponse::from_status(self.id, self.status));
         }
         if pos <= self.extras {
-            return Some(NetifTxResponse::new(self.id, NetifRspStatus::Null));
+            return Some(NetifTxResponse::from_status(self.id, NetifRspStatus::Null));
         }
         let id = match &self.ids {
             TxResponseIds::None => return None,
             TxResponseIds::Packet((ids, _)) => *ids.get(pos - 1 - self.extras)?,
         };
-        Some(NetifTxResponse::new(id, self.status))
+        Some(NetifTxResponse::from_status(id, self.status))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

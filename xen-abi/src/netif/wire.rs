@@ -586,12 +586,14 @@ pub struct NetifTxResponse {
 }
 
 impl NetifTxResponse {
-    /// The response to request `id` with `status` (the struct has no padding to leak).
-    pub const fn new(id: u16, status: NetifRspStatus) -> Self {
-        Self {
-            id,
-            status: status as i16,
-        }
+    /// The response to request `id` with a raw `NETIF_RSP_*` `status` (the struct has no padding to leak).
+    pub const fn new(id: u16, status: i16) -> Self {
+        Self { id, status }
+    }
+
+    /// The response to request `id` with a typed status.
+    pub const fn from_status(id: u16, status: NetifRspStatus) -> Self {
+        Self { id, status: status as i16 }
     }
 
     /// The typed status, or an error for a value `io/netif.h` does not define.
