@@ -510,6 +510,11 @@ impl BlkifSringEntry {
     pub fn as_bytes_array(&self) -> &[u8; size_of::<BlkifRequest>()] {
         &self.bytes
     }
+
+    /// A slot holding these 112 bytes (copied, for instance, out of shared memory).
+    pub const fn from_bytes_array(bytes: [u8; size_of::<BlkifRequest>()]) -> Self {
+        Self { bytes }
+    }
 }
 
 /// The native blkif ring protocol (`DEFINE_RING_TYPES(blkif, ...)` in `io/blkif.h`): `"x86_64-abi"` and

@@ -347,6 +347,11 @@ impl BlkifSringEntry {
     pub fn as_bytes_array(&self) -> &[u8; size_of::<BlkifRequest>()] {
         &self.bytes
     }
+
+    /// A slot holding these 108 bytes (copied, for instance, out of shared memory).
+    pub const fn from_bytes_array(bytes: [u8; size_of::<BlkifRequest>()]) -> Self {
+        Self { bytes }
+    }
 }
 
 // Prefix views for `zerocopy::transmute!`; no C counterpart.
