@@ -1,1 +1,0 @@
-//! TODO(owner): `xs_wire` is being written.
