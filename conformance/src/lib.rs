@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CStr, c_char};
 
+pub mod peers;
 pub mod ring_c;
 
 /// One entry of a layout table: a key such as `offset:blkif_request_t.id`, and its value.
@@ -131,9 +132,10 @@ macro_rules! offset {
 /// Constants whose Rust name equals the C name, read from module `$m`.
 #[macro_export]
 macro_rules! consts {
-    ($($m:ident)::+ ; $($name:ident),* $(,)?) => {
-        vec![$( $crate::Entry::new(concat!("const:", stringify!($name)), $($m)::+::$name as i64) ),*]
-    };
+    ($($m:ident)::+ ; $($name:ident),* $(,)?) => {{
+        use $($m)::+ as consts_module;
+        vec![$( $crate::Entry::new(concat!("const:", stringify!($name)), consts_module::$name as i64) ),*]
+    }};
 }
 
 /// A constant whose Rust spelling differs from its C name.
