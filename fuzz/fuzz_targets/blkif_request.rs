@@ -125,7 +125,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let req32 = x86_32::BlkifSringEntry::from_bytes_array(*slot32).request();
     let native = req32.to_native();
-    assert_eq!(native.id, req32.id);
+    assert_eq!(native.id, { req32.id });
     assert_eq!(native.operation, req32.operation);
     assert_eq!(
         x86_32::BlkifRequest::from_native(&native).to_native(),
