@@ -192,6 +192,11 @@ impl XenNetifCtrlRequest {
         }
     }
 
+    /// The request in the bytes of a control ring slot (fields in native byte order).
+    pub fn from_ne_bytes(bytes: [u8; 16]) -> Self {
+        zerocopy::transmute!(bytes)
+    }
+
     /// Validates a copied control request against `limits` and decodes it. Answer a failure with
     /// [`XenNetifCtrlResponse::from_result`] (its status is [`NetifError::ctrl_status`]).
     pub fn validate(&self, limits: &CtrlLimits) -> Result<CtrlOp, NetifError> {

@@ -543,6 +543,12 @@ impl NetifTxRequest {
         }
     }
 
+    /// The request in the bytes of a TX ring slot (fields in native byte order, as a front end on the
+    /// same machine wrote them).
+    pub fn from_ne_bytes(bytes: [u8; 12]) -> Self {
+        zerocopy::transmute!(bytes)
+    }
+
     /// The flags, with bits that `io/netif.h` does not define kept.
     pub const fn tx_flags(&self) -> NetTxFlags {
         NetTxFlags::from_bits_retain(self.flags)
@@ -593,7 +599,10 @@ impl NetifTxResponse {
 
     /// The response to request `id` with a typed status.
     pub const fn from_status(id: u16, status: NetifRspStatus) -> Self {
-        Self { id, status: status as i16 }
+        Self {
+            id,
+            status: status as i16,
+        }
     }
 
     /// The typed status, or an error for a value `io/netif.h` does not define.
@@ -619,6 +628,11 @@ impl NetifRxRequest {
     /// A request from its fields, `pad` zeroed.
     pub const fn new(id: u16, gref: u32) -> Self {
         Self { id, pad: 0, gref }
+    }
+
+    /// The request in the bytes of an RX ring slot (fields in native byte order).
+    pub fn from_ne_bytes(bytes: [u8; 8]) -> Self {
+        zerocopy::transmute!(bytes)
     }
 }
 
