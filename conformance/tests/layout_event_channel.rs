@@ -53,7 +53,7 @@ fn layout_matches_event_channel_h() {
         layout!(EvtchnExpandArray => "struct evtchn_expand_array" { array_gfn }),
         layout!(EvtchnSetPriority => "struct evtchn_set_priority" { port, priority }),
         layout!(EvtchnOp => "struct evtchn_op" { cmd, u }),
-        const_as!("size:struct evtchn_op.u" = EVTCHN_OP_ARGS_SIZE),
+        vec![Entry::new("size:struct evtchn_op.u", EVTCHN_OP_ARGS_SIZE as i64)],
         layout!(EvtchnFifoControlBlock => "struct evtchn_fifo_control_block" { ready, _rsvd, head }),
         consts!(xen_abi::event_channel;
             EVTCHNOP_bind_interdomain, EVTCHNOP_bind_virq, EVTCHNOP_bind_pirq, EVTCHNOP_close, EVTCHNOP_send,
