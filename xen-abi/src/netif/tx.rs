@@ -344,22 +344,16 @@ impl<const N: usize> TxPacket<N> {
     /// each fragment (with its own id), `NETIF_RSP_NULL` for each extra slot (with the first request's
     /// id), as Linux netback answers.
     pub fn responses(&self, status: NetifRspStatus) -> TxResponses {
-        TxResponses::new(
-            self.id(),
-            status,
-            self.extras.len(),
-            TxResponseIds::Packet(self.fragment_ids()),
-        )
+        TxResponses::new(self.id(), status, self.extras.len(), self.fragment_ids())
     }
 
-    fn fragment_ids(&self) -> ([u16; MAX_RESPONSE_IDS], usize) {
-        let mut ids = [0u16; MAX_RESPONSE_IDS];
-        let mut n = 0;
-        for (slot, f) in ids.iter_mut().zip(self.fragments().iter().skip(1)) {
+    fn fragment_ids(&self) -> TxResponseIds {
+        let mut out = TxResponseIds::NONE;
+        for (slot, f) in out.ids.iter_mut().zip(self.fragments().iter().skip(1)) {
             *slot = f.id;
-            n += 1;
+            out.len += 1;
         }
-        (ids, n)
+        out
     }
 
     /// Writes the packet's slots into `out` (a front end's view: first request with the total size,
@@ -443,7 +437,7 @@ impl TxMulticast {
             self.request.id,
             status,
             self.extras.len(),
-            TxResponseIds::None,
+            TxResponseIds::NONE,
         )
     }
 
@@ -509,10 +503,18 @@ impl<const N: usize> TxParsed<N> {
 
 const MAX_RESPONSE_IDS: usize = 256;
 
+/// The ids of a packet's fragments after the first, in ring order (none for a multicast request).
 #[derive(Clone, Copy, Debug)]
-enum TxResponseIds {
-    None,
-    Packet(([u16; MAX_RESPONSE_IDS], usize)),
+struct TxResponseIds {
+    ids: [u16; MAX_RESPONSE_IDS],
+    len: usize,
+}
+
+impl TxResponseIds {
+    const NONE: Self = Self {
+        ids: [0; MAX_RESPONSE_IDS],
+        len: 0,
+    };
 }
 
 /// The responses of one packet, in ring order (see [`TxPacket::responses`]).
@@ -537,11 +539,7 @@ impl TxResponses {
     }
 
     fn total(&self) -> usize {
-        let frags = match &self.ids {
-            TxResponseIds::None => 0,
-            TxResponseIds::Packet((_, n)) => *n,
-        };
-        1 + self.extras + frags
+        1 + self.extras + self.ids.len
     }
 }
 
@@ -560,10 +558,7 @@ impl Iterator for TxResponses {
         if pos <= self.extras {
             return Some(NetifTxResponse::from_status(self.id, NetifRspStatus::Null));
         }
-        let id = match &self.ids {
-            TxResponseIds::None => return None,
-            TxResponseIds::Packet((ids, _)) => *ids.get(pos - 1 - self.extras)?,
-        };
+        let id = *self.ids.ids.get(pos - 1 - self.extras)?;
         Some(NetifTxResponse::from_status(id, self.status))
     }
 
