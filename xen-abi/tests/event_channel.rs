@@ -214,7 +214,7 @@ fn event_flood_during_a_scan_does_not_extend_it() {
     }
     let mut n = 0;
     let mut scan = b.scan(v, usize::MAX);
-    while let Some(port) = scan.next() {
+    for port in scan.by_ref() {
         n += 1;
         assert!(n <= 4096);
         let _ = b.send(port, &v).unwrap();
