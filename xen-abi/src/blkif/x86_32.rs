@@ -4,7 +4,7 @@
 //! aligned there, so there is no padding before `id` (offset 4, not 8), a request is 108 bytes, a
 //! response 12, and the indirect request carries the explicit `pad` that the header adds under
 //! `__i386__`. `#[repr(C, packed(4))]` gives Rust the same layout; the conformance tests compare it with
-//! `gcc -m32`.
+//! `gcc -m32`. Being packed, their fields cannot be borrowed: copy one out first (`{ req.id }`).
 //!
 //! A back end serving such a front end copies each request out of its 108-byte slot, turns it into the
 //! native [`super::BlkifRequest`] with [`BlkifRequest::to_native`] (what Linux's blkback does in
