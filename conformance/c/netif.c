@@ -1,7 +1,15 @@
 /* Layout and constants of the network device protocol (io/netif.h). */
 #include "abi_table.h"
 #include <xen/io/ring.h>
+#define XEN_NETIF_DEFINE_TOEPLITZ
 #include <xen/io/netif.h>
+
+/* The header's own Toeplitz hash, for the Rust one to be compared with. */
+uint32_t netif_c_toeplitz_hash(const uint8_t *key, unsigned int keylen, const uint8_t *buf, unsigned int buflen);
+uint32_t netif_c_toeplitz_hash(const uint8_t *key, unsigned int keylen, const uint8_t *buf, unsigned int buflen)
+{
+    return xen_netif_toeplitz_hash(key, keylen, buf, buflen);
+}
 
 /* The anonymous members of netif_extra_info's union have no type name: size and alignment by expression. */
 #define ABI_MEMBER(T, M) \

@@ -191,3 +191,43 @@ fn typed_enums_and_flags_use_the_header_values() {
     );
     assert_eq!(NetifRspStatus::Null as i16, NETIF_RSP_NULL);
 }
+
+unsafe extern "C" {
+    fn netif_c_toeplitz_hash(key: *const u8, keylen: u32, buf: *const u8, buflen: u32) -> u32;
+}
+
+fn c_toeplitz(key: &[u8], buf: &[u8]) -> u32 {
+    // SAFETY: the C function reads exactly `keylen` bytes of `key` and `buflen` bytes of `buf`, which are
+    // the lengths of the two live slices; it keeps no pointer after returning.
+    unsafe {
+        netif_c_toeplitz_hash(
+            key.as_ptr(),
+            key.len() as u32,
+            buf.as_ptr(),
+            buf.len() as u32,
+        )
+    }
+}
+
+#[test]
+fn toeplitz_hash_matches_netif_h() {
+    // The Microsoft RSS verification key and its first IPv4 example (66.9.149.187 -> 161.142.100.80).
+    let key: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
+        0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
+        0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
+    let ipv4 = [66, 9, 149, 187, 161, 142, 100, 80];
+    assert_eq!(c_toeplitz(&key, &ipv4), 0x323e_8fc2);
+    assert_eq!(netif::toeplitz_hash(&key, &ipv4), 0x323e_8fc2);
+}
+
+proptest::proptest! {
+    #[test]
+    fn toeplitz_hash_equals_the_header_code(
+        key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+        buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+    ) {
+        proptest::prop_assert_eq!(netif::toeplitz_hash(&key, &buf), c_toeplitz(&key, &buf));
+    }
+}

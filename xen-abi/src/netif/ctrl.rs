@@ -346,3 +346,26 @@ pub fn validate_hash_mapping_bytes(
     }
     Ok(table)
 }
+
+/// The Toeplitz hash of `buf` under `key`, as `xen_netif_toeplitz_hash` in `io/netif.h` computes it (key
+/// octets beyond `key.len()` count as zero). Use it to check or compute the value of a hash extra with
+/// [`HashAlgorithm::Toeplitz`]. Bounded by `buf.len()`; never panics.
+#[doc(alias = "xen_netif_toeplitz_hash")]
+pub fn toeplitz_hash(key: &[u8], buf: &[u8]) -> u32 {
+    let key_byte = |i: usize| u64::from(key.get(i).copied().unwrap_or(0));
+    // The left-most 64 bits of the key register; the upper 32 are the "left-most 32 bits of Key[]".
+    let mut window: u64 = (0..8).fold(0, |acc, i| (acc << 8) | key_byte(i));
+    let mut next_key = 8usize;
+    let mut hash: u64 = 0;
+    for &byte in buf {
+        for bit in (0..8).rev() {
+            if byte & (1 << bit) != 0 {
+                hash ^= window;
+            }
+            window <<= 1;
+        }
+        window |= key_byte(next_key);
+        next_key = next_key.saturating_add(1);
+    }
+    (hash >> 32) as u32
+}
