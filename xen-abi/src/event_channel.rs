@@ -603,6 +603,27 @@ mod two_level {
     /// Both sides use them at once: the hypervisor (or whoever plays it) sets pending bits and reads
     /// masks; the guest sets and clears masks and takes pending bits. Every access is one atomic
     /// read-modify-write or load (`SeqCst`), like Xen's `guest_test_and_set_bit` and friends.
+    ///
+    /// The words may live anywhere: in a live `shared_info` page, the code that maps the page provides the
+    /// atomics (for example with zerocopy's `mut_from_bytes`, `AtomicU64` being `FromBytes`).
+    ///
+    /// ```
+    /// use core::sync::atomic::{AtomicU8, AtomicU64};
+    /// use xen_abi::event_channel::{EVTCHN_2L_NR_WORDS, Notify, TwoLevel, VcpuEvents};
+    ///
+    /// let pending: [AtomicU64; EVTCHN_2L_NR_WORDS] = core::array::from_fn(|_| AtomicU64::new(0));
+    /// let mask: [AtomicU64; EVTCHN_2L_NR_WORDS] = core::array::from_fn(|_| AtomicU64::new(0));
+    /// let (sel, upcall) = (AtomicU64::new(0), AtomicU8::new(0));
+    /// let vcpu = VcpuEvents { pending_sel: &sel, upcall_pending: &upcall };
+    /// let events = TwoLevel::new(&pending, &mask);
+    ///
+    /// // The hypervisor's side: send, and kick the vCPU if told to.
+    /// assert_eq!(events.send(70, &vcpu), Ok(Notify::Upcall));
+    /// assert_eq!(events.send(70, &vcpu), Ok(Notify::AlreadyPending));
+    /// // The guest's side, in its upcall handler: at most 64 ports this time.
+    /// let ports: Vec<u32> = events.scan(vcpu, 64).collect();
+    /// assert_eq!(ports, [70]);
+    /// ```
     #[derive(Clone, Copy, Debug)]
     pub struct TwoLevel<'a> {
         pending: &'a [AtomicU64; EVTCHN_2L_NR_WORDS],
