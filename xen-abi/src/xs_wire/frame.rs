@@ -13,7 +13,7 @@ use super::{
 
 /// A complete XenStore message: a typed header and its payload, at most [`XENSTORE_PAYLOAD_MAX`] bytes
 /// when it comes from a parser. `P` is `&[u8]` ([`MessageRef`]) or, with `alloc`, `Vec<u8>`
-/// ([`OwnedMessage`]).
+/// (`OwnedMessage`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Message<P> {
     /// The type.

@@ -14,9 +14,9 @@
 //! - pure byte-ring index helpers ([`ring_used`], [`output_chunk`], [`copy_from_ring`], ...) that give
 //!   a typed error when the peer's indices claim more than [`XENSTORE_RING_SIZE`] bytes;
 //! - framing: [`MessageRef::parse`] over a complete byte slice (no allocation) and, with feature `alloc`,
-//!   the incremental [`FrameParser`], which never buffers more than one header plus 4096 bytes;
+//!   the incremental `FrameParser`, which never buffers more than one header plus 4096 bytes;
 //! - serializing into a caller's buffer ([`MessageWriter`], [`encode_error`], [`encode_ok`],
-//!   [`encode_watch_event`], ...) or, with `alloc`, into a `Vec` ([`OwnedMessage`]);
+//!   [`encode_watch_event`], ...) or, with `alloc`, into a `Vec` (`OwnedMessage`);
 //! - payload parsing per message type ([`Request::parse`], [`WatchEvent::parse`], [`parse_error`]) and
 //!   path validation with the rules of C xenstored ([`check_path`], [`resolve_path`]).
 //!
