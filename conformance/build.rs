@@ -23,7 +23,8 @@ fn c_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let c_dir = manifest.join("c");
     println!("cargo:rerun-if-changed={}", c_dir.display());
@@ -57,11 +58,17 @@ fn main() {
 
     let compiler = std::env::var("CC_X86_32").unwrap_or_else(|_| "gcc".to_owned());
     for file in c_files(&c_dir.join("x86_32")) {
-        let name = file.file_stem().expect("file stem").to_string_lossy().into_owned();
+        let name = file
+            .file_stem()
+            .expect("file stem")
+            .to_string_lossy()
+            .into_owned();
         let exe = out.join(format!("{name}_x86_32"));
         let status = Command::new(&compiler)
             .args(["-m32", "-O2", "-std=gnu11", "-Wall", "-Werror"])
-            .arg(format!("-D__XEN_INTERFACE_VERSION__={XEN_INTERFACE_VERSION}"))
+            .arg(format!(
+                "-D__XEN_INTERFACE_VERSION__={XEN_INTERFACE_VERSION}"
+            ))
             .arg("-I")
             .arg(&c_dir)
             .arg(&file)
@@ -77,6 +84,10 @@ fn main() {
             file.display()
         );
         println!("cargo:rerun-if-changed={}", file.display());
-        println!("cargo:rustc-env=ABI_X86_32_{}={}", name.to_uppercase(), exe.display());
+        println!(
+            "cargo:rustc-env=ABI_X86_32_{}={}",
+            name.to_uppercase(),
+            exe.display()
+        );
     }
 }

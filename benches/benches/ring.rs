@@ -12,7 +12,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use blanket_conformance::peers::{Events, blkif, rust_back_run, rust_front_run, rust_single_thread_run};
+use blanket_conformance::peers::{
+    Events, blkif, rust_back_run, rust_front_run, rust_single_thread_run,
+};
 use blanket_conformance::ring_c::{c_back_run, c_blkif_single_thread_run, c_front_run};
 use criterion::{Criterion, Throughput, criterion_group};
 use xen_abi::ring::{FrontRing, RingPages};
@@ -34,7 +36,10 @@ impl Events for NoEvents {
 static SAMPLES: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
 
 fn record(name: &'static str, elapsed: Duration, requests: u64) {
-    SAMPLES.lock().unwrap().push((name, elapsed.as_nanos() as f64 / requests as f64));
+    SAMPLES
+        .lock()
+        .unwrap()
+        .push((name, elapsed.as_nanos() as f64 / requests as f64));
 }
 
 fn two_threads(c: bool) -> Duration {
@@ -57,7 +62,11 @@ fn two_threads(c: bool) -> Duration {
         (front, back.join().unwrap())
     });
     let elapsed = start.elapsed();
-    assert_eq!((f.done, f.bad, b.done, b.bad), (N, 0, N, 0), "every request answered correctly");
+    assert_eq!(
+        (f.done, f.bad, b.done, b.bad),
+        (N, 0, N, 0),
+        "every request answered correctly"
+    );
     elapsed
 }
 
@@ -67,7 +76,11 @@ fn bench_two_threads(cr: &mut Criterion) {
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(8));
     for (name, c) in [("ring_h_c", true), ("xen_abi", false)] {
-        let key: &'static str = if c { "two_threads/ring_h_c" } else { "two_threads/xen_abi" };
+        let key: &'static str = if c {
+            "two_threads/ring_h_c"
+        } else {
+            "two_threads/xen_abi"
+        };
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -103,7 +116,10 @@ fn bench_single_thread(cr: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                assert_eq!(rust_single_thread_run::<blkif, _>(&pages, ROUNDS, BATCH).unwrap(), 0);
+                assert_eq!(
+                    rust_single_thread_run::<blkif, _>(&pages, ROUNDS, BATCH).unwrap(),
+                    0
+                );
             }
             let t = start.elapsed();
             record("single_thread/xen_abi", t, requests * iters);
@@ -116,12 +132,22 @@ fn bench_single_thread(cr: &mut Criterion) {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn print_ratios() {
     let samples = SAMPLES.lock().unwrap();
-    let of = |name: &str| samples.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect::<Vec<_>>();
+    let of = |name: &str| {
+        samples
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .collect::<Vec<_>>()
+    };
     println!("\nring.h (C, -O2) against xen-abi, median ns per request over criterion's samples:");
     for group in ["two_threads", "single_thread"] {
         let c = of(&format!("{group}/ring_h_c"));

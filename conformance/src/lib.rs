@@ -31,7 +31,10 @@ pub struct Entry {
 impl Entry {
     /// An entry from a key and a value.
     pub fn new(key: impl Into<String>, value: i64) -> Self {
-        Self { key: key.into(), value }
+        Self {
+            key: key.into(),
+            value,
+        }
     }
 }
 
@@ -85,7 +88,11 @@ pub fn x86_32_table(program: &str) -> Vec<Entry> {
     let output = std::process::Command::new(program)
         .output()
         .unwrap_or_else(|e| panic!("running the x86_32 layout program {program}: {e}"));
-    assert!(output.status.success(), "{program} failed: {:?}", output.status);
+    assert!(
+        output.status.success(),
+        "{program} failed: {:?}",
+        output.status
+    );
     let text = String::from_utf8(output.stdout).expect("UTF-8 output");
     let entries: Vec<Entry> = text
         .lines()
@@ -142,7 +149,10 @@ macro_rules! consts {
 #[macro_export]
 macro_rules! const_as {
     ($cname:literal = $value:expr) => {
-        vec![$crate::Entry::new(concat!("const:", $cname), ($value) as i64)]
+        vec![$crate::Entry::new(
+            concat!("const:", $cname),
+            ($value) as i64,
+        )]
     };
 }
 
@@ -176,7 +186,11 @@ pub fn check(what: &str, c: &[Entry], rust: &[Entry]) {
 fn to_map<'a>(what: &str, side: &str, entries: &'a [Entry]) -> BTreeMap<&'a str, i64> {
     let mut map = BTreeMap::new();
     for e in entries {
-        assert!(map.insert(e.key.as_str(), e.value).is_none(), "{what}: {side} lists {} twice", e.key);
+        assert!(
+            map.insert(e.key.as_str(), e.value).is_none(),
+            "{what}: {side} lists {} twice",
+            e.key
+        );
     }
     assert!(!map.is_empty(), "{what}: the {side} table is empty");
     map

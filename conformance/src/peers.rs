@@ -33,12 +33,10 @@ pub trait Proto: RingProtocol {
     fn make_response(req: &Self::Request, ok: bool) -> Self::Response;
     /// Whether `rsp` is the successful answer to request `i`.
     fn response_ok(i: u64, rsp: &Self::Response) -> bool;
-    /// Whether `req` is request `i`.
-    fn request_ok(i: u64, req: &Self::Request) -> bool
-    where
-        Self::Request: PartialEq,
-    {
-        *req == Self::make_request(i)
+    /// Whether `req` is request `i`, compared byte for byte (as the C peers do with `memcmp`).
+    fn request_ok(i: u64, req: &Self::Request) -> bool {
+        use zerocopy::IntoBytes;
+        req.as_bytes() == Self::make_request(i).as_bytes()
     }
 }
 
@@ -57,17 +55,21 @@ impl Proto for blkif {
         r.nr_segments = (1 + i % 11) as u8;
         r.handle = i.wrapping_mul(7) as u16;
         r.sector_number = i.wrapping_mul(8);
-        for k in 0..u64::from(r.nr_segments) {
-            let seg = &mut r.seg[k as usize];
-            seg.gref = i.wrapping_mul(16).wrapping_add(k) as u32;
-            seg.first_sect = (k % 8) as u8;
-            seg.last_sect = 7;
-        }
+        // Two segments carry values; the rest stay zero. The whole request is compared byte for byte.
+        r.seg[0].gref = i.wrapping_mul(16) as u32;
+        r.seg[0].last_sect = 7;
+        r.seg[10].gref = !(i as u32);
+        r.seg[10].first_sect = (i % 8) as u8;
+        r.seg[10].last_sect = 7;
         r
     }
     fn make_response(req: &Self::Request, ok: bool) -> Self::Response {
         use xen_abi::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifResponse};
-        BlkifResponse::new(req.id, req.operation, if ok { BLKIF_RSP_OKAY } else { BLKIF_RSP_ERROR })
+        BlkifResponse::new(
+            req.id,
+            req.operation,
+            if ok { BLKIF_RSP_OKAY } else { BLKIF_RSP_ERROR },
+        )
     }
     fn response_ok(i: u64, rsp: &Self::Response) -> bool {
         rsp.id == i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -146,7 +148,6 @@ where
 pub fn rust_back_run<P, M, E>(mem: M, n: u64, events: Option<&E>) -> Result<PeerStats, RingError>
 where
     P: Proto,
-    P::Request: PartialEq,
     M: RingMemory,
     E: Events,
 {
@@ -188,7 +189,6 @@ where
 pub fn rust_single_thread_run<P, M>(mem: M, rounds: u64, batch: u32) -> Result<u64, RingError>
 where
     P: Proto,
-    P::Request: PartialEq,
     M: RingMemory + Copy,
 {
     let mut front = FrontRing::<M, P>::new(mem)?;

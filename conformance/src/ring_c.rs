@@ -97,9 +97,24 @@ pub struct CFns {
     pub back_push_notify: unsafe extern "C" fn(*mut CRingState) -> i32,
     pub back_push: unsafe extern "C" fn(*mut CRingState),
     pub back_final_check: unsafe extern "C" fn(*mut CRingState) -> i32,
-    pub front_run:
-        unsafe extern "C" fn(*mut c_void, usize, u64, EventFn, EventFn, *mut c_void, *mut PeerStats),
-    pub back_run: unsafe extern "C" fn(*mut c_void, usize, u64, EventFn, EventFn, *mut c_void, *mut PeerStats),
+    pub front_run: unsafe extern "C" fn(
+        *mut c_void,
+        usize,
+        u64,
+        EventFn,
+        EventFn,
+        *mut c_void,
+        *mut PeerStats,
+    ),
+    pub back_run: unsafe extern "C" fn(
+        *mut c_void,
+        usize,
+        u64,
+        EventFn,
+        EventFn,
+        *mut c_void,
+        *mut PeerStats,
+    ),
 }
 
 /// A protocol that has C peers in `c/ring_peers.c`.
@@ -155,7 +170,12 @@ pub struct CBack<'m, P> {
 }
 
 fn empty_state() -> CRingState {
-    CRingState { prod_pvt: 0, cons: 0, nr_ents: 0, sring: std::ptr::null_mut() }
+    CRingState {
+        prod_pvt: 0,
+        cons: 0,
+        nr_ents: 0,
+        sring: std::ptr::null_mut(),
+    }
 }
 
 impl<'m, P: Proto + CFunctions> CFront<'m, P> {
@@ -166,8 +186,20 @@ impl<'m, P: Proto + CFunctions> CFront<'m, P> {
         assert_eq!(unsafe { (P::F.front_ring_size)() }, size_of::<CRingState>());
         // SAFETY: `mem` (a `RingMemory` that lives for 'm, which the returned value carries) is valid for `len()`
         // bytes; the C code only stores the pointer and accesses the ring within `len()` bytes.
-        unsafe { (P::F.front_init)(&mut state, mem.as_ptr().cast(), mem.len(), init_shared.into(), idx) };
-        Self { state, _mem: PhantomData, _p: PhantomData }
+        unsafe {
+            (P::F.front_init)(
+                &mut state,
+                mem.as_ptr().cast(),
+                mem.len(),
+                init_shared.into(),
+                idx,
+            )
+        };
+        Self {
+            state,
+            _mem: PhantomData,
+            _p: PhantomData,
+        }
     }
     /// The private indices.
     pub fn state(&self) -> &CRingState {
@@ -206,7 +238,11 @@ impl<'m, P: Proto + CFunctions> CBack<'m, P> {
         let mut state = empty_state();
         // SAFETY: as in `CFront::new`.
         unsafe { (P::F.back_init)(&mut state, mem.as_ptr().cast(), mem.len(), idx) };
-        Self { state, _mem: PhantomData, _p: PhantomData }
+        Self {
+            state,
+            _mem: PhantomData,
+            _p: PhantomData,
+        }
     }
     /// The private indices.
     pub fn state(&self) -> &CRingState {
@@ -252,23 +288,45 @@ fn run_c<M: RingMemory, E: Events>(
 ) -> PeerStats {
     let mut stats = PeerStats::default();
     let (notify, wait, ctx): (EventFn, EventFn, *mut c_void) = match events {
-        Some(e) => (Some(event_notify::<E>), Some(event_wait::<E>), std::ptr::from_ref(e).cast_mut().cast()),
+        Some(e) => (
+            Some(event_notify::<E>),
+            Some(event_wait::<E>),
+            std::ptr::from_ref(e).cast_mut().cast(),
+        ),
         None => (None, None, std::ptr::null_mut()),
     };
     // SAFETY: the memory is valid for `len()` bytes during the call; `ctx` is a live `&E` (or null with no
     // callbacks), and the callbacks only use it as `&E`; `stats` is a valid out-pointer.
-    unsafe { f(mem.as_ptr().cast(), mem.len(), n, notify, wait, ctx, &mut stats) };
+    unsafe {
+        f(
+            mem.as_ptr().cast(),
+            mem.len(),
+            n,
+            notify,
+            wait,
+            ctx,
+            &mut stats,
+        )
+    };
     stats
 }
 
 /// ring.h's front loop: sends requests `0..n` and checks their responses. With `events`, it notifies and
 /// sleeps through them; without, it spins.
-pub fn c_front_run<P: CFunctions, M: RingMemory, E: Events>(mem: &M, n: u64, events: Option<&E>) -> PeerStats {
+pub fn c_front_run<P: CFunctions, M: RingMemory, E: Events>(
+    mem: &M,
+    n: u64,
+    events: Option<&E>,
+) -> PeerStats {
     run_c(P::F.front_run, mem, n, events)
 }
 
 /// ring.h's back loop: answers `n` requests, checking each.
-pub fn c_back_run<P: CFunctions, M: RingMemory, E: Events>(mem: &M, n: u64, events: Option<&E>) -> PeerStats {
+pub fn c_back_run<P: CFunctions, M: RingMemory, E: Events>(
+    mem: &M,
+    n: u64,
+    events: Option<&E>,
+) -> PeerStats {
     run_c(P::F.back_run, mem, n, events)
 }
 

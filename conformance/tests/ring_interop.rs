@@ -10,7 +10,9 @@
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use blanket_conformance::peers::{Events, PeerStats, Proto, blkif, netif_tx, rust_back_run, rust_front_run};
+use blanket_conformance::peers::{
+    Events, PeerStats, Proto, blkif, netif_tx, rust_back_run, rust_front_run,
+};
 use blanket_conformance::ring_c::{CBack, CFront, CFunctions, Took, c_back_run, c_front_run};
 use proptest::prelude::*;
 use xen_abi::ring::{BackRing, FrontRing, RingIdx, RingMemory, RingPages, SharedIndices};
@@ -84,20 +86,19 @@ impl<M: RingMemory, P: Proto> FrontStep for FrontRing<M, P> {
         }
     }
     fn final_check(&mut self) -> bool {
-        self.final_check_for_responses().expect("a well-behaved back end")
+        self.final_check_for_responses()
+            .expect("a well-behaved back end")
     }
 }
 
-impl<M: RingMemory, P: Proto> BackStep for BackRing<M, P>
-where
-    P::Request: PartialEq,
-{
+impl<M: RingMemory, P: Proto> BackStep for BackRing<M, P> {
     fn serve_one(&mut self, i: u64) -> Took {
         match self.pop_request().expect("a well-behaved front end") {
             None => Took::Nothing,
             Some(req) => {
                 let ok = P::request_ok(i, &req);
-                self.put_response(&P::make_response(&req, ok)).expect("a request to answer");
+                self.put_response(&P::make_response(&req, ok))
+                    .expect("a request to answer");
                 if ok { Took::Good } else { Took::Bad }
             }
         }
@@ -109,7 +110,8 @@ where
         self.push_responses()
     }
     fn final_check(&mut self) -> bool {
-        self.final_check_for_requests().expect("a well-behaved front end")
+        self.final_check_for_requests()
+            .expect("a well-behaved front end")
     }
 }
 
@@ -151,9 +153,15 @@ fn indices(pages: &RingPages) -> SharedIndices {
     let mem: &RingPages = pages;
     // SAFETY: the header's first 16 bytes are four u32 indices; read atomically like both ends do.
     let read = |off: usize| unsafe {
-        std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().add(off).cast()).load(std::sync::atomic::Ordering::SeqCst)
+        std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().add(off).cast())
+            .load(std::sync::atomic::Ordering::SeqCst)
     };
-    SharedIndices { req_prod: read(0), req_event: read(4), rsp_prod: read(8), rsp_event: read(12) }
+    SharedIndices {
+        req_prod: read(0),
+        req_event: read(4),
+        rsp_prod: read(8),
+        rsp_event: read(12),
+    }
 }
 
 fn run_script(
@@ -214,7 +222,10 @@ fn run_script(
             Op::FinalReq => result.push(back.final_check().into()),
             Op::FinalRsp => result.push(front.final_check().into()),
         }
-        trace.push(Step { result, shared: indices(pages) });
+        trace.push(Step {
+            result,
+            shared: indices(pages),
+        });
     }
     trace
 }
@@ -224,14 +235,18 @@ fn run_script(
 fn lock_step<P>(start: RingIdx, ops: &[Op], c_front: bool, c_back: bool) -> Vec<Step>
 where
     P: Proto + CFunctions,
-    P::Request: PartialEq,
 {
     let pages = RingPages::new(0);
     {
         // Initialise with ring.h, then move every index to `start` as if the ring had been used that long.
         let _init = CFront::<P>::new(&pages, true, 0);
         let mem: &RingPages = &pages;
-        for (off, v) in [(0, start), (4, start.wrapping_add(1)), (8, start), (12, start.wrapping_add(1))] {
+        for (off, v) in [
+            (0, start),
+            (4, start.wrapping_add(1)),
+            (8, start),
+            (12, start.wrapping_add(1)),
+        ] {
             // SAFETY: offsets within the header; atomic access, as both ends use.
             unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().add(off).cast()) }
                 .store(v, std::sync::atomic::Ordering::SeqCst);
@@ -262,7 +277,6 @@ where
 fn all_four_agree<P>(start: RingIdx, ops: &[Op]) -> Result<(), TestCaseError>
 where
     P: Proto + CFunctions,
-    P::Request: PartialEq,
 {
     let reference = lock_step::<P>(start, ops, true, true);
     for (c_front, c_back) in [(true, false), (false, true), (false, false)] {
@@ -283,7 +297,12 @@ where
 }
 
 fn interesting_start() -> impl Strategy<Value = RingIdx> {
-    prop_oneof![Just(0u32), Just((1u32 << 31) - 50), Just(u32::MAX - 50), any::<u32>()]
+    prop_oneof![
+        Just(0u32),
+        Just((1u32 << 31) - 50),
+        Just(u32::MAX - 50),
+        any::<u32>()
+    ]
 }
 
 proptest! {
@@ -318,15 +337,25 @@ fn front_ring_init_writes_the_header_that_ring_h_writes() {
     let header = |p: &RingPages| {
         let mem: &RingPages = p;
         // SAFETY: reading the 64-byte header of a page we own.
-        (0..64).map(|off| unsafe { mem.as_ptr().add(off).read_volatile() }).collect::<Vec<u8>>()
+        (0..64)
+            .map(|off| unsafe { mem.as_ptr().add(off).read_volatile() })
+            .collect::<Vec<u8>>()
     };
     assert_eq!(header(&c_pages), header(&r_pages));
     assert_eq!(c.state().nr_ents, r.size(), "__RING_SIZE");
-    assert_eq!(r.size(), 32, "blkif: (4096 - 64) / 112 = 36, rounded down to 32");
+    assert_eq!(
+        r.size(),
+        32,
+        "blkif: (4096 - 64) / 112 = 36, rounded down to 32"
+    );
     let multi = RingPages::new(2);
     let c = CFront::<netif_tx>::new(&multi, true, 0);
     let r = FrontRing::<_, netif_tx>::new(&multi).unwrap();
-    assert_eq!(c.state().nr_ents, r.size(), "__RING_SIZE of a 4-page netif tx ring");
+    assert_eq!(
+        c.state().nr_ents,
+        r.size(),
+        "__RING_SIZE of a 4-page netif tx ring"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -348,14 +377,19 @@ struct End<'a> {
 
 impl Events for End<'_> {
     fn notify(&self) {
-        self.to_peer.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.to_peer
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *self.to_peer.pending.lock().unwrap() = true;
         self.to_peer.cond.notify_one();
     }
     fn wait(&self) {
         let guard = self.to_me.pending.lock().unwrap();
-        let (mut guard, timeout) =
-            self.to_me.cond.wait_timeout_while(guard, Duration::from_secs(30), |pending| !*pending).unwrap();
+        let (mut guard, timeout) = self
+            .to_me
+            .cond
+            .wait_timeout_while(guard, Duration::from_secs(30), |pending| !*pending)
+            .unwrap();
         if timeout.timed_out() {
             // A panic cannot unwind through the C loop that may be calling us.
             eprintln!("lost wake-up: an end slept 30 s after a final check without being notified");
@@ -376,13 +410,18 @@ enum Impl {
 fn concurrent<P>(front: Impl, back: Impl) -> (PeerStats, PeerStats)
 where
     P: Proto + CFunctions,
-    P::Request: PartialEq,
 {
     let pages = RingPages::new(0);
     FrontRing::<_, P>::new(&pages).unwrap();
     let (to_front, to_back) = (Channel::default(), Channel::default());
-    let front_end = End { to_me: &to_front, to_peer: &to_back };
-    let back_end = End { to_me: &to_back, to_peer: &to_front };
+    let front_end = End {
+        to_me: &to_front,
+        to_peer: &to_back,
+    };
+    let back_end = End {
+        to_me: &to_back,
+        to_peer: &to_front,
+    };
     let (fs, bs) = std::thread::scope(|s| {
         let b = s.spawn(|| match back {
             Impl::C => c_back_run::<P, _, _>(&&pages, N, Some(&back_end)),
@@ -394,17 +433,37 @@ where
         };
         (f, b.join().unwrap())
     });
-    assert_eq!((fs.done, fs.bad), (N, 0), "{front:?} front end: every response correct");
-    assert_eq!((bs.done, bs.bad), (N, 0), "{back:?} back end: every request correct");
-    assert_eq!(fs.notifications, to_back.sent.load(std::sync::atomic::Ordering::Relaxed));
-    assert_eq!(bs.notifications, to_front.sent.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(
+        (fs.done, fs.bad),
+        (N, 0),
+        "{front:?} front end: every response correct"
+    );
+    assert_eq!(
+        (bs.done, bs.bad),
+        (N, 0),
+        "{back:?} back end: every request correct"
+    );
+    assert_eq!(
+        fs.notifications,
+        to_back.sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(
+        bs.notifications,
+        to_front.sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
     assert!(fs.notifications >= 1 && bs.notifications >= 1);
     // Event-index suppression: far fewer notifications than requests.
-    assert!(fs.notifications < N / 2 && bs.notifications < N / 2, "{fs:?} {bs:?}");
+    assert!(
+        fs.notifications < N / 2 && bs.notifications < N / 2,
+        "{fs:?} {bs:?}"
+    );
     eprintln!(
         "{} {front:?} front / {back:?} back: {N} requests, notifications front->back {} back->front {}, \
          sleeps front {} back {}",
-        std::any::type_name::<P>().rsplit("::").next().unwrap_or_default(),
+        std::any::type_name::<P>()
+            .rsplit("::")
+            .next()
+            .unwrap_or_default(),
         fs.notifications,
         bs.notifications,
         fs.waits,

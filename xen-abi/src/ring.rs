@@ -109,7 +109,11 @@ const fn max(a: usize, b: usize) -> usize {
 
 /// Rounds down to a power of two, as ring.h's `__RD32` does (0 stays 0).
 pub const fn round_down_pow2(x: u32) -> u32 {
-    if x == 0 { 0 } else { 1 << (31 - x.leading_zeros()) }
+    if x == 0 {
+        0
+    } else {
+        1 << (31 - x.leading_zeros())
+    }
 }
 
 /// The number of slots that a ring of protocol `P` has in `bytes` bytes of shared memory
@@ -119,7 +123,11 @@ pub const fn ring_entries<P: RingProtocol + ?Sized>(bytes: usize) -> u32 {
         return 0;
     }
     let slots = (bytes - SRING_HEADER_SIZE) / P::SLOT_SIZE;
-    let slots = if slots > u32::MAX as usize { u32::MAX } else { slots as u32 };
+    let slots = if slots > u32::MAX as usize {
+        u32::MAX
+    } else {
+        slots as u32
+    };
     round_down_pow2(slots)
 }
 
@@ -128,7 +136,9 @@ pub const fn ring_entries<P: RingProtocol + ?Sized>(bytes: usize) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
     /// The memory cannot hold the header and at least one slot.
-    #[error("shared ring memory of {len} bytes is too small: it needs at least {need} (64-byte header and one slot)")]
+    #[error(
+        "shared ring memory of {len} bytes is too small: it needs at least {need} (64-byte header and one slot)"
+    )]
     TooSmall {
         /// Bytes given.
         len: usize,
@@ -150,7 +160,9 @@ pub enum RingError {
         size: u32,
     },
     /// The back end tried to respond when every consumed request already has a response.
-    #[error("no request to answer: {rsp_prod_pvt} responses produced for {req_cons} requests consumed")]
+    #[error(
+        "no request to answer: {rsp_prod_pvt} responses produced for {req_cons} requests consumed"
+    )]
     NoRequestToAnswer {
         /// Responses produced so far.
         rsp_prod_pvt: RingIdx,
@@ -295,7 +307,9 @@ mod pages {
 
     impl core::fmt::Debug for RingPages {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            f.debug_struct("RingPages").field("pages", &self.pages.len()).finish()
+            f.debug_struct("RingPages")
+                .field("pages", &self.pages.len())
+                .finish()
         }
     }
 
@@ -339,9 +353,80 @@ unsafe impl<B: vm_memory::bitmap::BitmapSlice> RingMemory for vm_memory::Volatil
     }
 }
 
+/// Copies a `T` out of shared memory with volatile loads of the widest size its alignment allows, so that the
+/// copy is made exactly once (the compiler may neither re-read nor elide it) and as fast as `memcpy`.
+///
+/// # Safety
+///
+/// `src` must be valid for reads of `size_of::<T>()` bytes and aligned for `T`; any bytes must be a valid `T`.
+#[inline(always)]
+unsafe fn volatile_read<T: FromBytes>(src: *const T) -> T {
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    let dst = out.as_mut_ptr().cast::<u8>();
+    let src = src.cast::<u8>();
+    let mut i = 0;
+    macro_rules! chunks {
+        ($ty:ty) => {
+            if align_of::<T>() >= align_of::<$ty>() {
+                while i + size_of::<$ty>() <= size_of::<T>() {
+                    // SAFETY: `i + size_of::<$ty>()` is within `T`; `src` is aligned for `T`, hence for `$ty` at
+                    // every multiple of its size; the destination is a local buffer of `T`'s size.
+                    unsafe { dst.add(i).cast::<$ty>().write_unaligned(src.add(i).cast::<$ty>().read_volatile()) };
+                    i += size_of::<$ty>();
+                }
+            }
+        };
+    }
+    chunks!(u64);
+    chunks!(u32);
+    chunks!(u16);
+    chunks!(u8);
+    // SAFETY: every byte of `out` was written above, and any bytes are a valid `T` (`FromBytes`).
+    unsafe { out.assume_init() }
+}
+
+/// Writes `value` into shared memory with volatile stores of the widest size its alignment allows.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `size_of::<T>()` bytes and aligned for `T`.
+#[inline(always)]
+unsafe fn volatile_write<T: IntoBytes + Immutable>(dst: *mut T, value: &T) {
+    let src = value.as_bytes().as_ptr();
+    let dst = dst.cast::<u8>();
+    let mut i = 0;
+    macro_rules! chunks {
+        ($ty:ty) => {
+            if align_of::<T>() >= align_of::<$ty>() {
+                while i + size_of::<$ty>() <= size_of::<T>() {
+                    // SAFETY: within `T` on both sides; `dst` is aligned for `T`, hence for `$ty` here; the source
+                    // is read unaligned from `value`'s bytes.
+                    unsafe { dst.add(i).cast::<$ty>().write_volatile(src.add(i).cast::<$ty>().read_unaligned()) };
+                    i += size_of::<$ty>();
+                }
+            }
+        };
+    }
+    chunks!(u64);
+    chunks!(u32);
+    chunks!(u16);
+    chunks!(u8);
+}
+
 /// The full barrier of `xen_mb()`: orders earlier stores before later loads.
+///
+/// On x86-64 this is a locked add of zero to the top of the stack, as Xen's own `xen_mb()` does (cheaper than
+/// `mfence`, and a full barrier for ordinary memory); elsewhere a sequentially consistent fence.
 #[inline(always)]
 fn xen_mb() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a locked add of 0 to the word at the stack pointer: it leaves that memory unchanged, touches only
+    // this thread's stack (valid and writable; without `nostack` the compiler keeps the red zone free), and
+    // only has the side effect of ordering memory accesses, like `fence(SeqCst)`.
+    unsafe {
+        core::arch::asm!("lock or dword ptr [rsp], 0")
+    };
+    #[cfg(not(target_arch = "x86_64"))]
     fence(Ordering::SeqCst);
 }
 
@@ -361,14 +446,23 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> Shared<M, P> {
         if len < need {
             return Err(RingError::TooSmall { len, need });
         }
-        let base = NonNull::new(mem.as_ptr()).ok_or(RingError::Misaligned { addr: 0, align: 64 })?;
+        let base =
+            NonNull::new(mem.as_ptr()).ok_or(RingError::Misaligned { addr: 0, align: 64 })?;
         // Slots follow the 64-byte header; 64-byte alignment of the start covers the indices and any slot type.
         let align = max(max(align_of::<P::Request>(), align_of::<P::Response>()), 4);
         if (base.as_ptr() as usize) % align != 0 {
-            return Err(RingError::Misaligned { addr: base.as_ptr() as usize, align });
+            return Err(RingError::Misaligned {
+                addr: base.as_ptr() as usize,
+                align,
+            });
         }
         let size = ring_entries::<P>(len);
-        Ok(Self { mem, base, size, _protocol: PhantomData })
+        Ok(Self {
+            mem,
+            base,
+            size,
+            _protocol: PhantomData,
+        })
     }
 
     #[inline(always)]
@@ -391,8 +485,8 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> Shared<M, P> {
         // SAFETY: the slot lies within the first `size` slots, which fit in the memory (`ring_entries`); the
         // slot offset is a multiple of the slot size past the 64-byte header, so it is aligned for `T` (the slot
         // size is a multiple of the alignment of the request and response types, and so is 64); any bytes are a
-        // valid `T` (`FromBytes`). The read is volatile because the other end may write the slot concurrently.
-        unsafe { self.base.as_ptr().add(offset).cast::<T>().read_volatile() }
+        // valid `T` (`FromBytes`).
+        unsafe { volatile_read(self.base.as_ptr().add(offset).cast::<T>()) }
     }
 
     /// Writes `value` into slot `idx`, with one volatile write.
@@ -401,7 +495,7 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> Shared<M, P> {
         let offset = self.slot_offset(idx);
         // SAFETY: as in `read_slot`: in bounds and aligned. The slot is owned by this end until the producer
         // index is published, and the memory is valid for writes.
-        unsafe { self.base.as_ptr().add(offset).cast::<T>().write_volatile(*value) };
+        unsafe { volatile_write(self.base.as_ptr().add(offset).cast::<T>(), value) };
         self.mem.mark_dirty(offset, size_of::<T>());
     }
 
@@ -421,7 +515,8 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> Shared<M, P> {
     /// Sets an event index to `cons + 1` and issues `xen_mb()`, the middle of `RING_FINAL_CHECK_FOR_*`.
     #[inline(always)]
     fn arm_event(&self, event: usize, cons: RingIdx) {
-        self.index(event).store(cons.wrapping_add(1), Ordering::Relaxed);
+        self.index(event)
+            .store(cons.wrapping_add(1), Ordering::Relaxed);
         self.mem.mark_dirty(event, 4);
         xen_mb();
     }
@@ -506,7 +601,14 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> FrontRing<M, P> {
         shared.index(RSP_EVENT).store(1, Ordering::Relaxed);
         // SAFETY: bytes 16..64 of the header are inside the checked memory; a volatile write of zeroes there is
         // what `SHARED_RING_INIT` does with memset.
-        unsafe { shared.base.as_ptr().add(16).cast::<[u8; 48]>().write_volatile([0; 48]) };
+        unsafe {
+            shared
+                .base
+                .as_ptr()
+                .add(16)
+                .cast::<[u8; 48]>()
+                .write_volatile([0; 48])
+        };
         shared.mem.mark_dirty(0, SRING_HEADER_SIZE);
         fence(Ordering::Release);
         Ok(Self::with_shared(shared, 0))
@@ -519,7 +621,12 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> FrontRing<M, P> {
     }
 
     fn with_shared(shared: Shared<M, P>, idx: RingIdx) -> Self {
-        Self { shared, req_prod_pvt: idx, rsp_cons: idx, rsp_prod_seen: idx }
+        Self {
+            shared,
+            req_prod_pvt: idx,
+            rsp_cons: idx,
+            rsp_prod_seen: idx,
+        }
     }
 
     /// The number of slots (`RING_SIZE`).
@@ -567,7 +674,9 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> FrontRing<M, P> {
     #[inline]
     pub fn put_request(&mut self, req: &P::Request) -> Result<(), RingError> {
         if self.is_full() {
-            return Err(RingError::Full { size: self.shared.size });
+            return Err(RingError::Full {
+                size: self.shared.size,
+            });
         }
         self.shared.write_slot(self.req_prod_pvt, req);
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
@@ -577,7 +686,9 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> FrontRing<M, P> {
     /// Publishes the requests written so far (`RING_PUSH_REQUESTS`), without the notification check.
     #[inline]
     pub fn push_requests(&mut self) {
-        self.shared.index(REQ_PROD).store(self.req_prod_pvt, Ordering::Release);
+        self.shared
+            .index(REQ_PROD)
+            .store(self.req_prod_pvt, Ordering::Release);
         self.shared.mem.mark_dirty(REQ_PROD, 4);
     }
 
@@ -643,7 +754,12 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> BackRing<M, P> {
 
     /// Attaches with both private indices at `idx` (`BACK_RING_ATTACH`), as after a live migration.
     pub fn attach(mem: M, idx: RingIdx) -> Result<Self, RingError> {
-        Ok(Self { shared: Shared::new(mem)?, rsp_prod_pvt: idx, req_cons: idx, req_prod_seen: idx })
+        Ok(Self {
+            shared: Shared::new(mem)?,
+            rsp_prod_pvt: idx,
+            req_cons: idx,
+            req_prod_seen: idx,
+        })
     }
 
     /// The number of slots (`RING_SIZE`).
@@ -688,7 +804,10 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> BackRing<M, P> {
             });
         }
         if published < self.req_cons.wrapping_sub(self.rsp_prod_pvt) {
-            return Err(RingError::RequestProdBehind { req_prod, req_cons: self.req_cons });
+            return Err(RingError::RequestProdBehind {
+                req_prod,
+                req_cons: self.req_cons,
+            });
         }
         self.req_prod_seen = req_prod;
         Ok(req_prod)
@@ -740,7 +859,9 @@ impl<M: RingMemory, P: RingProtocol + ?Sized> BackRing<M, P> {
     /// Publishes the responses written so far (`RING_PUSH_RESPONSES`), without the notification check.
     #[inline]
     pub fn push_responses(&mut self) {
-        self.shared.index(RSP_PROD).store(self.rsp_prod_pvt, Ordering::Release);
+        self.shared
+            .index(RSP_PROD)
+            .store(self.rsp_prod_pvt, Ordering::Release);
         self.shared.mem.mark_dirty(RSP_PROD, 4);
     }
 

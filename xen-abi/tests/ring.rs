@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use proptest::prelude::*;
 use xen_abi::ring::{
-    BackRing, FrontRing, RingError, RingIdx, RingPages, RingProtocol, SRING_HEADER_SIZE, ring_entries,
+    BackRing, FrontRing, RingError, RingIdx, RingPages, RingProtocol, SRING_HEADER_SIZE,
+    ring_entries,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -33,11 +34,18 @@ impl RingProtocol for Test {
 const SIZE: u32 = 128;
 
 fn req(id: u64) -> Req {
-    Req { id, a: id * 3, b: id ^ 0x5555 }
+    Req {
+        id,
+        a: id * 3,
+        b: id ^ 0x5555,
+    }
 }
 
 fn rsp_for(r: &Req) -> Rsp {
-    Rsp { id: r.id, sum: r.a.wrapping_add(r.b) }
+    Rsp {
+        id: r.id,
+        sum: r.a.wrapping_add(r.b),
+    }
 }
 
 /// Writes a shared index behind the ring's back, as a hostile peer would.
@@ -45,7 +53,8 @@ fn poke_index(pages: &RingPages, offset: usize, value: u32) {
     use xen_abi::ring::RingMemory;
     let mem: &RingPages = pages;
     // SAFETY: offset < 16 is inside the page; the memory is only accessed atomically/volatilely.
-    unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().add(offset).cast()) }.store(value, Ordering::SeqCst);
+    unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().add(offset).cast()) }
+        .store(value, Ordering::SeqCst);
 }
 
 #[test]
@@ -58,7 +67,10 @@ fn slot_size_and_entries_follow_ring_h() {
     let front = FrontRing::<_, Test>::new(&pages).unwrap();
     assert_eq!(front.size(), SIZE);
     let idx = front.shared_indices();
-    assert_eq!((idx.req_prod, idx.req_event, idx.rsp_prod, idx.rsp_event), (0, 1, 0, 1));
+    assert_eq!(
+        (idx.req_prod, idx.req_event, idx.rsp_prod, idx.rsp_event),
+        (0, 1, 0, 1)
+    );
 }
 
 #[test]
@@ -69,11 +81,17 @@ fn too_small_and_misaligned_memory_is_rejected() {
     let small = unsafe { xen_abi::ring::RawRingMemory::new(ptr, 80) };
     assert_eq!(
         FrontRing::<_, Test>::new(small).unwrap_err(),
-        RingError::TooSmall { len: 80, need: SRING_HEADER_SIZE + 24 }
+        RingError::TooSmall {
+            len: 80,
+            need: SRING_HEADER_SIZE + 24
+        }
     );
     // SAFETY: as above; one byte in, 4095 bytes remain in the buffer.
     let odd = unsafe { xen_abi::ring::RawRingMemory::new(ptr.add(1), 4095) };
-    assert!(matches!(FrontRing::<_, Test>::new(odd), Err(RingError::Misaligned { align: 8, .. })));
+    assert!(matches!(
+        FrontRing::<_, Test>::new(odd),
+        Err(RingError::Misaligned { align: 8, .. })
+    ));
 }
 
 #[test]
@@ -96,9 +114,16 @@ fn requests_and_responses_round_trip_with_notifications() {
         back.put_response(&rsp_for(&r)).unwrap();
     }
     assert_eq!(got, vec![req(1), req(2)]);
-    assert!(back.push_responses_and_check_notify(), "rsp_event is 1: the first responses notify");
+    assert!(
+        back.push_responses_and_check_notify(),
+        "rsp_event is 1: the first responses notify"
+    );
     assert!(!back.final_check_for_requests().unwrap());
-    assert_eq!(back.shared_indices().req_event, 3, "re-armed at req_cons + 1");
+    assert_eq!(
+        back.shared_indices().req_event,
+        3,
+        "re-armed at req_cons + 1"
+    );
 
     // Now a push must notify again.
     front.put_request(&req(3)).unwrap();
@@ -120,7 +145,10 @@ fn ring_full_is_a_typed_error_and_clears_after_responses() {
         front.put_request(&req(i.into())).unwrap();
     }
     assert!(front.is_full());
-    assert_eq!(front.put_request(&req(999)), Err(RingError::Full { size: SIZE }));
+    assert_eq!(
+        front.put_request(&req(999)),
+        Err(RingError::Full { size: SIZE })
+    );
     front.push_requests();
     let r = back.pop_request().unwrap().unwrap();
     back.put_response(&rsp_for(&r)).unwrap();
@@ -137,7 +165,10 @@ fn responding_without_a_request_is_a_typed_error() {
     let mut back = BackRing::<_, Test>::new(&pages).unwrap();
     assert_eq!(
         back.put_response(&Rsp { id: 0, sum: 0 }),
-        Err(RingError::NoRequestToAnswer { rsp_prod_pvt: 0, req_cons: 0 })
+        Err(RingError::NoRequestToAnswer {
+            rsp_prod_pvt: 0,
+            req_cons: 0
+        })
     );
 }
 
@@ -161,11 +192,18 @@ fn req_prod_ring_size_plus_one_ahead_is_rejected() {
     let _front = FrontRing::<_, Test>::new(&pages).unwrap();
     let mut back = BackRing::<_, Test>::new(&pages).unwrap();
     poke_index(&pages, 0, SIZE + 1);
-    let err = RingError::RequestProdOverflow { req_prod: SIZE + 1, rsp_prod_pvt: 0, size: SIZE };
+    let err = RingError::RequestProdOverflow {
+        req_prod: SIZE + 1,
+        rsp_prod_pvt: 0,
+        size: SIZE,
+    };
     assert_eq!(back.unconsumed_requests(), Err(err));
     assert_eq!(back.pop_request(), Err(err));
     assert_eq!(back.final_check_for_requests(), Err(err));
-    assert!(err.to_string().contains("129 past the last response 0"), "{err}");
+    assert!(
+        err.to_string().contains("129 past the last response 0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,10 +219,19 @@ fn req_prod_behind_req_cons_is_rejected() {
         back.pop_request().unwrap().unwrap();
     }
     poke_index(&pages, 0, 3);
-    assert_eq!(back.pop_request(), Err(RingError::RequestProdBehind { req_prod: 3, req_cons: 5 }));
+    assert_eq!(
+        back.pop_request(),
+        Err(RingError::RequestProdBehind {
+            req_prod: 3,
+            req_cons: 5
+        })
+    );
     // Far behind (wrapped): the overflow check catches it first.
     poke_index(&pages, 0, u32::MAX);
-    assert!(matches!(back.pop_request(), Err(RingError::RequestProdOverflow { .. })));
+    assert!(matches!(
+        back.pop_request(),
+        Err(RingError::RequestProdOverflow { .. })
+    ));
 }
 
 #[test]
@@ -201,7 +248,11 @@ fn back_end_never_takes_more_requests_than_free_response_slots() {
     }
     assert_eq!(in_flight.len(), SIZE as usize);
     assert_eq!(back.unconsumed_requests().unwrap(), 0);
-    assert_eq!(back.pop_request().unwrap(), None, "RING_REQUEST_CONS_OVERFLOW");
+    assert_eq!(
+        back.pop_request().unwrap(),
+        None,
+        "RING_REQUEST_CONS_OVERFLOW"
+    );
     // One response frees one slot: exactly one more request may come.
     back.put_response(&rsp_for(&in_flight[0])).unwrap();
     back.push_responses();
@@ -212,7 +263,11 @@ fn back_end_never_takes_more_requests_than_free_response_slots() {
     poke_index(&pages, 0, SIZE + 2);
     assert_eq!(
         back.pop_request(),
-        Err(RingError::RequestProdOverflow { req_prod: SIZE + 2, rsp_prod_pvt: 1, size: SIZE })
+        Err(RingError::RequestProdOverflow {
+            req_prod: SIZE + 2,
+            rsp_prod_pvt: 1,
+            size: SIZE
+        })
     );
 }
 
@@ -232,7 +287,10 @@ fn a_front_end_that_never_consumes_responses_only_fills_its_own_ring() {
         back.push_responses();
         assert!(!back.final_check_for_requests().unwrap());
     }
-    assert_eq!(served, SIZE, "nothing more is served until responses are consumed");
+    assert_eq!(
+        served, SIZE,
+        "nothing more is served until responses are consumed"
+    );
 }
 
 #[test]
@@ -242,13 +300,23 @@ fn rsp_prod_beyond_outstanding_requests_is_rejected() {
     front.put_request(&req(1)).unwrap();
     front.push_requests();
     poke_index(&pages, 8, 2);
-    let err = RingError::ResponseProdOverflow { rsp_prod: 2, rsp_cons: 0, req_prod_pvt: 1 };
+    let err = RingError::ResponseProdOverflow {
+        rsp_prod: 2,
+        rsp_cons: 0,
+        req_prod_pvt: 1,
+    };
     assert_eq!(front.pop_response(), Err(err));
     // Ring-size + 1 ahead (RING_RESPONSE_PROD_OVERFLOW) and backwards are the same error.
     poke_index(&pages, 8, SIZE + 1);
-    assert!(matches!(front.pop_response(), Err(RingError::ResponseProdOverflow { .. })));
+    assert!(matches!(
+        front.pop_response(),
+        Err(RingError::ResponseProdOverflow { .. })
+    ));
     poke_index(&pages, 8, u32::MAX);
-    assert!(matches!(front.final_check_for_responses(), Err(RingError::ResponseProdOverflow { .. })));
+    assert!(matches!(
+        front.final_check_for_responses(),
+        Err(RingError::ResponseProdOverflow { .. })
+    ));
 }
 
 fn run_through(start: RingIdx, count: u32) {
@@ -361,7 +429,10 @@ fn ring_over_vm_memory_marks_written_slots_dirty() {
     back.put_response(&rsp_for(&r)).unwrap();
     back.push_responses();
     let region = mem.find_region(page).unwrap();
-    assert!(region.bitmap().dirty_at(2 * 4096), "header and slots written through the ring are dirty");
+    assert!(
+        region.bitmap().dirty_at(2 * 4096),
+        "header and slots written through the ring are dirty"
+    );
     assert!(!region.bitmap().dirty_at(0), "other pages stay clean");
     assert_eq!(front.pop_response().unwrap(), Some(rsp_for(&req(5))));
 }
