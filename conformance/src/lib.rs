@@ -5,7 +5,7 @@
 //! computed; the tests build the same keys from `xen-abi`'s Rust types with the macros below, and
 //! [`check`] demands that both sides have the same keys with the same values.
 //!
-//! ```ignore
+//! ```no_run
 //! let rust = [
 //!     layout!(xen_abi::blkif::BlkifRequest => "blkif_request_t" { operation, nr_segments, handle, id }),
 //!     consts!(xen_abi::blkif; BLKIF_OP_READ, BLKIF_OP_WRITE),

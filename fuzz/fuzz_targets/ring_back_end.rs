@@ -17,11 +17,11 @@ fn poke(pages: &RingPages, offset: usize, value: u32) {
 }
 
 fn serve<P: RingProtocol>(pages: &RingPages, script: &[u8]) {
-    let mut back = BackRing::<_, P>::attach(pages, u32::from_le_bytes([script[0], script[1], script[2], script[3]]))
-        .expect("a page is big enough");
+    let start = u32::from_le_bytes([script[0], script[1], script[2], script[3]]);
+    let mut back = BackRing::<_, P>::attach(pages, start).expect("a page is big enough");
     let size = back.size();
-    for step in script[4..].chunks(5) {
-        let [what, a, b, c, d] = <[u8; 5]>::try_from(step).unwrap_or([step[0], 0, 0, 0, 0]);
+    for step in script[4..].chunks_exact(5) {
+        let [what, a, b, c, d] = <[u8; 5]>::try_from(step).expect("5-byte steps");
         let value = u32::from_le_bytes([a, b, c, d]);
         let result = match what % 6 {
             0 => {
@@ -46,7 +46,10 @@ fn serve<P: RingProtocol>(pages: &RingPages, script: &[u8]) {
             4 => back.final_check_for_requests().map(drop),
             _ => back.unconsumed_requests().map(|n| assert!(n <= size)),
         };
-        assert!(back.req_cons().wrapping_sub(back.rsp_prod_pvt()) <= size, "more in flight than the ring holds");
+        assert!(
+            back.req_cons().wrapping_sub(back.rsp_prod_pvt()) <= size,
+            "more in flight than the ring holds"
+        );
         if result.is_err() {
             // A real back end stops serving a ring whose front end broke the protocol.
             return;
@@ -55,21 +58,27 @@ fn serve<P: RingProtocol>(pages: &RingPages, script: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 4096 + 5 {
+    // data[0]: protocol; data[1]: steps in the script; then the script (4-byte start index and 5-byte steps);
+    // then the page contents (the rest of the page stays zero).
+    let [proto, steps, rest @ ..] = data else {
+        return;
+    };
+    let script_len = 4 + 5 * usize::from(*steps);
+    if rest.len() < script_len {
         return;
     }
-    let (page, script) = data.split_at(4096);
+    let (script, page) = rest.split_at(script_len);
     let pages = RingPages::new(0);
     {
         let mem: &RingPages = &pages;
-        for (i, byte) in page.iter().enumerate() {
+        for (i, byte) in page.iter().take(4096).enumerate() {
             // SAFETY: `i` < 4096, inside the page we own.
             unsafe { mem.as_ptr().add(i).write_volatile(*byte) };
         }
     }
-    if script[0] & 1 == 0 {
-        serve::<Blkif>(&pages, &script[1..]);
+    if proto & 1 == 0 {
+        serve::<Blkif>(&pages, script);
     } else {
-        serve::<NetifTx>(&pages, &script[1..]);
+        serve::<NetifTx>(&pages, script);
     }
 });
