@@ -136,9 +136,13 @@ macro_rules! offset {
     };
 }
 
-/// Constants whose Rust name equals the C name, read from module `$m`.
+/// Constants whose Rust name equals the C name: `consts!(xen_abi::blkif; BLKIF_OP_READ, ...)` reads them from
+/// a module, `consts!(BLKIF_OP_READ, ...)` from what is in scope.
 #[macro_export]
 macro_rules! consts {
+    ($($name:ident),* $(,)?) => {
+        vec![$( $crate::Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
+    };
     ($($m:ident)::+ ; $($name:ident),* $(,)?) => {{
         use $($m)::+ as consts_module;
         vec![$( $crate::Entry::new(concat!("const:", stringify!($name)), consts_module::$name as i64) ),*]

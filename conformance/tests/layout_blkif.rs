@@ -14,12 +14,6 @@ use xen_abi::blkif::{
 /// Constants of `xen_abi::blkif` whose Rust name equals the C name. (The harness's `consts!` cannot
 /// expand a module path of two segments with more than two names: its module path repeats inside the
 /// repetition over the names.)
-macro_rules! blkif_consts {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), blkif::$name as i64) ),*]
-    };
-}
-
 /// The `io/protocols.h` strings, as the C tables encode them: the contents in the key, the length as
 /// the value.
 fn string(cname: &str, value: &str) -> Vec<Entry> {
@@ -55,7 +49,7 @@ fn native_layout_matches_blkif_h() {
         }),
         layout!(BlkifResponse => "blkif_response_t" { id, operation, status }),
         slot::<BlkifSringEntry>(0, 0),
-        blkif_consts!(
+        blanket_conformance::consts!(xen_abi::blkif;
             BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_OP_FLUSH_DISKCACHE,
             BLKIF_OP_RESERVED_1, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT,
             BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,

@@ -3,21 +3,15 @@
 //! `HVM_START_INFO_VERSION_0`/`_1` have no C constant (the header describes the versions in a comment),
 //! so they are not in the table.
 
-use blanket_conformance::{Entry, c_table, check, layout, offset};
+use blanket_conformance::{c_table, check, layout, offset};
 #[allow(clippy::wildcard_imports)]
 use xen_abi::hvm_start_info::*;
 
 /// Constants whose Rust name equals the C name, from the module imported above.
-macro_rules! consts_here {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
-    };
-}
-
 #[test]
 fn start_info_h_matches() {
     let rust = [
-        consts_here!(
+        blanket_conformance::consts!(
             XEN_HVM_START_MAGIC_VALUE,
             XEN_HVM_MEMMAP_TYPE_RAM,
             XEN_HVM_MEMMAP_TYPE_RESERVED,

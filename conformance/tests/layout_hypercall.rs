@@ -6,15 +6,9 @@ use xen_abi::hypercall::*;
 
 /// Constants whose Rust name equals the C name, from the module imported above. (`consts!` of the harness
 /// cannot take a module path whose segment count differs from the number of names.)
-macro_rules! consts_here {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
-    };
-}
-
 fn rust_table() -> Vec<Entry> {
     [
-        consts_here!(
+        blanket_conformance::consts!(
             __HYPERVISOR_set_trap_table,
             __HYPERVISOR_mmu_update,
             __HYPERVISOR_set_gdt,
@@ -67,7 +61,7 @@ fn rust_table() -> Vec<Entry> {
             __HYPERVISOR_arch_7,
             __HYPERVISOR_mca
         ),
-        consts_here!(
+        blanket_conformance::consts!(
             VIRQ_TIMER,
             VIRQ_DEBUG,
             VIRQ_CONSOLE,
@@ -92,7 +86,7 @@ fn rust_table() -> Vec<Entry> {
             VIRQ_MCA,
             NR_VIRQS
         ),
-        consts_here!(
+        blanket_conformance::consts!(
             DOMID_FIRST_RESERVED,
             DOMID_SELF,
             DOMID_IO,
@@ -102,14 +96,14 @@ fn rust_table() -> Vec<Entry> {
             DOMID_IDLE,
             DOMID_MASK
         ),
-        consts_here!(
+        blanket_conformance::consts!(
             MMU_NORMAL_PT_UPDATE,
             MMU_MACHPHYS_UPDATE,
             MMU_PT_UPDATE_PRESERVE_AD,
             MMU_PT_UPDATE_NO_TRANSLATE
         ),
         layout!(MmuUpdate => "struct mmu_update" { ptr, val }),
-        consts_here!(
+        blanket_conformance::consts!(
             MMUEXT_PIN_L1_TABLE,
             MMUEXT_PIN_L2_TABLE,
             MMUEXT_PIN_L3_TABLE,
@@ -141,7 +135,7 @@ fn rust_table() -> Vec<Entry> {
             Entry::new("size:mmuext_op.arg1", 8),
             Entry::new("size:mmuext_op.arg2", 8),
         ],
-        consts_here!(
+        blanket_conformance::consts!(
             UVMF_NONE,
             UVMF_TLB_FLUSH,
             UVMF_INVLPG,
@@ -150,7 +144,7 @@ fn rust_table() -> Vec<Entry> {
             UVMF_LOCAL,
             UVMF_ALL
         ),
-        consts_here!(
+        blanket_conformance::consts!(
             CONSOLEIO_write,
             CONSOLEIO_read,
             VMASST_CMD_enable,

@@ -8,12 +8,6 @@ use blanket_conformance::{Entry, c_table, check, layout, offset};
 use xen_abi::memory::*;
 
 /// Constants whose Rust name equals the C name, from the module imported above.
-macro_rules! consts_here {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
-    };
-}
-
 /// A constant under a C spelling (such as a macro call).
 fn c_const(c: &str, value: u64) -> Vec<Entry> {
     vec![Entry::new(format!("const:{c}"), value as i64)]
@@ -22,7 +16,7 @@ fn c_const(c: &str, value: u64) -> Vec<Entry> {
 #[test]
 fn memory_h_matches() {
     let rust = [
-        consts_here!(
+        blanket_conformance::consts!(
             XENMEM_increase_reservation,
             XENMEM_decrease_reservation,
             XENMEM_maximum_ram_page,

@@ -19,12 +19,6 @@ use xen_abi::ring::RingProtocol;
 
 /// `consts!` of `blanket_conformance` for `xen_abi::netif`: the harness's own macro does not expand (its
 /// path and name repetitions are nested), so the same entries are built here.
-macro_rules! netif_consts {
-    ($($name:ident),* $(,)?) => {
-        vec![$(Entry::new(concat!("const:", stringify!($name)), netif::$name as i64)),*]
-    };
-}
-
 /// Size and alignment of a union member of `struct netif_extra_info` (`u`, `u.gso`, ...).
 fn member<T>(name: &str) -> Vec<Entry> {
     vec![
@@ -95,7 +89,7 @@ fn native_layout_matches_netif_h() {
         const_as!("__CONST_RING_SIZE(netif_tx, 4096)" = NET_TX_RING_SIZE),
         const_as!("__CONST_RING_SIZE(netif_rx, 4096)" = NET_RX_RING_SIZE),
         const_as!("__CONST_RING_SIZE(xen_netif_ctrl, 4096)" = NET_CTRL_RING_SIZE),
-        netif_consts!(
+        blanket_conformance::consts!(xen_abi::netif;
             XEN_NETIF_NR_SLOTS_MIN,
             XEN_NETIF_MAX_TX_SIZE,
             _NETTXF_csum_blank,

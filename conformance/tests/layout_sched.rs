@@ -5,17 +5,11 @@ use blanket_conformance::{Entry, c_table, check, layout};
 use xen_abi::sched::*;
 
 /// Constants whose Rust name equals the C name, from the module imported above.
-macro_rules! consts_here {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
-    };
-}
-
 #[test]
 fn sched_h_matches() {
     let poll = SchedPoll::new(0, 0, 0);
     let rust = [
-        consts_here!(
+        blanket_conformance::consts!(
             SCHEDOP_yield,
             SCHEDOP_block,
             SCHEDOP_shutdown,

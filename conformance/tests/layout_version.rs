@@ -5,12 +5,6 @@ use blanket_conformance::{Entry, c_table, check, layout};
 use xen_abi::version::*;
 
 /// Constants whose Rust name equals the C name, from the module imported above.
-macro_rules! consts_here {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
-    };
-}
-
 /// The size and alignment of a Rust type under a C type name.
 macro_rules! type_as {
     ($ty:ty => $c:literal) => {
@@ -24,7 +18,7 @@ macro_rules! type_as {
 #[test]
 fn version_h_matches() {
     let rust = [
-        consts_here!(
+        blanket_conformance::consts!(
             XENVER_version,
             XENVER_extraversion,
             XENVER_compile_info,
@@ -51,7 +45,7 @@ fn version_h_matches() {
         // The C struct ends with a flexible array: its size is the fixed part, rounded to its alignment.
         layout!(XenBuildId => "struct xen_build_id" { len }),
         vec![Entry::new("offset:struct xen_build_id.buf", XEN_BUILD_ID_BUF_OFFSET as i64)],
-        consts_here!(
+        blanket_conformance::consts!(
             XENFEAT_writable_page_tables,
             XENFEAT_writable_descriptor_tables,
             XENFEAT_auto_translated_physmap,

@@ -6,12 +6,6 @@ use blanket_conformance::{Entry, c_table, check, layout};
 use xen_abi::xen::*;
 
 /// Constants whose Rust name equals the C name, from the module imported above.
-macro_rules! consts_here {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), $name as i64) ),*]
-    };
-}
-
 /// The size of a field, under the key `size:C_TYPE.field`.
 macro_rules! member_size {
     ($c:literal . $field:ident = $value:expr) => {
@@ -29,7 +23,7 @@ fn xen_h_shared_pages_match() {
     let console = std::mem::offset_of!(StartInfo, console) as i64;
     let domu = |f: i64| console + f;
     let rust = [
-        consts_here!(
+        blanket_conformance::consts!(
             XEN_LEGACY_MAX_VCPUS,
             XEN_PVCLOCK_TSC_STABLE_BIT,
             XEN_PVCLOCK_GUEST_STOPPED,

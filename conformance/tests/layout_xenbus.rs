@@ -5,12 +5,6 @@ use xen_abi::xenbus::{self, XenbusState};
 
 /// Constants whose Rust name equals the C name, from `xen_abi::xenbus`. (The harness's `consts!` does not
 /// expand: it nests the module path's repetition inside the names' repetition.)
-macro_rules! xenbus_consts {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), xenbus::$name as i64) ),*]
-    };
-}
-
 #[test]
 fn xenbus_matches_xenbus_h() {
     let rust = [
@@ -18,7 +12,7 @@ fn xenbus_matches_xenbus_h() {
             Entry::new("size:XenbusState", size_of::<XenbusState>() as i64),
             Entry::new("align:XenbusState", align_of::<XenbusState>() as i64),
         ],
-        xenbus_consts!(
+        blanket_conformance::consts!(xen_abi::xenbus;
             XenbusStateUnknown,
             XenbusStateInitialising,
             XenbusStateInitWait,

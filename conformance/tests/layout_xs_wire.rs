@@ -9,12 +9,6 @@ use xen_abi::xs_wire::{
 
 /// Constants whose Rust name equals the C name, from `xen_abi::xs_wire`. (The harness's `consts!` does
 /// not expand: it nests the module path's repetition inside the names' repetition.)
-macro_rules! xs_consts {
-    ($($name:ident),* $(,)?) => {
-        vec![$( Entry::new(concat!("const:", stringify!($name)), xs_wire::$name as i64) ),*]
-    };
-}
-
 #[test]
 fn xs_wire_matches_xs_wire_h() {
     let rust = [
@@ -23,7 +17,7 @@ fn xs_wire_matches_xs_wire_h() {
         layout!(XenstoreDomainInterface => "struct xenstore_domain_interface" {
             req, rsp, req_cons, req_prod, rsp_cons, rsp_prod, server_features, connection, error
         }),
-        xs_consts!(
+        blanket_conformance::consts!(xen_abi::xs_wire;
             XS_CONTROL,
             XS_DEBUG,
             XS_DIRECTORY,
