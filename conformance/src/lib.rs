@@ -5,12 +5,16 @@
 //! computed; the tests build the same keys from `xen-abi`'s Rust types with the macros below, and
 //! [`check`] demands that both sides have the same keys with the same values.
 //!
-//! ```no_run
-//! let rust = [
-//!     layout!(xen_abi::blkif::BlkifRequest => "blkif_request_t" { operation, nr_segments, handle, id }),
-//!     consts!(xen_abi::blkif; BLKIF_OP_READ, BLKIF_OP_WRITE),
-//! ].concat();
-//! conformance::check("blkif", &c_table!(abi_table_blkif), &rust);
+//! ```
+//! use blanket_conformance::{Entry, check, consts, layout};
+//!
+//! // In a test, the C side comes from `c_table!(abi_table_blkif)`; here, two entries written by hand.
+//! let c = vec![Entry::new("const:BLKIF_OP_READ", 0), Entry::new("const:BLKIF_OP_WRITE", 1)];
+//! let rust = consts!(xen_abi::blkif; BLKIF_OP_READ, BLKIF_OP_WRITE);
+//! check("two blkif operations", &c, &rust);
+//!
+//! let entries = layout!(xen_abi::blkif::BlkifResponse => "blkif_response_t" { id, operation, status });
+//! assert_eq!(entries[0], Entry::new("size:blkif_response_t", 16));
 //! ```
 
 use std::collections::BTreeMap;
@@ -198,4 +202,35 @@ fn to_map<'a>(what: &str, side: &str, entries: &'a [Entry]) -> BTreeMap<&'a str,
     }
     assert!(!map.is_empty(), "{what}: the {side} table is empty");
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Entry, check};
+
+    #[test]
+    #[should_panic(expected = "size:t: C 8, Rust 4")]
+    fn a_differing_value_fails() {
+        check("t", &[Entry::new("size:t", 8)], &[Entry::new("size:t", 4)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "offset:t.b: C has 4, Rust has no such entry")]
+    fn an_entry_missing_on_the_rust_side_fails() {
+        check(
+            "t",
+            &[Entry::new("offset:t.a", 0), Entry::new("offset:t.b", 4)],
+            &[Entry::new("offset:t.a", 0)],
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "const:X: Rust has 1, C has no such entry")]
+    fn an_entry_missing_on_the_c_side_fails() {
+        check(
+            "t",
+            &[Entry::new("const:Y", 1)],
+            &[Entry::new("const:Y", 1), Entry::new("const:X", 1)],
+        );
+    }
 }
