@@ -531,3 +531,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn events_that_bring_no_work_change_nothing() {
+    // The back end is woken (say by an event flood) with nothing published: each wake-up finds no request,
+    // re-arms the same event index, and leaves every index as it was.
+    let pages = RingPages::new(0);
+    let mut front = FrontRing::<_, Test>::new(&pages).unwrap();
+    let mut back = BackRing::<_, Test>::new(&pages).unwrap();
+    front.put_request(&req(1)).unwrap();
+    front.push_requests();
+    let r = back.pop_request().unwrap().unwrap();
+    back.put_response(&rsp_for(&r)).unwrap();
+    back.push_responses();
+    let before = back.shared_indices();
+    for _ in 0..100_000 {
+        assert_eq!(back.pop_request().unwrap(), None);
+        assert!(!back.final_check_for_requests().unwrap());
+    }
+    let after = back.shared_indices();
+    assert_eq!(after.req_event, 2, "armed at req_cons + 1");
+    assert_eq!(
+        (after.req_prod, after.rsp_prod, after.rsp_event),
+        (before.req_prod, before.rsp_prod, before.rsp_event)
+    );
+    assert_eq!((back.req_cons(), back.rsp_prod_pvt()), (1, 1));
+}
