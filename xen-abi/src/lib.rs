@@ -51,3 +51,8 @@ pub const XEN_PAGE_SHIFT: usize = 12;
 
 /// A domain identifier (`domid_t` in `xen.h`).
 pub type DomId = u16;
+
+/// The examples of README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
