@@ -5,6 +5,8 @@
 //!   front end checks every response. Time per request, round trip.
 //! - `ring/single_thread/*`: one thread plays both ends in rounds of 16 requests: the cost of put, push, pop,
 //!   respond and collect with no cache-line transfer.
+//! - `ring/push/*` and `ring/pop/*`: the same rounds on one thread, timing only the front end's put-and-push of
+//!   16 requests, or only the back end's pop-check-respond-and-push of 16; per request.
 //!
 //! After the groups, the median time per request of each side (from criterion's own samples) and the ratio
 //! `C / Rust` are printed: above 1.0 means xen-abi is faster than ring.h.
@@ -13,11 +15,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use blanket_conformance::peers::{
-    Events, blkif, rust_back_run, rust_front_run, rust_single_thread_run,
+    Events, back_serve_batch, blkif, front_collect_batch, front_put_batch, rust_back_run,
+    rust_front_run, rust_single_thread_run,
 };
-use blanket_conformance::ring_c::{c_back_run, c_blkif_single_thread_run, c_front_run};
+use blanket_conformance::ring_c::{
+    CBack, CFront, c_back_run, c_blkif_single_thread_run, c_front_run,
+};
 use criterion::{Criterion, Throughput, criterion_group};
-use xen_abi::ring::{FrontRing, RingPages};
+use xen_abi::ring::{BackRing, FrontRing, RingPages};
 
 /// Requests per two-thread sample.
 const N: u64 = 200_000;
@@ -129,6 +134,86 @@ fn bench_single_thread(cr: &mut Criterion) {
     g.finish();
 }
 
+/// Which phase of a round a `push_pop` sample times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Push,
+    Pop,
+}
+
+/// `iters` rounds of BATCH requests with ring.h on one thread; returns the time spent in `phase` only.
+fn c_rounds(pages: &RingPages, iters: u64, phase: Phase) -> Duration {
+    let mut front = CFront::<blkif>::new(pages, true, 0);
+    let mut back = CBack::<blkif>::new(pages, 0);
+    let (mut timed, mut i, mut bad) = (Duration::ZERO, 0u64, 0u64);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let put = front.put_batch(i, BATCH);
+        if phase == Phase::Push {
+            timed += t.elapsed();
+        }
+        let t = Instant::now();
+        let served = back.serve_batch(i, BATCH, &mut bad);
+        if phase == Phase::Pop {
+            timed += t.elapsed();
+        }
+        let got = front.collect_batch(i, BATCH, &mut bad);
+        assert_eq!((put, served, got, bad), (BATCH, BATCH, BATCH, 0));
+        i += u64::from(BATCH);
+    }
+    timed
+}
+
+/// The same with xen-abi.
+fn rust_rounds(pages: &RingPages, iters: u64, phase: Phase) -> Duration {
+    let mut front = FrontRing::<_, blkif>::new(pages).unwrap();
+    let mut back = BackRing::<_, blkif>::new(pages).unwrap();
+    let (mut timed, mut i, mut bad) = (Duration::ZERO, 0u64, 0u64);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let put = front_put_batch(&mut front, i, BATCH);
+        if phase == Phase::Push {
+            timed += t.elapsed();
+        }
+        let t = Instant::now();
+        let served = back_serve_batch(&mut back, i, BATCH, &mut bad).unwrap();
+        if phase == Phase::Pop {
+            timed += t.elapsed();
+        }
+        let got = front_collect_batch(&mut front, i, BATCH, &mut bad).unwrap();
+        assert_eq!((put, served, got, bad), (BATCH, BATCH, BATCH, 0));
+        i += u64::from(BATCH);
+    }
+    timed
+}
+
+fn bench_push_pop(cr: &mut Criterion) {
+    for (group, phase) in [("push", Phase::Push), ("pop", Phase::Pop)] {
+        let mut g = cr.benchmark_group(format!("ring/{group}"));
+        g.throughput(Throughput::Elements(u64::from(BATCH)));
+        let pages = RingPages::new(0);
+        let keys: [&'static str; 2] = match phase {
+            Phase::Push => ["push/ring_h_c", "push/xen_abi"],
+            Phase::Pop => ["pop/ring_h_c", "pop/xen_abi"],
+        };
+        g.bench_function("ring_h_c", |b| {
+            b.iter_custom(|iters| {
+                let t = c_rounds(&pages, iters, phase);
+                record(keys[0], t, iters * u64::from(BATCH));
+                t
+            })
+        });
+        g.bench_function("xen_abi", |b| {
+            b.iter_custom(|iters| {
+                let t = rust_rounds(&pages, iters, phase);
+                record(keys[1], t, iters * u64::from(BATCH));
+                t
+            })
+        });
+        g.finish();
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -149,7 +234,7 @@ fn print_ratios() {
             .collect::<Vec<_>>()
     };
     println!("\nring.h (C, -O2) against xen-abi, median ns per request over criterion's samples:");
-    for group in ["two_threads", "single_thread"] {
+    for group in ["two_threads", "single_thread", "push", "pop"] {
         let c = of(&format!("{group}/ring_h_c"));
         let r = of(&format!("{group}/xen_abi"));
         if c.is_empty() || r.is_empty() {
@@ -165,7 +250,12 @@ fn print_ratios() {
     }
 }
 
-criterion_group!(benches, bench_two_threads, bench_single_thread);
+criterion_group!(
+    benches,
+    bench_two_threads,
+    bench_single_thread,
+    bench_push_pop
+);
 
 fn main() {
     benches();

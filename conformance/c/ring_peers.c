@@ -206,6 +206,58 @@ int c_##P##_back_final_check(P##_back_ring_t *r)                                
     return more != 0;                                                                                    \
 }                                                                                                        \
                                                                                                          \
+/* Batches, for the push and pop benchmarks: requests i.. put and pushed with the notify check; requests i..  \
+ * served and their responses pushed with the notify check; responses i.. collected. Each returns how many  \
+ * entries it handled (a bad one is counted in *bad). */                                                  \
+unsigned c_##P##_front_put_batch(P##_front_ring_t *r, uint64_t i, unsigned n);                          \
+unsigned c_##P##_front_put_batch(P##_front_ring_t *r, uint64_t i, unsigned n)                           \
+{                                                                                                        \
+    unsigned k;                                                                                          \
+    int notify;                                                                                          \
+    for (k = 0; k < n && !RING_FULL(r); k++) {                                                           \
+        P##_make_request(i + k, RING_GET_REQUEST(r, r->req_prod_pvt));                                   \
+        r->req_prod_pvt++;                                                                               \
+    }                                                                                                    \
+    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(r, notify);                                                      \
+    (void)notify;                                                                                        \
+    return k;                                                                                            \
+}                                                                                                        \
+                                                                                                         \
+unsigned c_##P##_back_serve_batch(P##_back_ring_t *r, uint64_t i, unsigned n, uint64_t *bad);           \
+unsigned c_##P##_back_serve_batch(P##_back_ring_t *r, uint64_t i, unsigned n, uint64_t *bad)            \
+{                                                                                                        \
+    unsigned k = 0;                                                                                      \
+    int notify;                                                                                          \
+    while (k < n && RING_HAS_UNCONSUMED_REQUESTS(r)) {                                                   \
+        REQ_T req;                                                                                       \
+        int ok;                                                                                          \
+        RING_COPY_REQUEST(r, r->req_cons, &req);                                                         \
+        r->req_cons++;                                                                                   \
+        ok = P##_request_ok(i + k, &req);                                                                \
+        *bad += !ok;                                                                                     \
+        P##_make_response(&req, ok, RING_GET_RESPONSE(r, r->rsp_prod_pvt));                              \
+        r->rsp_prod_pvt++;                                                                               \
+        k++;                                                                                             \
+    }                                                                                                    \
+    RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(r, notify);                                                     \
+    (void)notify;                                                                                        \
+    return k;                                                                                            \
+}                                                                                                        \
+                                                                                                         \
+unsigned c_##P##_front_collect_batch(P##_front_ring_t *r, uint64_t i, unsigned n, uint64_t *bad);       \
+unsigned c_##P##_front_collect_batch(P##_front_ring_t *r, uint64_t i, unsigned n, uint64_t *bad)        \
+{                                                                                                        \
+    unsigned k = 0;                                                                                      \
+    while (k < n && RING_HAS_UNCONSUMED_RESPONSES(r)) {                                                  \
+        RSP_T rsp;                                                                                       \
+        RING_COPY_RESPONSE(r, r->rsp_cons, &rsp);                                                        \
+        r->rsp_cons++;                                                                                   \
+        *bad += !P##_response_ok(i + k, &rsp);                                                           \
+        k++;                                                                                             \
+    }                                                                                                    \
+    return k;                                                                                            \
+}                                                                                                        \
+                                                                                                         \
 /* Front loop: sends requests 0..n, collects and checks their n responses. Sleeps with `wait` (or spins  \
  * when it is NULL) only after RING_FINAL_CHECK_FOR_RESPONSES found nothing. */                          \
 void c_##P##_front_run(void *page, unsigned long bytes, uint64_t n, event_fn notify, event_fn wait,      \

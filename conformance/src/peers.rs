@@ -218,3 +218,55 @@ where
     }
     Ok(bad)
 }
+
+/// Puts requests `i..i + n` (as many as fit) and pushes them with the notify check: the Rust twin of
+/// `c_blkif_front_put_batch`. Returns how many were put.
+pub fn front_put_batch<P: Proto, M: RingMemory>(ring: &mut FrontRing<M, P>, i: u64, n: u32) -> u32 {
+    let mut k = 0;
+    while k < n && ring.put_request(&P::make_request(i + u64::from(k))).is_ok() {
+        k += 1;
+    }
+    std::hint::black_box(ring.push_requests_and_check_notify());
+    k
+}
+
+/// Serves up to `n` requests (expected to be requests `i..`) and pushes the responses with the notify check;
+/// counts wrong ones in `bad`. Returns how many were served.
+pub fn back_serve_batch<P: Proto, M: RingMemory>(
+    ring: &mut BackRing<M, P>,
+    i: u64,
+    n: u32,
+    bad: &mut u64,
+) -> Result<u32, RingError> {
+    let mut k = 0;
+    while k < n {
+        let Some(req) = ring.pop_request()? else {
+            break;
+        };
+        let ok = P::request_ok(i + u64::from(k), &req);
+        *bad += u64::from(!ok);
+        ring.put_response(&P::make_response(&req, ok))?;
+        k += 1;
+    }
+    std::hint::black_box(ring.push_responses_and_check_notify());
+    Ok(k)
+}
+
+/// Collects up to `n` responses (expected to answer requests `i..`); counts wrong ones in `bad`. Returns how
+/// many were collected.
+pub fn front_collect_batch<P: Proto, M: RingMemory>(
+    ring: &mut FrontRing<M, P>,
+    i: u64,
+    n: u32,
+    bad: &mut u64,
+) -> Result<u32, RingError> {
+    let mut k = 0;
+    while k < n {
+        let Some(rsp) = ring.pop_response()? else {
+            break;
+        };
+        *bad += u64::from(!P::response_ok(i + u64::from(k), &rsp));
+        k += 1;
+    }
+    Ok(k)
+}

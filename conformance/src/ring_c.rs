@@ -341,3 +341,33 @@ pub fn c_blkif_single_thread_run<M: RingMemory>(mem: &M, rounds: u64, batch: u32
     // (it is `&M`, but the caller gives the ring to this call alone).
     unsafe { c_blkif_single_thread(mem.as_ptr().cast(), mem.len(), rounds, batch) }
 }
+
+unsafe extern "C" {
+    fn c_blkif_front_put_batch(r: *mut CRingState, i: u64, n: u32) -> u32;
+    fn c_blkif_back_serve_batch(r: *mut CRingState, i: u64, n: u32, bad: *mut u64) -> u32;
+    fn c_blkif_front_collect_batch(r: *mut CRingState, i: u64, n: u32, bad: *mut u64) -> u32;
+}
+
+impl CFront<'_, crate::peers::blkif> {
+    /// ring.h, inlined in C: puts requests `i..i + n` (as many as fit) and pushes them with the notify check.
+    /// Returns how many were put.
+    pub fn put_batch(&mut self, i: u64, n: u32) -> u32 {
+        // SAFETY: the state was initialised over memory that outlives `self`.
+        unsafe { c_blkif_front_put_batch(&mut self.state, i, n) }
+    }
+    /// ring.h, inlined in C: collects up to `n` responses, expected to answer requests `i..`; counts wrong
+    /// ones in `bad`. Returns how many were collected.
+    pub fn collect_batch(&mut self, i: u64, n: u32, bad: &mut u64) -> u32 {
+        // SAFETY: as in `put_batch`; `bad` is a valid out-pointer.
+        unsafe { c_blkif_front_collect_batch(&mut self.state, i, n, bad) }
+    }
+}
+
+impl CBack<'_, crate::peers::blkif> {
+    /// ring.h, inlined in C: serves up to `n` requests, expected to be requests `i..`, and pushes the responses
+    /// with the notify check; counts wrong ones in `bad`. Returns how many were served.
+    pub fn serve_batch(&mut self, i: u64, n: u32, bad: &mut u64) -> u32 {
+        // SAFETY: the state was initialised over memory that outlives `self`; `bad` is a valid out-pointer.
+        unsafe { c_blkif_back_serve_batch(&mut self.state, i, n, bad) }
+    }
+}
