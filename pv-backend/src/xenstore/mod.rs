@@ -1,5 +1,6 @@
 //! A xenstored: the store, permissions, watches, transactions and quotas of Xen 4.17's C daemon
-//! ([`XenStore`]), and the Unix socket transport of libxenstore ([`server`]).
+//! ([`XenStore`]), the Unix socket transport of libxenstore ([`server`]) and the shared-page ring of
+//! guests ([`ring`]).
 //!
 //! The wire format (headers, payloads, paths) is `xen_abi::xs_wire`; this module is the daemon's
 //! behaviour. A VMM embeds a [`XenStore`], registers each client with [`XenStore::connect`] (domain 0
@@ -15,6 +16,7 @@
 //! ```
 
 pub mod quota;
+pub mod ring;
 pub mod server;
 pub mod store;
 

@@ -1501,18 +1501,17 @@ impl XenStore {
                 }
                 let caller = self.caller_for(c.domid);
                 for w in &c.watches {
-                    let event_path = if change.exact {
-                        (w.path == change.path).then_some(&change.path)
-                    } else if is_child(change.path.as_bytes(), w.path.as_bytes()) {
-                        Some(&change.path)
-                    } else if is_child(w.path.as_bytes(), change.path.as_bytes()) {
-                        Some(&w.path)
+                    // As `fire_watches` in 4.17: a removal fires each removed node exactly, so a
+                    // watch below a removed node fires for its own path if that node existed.
+                    let fires = if change.exact {
+                        w.path == change.path
                     } else {
-                        None
+                        is_child(change.path.as_bytes(), w.path.as_bytes())
                     };
-                    let Some(event_path) = event_path else {
+                    if !fires {
                         continue;
-                    };
+                    }
+                    let event_path = &change.path;
                     let allowed = if special {
                         self.special.get(&change.path).is_some_and(|p| {
                             perm_for(&self.domains, &caller, p, u64::MAX) & PERM_READ != 0
