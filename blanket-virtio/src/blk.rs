@@ -1,0 +1,926 @@
+//! A virtio-blk driver (virtio 1.2, section 5.2) over any [`Transport`].
+//!
+//! Each request is a chain: a 16-byte header the device reads (`virtio_blk_outhdr`), the data
+//! buffers, for discard and write-zeroes one 16-byte range (`virtio_blk_discard_write_zeroes`),
+//! and a status byte the device writes. Headers, ranges and status bytes live in a per-queue
+//! table in shared memory, one 64-byte slot per head descriptor, so a request needs no
+//! allocation.
+//!
+//! [`BlkDriver::submit`], [`BlkDriver::kick`] and [`BlkDriver::poll`] are the asynchronous,
+//! zero-copy interface: buffers are addresses in memory shared with the device.
+//! [`BlkDriver::read`], [`BlkDriver::write`] and the other blocking helpers copy through a bounce
+//! buffer and wait for the completion.
+
+use std::mem::offset_of;
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, virtio_blk_config,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use crate::memory::DmaMemory;
+use crate::queue::split::{self, MAX_INDIRECT_DESCRIPTORS, QueueFeatures, Segment, SplitQueue};
+use crate::transport::{self, Transport};
+
+/// The sector size of virtio-blk addresses, whatever the device's block size.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Bytes of config space the driver reads: up to `write_zeroes_may_unmap` and its padding.
+pub const CONFIG_BYTES: usize = offset_of!(virtio_blk_config, max_secure_erase_sectors);
+
+/// Bytes of each request slot (header, range, status).
+const SLOT_BYTES: u64 = 64;
+const SLOT_RANGE: u64 = 16;
+const SLOT_STATUS: u64 = 32;
+
+/// Errors of the virtio-blk driver.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The transport failed.
+    #[error("transport error")]
+    Transport(#[from] transport::Error),
+    /// The queue failed, or the device misbehaved on it.
+    #[error("virtqueue error")]
+    Queue(#[from] split::Error),
+    /// Shared memory allocation failed.
+    #[error("cannot allocate shared memory")]
+    Memory(#[from] crate::memory::Error),
+    /// Shared memory access failed.
+    #[error("cannot access shared memory")]
+    Access(#[source] vm_memory::GuestMemoryError),
+    /// The device does not offer `VIRTIO_F_VERSION_1` (legacy devices are not supported).
+    #[error("the device does not offer VIRTIO_F_VERSION_1 (features {0:#x})")]
+    NotVersion1(u64),
+    /// The config space holds an impossible value.
+    #[error("invalid config space: {field} = {value}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A queue index the driver did not set up.
+    #[error("queue {0} does not exist ({1} queues)")]
+    NoSuchQueue(u16, u16),
+    /// The request is not supported by the device (feature not negotiated).
+    #[error("{0} is not supported by the device")]
+    Unsupported(&'static str),
+    /// The device is read-only.
+    #[error("the device is read-only")]
+    ReadOnly,
+    /// A request past the end of the disk.
+    #[error("sectors {sector}..+{sectors} past the capacity of {capacity} sectors")]
+    OutOfRange {
+        /// First sector.
+        sector: u64,
+        /// Sectors.
+        sectors: u64,
+        /// Capacity in sectors.
+        capacity: u64,
+    },
+    /// A data length that is 0 or not a multiple of 512.
+    #[error("data length {0} is not a non-zero multiple of 512")]
+    BadLength(u64),
+    /// Too many segments, or a segment too large, for the device's limits.
+    #[error("{segments} segments (max {seg_max}) or a segment above {size_max} bytes")]
+    TooManySegments {
+        /// Segments asked for.
+        segments: usize,
+        /// The limit.
+        seg_max: u32,
+        /// The per-segment limit.
+        size_max: u32,
+    },
+    /// The device completed a request with an error status.
+    #[error("the device failed the request: {0:?}")]
+    Status(Status),
+    /// A completion for a head with no request recorded (should not happen: the queue
+    /// validates heads).
+    #[error("completion for head {0} without a request")]
+    NoRequest(u16),
+    /// A length above the discard or write-zeroes limit.
+    #[error("{sectors} sectors above the device's limit of {max}")]
+    RangeTooLarge {
+        /// Sectors asked for.
+        sectors: u32,
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// The status byte of a completed request (section 5.2.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// `VIRTIO_BLK_S_OK`.
+    Ok,
+    /// `VIRTIO_BLK_S_IOERR`.
+    IoError,
+    /// `VIRTIO_BLK_S_UNSUPP`.
+    Unsupported,
+    /// Any other value: a device that does not follow the spec.
+    Invalid(u8),
+}
+
+impl From<u8> for Status {
+    fn from(b: u8) -> Self {
+        match u32::from(b) {
+            VIRTIO_BLK_S_OK => Status::Ok,
+            VIRTIO_BLK_S_IOERR => Status::IoError,
+            VIRTIO_BLK_S_UNSUPP => Status::Unsupported,
+            _ => Status::Invalid(b),
+        }
+    }
+}
+
+/// The block topology (`VIRTIO_BLK_F_TOPOLOGY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// log2 of logical blocks per physical block.
+    pub physical_block_exp: u8,
+    /// Offset of the first aligned logical block.
+    pub alignment_offset: u8,
+    /// Suggested minimum I/O size, in blocks.
+    pub min_io_size: u16,
+    /// Optimal (suggested maximum) I/O size, in blocks.
+    pub opt_io_size: u32,
+}
+
+/// Limits of discard or write-zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeLimits {
+    /// Largest range in sectors.
+    pub max_sectors: u32,
+    /// Largest number of ranges in a request.
+    pub max_segments: u32,
+}
+
+/// The validated config space of a virtio-blk device (section 5.2.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlkConfig {
+    /// Capacity in 512-byte sectors.
+    pub capacity: u64,
+    /// Largest segment (`VIRTIO_BLK_F_SIZE_MAX`).
+    pub size_max: Option<u32>,
+    /// Most data segments in a request (`VIRTIO_BLK_F_SEG_MAX`).
+    pub seg_max: Option<u32>,
+    /// Logical block size (`VIRTIO_BLK_F_BLK_SIZE`).
+    pub blk_size: Option<u32>,
+    /// Topology (`VIRTIO_BLK_F_TOPOLOGY`).
+    pub topology: Option<Topology>,
+    /// Writeback cache enabled (`VIRTIO_BLK_F_CONFIG_WCE`).
+    pub writeback: Option<bool>,
+    /// Number of request queues (1 without `VIRTIO_BLK_F_MQ`).
+    pub num_queues: u16,
+    /// Discard limits (`VIRTIO_BLK_F_DISCARD`).
+    pub discard: Option<RangeLimits>,
+    /// Write-zeroes limits (`VIRTIO_BLK_F_WRITE_ZEROES`), and whether it may unmap.
+    pub write_zeroes: Option<(RangeLimits, bool)>,
+    /// `VIRTIO_BLK_F_RO`.
+    pub read_only: bool,
+    /// `VIRTIO_BLK_F_FLUSH`.
+    pub flush: bool,
+}
+
+fn bit(features: u64, b: u32) -> bool {
+    features & (1u64 << b) != 0
+}
+
+fn le_u16(c: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([c[off], c[off + 1]])
+}
+
+fn le_u32(c: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([c[off], c[off + 1], c[off + 2], c[off + 3]])
+}
+
+fn le_u64(c: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes([
+        c[off],
+        c[off + 1],
+        c[off + 2],
+        c[off + 3],
+        c[off + 4],
+        c[off + 5],
+        c[off + 6],
+        c[off + 7],
+    ])
+}
+
+impl BlkConfig {
+    /// Parses and validates a config space copy under the negotiated `features`. Fields of
+    /// features not negotiated are ignored.
+    pub fn parse(c: &[u8; CONFIG_BYTES], features: u64) -> Result<Self, Error> {
+        let invalid = |field, value: u64| Error::InvalidConfig { field, value };
+        let capacity = le_u64(c, offset_of!(virtio_blk_config, capacity));
+        if capacity.checked_mul(SECTOR_SIZE).is_none() {
+            return Err(invalid("capacity", capacity));
+        }
+        let size_max = if bit(features, VIRTIO_BLK_F_SIZE_MAX) {
+            let v = le_u32(c, offset_of!(virtio_blk_config, size_max));
+            if v < SECTOR_SIZE as u32 {
+                return Err(invalid("size_max", v.into()));
+            }
+            Some(v)
+        } else {
+            None
+        };
+        let seg_max = if bit(features, VIRTIO_BLK_F_SEG_MAX) {
+            let v = le_u32(c, offset_of!(virtio_blk_config, seg_max));
+            if v == 0 {
+                return Err(invalid("seg_max", 0));
+            }
+            Some(v)
+        } else {
+            None
+        };
+        let blk_size = if bit(features, VIRTIO_BLK_F_BLK_SIZE) {
+            let v = le_u32(c, offset_of!(virtio_blk_config, blk_size));
+            if !v.is_power_of_two() || !(512..=65536).contains(&v) {
+                return Err(invalid("blk_size", v.into()));
+            }
+            Some(v)
+        } else {
+            None
+        };
+        let topology = if bit(features, VIRTIO_BLK_F_TOPOLOGY) {
+            let t = Topology {
+                physical_block_exp: c[offset_of!(virtio_blk_config, physical_block_exp)],
+                alignment_offset: c[offset_of!(virtio_blk_config, alignment_offset)],
+                min_io_size: le_u16(c, offset_of!(virtio_blk_config, min_io_size)),
+                opt_io_size: le_u32(c, offset_of!(virtio_blk_config, opt_io_size)),
+            };
+            if t.physical_block_exp > 16 {
+                return Err(invalid("physical_block_exp", t.physical_block_exp.into()));
+            }
+            Some(t)
+        } else {
+            None
+        };
+        let writeback = if bit(features, VIRTIO_BLK_F_CONFIG_WCE) {
+            match c[offset_of!(virtio_blk_config, wce)] {
+                0 => Some(false),
+                1 => Some(true),
+                v => return Err(invalid("writeback", v.into())),
+            }
+        } else {
+            None
+        };
+        let num_queues = if bit(features, VIRTIO_BLK_F_MQ) {
+            let v = le_u16(c, offset_of!(virtio_blk_config, num_queues));
+            if v == 0 {
+                return Err(invalid("num_queues", 0));
+            }
+            v
+        } else {
+            1
+        };
+        let limits = |sectors_field, sectors_off, segs_field, segs_off| {
+            let max_sectors = le_u32(c, sectors_off);
+            let max_segments = le_u32(c, segs_off);
+            if max_sectors == 0 {
+                return Err(invalid(sectors_field, 0));
+            }
+            if max_segments == 0 {
+                return Err(invalid(segs_field, 0));
+            }
+            Ok(RangeLimits {
+                max_sectors,
+                max_segments,
+            })
+        };
+        let discard = if bit(features, VIRTIO_BLK_F_DISCARD) {
+            Some(limits(
+                "max_discard_sectors",
+                offset_of!(virtio_blk_config, max_discard_sectors),
+                "max_discard_seg",
+                offset_of!(virtio_blk_config, max_discard_seg),
+            )?)
+        } else {
+            None
+        };
+        let write_zeroes = if bit(features, VIRTIO_BLK_F_WRITE_ZEROES) {
+            Some((
+                limits(
+                    "max_write_zeroes_sectors",
+                    offset_of!(virtio_blk_config, max_write_zeroes_sectors),
+                    "max_write_zeroes_seg",
+                    offset_of!(virtio_blk_config, max_write_zeroes_seg),
+                )?,
+                c[offset_of!(virtio_blk_config, write_zeroes_may_unmap)] != 0,
+            ))
+        } else {
+            None
+        };
+        Ok(BlkConfig {
+            capacity,
+            size_max,
+            seg_max,
+            blk_size,
+            topology,
+            writeback,
+            num_queues,
+            discard,
+            write_zeroes,
+            read_only: bit(features, VIRTIO_BLK_F_RO),
+            flush: bit(features, VIRTIO_BLK_F_FLUSH),
+        })
+    }
+}
+
+/// Driver settings.
+#[derive(Clone, Debug)]
+pub struct BlkOptions {
+    /// Queue size wanted (clamped to the device's limit).
+    pub queue_size: u16,
+    /// Queues wanted (clamped to the device's).
+    pub num_queues: u16,
+    /// Bytes of the bounce buffer the blocking helpers use.
+    pub bounce_bytes: u32,
+    /// How long the blocking helpers wait for a completion.
+    pub timeout: Duration,
+    /// Use `VIRTIO_F_EVENT_IDX` when offered.
+    pub event_idx: bool,
+    /// Use `VIRTIO_F_INDIRECT_DESC` when offered.
+    pub indirect_desc: bool,
+}
+
+impl Default for BlkOptions {
+    fn default() -> Self {
+        BlkOptions {
+            queue_size: 256,
+            num_queues: 1,
+            bounce_bytes: 1 << 20,
+            timeout: Duration::from_secs(10),
+            event_idx: true,
+            indirect_desc: true,
+        }
+    }
+}
+
+/// A data buffer in memory shared with the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataBuf {
+    /// Its address.
+    pub addr: GuestAddress,
+    /// Its length.
+    pub len: u32,
+}
+
+/// A virtio-blk request.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// `VIRTIO_BLK_T_IN`: read from `sector` into the buffers.
+    Read {
+        /// First sector.
+        sector: u64,
+        /// Buffers, filled in order.
+        bufs: &'a [DataBuf],
+    },
+    /// `VIRTIO_BLK_T_OUT`: write the buffers at `sector`.
+    Write {
+        /// First sector.
+        sector: u64,
+        /// Buffers, written in order.
+        bufs: &'a [DataBuf],
+    },
+    /// `VIRTIO_BLK_T_FLUSH`.
+    Flush,
+    /// `VIRTIO_BLK_T_GET_ID`: the 20-byte serial into `buf` (at least 20 bytes).
+    GetId {
+        /// Where the serial goes.
+        buf: DataBuf,
+    },
+    /// `VIRTIO_BLK_T_DISCARD` of one range.
+    Discard {
+        /// First sector.
+        sector: u64,
+        /// Sectors.
+        sectors: u32,
+    },
+    /// `VIRTIO_BLK_T_WRITE_ZEROES` of one range.
+    WriteZeroes {
+        /// First sector.
+        sector: u64,
+        /// Sectors.
+        sectors: u32,
+        /// Let the device unmap (`VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`).
+        unmap: bool,
+    },
+}
+
+/// A completed request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkCompletion {
+    /// The tag given to [`BlkDriver::submit`].
+    pub tag: u64,
+    /// The status byte.
+    pub status: Status,
+    /// Bytes the device says it wrote, status byte included (validated against the buffers).
+    pub len: u32,
+}
+
+/// A discard or write-zeroes range: first sector, sectors, flags.
+type RangeSeg = (u64, u32, u32);
+
+#[derive(Debug)]
+struct BlkQueue {
+    vq: SplitQueue,
+    slots: GuestAddress,
+    tags: Vec<Option<u64>>,
+}
+
+/// A virtio-blk driver.
+#[derive(Debug)]
+pub struct BlkDriver<T: Transport> {
+    transport: T,
+    mem: Arc<DmaMemory>,
+    features: u64,
+    config: BlkConfig,
+    queues: Vec<BlkQueue>,
+    bounce: GuestAddress,
+    bounce_bytes: u32,
+    max_segments: usize,
+    segment_bytes: u32,
+    timeout: Duration,
+}
+
+impl<T: Transport> BlkDriver<T> {
+    /// Negotiates features, reads and validates the config, and sets up the queues.
+    pub fn new(mut transport: T, options: BlkOptions) -> Result<Self, Error> {
+        let mem = transport.memory().clone();
+        let offered = transport.device_features()?;
+        if !bit(offered, VIRTIO_F_VERSION_1) {
+            return Err(Error::NotVersion1(offered));
+        }
+        let mut wanted = 1u64 << VIRTIO_F_VERSION_1;
+        for b in [
+            VIRTIO_BLK_F_SIZE_MAX,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+            VIRTIO_BLK_F_TOPOLOGY,
+            VIRTIO_BLK_F_MQ,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_CONFIG_WCE,
+            VIRTIO_BLK_F_DISCARD,
+            VIRTIO_BLK_F_WRITE_ZEROES,
+            VIRTIO_BLK_F_RO,
+        ] {
+            wanted |= 1 << b;
+        }
+        if options.event_idx {
+            wanted |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        if options.indirect_desc {
+            wanted |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        }
+        let features = offered & wanted;
+        transport.set_driver_features(features)?;
+
+        let mut raw = [0u8; CONFIG_BYTES];
+        transport.read_config(0, &mut raw)?;
+        let config = BlkConfig::parse(&raw, features)?;
+
+        let max_size = split::validate_queue_size(transport.max_queue_size()?)?;
+        let size = split::validate_queue_size(options.queue_size.min(max_size))?;
+        let nq = options
+            .num_queues
+            .max(1)
+            .min(config.num_queues)
+            .min(transport.max_queues()?.max(1));
+        let qf = QueueFeatures {
+            event_idx: bit(features, VIRTIO_RING_F_EVENT_IDX),
+            indirect_desc: bit(features, VIRTIO_RING_F_INDIRECT_DESC),
+        };
+        let mut queues = Vec::with_capacity(usize::from(nq));
+        for i in 0..nq {
+            let vq = SplitQueue::allocate(&mem, size, qf)?;
+            transport.setup_queue(i, &vq.layout())?;
+            let slots = mem.alloc(u64::from(size) * SLOT_BYTES)?;
+            queues.push(BlkQueue {
+                vq,
+                slots,
+                tags: vec![None; usize::from(size)],
+            });
+        }
+        transport.activate()?;
+
+        // Header, optional range, status: data gets what is left of a chain.
+        let chain_max = if qf.indirect_desc {
+            usize::from(MAX_INDIRECT_DESCRIPTORS)
+        } else {
+            usize::from(size)
+        };
+        let mut max_segments = chain_max - 2;
+        if let Some(s) = config.seg_max {
+            max_segments = max_segments.min(s as usize);
+        }
+        let segment_bytes = config.size_max.unwrap_or(u32::MAX) & !(SECTOR_SIZE as u32 - 1);
+        let bounce_bytes = options.bounce_bytes.max(SECTOR_SIZE as u32) & !(4095);
+        let bounce = mem.alloc(u64::from(bounce_bytes.max(4096)))?;
+        Ok(BlkDriver {
+            transport,
+            mem,
+            features,
+            config,
+            queues,
+            bounce,
+            bounce_bytes: bounce_bytes.max(4096),
+            max_segments,
+            segment_bytes,
+            timeout: options.timeout,
+        })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &BlkConfig {
+        &self.config
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Number of queues set up.
+    pub fn num_queues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, mutably.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The memory shared with the device, where [`DataBuf`]s must point.
+    pub fn memory(&self) -> &Arc<DmaMemory> {
+        &self.mem
+    }
+
+    /// The most data segments one request may have.
+    pub fn max_segments(&self) -> usize {
+        self.max_segments
+    }
+
+    fn check_range(&self, sector: u64, sectors: u64) -> Result<(), Error> {
+        match sector.checked_add(sectors) {
+            Some(end) if end <= self.config.capacity => Ok(()),
+            _ => Err(Error::OutOfRange {
+                sector,
+                sectors,
+                capacity: self.config.capacity,
+            }),
+        }
+    }
+
+    fn check_data(&self, sector: u64, bufs: &[DataBuf]) -> Result<(), Error> {
+        let total: u64 = bufs.iter().map(|b| u64::from(b.len)).sum();
+        if total == 0 || total % SECTOR_SIZE != 0 {
+            return Err(Error::BadLength(total));
+        }
+        if bufs.len() > self.max_segments || bufs.iter().any(|b| b.len > self.segment_bytes) {
+            return Err(Error::TooManySegments {
+                segments: bufs.len(),
+                seg_max: self.max_segments as u32,
+                size_max: self.segment_bytes,
+            });
+        }
+        self.check_range(sector, total / SECTOR_SIZE)
+    }
+
+    fn check_limits(limits: RangeLimits, sectors: u32) -> Result<(), Error> {
+        if sectors == 0 || sectors > limits.max_sectors {
+            return Err(Error::RangeTooLarge {
+                sectors,
+                max: limits.max_sectors,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a request to queue `queue` without notifying the device (see [`Self::kick`]).
+    /// `tag` comes back in its [`BlkCompletion`].
+    pub fn submit(&mut self, queue: u16, req: &Request<'_>, tag: u64) -> Result<(), Error> {
+        let nq = self.num_queues();
+        if queue >= nq {
+            return Err(Error::NoSuchQueue(queue, nq));
+        }
+        let (kind, sector, bufs, range): (u32, u64, &[DataBuf], Option<RangeSeg>) = match *req {
+            Request::Read { sector, bufs } => {
+                self.check_data(sector, bufs)?;
+                (VIRTIO_BLK_T_IN, sector, bufs, None)
+            }
+            Request::Write { sector, bufs } => {
+                if self.config.read_only {
+                    return Err(Error::ReadOnly);
+                }
+                self.check_data(sector, bufs)?;
+                (VIRTIO_BLK_T_OUT, sector, bufs, None)
+            }
+            Request::Flush => {
+                if !self.config.flush {
+                    return Err(Error::Unsupported("flush"));
+                }
+                (VIRTIO_BLK_T_FLUSH, 0, &[], None)
+            }
+            Request::GetId { ref buf } => {
+                if buf.len < VIRTIO_BLK_ID_BYTES {
+                    return Err(Error::BadLength(buf.len.into()));
+                }
+                (VIRTIO_BLK_T_GET_ID, 0, std::slice::from_ref(buf), None)
+            }
+            Request::Discard { sector, sectors } => {
+                if self.config.read_only {
+                    return Err(Error::ReadOnly);
+                }
+                let limits = self.config.discard.ok_or(Error::Unsupported("discard"))?;
+                Self::check_limits(limits, sectors)?;
+                self.check_range(sector, sectors.into())?;
+                (VIRTIO_BLK_T_DISCARD, 0, &[], Some((sector, sectors, 0)))
+            }
+            Request::WriteZeroes {
+                sector,
+                sectors,
+                unmap,
+            } => {
+                if self.config.read_only {
+                    return Err(Error::ReadOnly);
+                }
+                let (limits, may_unmap) = self
+                    .config
+                    .write_zeroes
+                    .ok_or(Error::Unsupported("write-zeroes"))?;
+                Self::check_limits(limits, sectors)?;
+                self.check_range(sector, sectors.into())?;
+                let flags = if unmap && may_unmap {
+                    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+                } else {
+                    0
+                };
+                (
+                    VIRTIO_BLK_T_WRITE_ZEROES,
+                    0,
+                    &[],
+                    Some((sector, sectors, flags)),
+                )
+            }
+        };
+        let data_writable = matches!(kind, VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID);
+        let q = &mut self.queues[usize::from(queue)];
+        let segments_needed = bufs.len() + 2 + usize::from(range.is_some());
+        if !q.vq.has_room_for(segments_needed) {
+            return Err(split::Error::QueueFull {
+                needed: segments_needed,
+                free: q.vq.free_descriptors(),
+            }
+            .into());
+        }
+        let head = q.vq.next_head().ok_or(split::Error::QueueFull {
+            needed: segments_needed,
+            free: 0,
+        })?;
+        let slot = q.slots.unchecked_add(u64::from(head) * SLOT_BYTES);
+        // The slot is written whole, zeroed where unused (no stale bytes reach the device).
+        let mut bytes = [0u8; SLOT_BYTES as usize];
+        bytes[0..4].copy_from_slice(&kind.to_le_bytes());
+        bytes[8..16].copy_from_slice(&sector.to_le_bytes());
+        if let Some((s, n, flags)) = range {
+            bytes[16..24].copy_from_slice(&s.to_le_bytes());
+            bytes[24..28].copy_from_slice(&n.to_le_bytes());
+            bytes[28..32].copy_from_slice(&flags.to_le_bytes());
+        }
+        bytes[SLOT_STATUS as usize] = 0xff;
+        self.mem
+            .guest_memory()
+            .write_slice(&bytes, slot)
+            .map_err(Error::Access)?;
+
+        let mut segs: Vec<Segment> = Vec::with_capacity(segments_needed);
+        segs.push(Segment {
+            addr: slot,
+            len: 16,
+            device_writable: false,
+        });
+        segs.extend(bufs.iter().map(|b| Segment {
+            addr: b.addr,
+            len: b.len,
+            device_writable: data_writable,
+        }));
+        if range.is_some() {
+            segs.push(Segment {
+                addr: slot.unchecked_add(SLOT_RANGE),
+                len: 16,
+                device_writable: false,
+            });
+        }
+        segs.push(Segment {
+            addr: slot.unchecked_add(SLOT_STATUS),
+            len: 1,
+            device_writable: true,
+        });
+        let added = q.vq.add(&segs)?;
+        debug_assert_eq!(added, head);
+        q.tags[usize::from(added)] = Some(tag);
+        Ok(())
+    }
+
+    /// Publishes the submitted requests of `queue` and notifies the device if it asked for it.
+    pub fn kick(&mut self, queue: u16) -> Result<(), Error> {
+        let nq = self.num_queues();
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .ok_or(Error::NoSuchQueue(queue, nq))?;
+        if q.vq.publish()? {
+            self.transport.notify(queue)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the completions of `queue` to `out`; returns how many.
+    pub fn poll(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
+        let nq = self.num_queues();
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .ok_or(Error::NoSuchQueue(queue, nq))?;
+        let mut n = 0;
+        while let Some(c) = q.vq.pop_used()? {
+            let tag = q.tags[usize::from(c.head)]
+                .take()
+                .ok_or(Error::NoRequest(c.head))?;
+            let status_addr = q
+                .slots
+                .unchecked_add(u64::from(c.head) * SLOT_BYTES + SLOT_STATUS);
+            let status: u8 = self
+                .mem
+                .guest_memory()
+                .read_obj(status_addr)
+                .map_err(Error::Access)?;
+            out.push(BlkCompletion {
+                tag,
+                status: status.into(),
+                len: c.len,
+            });
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Waits for at least one completion on `queue` (or the timeout), then polls.
+    pub fn wait(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
+        loop {
+            let n = self.poll(queue, out)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let nq = self.num_queues();
+            let q = self
+                .queues
+                .get_mut(usize::from(queue))
+                .ok_or(Error::NoSuchQueue(queue, nq))?;
+            if q.vq.enable_notifications()? {
+                continue;
+            }
+            self.transport.wait(queue, self.timeout)?;
+        }
+    }
+
+    /// Submits one request on queue 0, kicks, and waits for its completion.
+    fn run(&mut self, req: &Request<'_>) -> Result<BlkCompletion, Error> {
+        const TAG: u64 = u64::MAX;
+        self.submit(0, req, TAG)?;
+        self.kick(0)?;
+        let mut out = Vec::new();
+        loop {
+            self.wait(0, &mut out)?;
+            if let Some(c) = out.iter().find(|c| c.tag == TAG) {
+                return match c.status {
+                    Status::Ok => Ok(*c),
+                    s => Err(Error::Status(s)),
+                };
+            }
+            out.clear();
+        }
+    }
+
+    /// The bounce buffer split into segments for a `len`-byte transfer.
+    fn bounce_bufs(&self, len: u32) -> Vec<DataBuf> {
+        let mut bufs = Vec::new();
+        let mut off = 0u32;
+        while off < len {
+            let n = (len - off).min(self.segment_bytes);
+            bufs.push(DataBuf {
+                addr: self.bounce.unchecked_add(u64::from(off)),
+                len: n,
+            });
+            off += n;
+        }
+        bufs
+    }
+
+    /// Bytes one blocking request moves at most.
+    fn chunk_bytes(&self) -> u32 {
+        let by_segments = (self.max_segments as u64 * u64::from(self.segment_bytes))
+            .min(u64::from(u32::MAX)) as u32;
+        self.bounce_bytes.min(by_segments) & !(SECTOR_SIZE as u32 - 1)
+    }
+
+    /// Reads `buf.len()` bytes (a multiple of 512) at `sector`, through the bounce buffer.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
+        if buf.is_empty() || buf.len() as u64 % SECTOR_SIZE != 0 {
+            return Err(Error::BadLength(buf.len() as u64));
+        }
+        self.check_range(sector, buf.len() as u64 / SECTOR_SIZE)?;
+        let chunk = self.chunk_bytes() as usize;
+        let mut sector = sector;
+        for part in buf.chunks_mut(chunk) {
+            let bufs = self.bounce_bufs(part.len() as u32);
+            self.run(&Request::Read {
+                sector,
+                bufs: &bufs,
+            })?;
+            self.mem
+                .guest_memory()
+                .read_slice(part, self.bounce)
+                .map_err(Error::Access)?;
+            sector += part.len() as u64 / SECTOR_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` (a multiple of 512 bytes) at `sector`, through the bounce buffer.
+    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Error> {
+        if buf.is_empty() || buf.len() as u64 % SECTOR_SIZE != 0 {
+            return Err(Error::BadLength(buf.len() as u64));
+        }
+        if self.config.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(sector, buf.len() as u64 / SECTOR_SIZE)?;
+        let chunk = self.chunk_bytes() as usize;
+        let mut sector = sector;
+        for part in buf.chunks(chunk) {
+            self.mem
+                .guest_memory()
+                .write_slice(part, self.bounce)
+                .map_err(Error::Access)?;
+            let bufs = self.bounce_bufs(part.len() as u32);
+            self.run(&Request::Write {
+                sector,
+                bufs: &bufs,
+            })?;
+            sector += part.len() as u64 / SECTOR_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Flushes the device's write cache.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.run(&Request::Flush).map(|_| ())
+    }
+
+    /// Discards `sectors` sectors at `sector`.
+    pub fn discard(&mut self, sector: u64, sectors: u32) -> Result<(), Error> {
+        self.run(&Request::Discard { sector, sectors }).map(|_| ())
+    }
+
+    /// Writes zeroes over `sectors` sectors at `sector`, letting the device unmap if `unmap`.
+    pub fn write_zeroes(&mut self, sector: u64, sectors: u32, unmap: bool) -> Result<(), Error> {
+        self.run(&Request::WriteZeroes {
+            sector,
+            sectors,
+            unmap,
+        })
+        .map(|_| ())
+    }
+
+    /// The device's serial (`VIRTIO_BLK_T_GET_ID`): 20 bytes, NUL-padded.
+    pub fn get_id(&mut self) -> Result<[u8; 20], Error> {
+        self.run(&Request::GetId {
+            buf: DataBuf {
+                addr: self.bounce,
+                len: VIRTIO_BLK_ID_BYTES,
+            },
+        })?;
+        let mut id = [0u8; 20];
+        self.mem
+            .guest_memory()
+            .read_slice(&mut id, self.bounce)
+            .map_err(Error::Access)?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,910 @@
+//! The driver side of a split virtqueue (virtio 1.2, section 2.7).
+//!
+//! The driver owns three areas in memory shared with the device: the descriptor table, the
+//! available ring (driver → device) and the used ring (device → driver). Everything the device
+//! writes (the used ring, and `avail_event`) is untrusted: each used element is copied out of
+//! shared memory once, with one volatile read, and validated against the driver's *private*
+//! record of what is in flight. The device can never make the driver read or write outside the
+//! buffers the driver itself put in the ring.
+//!
+//! Ordering (section 2.7.13): descriptors and available ring entries are written first, then
+//! `avail.idx` is published with a release store. The used ring is read with an acquire load of
+//! `used.idx` before the used elements are read. With `VIRTIO_F_EVENT_IDX` a full fence separates
+//! publishing `avail.idx` (or `used_event`) from reading the device's suppression fields.
+
+use std::collections::VecDeque;
+use std::mem::{offset_of, size_of};
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY, vring_avail, vring_desc, vring_used, vring_used_elem,
+};
+use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Le16, Le32, Le64,
+    Permissions,
+};
+
+use crate::memory::DmaMemory;
+
+/// The largest queue size the split layout allows (section 2.7: "Queue Size ... maximum 32768").
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// The longest indirect table this driver builds, in descriptors.
+pub const MAX_INDIRECT_DESCRIPTORS: u16 = 128;
+
+/// Errors of the split virtqueue. Variants from `UsedIdOutOfRange` on are device misbehaviour:
+/// after one of them the queue is broken and only [`SplitQueue::reset`] makes it usable again.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The queue size is 0, not a power of two, or above 32768 (section 2.7).
+    #[error("invalid queue size {0}: must be a power of two between 1 and {MAX_QUEUE_SIZE}")]
+    InvalidQueueSize(u16),
+    /// Allocating the rings failed.
+    #[error("cannot allocate the rings")]
+    Memory(#[source] crate::memory::Error),
+    /// Accessing shared memory failed.
+    #[error("cannot access the rings in shared memory")]
+    Access(#[source] vm_memory::GuestMemoryError),
+    /// A chain with no segments.
+    #[error("a descriptor chain needs at least one segment")]
+    EmptyChain,
+    /// A chain longer than the queue (or the indirect table) can hold.
+    #[error(
+        "a chain of {len} segments does not fit a queue of {size} (indirect table max {max_indirect})"
+    )]
+    ChainTooLong {
+        /// Segments asked for.
+        len: usize,
+        /// The queue size.
+        size: u16,
+        /// The longest indirect table, 0 when indirect descriptors are not in use.
+        max_indirect: u16,
+    },
+    /// Not enough free descriptors now: wait for completions.
+    #[error("queue full: {needed} descriptors needed, {free} free")]
+    QueueFull {
+        /// Descriptors needed.
+        needed: usize,
+        /// Descriptors free.
+        free: usize,
+    },
+    /// A segment outside the shared memory, or whose end overflows.
+    #[error("segment at {addr:#x} of {len} bytes is not inside memory shared with the device")]
+    SegmentOutsideMemory {
+        /// The segment's address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// The device published a used idx further ahead than the number of buffers in flight.
+    #[error(
+        "device moved used.idx to {used_idx} from {last_used} with only {in_flight} buffers in flight"
+    )]
+    UsedIdxTooFarAhead {
+        /// The device's used.idx.
+        used_idx: u16,
+        /// The last used idx the driver consumed.
+        last_used: u16,
+        /// Buffers in flight.
+        in_flight: u16,
+    },
+    /// A used id not below the queue size.
+    #[error("used id {id} out of range for a queue of {size}")]
+    UsedIdOutOfRange {
+        /// The id the device wrote.
+        id: u32,
+        /// The queue size.
+        size: u16,
+    },
+    /// A used id that names a free descriptor.
+    #[error("used id {0} is not outstanding")]
+    UsedIdNotOutstanding(u16),
+    /// A used id that names a descriptor the device already completed.
+    #[error("used id {0} was already completed (duplicate completion)")]
+    UsedIdDuplicate(u16),
+    /// A used id in the middle of a chain (not its head).
+    #[error("used id {id} is in the middle of the chain headed by {head}")]
+    UsedIdNotHead {
+        /// The id the device wrote.
+        id: u16,
+        /// The head of the chain it belongs to.
+        head: u16,
+    },
+    /// A used len larger than the device-writable part of the chain.
+    #[error("used len {len} for id {id} exceeds the {writable} device-writable bytes")]
+    UsedLenTooLarge {
+        /// The chain's head.
+        id: u16,
+        /// The length the device wrote.
+        len: u32,
+        /// The writable bytes in the chain.
+        writable: u64,
+    },
+    /// An earlier device error broke the queue; reset it.
+    #[error("the queue is broken by an earlier device error; reset it")]
+    Broken,
+}
+
+/// Where the three areas of a split virtqueue are, and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLayout {
+    /// Number of descriptors (a power of two).
+    pub size: u16,
+    /// Descriptor table (16-byte aligned).
+    pub desc_table: GuestAddress,
+    /// Available ring (2-byte aligned).
+    pub avail_ring: GuestAddress,
+    /// Used ring (4-byte aligned).
+    pub used_ring: GuestAddress,
+}
+
+impl QueueLayout {
+    /// Bytes of the descriptor table for `size` descriptors (section 2.7).
+    pub fn desc_table_bytes(size: u16) -> u64 {
+        size_of::<vring_desc>() as u64 * u64::from(size)
+    }
+
+    /// Bytes of the available ring, with `used_event`.
+    pub fn avail_ring_bytes(size: u16) -> u64 {
+        offset_of!(vring_avail, ring) as u64 + 2 * u64::from(size) + 2
+    }
+
+    /// Bytes of the used ring, with `avail_event`.
+    pub fn used_ring_bytes(size: u16) -> u64 {
+        offset_of!(vring_used, ring) as u64
+            + size_of::<vring_used_elem>() as u64 * u64::from(size)
+            + 2
+    }
+}
+
+/// Checks a queue size: non-zero, a power of two, at most 32768.
+pub fn validate_queue_size(size: u16) -> Result<u16, Error> {
+    if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+        return Err(Error::InvalidQueueSize(size));
+    }
+    Ok(size)
+}
+
+/// The ring features that change how the driver uses the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFeatures {
+    /// `VIRTIO_F_EVENT_IDX` was negotiated.
+    pub event_idx: bool,
+    /// `VIRTIO_F_INDIRECT_DESC` was negotiated.
+    pub indirect_desc: bool,
+}
+
+/// One buffer of a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Its address in memory shared with the device.
+    pub addr: GuestAddress,
+    /// Its length in bytes.
+    pub len: u32,
+    /// The device writes it (`VRING_DESC_F_WRITE`), else the device reads it.
+    pub device_writable: bool,
+}
+
+/// A validated completion: the head of a chain the driver added, and how many bytes the device
+/// says it wrote (at most the chain's device-writable bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The head descriptor index returned by [`SplitQueue::add`].
+    pub head: u16,
+    /// The used length, already checked against the writable bytes.
+    pub len: u32,
+}
+
+/// A descriptor as laid out in memory (section 2.7.5), little-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Descriptor {
+    addr: Le64,
+    len: Le32,
+    flags: Le16,
+    next: Le16,
+}
+
+// SAFETY: `Descriptor` is `repr(C)`, made only of little-endian integer wrappers that are
+// themselves `ByteValued`, with no padding (16 bytes, checked below): any bit pattern is valid.
+unsafe impl ByteValued for Descriptor {}
+const _: () = assert!(size_of::<Descriptor>() == size_of::<vring_desc>());
+
+/// A used element as laid out in memory (section 2.7.8), little-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct UsedElem {
+    id: Le32,
+    len: Le32,
+}
+
+// SAFETY: `UsedElem` is `repr(C)`, two `ByteValued` little-endian u32 wrappers, no padding (8
+// bytes, checked below): any bit pattern is valid.
+unsafe impl ByteValued for UsedElem {}
+const _: () = assert!(size_of::<UsedElem>() == size_of::<vring_used_elem>());
+
+/// The driver's private view of each descriptor. Never read back from shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Free, and never completed since it was last used as a member.
+    Free,
+    /// Free because the device completed the chain it headed: a second completion of it is a
+    /// duplicate.
+    Completed,
+    /// The head of a chain in flight.
+    Head {
+        /// Ring descriptors the chain holds (1 when indirect).
+        ring_descs: u16,
+        /// Device-writable bytes of the whole chain.
+        writable: u64,
+    },
+    /// A non-head member of the chain headed by `head`.
+    Member { head: u16 },
+}
+
+/// The driver side of one split virtqueue.
+#[derive(Debug)]
+pub struct SplitQueue<M: GuestMemory = GuestMemoryMmap> {
+    mem: Arc<M>,
+    layout: QueueLayout,
+    features: QueueFeatures,
+    /// One indirect table of `max_indirect` descriptors per head, or `None`.
+    indirect_tables: Option<GuestAddress>,
+    max_indirect: u16,
+    slots: Vec<Slot>,
+    /// Private copy of the `next` links the driver wrote.
+    next: Vec<u16>,
+    /// Free descriptors, first in first out, so a completed id is not reused at once and a
+    /// duplicate completion can be told from a fresh one.
+    free: VecDeque<u16>,
+    /// The next avail idx to write (not yet published past `published_avail`).
+    avail_idx: u16,
+    published_avail: u16,
+    last_used: u16,
+    in_flight: u16,
+    broken: bool,
+}
+
+impl SplitQueue<GuestMemoryMmap> {
+    /// Allocates the rings (each on its own pages) and, with `INDIRECT_DESC`, one indirect table
+    /// per descriptor, from `dma`.
+    pub fn allocate(dma: &DmaMemory, size: u16, features: QueueFeatures) -> Result<Self, Error> {
+        let size = validate_queue_size(size)?;
+        let desc_table = dma
+            .alloc(QueueLayout::desc_table_bytes(size))
+            .map_err(Error::Memory)?;
+        let avail_ring = dma
+            .alloc(QueueLayout::avail_ring_bytes(size))
+            .map_err(Error::Memory)?;
+        let used_ring = dma
+            .alloc(QueueLayout::used_ring_bytes(size))
+            .map_err(Error::Memory)?;
+        let indirect = if features.indirect_desc {
+            let bytes = u64::from(size)
+                * u64::from(MAX_INDIRECT_DESCRIPTORS)
+                * size_of::<Descriptor>() as u64;
+            Some(dma.alloc(bytes).map_err(Error::Memory)?)
+        } else {
+            None
+        };
+        let layout = QueueLayout {
+            size,
+            desc_table,
+            avail_ring,
+            used_ring,
+        };
+        Self::new(dma.guest_memory().clone(), layout, features, indirect)
+    }
+}
+
+impl<M: GuestMemory> SplitQueue<M> {
+    /// A queue over rings already placed in `mem`. `indirect_tables`, needed when
+    /// `features.indirect_desc`, is room for `layout.size * MAX_INDIRECT_DESCRIPTORS`
+    /// descriptors. The rings are zeroed.
+    pub fn new(
+        mem: Arc<M>,
+        layout: QueueLayout,
+        mut features: QueueFeatures,
+        indirect_tables: Option<GuestAddress>,
+    ) -> Result<Self, Error> {
+        let size = validate_queue_size(layout.size)?;
+        if indirect_tables.is_none() {
+            features.indirect_desc = false;
+        }
+        let mut q = SplitQueue {
+            mem,
+            layout,
+            features,
+            indirect_tables,
+            max_indirect: if features.indirect_desc {
+                MAX_INDIRECT_DESCRIPTORS
+            } else {
+                0
+            },
+            slots: vec![Slot::Free; usize::from(size)],
+            next: vec![0; usize::from(size)],
+            free: (0..size).collect(),
+            avail_idx: 0,
+            published_avail: 0,
+            last_used: 0,
+            in_flight: 0,
+            broken: false,
+        };
+        q.zero_rings()?;
+        Ok(q)
+    }
+
+    fn zero_rings(&mut self) -> Result<(), Error> {
+        let l = self.layout;
+        for (addr, len) in [
+            (l.desc_table, QueueLayout::desc_table_bytes(l.size)),
+            (l.avail_ring, QueueLayout::avail_ring_bytes(l.size)),
+            (l.used_ring, QueueLayout::used_ring_bytes(l.size)),
+        ] {
+            let zeroes = vec![0u8; len as usize];
+            self.mem.write_slice(&zeroes, addr).map_err(Error::Access)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything in flight and zeroes the rings, for use after a device reset (the
+    /// device must not be using the rings any more).
+    pub fn reset(&mut self) -> Result<(), Error> {
+        let size = self.layout.size;
+        self.slots.fill(Slot::Free);
+        self.free = (0..size).collect();
+        self.avail_idx = 0;
+        self.published_avail = 0;
+        self.last_used = 0;
+        self.in_flight = 0;
+        self.broken = false;
+        self.zero_rings()
+    }
+
+    /// The ring addresses and size, to give to the device.
+    pub fn layout(&self) -> QueueLayout {
+        self.layout
+    }
+
+    /// The queue size.
+    pub fn size(&self) -> u16 {
+        self.layout.size
+    }
+
+    /// The features in use.
+    pub fn features(&self) -> QueueFeatures {
+        self.features
+    }
+
+    /// Chains added and not yet completed.
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Free descriptors.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Whether an earlier device error broke the queue.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Ring descriptors a chain of `segments` needs.
+    fn ring_descs_for(&self, segments: usize) -> usize {
+        if self.features.indirect_desc && segments > 1 {
+            1
+        } else {
+            segments
+        }
+    }
+
+    /// The head index the next [`SplitQueue::add`] will use, if a descriptor is free. Lets a
+    /// caller place per-request data (such as a virtio-blk header) in a slot named by the head.
+    pub fn next_head(&self) -> Option<u16> {
+        self.free.front().copied()
+    }
+
+    /// Whether a chain of `segments` can be added now.
+    pub fn has_room_for(&self, segments: usize) -> bool {
+        self.ring_descs_for(segments) <= self.free.len()
+    }
+
+    /// Writes a chain and its available ring entry, but does not publish it: call
+    /// [`SplitQueue::publish`] (once per batch). Returns the head index, which
+    /// [`Completion::head`] will name.
+    pub fn add(&mut self, segments: &[Segment]) -> Result<u16, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let n = segments.len();
+        if n == 0 {
+            return Err(Error::EmptyChain);
+        }
+        let use_indirect = self.features.indirect_desc && n > 1;
+        if (use_indirect && n > usize::from(self.max_indirect))
+            || (!use_indirect && n > usize::from(self.layout.size))
+        {
+            return Err(Error::ChainTooLong {
+                len: n,
+                size: self.layout.size,
+                max_indirect: self.max_indirect,
+            });
+        }
+        let ring_descs = if use_indirect { 1 } else { n };
+        if ring_descs > self.free.len() {
+            return Err(Error::QueueFull {
+                needed: ring_descs,
+                free: self.free.len(),
+            });
+        }
+        let mut writable = 0u64;
+        for s in segments {
+            if !self
+                .mem
+                .check_range(s.addr, s.len as usize, Permissions::ReadWrite)
+            {
+                return Err(Error::SegmentOutsideMemory {
+                    addr: s.addr.0,
+                    len: s.len,
+                });
+            }
+            if s.device_writable {
+                writable += u64::from(s.len);
+            }
+        }
+
+        // Take the descriptors now; on a memory error below the queue is left broken (our own
+        // memory failed, which does not happen with a valid mapping).
+        let head = self.free.pop_front().ok_or(Error::QueueFull {
+            needed: ring_descs,
+            free: 0,
+        })?;
+        let result = if use_indirect {
+            self.write_indirect(head, segments)
+        } else {
+            self.write_direct(head, segments)
+        };
+        if let Err(e) = result {
+            self.broken = true;
+            return Err(e);
+        }
+        self.slots[usize::from(head)] = Slot::Head {
+            ring_descs: ring_descs as u16,
+            writable,
+        };
+
+        // The available ring entry; avail.idx itself is published by `publish`.
+        let slot = self.avail_idx & (self.layout.size - 1);
+        let entry = self
+            .layout
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(slot));
+        self.mem
+            .write_obj(Le16::from(head), entry)
+            .map_err(Error::Access)?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.in_flight += 1;
+        Ok(head)
+    }
+
+    fn desc_addr(&self, index: u16) -> GuestAddress {
+        self.layout
+            .desc_table
+            .unchecked_add(u64::from(index) * size_of::<Descriptor>() as u64)
+    }
+
+    fn write_desc(
+        &self,
+        at: GuestAddress,
+        s: &Segment,
+        flags: u32,
+        next: u16,
+    ) -> Result<(), Error> {
+        let flags = flags
+            | if s.device_writable {
+                VRING_DESC_F_WRITE
+            } else {
+                0
+            };
+        let d = Descriptor {
+            addr: Le64::from(s.addr.0),
+            len: Le32::from(s.len),
+            flags: Le16::from(flags as u16),
+            next: Le16::from(next),
+        };
+        self.mem.write_obj(d, at).map_err(Error::Access)
+    }
+
+    fn write_direct(&mut self, head: u16, segments: &[Segment]) -> Result<(), Error> {
+        let mut current = head;
+        for (i, s) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let next = if last {
+                0
+            } else {
+                // Room was checked in `add`.
+                let next = self.free.pop_front().ok_or(Error::QueueFull {
+                    needed: segments.len(),
+                    free: 0,
+                })?;
+                self.slots[usize::from(next)] = Slot::Member { head };
+                next
+            };
+            self.next[usize::from(current)] = next;
+            let flags = if last { 0 } else { VRING_DESC_F_NEXT };
+            self.write_desc(self.desc_addr(current), s, flags, next)?;
+            current = next;
+        }
+        Ok(())
+    }
+
+    fn write_indirect(&mut self, head: u16, segments: &[Segment]) -> Result<(), Error> {
+        let Some(tables) = self.indirect_tables else {
+            return Err(Error::ChainTooLong {
+                len: segments.len(),
+                size: self.layout.size,
+                max_indirect: 0,
+            });
+        };
+        let entry = size_of::<Descriptor>() as u64;
+        let table = tables.unchecked_add(u64::from(head) * u64::from(self.max_indirect) * entry);
+        for (i, s) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let flags = if last { 0 } else { VRING_DESC_F_NEXT };
+            let next = if last { 0 } else { (i + 1) as u16 };
+            self.write_desc(table.unchecked_add(i as u64 * entry), s, flags, next)?;
+        }
+        let table_seg = Segment {
+            addr: table,
+            len: (segments.len() as u64 * entry) as u32,
+            device_writable: false,
+        };
+        self.next[usize::from(head)] = 0;
+        self.write_desc(self.desc_addr(head), &table_seg, VRING_DESC_F_INDIRECT, 0)
+    }
+
+    /// Publishes the chains added since the last call with a release store of `avail.idx`, and
+    /// says whether the device wants a notification (section 2.7.10: `avail_event` with
+    /// `EVENT_IDX`, else the `NO_NOTIFY` flag). The device controls those fields: a wrong value
+    /// only costs a spurious or a missed kick, never memory safety.
+    pub fn publish(&mut self) -> Result<bool, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let old = self.published_avail;
+        let new = self.avail_idx;
+        if old == new {
+            return Ok(false);
+        }
+        let idx_addr = self
+            .layout
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, idx) as u64);
+        self.mem
+            .store(u16::to_le(new), idx_addr, Ordering::Release)
+            .map_err(Error::Access)?;
+        self.published_avail = new;
+        // Order the avail.idx store before the loads of the device's suppression fields.
+        fence(Ordering::SeqCst);
+        if self.features.event_idx {
+            let event = u16::from_le(
+                self.mem
+                    .load(self.avail_event_addr(), Ordering::Acquire)
+                    .map_err(Error::Access)?,
+            );
+            Ok(need_event(event, new, old))
+        } else {
+            let flags_addr = self
+                .layout
+                .used_ring
+                .unchecked_add(offset_of!(vring_used, flags) as u64);
+            let flags = u16::from_le(
+                self.mem
+                    .load(flags_addr, Ordering::Acquire)
+                    .map_err(Error::Access)?,
+            );
+            Ok(u32::from(flags) & VRING_USED_F_NO_NOTIFY == 0)
+        }
+    }
+
+    fn avail_event_addr(&self) -> GuestAddress {
+        self.layout.used_ring.unchecked_add(
+            offset_of!(vring_used, ring) as u64
+                + size_of::<vring_used_elem>() as u64 * u64::from(self.layout.size),
+        )
+    }
+
+    fn used_event_addr(&self) -> GuestAddress {
+        self.layout
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(self.layout.size))
+    }
+
+    fn used_idx(&self) -> Result<u16, Error> {
+        let addr = self
+            .layout
+            .used_ring
+            .unchecked_add(offset_of!(vring_used, idx) as u64);
+        self.mem
+            .load::<u16>(addr, Ordering::Acquire)
+            .map(u16::from_le)
+            .map_err(Error::Access)
+    }
+
+    /// Takes the next used element, if any, validated: an id in range, outstanding, at the head
+    /// of a chain, not completed twice, with a length no larger than the writable bytes. Any
+    /// violation breaks the queue.
+    pub fn pop_used(&mut self) -> Result<Option<Completion>, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        match self.pop_used_inner() {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn pop_used_inner(&mut self) -> Result<Option<Completion>, Error> {
+        // Acquire: the used elements below were written before this idx (section 2.7.13).
+        let used_idx = self.used_idx()?;
+        let pending = used_idx.wrapping_sub(self.last_used);
+        if pending == 0 {
+            return Ok(None);
+        }
+        if pending > self.in_flight {
+            return Err(Error::UsedIdxTooFarAhead {
+                used_idx,
+                last_used: self.last_used,
+                in_flight: self.in_flight,
+            });
+        }
+        let slot = self.last_used & (self.layout.size - 1);
+        let elem_addr = self.layout.used_ring.unchecked_add(
+            offset_of!(vring_used, ring) as u64
+                + size_of::<vring_used_elem>() as u64 * u64::from(slot),
+        );
+        // One volatile copy of the element; only the copy is looked at from here on.
+        let elem: UsedElem = self.mem.read_obj(elem_addr).map_err(Error::Access)?;
+        let id = elem.id.to_native();
+        let len = elem.len.to_native();
+        if id >= u32::from(self.layout.size) {
+            return Err(Error::UsedIdOutOfRange {
+                id,
+                size: self.layout.size,
+            });
+        }
+        let id = id as u16;
+        let (ring_descs, writable) = match self.slots[usize::from(id)] {
+            Slot::Head {
+                ring_descs,
+                writable,
+            } => (ring_descs, writable),
+            Slot::Member { head } => return Err(Error::UsedIdNotHead { id, head }),
+            Slot::Completed => return Err(Error::UsedIdDuplicate(id)),
+            Slot::Free => return Err(Error::UsedIdNotOutstanding(id)),
+        };
+        if u64::from(len) > writable {
+            return Err(Error::UsedLenTooLarge { id, len, writable });
+        }
+        // Free the chain by walking our private links, bounded by the count we recorded.
+        let mut current = id;
+        for i in 0..ring_descs {
+            let next = self.next[usize::from(current)];
+            self.slots[usize::from(current)] = if i == 0 { Slot::Completed } else { Slot::Free };
+            self.free.push_back(current);
+            current = next;
+        }
+        self.last_used = self.last_used.wrapping_add(1);
+        self.in_flight -= 1;
+        Ok(Some(Completion { head: id, len }))
+    }
+
+    /// Asks the device for a notification at the next used buffer (`used_event` with
+    /// `EVENT_IDX`, else clearing `NO_INTERRUPT`), then says whether used buffers are already
+    /// pending, in which case the caller must not sleep waiting for one.
+    pub fn enable_notifications(&mut self) -> Result<bool, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if self.features.event_idx {
+            self.mem
+                .store(
+                    u16::to_le(self.last_used),
+                    self.used_event_addr(),
+                    Ordering::Release,
+                )
+                .map_err(Error::Access)?;
+        } else {
+            self.set_avail_flags(0)?;
+        }
+        fence(Ordering::SeqCst);
+        Ok(self.used_idx()? != self.last_used)
+    }
+
+    /// Asks the device not to notify (a hint; the device may notify anyway). Used while polling.
+    pub fn disable_notifications(&mut self) -> Result<(), Error> {
+        if self.features.event_idx {
+            // used_event one behind last_used: the device notifies only after 2^16 completions.
+            self.mem
+                .store(
+                    u16::to_le(self.last_used.wrapping_sub(1)),
+                    self.used_event_addr(),
+                    Ordering::Relaxed,
+                )
+                .map_err(Error::Access)
+        } else {
+            self.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16)
+        }
+    }
+
+    fn set_avail_flags(&self, flags: u16) -> Result<(), Error> {
+        let addr = self
+            .layout
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, flags) as u64);
+        self.mem
+            .store(u16::to_le(flags), addr, Ordering::Relaxed)
+            .map_err(Error::Access)
+    }
+}
+
+/// `vring_need_event` of section 2.7.10: whether moving an index from `old` to `new` crossed
+/// `event`.
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::inproc::DeviceQueue;
+
+    fn queue(size: u16, features: QueueFeatures) -> (DmaMemory, SplitQueue, DeviceQueue) {
+        let dma = DmaMemory::new(4 << 20).unwrap();
+        let q = SplitQueue::allocate(&dma, size, features).unwrap();
+        let dev = DeviceQueue::new(q.layout());
+        (dma, q, dev)
+    }
+
+    fn seg(dma: &DmaMemory, len: u32, device_writable: bool) -> Segment {
+        Segment {
+            addr: dma.alloc(u64::from(len)).unwrap(),
+            len,
+            device_writable,
+        }
+    }
+
+    #[test]
+    fn queue_size_must_be_a_non_zero_power_of_two() {
+        for bad in [0u16, 3, 6, 1000, 32769, 65535] {
+            assert!(
+                matches!(validate_queue_size(bad), Err(Error::InvalidQueueSize(s)) if s == bad)
+            );
+        }
+        for good in [1u16, 2, 256, 32768] {
+            assert_eq!(validate_queue_size(good).unwrap(), good);
+        }
+    }
+
+    #[test]
+    fn need_event_matches_the_spec() {
+        assert!(need_event(0, 1, 0));
+        assert!(!need_event(1, 1, 0));
+        assert!(need_event(5, 10, 0));
+        assert!(!need_event(10, 10, 0));
+        // Across the wrap.
+        assert!(need_event(65535, 2, 65534));
+        assert!(!need_event(3, 2, 65534));
+    }
+
+    #[test]
+    fn direct_and_indirect_chains_reach_the_device_intact() {
+        for indirect_desc in [false, true] {
+            let (dma, mut q, mut dev) = queue(
+                8,
+                QueueFeatures {
+                    event_idx: true,
+                    indirect_desc,
+                },
+            );
+            let segs = [
+                seg(&dma, 16, false),
+                seg(&dma, 4096, true),
+                seg(&dma, 1, true),
+            ];
+            let head = q.add(&segs).unwrap();
+            assert!(q.publish().unwrap(), "first publish must notify");
+            let mem = dma.guest_memory();
+            let chain = dev.pop_avail(mem).unwrap().unwrap();
+            assert_eq!(chain.head, head);
+            assert_eq!(chain.segments, segs);
+            assert_eq!(q.free_descriptors(), if indirect_desc { 7 } else { 5 });
+            dev.push_used(mem, u32::from(head), 4097).unwrap();
+            assert_eq!(q.pop_used().unwrap(), Some(Completion { head, len: 4097 }));
+            assert_eq!(q.pop_used().unwrap(), None);
+            assert_eq!(q.free_descriptors(), 8);
+            assert_eq!(q.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn used_len_is_checked_against_writable_bytes_only() {
+        let (dma, mut q, mut dev) = queue(4, QueueFeatures::default());
+        let head = q.add(&[seg(&dma, 4096, false)]).unwrap();
+        q.publish().unwrap();
+        let mem = dma.guest_memory();
+        dev.pop_avail(mem).unwrap().unwrap();
+        dev.push_used(mem, u32::from(head), 1).unwrap();
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedLenTooLarge {
+                len: 1,
+                writable: 0,
+                ..
+            })
+        ));
+        assert!(q.is_broken());
+        assert!(matches!(q.add(&[seg(&dma, 1, true)]), Err(Error::Broken)));
+        q.reset().unwrap();
+        assert!(!q.is_broken());
+        assert_eq!(q.free_descriptors(), 4);
+    }
+
+    #[test]
+    fn full_queue_and_oversized_chains_are_refused() {
+        let (dma, mut q, _dev) = queue(4, QueueFeatures::default());
+        let s = seg(&dma, 512, true);
+        assert!(matches!(q.add(&[]), Err(Error::EmptyChain)));
+        assert!(matches!(
+            q.add(&[s; 5]),
+            Err(Error::ChainTooLong { len: 5, .. })
+        ));
+        q.add(&[s; 3]).unwrap();
+        assert!(matches!(
+            q.add(&[s; 2]),
+            Err(Error::QueueFull { needed: 2, free: 1 })
+        ));
+        let outside = Segment {
+            addr: GuestAddress(0x1000),
+            len: 16,
+            device_writable: false,
+        };
+        assert!(matches!(
+            q.add(&[outside]),
+            Err(Error::SegmentOutsideMemory { .. })
+        ));
+    }
+
+    #[test]
+    fn suppressed_notifications_are_honoured() {
+        let (dma, mut q, _dev) = queue(
+            8,
+            QueueFeatures {
+                event_idx: true,
+                indirect_desc: false,
+            },
+        );
+        let mem = dma.guest_memory();
+        // The device says: kick me when avail.idx passes 3.
+        let avail_event = q.avail_event_addr();
+        mem.store(u16::to_le(3), avail_event, Ordering::SeqCst)
+            .unwrap();
+        let s = seg(&dma, 512, true);
+        q.add(&[s]).unwrap();
+        assert!(!q.publish().unwrap());
+        q.add(&[s]).unwrap();
+        q.add(&[s]).unwrap();
+        assert!(!q.publish().unwrap());
+        q.add(&[s]).unwrap();
+        assert!(q.publish().unwrap());
+        // Nothing new: no kick.
+        assert!(!q.publish().unwrap());
+    }
+}

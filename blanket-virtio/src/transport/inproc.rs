@@ -1,0 +1,683 @@
+//! An in-process transport and device models, for tests.
+//!
+//! [`InProcessTransport`] runs a [`DeviceModel`] synchronously: a kick processes the queue at
+//! once, in the caller's thread, so tests are deterministic and never sleep. [`MemBlkDevice`] is a
+//! virtio-blk device over a RAM disk; set [`MemBlkDevice::hostile`] to make it misbehave in one of
+//! the ways of HOSTILE-INPUT.md, to check that the driver answers with a typed error.
+
+use std::mem::{offset_of, size_of};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, virtio_blk_config,
+};
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE, vring_avail, vring_used, vring_used_elem,
+};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::Transport;
+use crate::memory::DmaMemory;
+use crate::queue::split::{QueueLayout, Segment};
+
+/// Errors of the in-process transport and its device models.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A queue index the device does not have.
+    #[error("queue {0} does not exist")]
+    NoSuchQueue(u16),
+    /// A queue kicked before it was set up.
+    #[error("queue {0} is not set up")]
+    QueueNotReady(u16),
+    /// The driver's ring was malformed (a bug in the driver under test).
+    #[error("malformed chain: {0}")]
+    BadChain(&'static str),
+    /// Shared memory access failed.
+    #[error("shared memory access failed")]
+    Memory(#[source] vm_memory::GuestMemoryError),
+    /// A config read past the config space.
+    #[error("config read of {len} bytes at {offset} past the {size}-byte config space")]
+    ConfigOutOfRange {
+        /// Offset read.
+        offset: u32,
+        /// Length read.
+        len: usize,
+        /// Config space size.
+        size: usize,
+    },
+}
+
+/// A chain as the device sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceChain {
+    /// Its head index, to put in the used ring.
+    pub head: u16,
+    /// Its buffers, in order, indirect tables resolved.
+    pub segments: Vec<Segment>,
+}
+
+/// The device side of a split queue: reads the available ring, writes the used ring.
+#[derive(Debug)]
+pub struct DeviceQueue {
+    layout: QueueLayout,
+    last_avail: u16,
+    used_idx: u16,
+}
+
+impl DeviceQueue {
+    /// A device view of the queue at `layout`.
+    pub fn new(layout: QueueLayout) -> Self {
+        DeviceQueue {
+            layout,
+            last_avail: 0,
+            used_idx: 0,
+        }
+    }
+
+    /// The queue's layout.
+    pub fn layout(&self) -> QueueLayout {
+        self.layout
+    }
+
+    /// The next chain the driver made available, if any. Every walk is bounded by the queue size.
+    pub fn pop_avail(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DeviceChain>, Error> {
+        let size = self.layout.size;
+        let idx_addr = self
+            .layout
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, idx) as u64);
+        let load_idx = || {
+            mem.load::<u16>(idx_addr, Ordering::Acquire)
+                .map(u16::from_le)
+                .map_err(Error::Memory)
+        };
+        let mut avail_idx = load_idx()?;
+        if avail_idx == self.last_avail {
+            // Caught up: ask for a kick at the next buffer (avail_event, section 2.7.10), then
+            // look again in case one arrived in between.
+            let avail_event = self.layout.used_ring.unchecked_add(
+                offset_of!(vring_used, ring) as u64
+                    + size_of::<vring_used_elem>() as u64 * u64::from(size),
+            );
+            mem.store(u16::to_le(self.last_avail), avail_event, Ordering::Release)
+                .map_err(Error::Memory)?;
+            std::sync::atomic::fence(Ordering::SeqCst);
+            avail_idx = load_idx()?;
+            if avail_idx == self.last_avail {
+                return Ok(None);
+            }
+        }
+        if avail_idx.wrapping_sub(self.last_avail) > size {
+            return Err(Error::BadChain("avail.idx more than the queue size ahead"));
+        }
+        let entry = self.layout.avail_ring.unchecked_add(
+            offset_of!(vring_avail, ring) as u64 + 2 * u64::from(self.last_avail & (size - 1)),
+        );
+        let head = u16::from_le(mem.read_obj::<u16>(entry).map_err(Error::Memory)?);
+        self.last_avail = self.last_avail.wrapping_add(1);
+        let segments = self.walk(mem, head)?;
+        Ok(Some(DeviceChain { head, segments }))
+    }
+
+    fn read_desc(mem: &GuestMemoryMmap, at: GuestAddress) -> Result<(u64, u32, u16, u16), Error> {
+        let mut raw = [0u8; 16];
+        mem.read_slice(&mut raw, at).map_err(Error::Memory)?;
+        let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+        let flags = u16::from_le_bytes(raw[12..14].try_into().unwrap_or_default());
+        let next = u16::from_le_bytes(raw[14..16].try_into().unwrap_or_default());
+        Ok((addr, len, flags, next))
+    }
+
+    fn walk(&self, mem: &GuestMemoryMmap, head: u16) -> Result<Vec<Segment>, Error> {
+        let size = self.layout.size;
+        if head >= size {
+            return Err(Error::BadChain("head out of range"));
+        }
+        let mut segments = Vec::new();
+        let mut index = head;
+        let (mut table, mut table_len) = (self.layout.desc_table, size);
+        let mut indirect = false;
+        for _ in
+            0..=u32::from(size) + u32::from(super::super::queue::split::MAX_INDIRECT_DESCRIPTORS)
+        {
+            let at = table.unchecked_add(u64::from(index) * 16);
+            let (addr, len, flags, next) = Self::read_desc(mem, at)?;
+            if u32::from(flags) & VRING_DESC_F_INDIRECT != 0 {
+                if indirect || !segments.is_empty() || u32::from(flags) & VRING_DESC_F_NEXT != 0 {
+                    return Err(Error::BadChain("misplaced indirect descriptor"));
+                }
+                if len == 0 || len % 16 != 0 || len / 16 > 0xffff {
+                    return Err(Error::BadChain("bad indirect table length"));
+                }
+                indirect = true;
+                table = GuestAddress(addr);
+                table_len = (len / 16) as u16;
+                index = 0;
+                continue;
+            }
+            segments.push(Segment {
+                addr: GuestAddress(addr),
+                len,
+                device_writable: u32::from(flags) & VRING_DESC_F_WRITE != 0,
+            });
+            if u32::from(flags) & VRING_DESC_F_NEXT == 0 {
+                return Ok(segments);
+            }
+            if next >= table_len {
+                return Err(Error::BadChain("next out of range"));
+            }
+            index = next;
+        }
+        Err(Error::BadChain("chain loops"))
+    }
+
+    /// Writes a used element, then publishes it with a release store of `used.idx`. The id and
+    /// length are written as given: hostile models use this to lie.
+    pub fn push_used(&mut self, mem: &GuestMemoryMmap, id: u32, len: u32) -> Result<(), Error> {
+        let slot = self.used_idx & (self.layout.size - 1);
+        let at = self.layout.used_ring.unchecked_add(
+            offset_of!(vring_used, ring) as u64
+                + size_of::<vring_used_elem>() as u64 * u64::from(slot),
+        );
+        let mut raw = [0u8; 8];
+        raw[0..4].copy_from_slice(&id.to_le_bytes());
+        raw[4..8].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&raw, at).map_err(Error::Memory)?;
+        self.set_used_idx(mem, self.used_idx.wrapping_add(1))
+    }
+
+    /// Stores `used.idx` (release) without writing an element.
+    pub fn set_used_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) -> Result<(), Error> {
+        self.used_idx = idx;
+        let at = self
+            .layout
+            .used_ring
+            .unchecked_add(offset_of!(vring_used, idx) as u64);
+        mem.store(u16::to_le(idx), at, Ordering::Release)
+            .map_err(Error::Memory)
+    }
+}
+
+/// A device the in-process transport runs.
+pub trait DeviceModel {
+    /// The device's feature bits.
+    fn features(&self) -> u64;
+    /// The device's config space.
+    fn config(&self) -> Vec<u8>;
+    /// How many queues it has.
+    fn max_queues(&self) -> u16;
+    /// The queue size limit it reports (a hostile model may report 0).
+    fn max_queue_size(&self) -> u16;
+    /// Processes a kick of `queue`; returns whether to notify the driver.
+    fn process(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        index: u16,
+        queue: &mut DeviceQueue,
+    ) -> Result<bool, Error>;
+    /// Whether the device has gone away (the transport then reports `DeviceGone`).
+    fn gone(&self) -> bool {
+        false
+    }
+}
+
+/// The in-process transport: a [`DeviceModel`] run synchronously on each kick.
+#[derive(Debug)]
+pub struct InProcessTransport<D: DeviceModel> {
+    mem: Arc<DmaMemory>,
+    device: D,
+    queues: Vec<Option<DeviceQueue>>,
+    signalled: Vec<bool>,
+    driver_features: u64,
+}
+
+impl<D: DeviceModel> InProcessTransport<D> {
+    /// A transport to `device` over `mem`.
+    pub fn new(mem: Arc<DmaMemory>, device: D) -> Self {
+        let n = usize::from(device.max_queues());
+        InProcessTransport {
+            mem,
+            device,
+            queues: (0..n).map(|_| None).collect(),
+            signalled: vec![false; n],
+            driver_features: 0,
+        }
+    }
+
+    /// The device model.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device model, mutably (to change its behaviour mid-test).
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// The features the driver acknowledged.
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+}
+
+impl<D: DeviceModel> Transport for InProcessTransport<D> {
+    fn memory(&self) -> &Arc<DmaMemory> {
+        &self.mem
+    }
+
+    fn device_features(&mut self) -> Result<u64, super::Error> {
+        Ok(self.device.features())
+    }
+
+    fn set_driver_features(&mut self, features: u64) -> Result<(), super::Error> {
+        self.driver_features = features;
+        Ok(())
+    }
+
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), super::Error> {
+        let config = self.device.config();
+        let start = offset as usize;
+        let end = start.checked_add(buf.len());
+        match end {
+            Some(end) if end <= config.len() => {
+                buf.copy_from_slice(&config[start..end]);
+                Ok(())
+            }
+            _ => Err(Error::ConfigOutOfRange {
+                offset,
+                len: buf.len(),
+                size: config.len(),
+            }
+            .into()),
+        }
+    }
+
+    fn max_queues(&mut self) -> Result<u16, super::Error> {
+        Ok(self.device.max_queues())
+    }
+
+    fn max_queue_size(&mut self) -> Result<u16, super::Error> {
+        Ok(self.device.max_queue_size())
+    }
+
+    fn setup_queue(&mut self, index: u16, layout: &QueueLayout) -> Result<(), super::Error> {
+        let q = self
+            .queues
+            .get_mut(usize::from(index))
+            .ok_or(Error::NoSuchQueue(index))?;
+        *q = Some(DeviceQueue::new(*layout));
+        Ok(())
+    }
+
+    fn activate(&mut self) -> Result<(), super::Error> {
+        Ok(())
+    }
+
+    fn notify(&mut self, index: u16) -> Result<(), super::Error> {
+        if self.device.gone() {
+            return Err(super::Error::DeviceGone("in-process device gone".into()));
+        }
+        let q = self
+            .queues
+            .get_mut(usize::from(index))
+            .ok_or(Error::NoSuchQueue(index))?
+            .as_mut()
+            .ok_or(Error::QueueNotReady(index))?;
+        if self.device.process(self.mem.guest_memory(), index, q)? {
+            self.signalled[usize::from(index)] = true;
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), super::Error> {
+        if self.device.gone() {
+            return Err(super::Error::DeviceGone("in-process device gone".into()));
+        }
+        let s = self
+            .signalled
+            .get_mut(usize::from(index))
+            .ok_or(Error::NoSuchQueue(index))?;
+        if std::mem::take(s) {
+            Ok(())
+        } else {
+            // Synchronous device: nothing more will come, waiting would only sleep.
+            Err(super::Error::Timeout {
+                queue: index,
+                timeout,
+            })
+        }
+    }
+}
+
+/// Ways [`MemBlkDevice`] can misbehave, one per virtio case of HOSTILE-INPUT.md.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Hostile {
+    /// Behaves.
+    #[default]
+    None,
+    /// Completes with an id not below the queue size.
+    UsedIdOutOfRange,
+    /// Completes with an id that is not in flight.
+    UsedIdNotOutstanding,
+    /// Completes each request after the first with the id of the previous one, which the
+    /// driver already saw completed.
+    UsedIdDuplicate,
+    /// Completes with the id of the second descriptor of a chain.
+    UsedIdMidChain,
+    /// Completes with a length one larger than the writable bytes.
+    UsedLenTooLarge,
+    /// Moves `used.idx` ten ahead with one request in flight.
+    UsedIdxJump,
+    /// Never completes anything.
+    NeverCompletes,
+    /// Disappears (like a reset or a closed socket) when kicked.
+    GoneOnKick,
+    /// Reports this queue size limit.
+    QueueSize(u16),
+    /// Reports this config space instead of its own.
+    Config(Vec<u8>),
+    /// Writes this status byte.
+    Status(u8),
+}
+
+/// A virtio-blk device over a RAM disk.
+#[derive(Debug)]
+pub struct MemBlkDevice {
+    /// The disk's bytes (a multiple of 512).
+    pub disk: Vec<u8>,
+    /// Its serial, returned by GET_ID.
+    pub serial: [u8; 20],
+    /// Queues offered.
+    pub num_queues: u16,
+    /// How it misbehaves.
+    pub hostile: Hostile,
+    /// Flush requests seen.
+    pub flushes: u64,
+    gone: bool,
+    last_completed: Option<u32>,
+}
+
+impl MemBlkDevice {
+    /// A device with a zeroed disk of `sectors` 512-byte sectors and one queue.
+    pub fn new(sectors: u64) -> Self {
+        let mut serial = [0u8; 20];
+        serial[..13].copy_from_slice(b"blanket-inmem");
+        MemBlkDevice {
+            disk: vec![0; (sectors * 512) as usize],
+            serial,
+            num_queues: 1,
+            hostile: Hostile::None,
+            flushes: 0,
+            gone: false,
+            last_completed: None,
+        }
+    }
+
+    /// The config space this device reports when it behaves.
+    pub fn honest_config(&self) -> Vec<u8> {
+        let mut c = vec![0u8; size_of::<virtio_blk_config>()];
+        let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
+        put(
+            offset_of!(virtio_blk_config, capacity),
+            &(self.disk.len() as u64 / 512).to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, size_max),
+            &65536u32.to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, seg_max),
+            &126u32.to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, blk_size),
+            &512u32.to_le_bytes(),
+        );
+        put(offset_of!(virtio_blk_config, physical_block_exp), &[3]);
+        put(
+            offset_of!(virtio_blk_config, min_io_size),
+            &1u16.to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, opt_io_size),
+            &8u32.to_le_bytes(),
+        );
+        put(offset_of!(virtio_blk_config, wce), &[1]);
+        put(
+            offset_of!(virtio_blk_config, num_queues),
+            &self.num_queues.to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, max_discard_sectors),
+            &(1u32 << 20).to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, max_discard_seg),
+            &1u32.to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, discard_sector_alignment),
+            &8u32.to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, max_write_zeroes_sectors),
+            &(1u32 << 20).to_le_bytes(),
+        );
+        put(
+            offset_of!(virtio_blk_config, max_write_zeroes_seg),
+            &1u32.to_le_bytes(),
+        );
+        put(offset_of!(virtio_blk_config, write_zeroes_may_unmap), &[1]);
+        c
+    }
+
+    fn read_guest(mem: &GuestMemoryMmap, s: &Segment, out: &mut Vec<u8>) -> Result<(), Error> {
+        let start = out.len();
+        out.resize(start + s.len as usize, 0);
+        mem.read_slice(&mut out[start..], s.addr)
+            .map_err(Error::Memory)
+    }
+
+    /// Runs one request; returns (status, bytes written before the status byte).
+    fn execute(&mut self, mem: &GuestMemoryMmap, chain: &DeviceChain) -> Result<(u8, u32), Error> {
+        let segs = &chain.segments;
+        let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
+            return Err(Error::BadChain("empty"));
+        };
+        if first.device_writable || first.len < 16 || !last.device_writable || last.len < 1 {
+            return Err(Error::BadChain("no header or status"));
+        }
+        let mut hdr = Vec::new();
+        Self::read_guest(mem, first, &mut hdr)?;
+        let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
+        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
+        let data = &segs[1..segs.len() - 1];
+        let offset = sector.checked_mul(512).map(|o| o as usize);
+        let mut written = 0u32;
+        let ok = VIRTIO_BLK_S_OK as u8;
+        let status = match kind {
+            VIRTIO_BLK_T_IN => {
+                let mut pos = offset.unwrap_or(usize::MAX);
+                let mut status = ok;
+                for s in data {
+                    let end = pos.checked_add(s.len as usize);
+                    match end {
+                        Some(end) if s.device_writable && end <= self.disk.len() => {
+                            mem.write_slice(&self.disk[pos..end], s.addr)
+                                .map_err(Error::Memory)?;
+                            written += s.len;
+                            pos = end;
+                        }
+                        _ => {
+                            status = VIRTIO_BLK_S_IOERR as u8;
+                            break;
+                        }
+                    }
+                }
+                status
+            }
+            VIRTIO_BLK_T_OUT => {
+                let mut buf = Vec::new();
+                for s in data {
+                    if s.device_writable {
+                        return Err(Error::BadChain("writable data in a write"));
+                    }
+                    Self::read_guest(mem, s, &mut buf)?;
+                }
+                match offset.and_then(|o| o.checked_add(buf.len()).map(|e| (o, e))) {
+                    Some((o, e)) if e <= self.disk.len() => {
+                        self.disk[o..e].copy_from_slice(&buf);
+                        ok
+                    }
+                    _ => VIRTIO_BLK_S_IOERR as u8,
+                }
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                self.flushes += 1;
+                ok
+            }
+            VIRTIO_BLK_T_GET_ID => match data.first() {
+                Some(s) if s.device_writable && s.len >= 20 => {
+                    mem.write_slice(&self.serial, s.addr)
+                        .map_err(Error::Memory)?;
+                    written = 20;
+                    ok
+                }
+                _ => VIRTIO_BLK_S_IOERR as u8,
+            },
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let mut buf = Vec::new();
+                for s in data {
+                    Self::read_guest(mem, s, &mut buf)?;
+                }
+                let mut status = ok;
+                for seg in buf.chunks_exact(16) {
+                    let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
+                    let n = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+                    let range = sector.checked_mul(512).and_then(|o| {
+                        o.checked_add(u64::from(n) * 512)
+                            .filter(|&e| e <= self.disk.len() as u64)
+                            .map(|e| (o as usize, e as usize))
+                    });
+                    match range {
+                        Some((o, e)) => self.disk[o..e].fill(0),
+                        None => status = VIRTIO_BLK_S_IOERR as u8,
+                    }
+                }
+                status
+            }
+            _ => VIRTIO_BLK_S_UNSUPP as u8,
+        };
+        let status = match self.hostile {
+            Hostile::Status(s) => s,
+            _ => status,
+        };
+        mem.write_slice(&[status], last.addr.unchecked_add(u64::from(last.len) - 1))
+            .map_err(Error::Memory)?;
+        Ok((status, written))
+    }
+}
+
+impl DeviceModel for MemBlkDevice {
+    fn features(&self) -> u64 {
+        let mut f = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_TOPOLOGY
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_CONFIG_WCE
+            | 1 << VIRTIO_BLK_F_DISCARD
+            | 1 << VIRTIO_BLK_F_WRITE_ZEROES
+            | 1 << VIRTIO_F_RING_RESET;
+        if self.num_queues > 1 {
+            f |= 1 << VIRTIO_BLK_F_MQ;
+        }
+        // A chain's middle is only visible without indirect descriptors.
+        if self.hostile != Hostile::UsedIdMidChain {
+            f |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        }
+        f
+    }
+
+    fn config(&self) -> Vec<u8> {
+        match &self.hostile {
+            Hostile::Config(c) => c.clone(),
+            _ => self.honest_config(),
+        }
+    }
+
+    fn max_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        match self.hostile {
+            Hostile::QueueSize(s) => s,
+            _ => 256,
+        }
+    }
+
+    fn process(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        _index: u16,
+        queue: &mut DeviceQueue,
+    ) -> Result<bool, Error> {
+        let size = u32::from(queue.layout().size);
+        let mut any = false;
+        while let Some(chain) = queue.pop_avail(mem)? {
+            if self.hostile == Hostile::GoneOnKick {
+                self.gone = true;
+                return Ok(false);
+            }
+            if self.hostile == Hostile::NeverCompletes {
+                continue;
+            }
+            let (_, written) = self.execute(mem, &chain)?;
+            let len = written + 1;
+            let head = u32::from(chain.head);
+            let writable: u32 = chain
+                .segments
+                .iter()
+                .filter(|s| s.device_writable)
+                .map(|s| s.len)
+                .sum();
+            match self.hostile {
+                Hostile::UsedIdOutOfRange => queue.push_used(mem, size + 7, len)?,
+                Hostile::UsedIdNotOutstanding => {
+                    queue.push_used(mem, (head + size / 2) % size, len)?
+                }
+                Hostile::UsedIdDuplicate => {
+                    let id = self.last_completed.unwrap_or(head);
+                    queue.push_used(mem, id, len)?;
+                }
+                Hostile::UsedIdMidChain => queue.push_used(mem, (head + 1) % size, len)?,
+                Hostile::UsedLenTooLarge => queue.push_used(mem, head, writable + 1)?,
+                Hostile::UsedIdxJump => {
+                    queue.push_used(mem, head, len)?;
+                    let idx = queue.used_idx.wrapping_add(9);
+                    queue.set_used_idx(mem, idx)?;
+                }
+                _ => queue.push_used(mem, head, len)?,
+            }
+            self.last_completed = Some(head);
+            any = true;
+        }
+        Ok(any)
+    }
+
+    fn gone(&self) -> bool {
+        self.gone
+    }
+}

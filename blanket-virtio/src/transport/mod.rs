@@ -1,0 +1,75 @@
+//! Transports: how the driver reaches a device's control plane (features, config space, queue
+//! set-up) and its notifications (kick and call).
+//!
+//! The [`Transport`] trait is what a device driver such as [`crate::blk::BlkDriver`] needs, and
+//! nothing more, so that vhost-user ([`vhost_user::VhostUserTransport`]), the in-process test
+//! device ([`inproc::InProcessTransport`]) and later virtio-pci over VFIO or vhost-vdpa fit it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::memory::DmaMemory;
+use crate::queue::split::QueueLayout;
+
+pub mod inproc;
+pub mod vhost_user;
+
+/// Errors of a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The vhost-user transport failed.
+    #[error(transparent)]
+    VhostUser(#[from] vhost_user::Error),
+    /// The in-process transport failed.
+    #[error(transparent)]
+    InProcess(#[from] inproc::Error),
+    /// The device did not complete anything before the timeout.
+    #[error("no notification from the device on queue {queue} within {timeout:?}")]
+    Timeout {
+        /// The queue waited on.
+        queue: u16,
+        /// How long.
+        timeout: Duration,
+    },
+    /// The device went away (socket closed, daemon killed, device reset).
+    #[error("the device is gone: {0}")]
+    DeviceGone(String),
+}
+
+/// The control plane and notifications of one virtio device, as a driver uses them.
+///
+/// The call order is: [`Transport::device_features`], [`Transport::set_driver_features`],
+/// [`Transport::read_config`] (any time after), [`Transport::setup_queue`] for each queue,
+/// [`Transport::activate`], then [`Transport::notify`] and [`Transport::wait`] in the I/O path.
+pub trait Transport {
+    /// The memory shared with the device, where rings and buffers live.
+    fn memory(&self) -> &Arc<DmaMemory>;
+
+    /// The device's feature bits.
+    fn device_features(&mut self) -> Result<u64, Error>;
+
+    /// Acknowledges the features the driver uses (a subset of the device's).
+    fn set_driver_features(&mut self, features: u64) -> Result<(), Error>;
+
+    /// Reads `buf.len()` bytes of the device's config space at `offset`.
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Error>;
+
+    /// How many queues the device offers (its own limit, before the device-specific config).
+    fn max_queues(&mut self) -> Result<u16, Error>;
+
+    /// The largest queue size the transport accepts (untrusted: validated by the queue).
+    fn max_queue_size(&mut self) -> Result<u16, Error>;
+
+    /// Gives queue `index`'s rings to the device.
+    fn setup_queue(&mut self, index: u16, layout: &QueueLayout) -> Result<(), Error>;
+
+    /// Starts the device (`DRIVER_OK`, or enabling the vhost-user rings).
+    fn activate(&mut self) -> Result<(), Error>;
+
+    /// Kicks queue `index`: new available buffers.
+    fn notify(&mut self, index: u16) -> Result<(), Error>;
+
+    /// Waits up to `timeout` for a used-buffer notification on queue `index`. Returns early if
+    /// the device goes away.
+    fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), Error>;
+}

@@ -1,0 +1,366 @@
+//! The virtio cases of HOSTILE-INPUT.md ("our driver facing a device we do not trust"), one test
+//! each, against the in-process [`MemBlkDevice`] set to misbehave. Each expects a typed error:
+//! never a panic, a hang, or an access outside the driver's buffers.
+
+use std::mem::offset_of;
+use std::sync::Arc;
+
+use blanket_virtio::blk::{self, BlkDriver, BlkOptions, CONFIG_BYTES, Status};
+use blanket_virtio::memory::DmaMemory;
+use blanket_virtio::queue::split;
+use blanket_virtio::transport::inproc::{Hostile, InProcessTransport, MemBlkDevice};
+use blanket_virtio::transport::{self, Transport};
+use virtio_bindings::virtio_blk::virtio_blk_config;
+
+type Driver = BlkDriver<InProcessTransport<MemBlkDevice>>;
+
+fn device(hostile: Hostile) -> InProcessTransport<MemBlkDevice> {
+    let mem = Arc::new(DmaMemory::new(8 << 20).unwrap());
+    let mut dev = MemBlkDevice::new(2048);
+    dev.num_queues = 2;
+    dev.hostile = hostile;
+    InProcessTransport::new(mem, dev)
+}
+
+fn driver(hostile: Hostile) -> Driver {
+    BlkDriver::new(device(hostile), BlkOptions::default()).unwrap()
+}
+
+/// Runs a 4 KiB read and returns the queue error it ended with.
+fn read_queue_error(d: &mut Driver) -> split::Error {
+    let mut buf = [0u8; 4096];
+    match d.read(8, &mut buf) {
+        Err(blk::Error::Queue(e)) => e,
+        other => panic!("expected a queue error, got {other:?}"),
+    }
+}
+
+fn expect_broken_afterwards(d: &mut Driver) {
+    let mut buf = [0u8; 512];
+    assert!(matches!(
+        d.read(0, &mut buf),
+        Err(blk::Error::Queue(split::Error::Broken))
+    ));
+}
+
+#[test]
+fn used_id_out_of_range() {
+    let mut d = driver(Hostile::UsedIdOutOfRange);
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(e, split::Error::UsedIdOutOfRange { id: 263, size: 256 }),
+        "{e:?}"
+    );
+    expect_broken_afterwards(&mut d);
+}
+
+#[test]
+fn used_id_not_outstanding() {
+    let mut d = driver(Hostile::UsedIdNotOutstanding);
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(e, split::Error::UsedIdNotOutstanding(128)),
+        "{e:?}"
+    );
+    expect_broken_afterwards(&mut d);
+}
+
+#[test]
+fn used_id_duplicate() {
+    let mut d = driver(Hostile::UsedIdDuplicate);
+    // The first completion is genuine; the request succeeds.
+    let mut buf = [0u8; 4096];
+    d.read(8, &mut buf).unwrap();
+    // The second request (head 1) is "completed" as head 0 again.
+    let e = read_queue_error(&mut d);
+    assert!(matches!(e, split::Error::UsedIdDuplicate(0)), "{e:?}");
+    expect_broken_afterwards(&mut d);
+}
+
+#[test]
+fn used_id_in_middle_of_chain() {
+    let mut d = driver(Hostile::UsedIdMidChain);
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(e, split::Error::UsedIdNotHead { id: 1, head: 0 }),
+        "{e:?}"
+    );
+    expect_broken_afterwards(&mut d);
+}
+
+#[test]
+fn used_len_larger_than_buffer() {
+    let mut d = driver(Hostile::UsedLenTooLarge);
+    let e = read_queue_error(&mut d);
+    // 4096 bytes of data and the status byte are device-writable.
+    assert!(
+        matches!(
+            e,
+            split::Error::UsedLenTooLarge {
+                id: 0,
+                len: 4098,
+                writable: 4097
+            }
+        ),
+        "{e:?}"
+    );
+    expect_broken_afterwards(&mut d);
+}
+
+#[test]
+fn used_idx_further_ahead_than_in_flight() {
+    let mut d = driver(Hostile::UsedIdxJump);
+    // One request in flight, used.idx moved by 10: seen before any element is consumed.
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(
+            e,
+            split::Error::UsedIdxTooFarAhead {
+                used_idx: 10,
+                last_used: 0,
+                in_flight: 1
+            }
+        ),
+        "{e:?}"
+    );
+    expect_broken_afterwards(&mut d);
+}
+
+fn garbage_config(edit: impl FnOnce(&mut Vec<u8>)) -> blk::Error {
+    let mut honest = MemBlkDevice::new(2048);
+    honest.num_queues = 2;
+    let mut c = honest.honest_config();
+    edit(&mut c);
+    BlkDriver::new(device(Hostile::Config(c)), BlkOptions::default()).unwrap_err()
+}
+
+fn put(c: &mut [u8], off: usize, bytes: &[u8]) {
+    c[off..off + bytes.len()].copy_from_slice(bytes);
+}
+
+#[test]
+fn config_space_with_garbage_capacity() {
+    let e = garbage_config(|c| {
+        put(
+            c,
+            offset_of!(virtio_blk_config, capacity),
+            &u64::MAX.to_le_bytes(),
+        )
+    });
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "capacity",
+                value: u64::MAX
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn config_space_with_garbage_blk_size() {
+    let e = garbage_config(|c| {
+        put(
+            c,
+            offset_of!(virtio_blk_config, blk_size),
+            &3u32.to_le_bytes(),
+        )
+    });
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "blk_size",
+                value: 3
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn config_space_with_garbage_num_queues() {
+    let e = garbage_config(|c| put(c, offset_of!(virtio_blk_config, num_queues), &[0, 0]));
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "num_queues",
+                value: 0
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn config_space_with_garbage_seg_max_size_max_wce_discard() {
+    let e = garbage_config(|c| put(c, offset_of!(virtio_blk_config, seg_max), &[0; 4]));
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "seg_max",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = garbage_config(|c| put(c, offset_of!(virtio_blk_config, size_max), &[1, 0, 0, 0]));
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "size_max",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = garbage_config(|c| put(c, offset_of!(virtio_blk_config, wce), &[7]));
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "writeback",
+                value: 7
+            }
+        ),
+        "{e:?}"
+    );
+    let e = garbage_config(|c| put(c, offset_of!(virtio_blk_config, physical_block_exp), &[200]));
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "physical_block_exp",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = garbage_config(|c| {
+        put(
+            c,
+            offset_of!(virtio_blk_config, max_discard_sectors),
+            &[0; 4],
+        )
+    });
+    assert!(
+        matches!(
+            e,
+            blk::Error::InvalidConfig {
+                field: "max_discard_sectors",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn config_space_all_ones_is_rejected() {
+    let e = garbage_config(|c| c.fill(0xff));
+    assert!(matches!(e, blk::Error::InvalidConfig { .. }), "{e:?}");
+}
+
+#[test]
+fn config_space_too_short() {
+    let e = garbage_config(|c| c.truncate(CONFIG_BYTES - 1));
+    assert!(
+        matches!(e, blk::Error::Transport(transport::Error::InProcess(_))),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn device_resets_in_the_middle_of_a_request() {
+    let mut d = driver(Hostile::GoneOnKick);
+    let mut buf = [0u8; 4096];
+    let e = d.read(0, &mut buf).unwrap_err();
+    assert!(
+        matches!(e, blk::Error::Transport(transport::Error::DeviceGone(_))),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn device_never_completes_times_out() {
+    let mut d = driver(Hostile::NeverCompletes);
+    let mut buf = [0u8; 4096];
+    let e = d.read(0, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            blk::Error::Transport(transport::Error::Timeout { queue: 0, .. })
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn queue_size_of_zero() {
+    let e = BlkDriver::new(device(Hostile::QueueSize(0)), BlkOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, blk::Error::Queue(split::Error::InvalidQueueSize(0))),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn queue_size_not_a_power_of_two() {
+    for size in [3u16, 100, 255, 257, 65535] {
+        let e =
+            BlkDriver::new(device(Hostile::QueueSize(size)), BlkOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, blk::Error::Queue(split::Error::InvalidQueueSize(s)) if s == size),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn status_byte_with_garbage() {
+    let mut d = driver(Hostile::Status(0x42));
+    let mut buf = [0u8; 512];
+    let e = d.read(0, &mut buf).unwrap_err();
+    assert!(
+        matches!(e, blk::Error::Status(Status::Invalid(0x42))),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_misbehaving_device_cannot_reach_other_queues() {
+    // Queue 1 stays usable while queue 0 is broken.
+    let t = device(Hostile::UsedIdOutOfRange);
+    let opts = BlkOptions {
+        num_queues: 2,
+        ..BlkOptions::default()
+    };
+    let mut d = BlkDriver::new(t, opts).unwrap();
+    assert_eq!(d.num_queues(), 2);
+    let _ = read_queue_error(&mut d);
+    d.transport_mut().device_mut().hostile = Hostile::None;
+    let buf = blk::DataBuf {
+        addr: d.memory().alloc(4096).unwrap(),
+        len: 4096,
+    };
+    d.submit(
+        1,
+        &blk::Request::Read {
+            sector: 0,
+            bufs: &[buf],
+        },
+        7,
+    )
+    .unwrap();
+    d.kick(1).unwrap();
+    let mut out = Vec::new();
+    d.wait(1, &mut out).unwrap();
+    assert_eq!(out[0].tag, 7);
+    assert_eq!(out[0].status, Status::Ok);
+    let _ = d.transport().memory();
+}
