@@ -46,10 +46,10 @@ const SLOT_STATUS: u64 = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The transport failed.
-    #[error("transport error")]
+    #[error(transparent)]
     Transport(#[from] transport::Error),
     /// The queue failed, or the device misbehaved on it.
-    #[error("virtqueue error")]
+    #[error(transparent)]
     Queue(#[from] split::Error),
     /// Shared memory allocation failed.
     #[error("cannot allocate shared memory")]
@@ -168,7 +168,7 @@ pub struct RangeLimits {
 pub struct BlkConfig {
     /// Capacity in 512-byte sectors.
     pub capacity: u64,
-    /// Largest segment (`VIRTIO_BLK_F_SIZE_MAX`).
+    /// Largest segment (`VIRTIO_BLK_F_SIZE_MAX`; `None` also when the device reports 0).
     pub size_max: Option<u32>,
     /// Most data segments in a request (`VIRTIO_BLK_F_SEG_MAX`).
     pub seg_max: Option<u32>,
@@ -225,11 +225,13 @@ impl BlkConfig {
             return Err(invalid("capacity", capacity));
         }
         let size_max = if bit(features, VIRTIO_BLK_F_SIZE_MAX) {
-            let v = le_u32(c, offset_of!(virtio_blk_config, size_max));
-            if v < SECTOR_SIZE as u32 {
-                return Err(invalid("size_max", v.into()));
+            // qemu-storage-daemon offers SIZE_MAX with size_max 0: read it as "no limit".
+            // A limit below one sector cannot carry a request.
+            match le_u32(c, offset_of!(virtio_blk_config, size_max)) {
+                0 => None,
+                v if v < SECTOR_SIZE as u32 => return Err(invalid("size_max", v.into())),
+                v => Some(v),
             }
-            Some(v)
         } else {
             None
         };

@@ -1,0 +1,323 @@
+//! Against the real `qemu-storage-daemon` (Debian `qemu-utils`) exporting a raw image as
+//! vhost-user-blk on a Unix socket. What the driver writes, `qemu-io` reads back from the image,
+//! and the other way round; flush, discard and write-zeroes take effect in the image; a daemon
+//! killed during I/O gives a clean error. Skipped, with a message, when the tools are missing.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blanket_virtio::blk::{self, BlkDriver, BlkOptions, DataBuf, Request, Status};
+use blanket_virtio::memory::DmaMemory;
+use blanket_virtio::transport::vhost_user::VhostUserTransport;
+use blanket_virtio::transport::{self, Transport};
+use vhost::vhost_user::VhostUserProtocolFeatures;
+use vm_memory::Bytes;
+
+const DAEMON: &str = "qemu-storage-daemon";
+const IMAGE_BYTES: u64 = 64 << 20;
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A running daemon in its own temporary directory, killed when dropped.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+}
+
+impl Daemon {
+    fn image(&self) -> PathBuf {
+        self.dir.path().join("disk.img")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Creates a raw image (after `prepare` may write to it with qemu-io), and exports it.
+fn start(num_queues: u16, prepare: impl FnOnce(&Path)) -> Option<Daemon> {
+    if !have(DAEMON) || !have("qemu-io") || !have("qemu-img") {
+        eprintln!("skipping: {DAEMON}, qemu-io or qemu-img not installed (Debian qemu-utils)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "raw",
+            path(&img),
+            &IMAGE_BYTES.to_string(),
+        ],
+    );
+    prepare(&img);
+    let sock = dir.path().join("vhost-user-blk.sock");
+    let child = Command::new(DAEMON)
+        .args([
+            "--blockdev",
+            &format!(
+                "driver=file,node-name=file0,filename={},discard=unmap,cache.direct=off",
+                path(&img)
+            ),
+            "--export",
+            &format!(
+                "type=vhost-user-blk,id=exp0,node-name=file0,writable=on,num-queues={num_queues},\
+                 addr.type=unix,addr.path={}",
+                path(&sock)
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child, dir, sock };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.sock.exists() {
+        if let Ok(Some(status)) = d.child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = d.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("{DAEMON} exited with {status}: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{DAEMON} did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(d)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `qemu-io -c 'read -P pattern offset len'` on the image, sharing it with the daemon (`-U`).
+fn qemu_io_verify(img: &Path, pattern: u8, offset: u64, len: u64) {
+    let cmd = format!("read -P {pattern:#x} {offset} {len}");
+    let out = run("qemu-io", &["-r", "-U", "-f", "raw", "-c", &cmd, path(img)]);
+    assert!(
+        out.contains(&format!("read {len}/{len} bytes")) && !out.contains("verification failed"),
+        "qemu-io {cmd}: {out}"
+    );
+}
+
+fn connect(d: &Daemon, num_queues: u16) -> BlkDriver<VhostUserTransport> {
+    let mem = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    let t = VhostUserTransport::connect(&d.sock, mem).unwrap();
+    BlkDriver::new(
+        t,
+        BlkOptions {
+            num_queues,
+            timeout: Duration::from_secs(5),
+            ..BlkOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn config_and_protocol_features() {
+    let Some(d) = start(2, |_| {}) else { return };
+    let disk = connect(&d, 2);
+    let c = disk.config();
+    assert_eq!(c.capacity, IMAGE_BYTES / 512);
+    assert_eq!(c.num_queues, 2);
+    assert_eq!(disk.num_queues(), 2);
+    assert!(c.flush);
+    assert!(c.discard.is_some());
+    assert!(c.write_zeroes.is_some());
+    assert!(!c.read_only);
+    let p = disk.transport().protocol_features();
+    assert!(p.contains(VhostUserProtocolFeatures::CONFIG));
+    assert!(p.contains(VhostUserProtocolFeatures::MQ));
+    eprintln!(
+        "config {c:?}, protocol features {p:?}, features {:#x}",
+        disk.features()
+    );
+}
+
+#[test]
+fn driver_writes_qemu_io_reads() {
+    let Some(d) = start(1, |_| {}) else { return };
+    let mut disk = connect(&d, 1);
+    disk.write(0, &[0xab; 4096]).unwrap();
+    // 3 MiB across several requests, at an odd sector.
+    disk.write(8193, &vec![0x5c; 3 << 20]).unwrap();
+    disk.flush().unwrap();
+    qemu_io_verify(&d.image(), 0xab, 0, 4096);
+    qemu_io_verify(&d.image(), 0x5c, 8193 * 512, 3 << 20);
+    qemu_io_verify(&d.image(), 0, 4096, 4096);
+}
+
+#[test]
+fn qemu_io_writes_driver_reads() {
+    let Some(d) = start(1, |img| {
+        run(
+            "qemu-io",
+            &["-f", "raw", "-c", "write -P 0xcd 1M 64k", path(img)],
+        );
+    }) else {
+        return;
+    };
+    let mut disk = connect(&d, 1);
+    let mut buf = vec![0u8; 128 << 10];
+    disk.read((1 << 20) / 512 - 64, &mut buf).unwrap();
+    assert!(buf[..32 << 10].iter().all(|&b| b == 0));
+    assert!(buf[32 << 10..96 << 10].iter().all(|&b| b == 0xcd));
+    assert!(buf[96 << 10..].iter().all(|&b| b == 0));
+    let id = disk.get_id().unwrap();
+    eprintln!("serial {:?}", String::from_utf8_lossy(&id));
+}
+
+#[test]
+fn discard_and_write_zeroes_take_effect_in_the_image() {
+    let Some(d) = start(1, |img| {
+        run(
+            "qemu-io",
+            &["-f", "raw", "-c", "write -P 0xee 0 8M", path(img)],
+        );
+    }) else {
+        return;
+    };
+    let mut disk = connect(&d, 1);
+    // Write-zeroes with and without unmap, and discard of a whole aligned MiB.
+    disk.write_zeroes(8, 8, false).unwrap();
+    disk.write_zeroes(4096, 4096, true).unwrap();
+    disk.discard(8192, 2048).unwrap();
+    disk.flush().unwrap();
+    let img = d.image();
+    qemu_io_verify(&img, 0xee, 0, 4096);
+    qemu_io_verify(&img, 0, 4096, 4096);
+    qemu_io_verify(&img, 0xee, 8192, (2 << 20) - 8192);
+    qemu_io_verify(&img, 0, 2 << 20, 2 << 20);
+    qemu_io_verify(&img, 0, 4 << 20, 1 << 20);
+    qemu_io_verify(&img, 0xee, 5 << 20, 3 << 20);
+    // The discarded MiB is a hole in the file now (punched by discard=unmap).
+    let map = run(
+        "qemu-img",
+        &["map", "-U", "-f", "raw", "--output=json", path(&img)],
+    );
+    let hole = map
+        .lines()
+        .any(|l| l.contains("\"start\": 4194304") && l.contains("\"data\": false"));
+    assert!(hole, "4 MiB..5 MiB not a hole after discard: {map}");
+}
+
+#[test]
+fn many_requests_in_flight_on_two_queues() {
+    let Some(d) = start(2, |_| {}) else { return };
+    let mut disk = connect(&d, 2);
+    let mem = disk.memory().clone();
+    let bufs: Vec<DataBuf> = (0..64)
+        .map(|_| DataBuf {
+            addr: mem.alloc(4096).unwrap(),
+            len: 4096,
+        })
+        .collect();
+    for (i, b) in bufs.iter().enumerate() {
+        mem.guest_memory()
+            .write_slice(&[i as u8; 4096], b.addr)
+            .unwrap();
+    }
+    for (i, b) in bufs.iter().enumerate() {
+        let q = (i % 2) as u16;
+        let req = Request::Write {
+            sector: i as u64 * 8,
+            bufs: std::slice::from_ref(b),
+        };
+        disk.submit(q, &req, i as u64).unwrap();
+    }
+    disk.kick(0).unwrap();
+    disk.kick(1).unwrap();
+    let mut done = Vec::new();
+    for q in 0..2 {
+        let mut out = Vec::new();
+        while out.len() < 32 {
+            disk.wait(q, &mut out).unwrap();
+        }
+        done.extend(out);
+    }
+    assert!(done.iter().all(|c| c.status == Status::Ok && c.len == 1));
+    done.sort_by_key(|c| c.tag);
+    assert!(done.iter().map(|c| c.tag).eq(0..64));
+    for i in [0u64, 1, 31, 63] {
+        qemu_io_verify(&d.image(), i as u8, i * 4096, 4096);
+    }
+}
+
+#[test]
+fn daemon_killed_during_io_gives_a_clean_error() {
+    let Some(mut d) = start(1, |_| {}) else {
+        return;
+    };
+    let mut disk = connect(&d, 1);
+    let mem = disk.memory().clone();
+    let buf = DataBuf {
+        addr: mem.alloc(1 << 20).unwrap(),
+        len: 1 << 20,
+    };
+    for i in 0..16 {
+        let req = Request::Write {
+            sector: i * 2048,
+            bufs: std::slice::from_ref(&buf),
+        };
+        disk.submit(0, &req, i).unwrap();
+    }
+    disk.kick(0).unwrap();
+    d.kill();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let err = loop {
+        match disk.wait(0, &mut out) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, blk::Error::Transport(transport::Error::DeviceGone(_))),
+        "{err:?}"
+    );
+    // Later requests fail too, and do not hang.
+    let e = disk.flush().unwrap_err();
+    eprintln!("after the daemon died: {err}; then {e:?}");
+    let _ = disk.transport_mut().memory();
+}
