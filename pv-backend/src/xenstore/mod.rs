@@ -15,10 +15,12 @@
 //! assert_eq!(store.read(dom0, 0, b"/local/domain/1/name").unwrap(), b"guest");
 //! ```
 
+pub mod migration;
 pub mod quota;
 pub mod ring;
 pub mod server;
 pub mod store;
 
+pub use migration::{DomainState, MigrationError};
 pub use quota::{QuotaError, Quotas};
 pub use store::{ConnEvent, ConnId, Notify, StoreError, XenStore};

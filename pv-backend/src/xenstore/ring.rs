@@ -166,6 +166,12 @@ impl<'p, E: EventChannel> RingConnection<'p, E> {
         notify: Option<Notify>,
     ) -> Self {
         let conn = store.connect(domid, notify);
+        Self::attach(conn, domid, page, evtchn)
+    }
+
+    /// Serves an existing store connection of domain `domid` (one restored by
+    /// [`XenStore::import_domain`]) on its page.
+    pub fn attach(conn: ConnId, domid: DomId, page: &'p SharedXenstorePage, evtchn: E) -> Self {
         page.server_features
             .store(XENSTORE_SERVER_FEATURE_ERROR, Ordering::Relaxed);
         Self {

@@ -294,6 +294,8 @@ struct Transaction {
     events: Vec<Change>,
     /// Node and memory charges per domain, applied at commit.
     delta: HashMap<DomId, (i64, i64)>,
+    /// Restored from a migration stream in a state that already conflicted: fails with `EAGAIN`.
+    doomed: bool,
 }
 
 struct Conn {
@@ -1392,6 +1394,12 @@ impl XenStore {
         if !commit {
             return Ok(());
         }
+        if tx.doomed {
+            return Err(StoreError::Conflict {
+                tx_id,
+                path: "(restored)".into(),
+            });
+        }
         for (path, seen) in &tx.accessed {
             if self.nodes.get(path).map(|n| n.generation) != seen.as_ref().map(|n| n.generation) {
                 return Err(StoreError::Conflict {
@@ -1994,5 +2002,432 @@ impl XenStore {
     /// The home path prefix of a domain, with its trailing slash.
     pub fn home_prefix(domid: DomId) -> String {
         format!("{LOCAL_DOMAIN_PREFIX}{domid}/")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Migration: export and import of one domain's state (see the `migration` module for the format).
+// ---------------------------------------------------------------------------------------------------
+
+use super::migration::{
+    ACCESS_READ, ACCESS_WRITTEN, ConnectionState, DomainState, MigrationError, NodeState,
+    PermState, TransactionState, TxNodeState, WatchState,
+};
+
+fn invalid(what: impl Into<String>) -> MigrationError {
+    MigrationError::Invalid { what: what.into() }
+}
+
+/// A node of a restored transaction: its path, `access` flags, and its state (`None`: absent).
+type TxEntry = (String, u16, Option<Node>);
+
+/// The largest value a node can have: what one `WRITE` can carry.
+const VALUE_MAX: usize = xen_abi::xs_wire::XENSTORE_PAYLOAD_MAX as usize;
+
+impl XenStore {
+    fn node_state(&self, path: &str, node: &Node) -> NodeState {
+        NodeState {
+            path: path.to_owned(),
+            value: node.value.clone(),
+            perms: node
+                .perms
+                .iter()
+                .map(|p| PermState {
+                    perm: XsPerm {
+                        kind: p.kind,
+                        domid: p.domid,
+                    },
+                    stale: p.ignore || !entry_valid(&self.domains, p.domid, node.generation),
+                })
+                .collect(),
+        }
+    }
+
+    /// Sets (or clears) the notification of a connection, for a transport that attaches to a
+    /// connection created by [`XenStore::import_domain`].
+    pub fn set_notify(&mut self, conn: ConnId, notify: Option<Notify>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.notify = notify;
+        }
+    }
+
+    /// The state of domain `domid` for live migration: the nodes of its home, parents first, and
+    /// each of its connections with its watches, open transactions and unsent output.
+    pub fn export_domain(&self, domid: DomId) -> DomainState {
+        let home = domain_path(domid);
+        let mut nodes = Vec::new();
+        let mut queue = VecDeque::from([home.clone()]);
+        while let Some(p) = queue.pop_front() {
+            if let Some(n) = self.nodes.get(&p) {
+                nodes.push(self.node_state(&p, n));
+                queue.extend(n.children.iter().map(|c| join(&p, c)));
+            }
+        }
+        let mut ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.domid == domid && !c.dead)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        let d = self.domains.get(&domid);
+        let prefix = format!("{home}/");
+        let connections = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let c = &self.conns[id];
+                let mut pending_output = Vec::new();
+                for m in &c.out {
+                    if let Ok(v) = m.to_vec() {
+                        pending_output.extend_from_slice(&v);
+                    }
+                }
+                let watches = c
+                    .watches
+                    .iter()
+                    .map(|w| WatchState {
+                        path: if w.relative {
+                            w.path.strip_prefix(&prefix).unwrap_or(&w.path).to_owned()
+                        } else {
+                            w.path.clone()
+                        },
+                        token: w.token.clone(),
+                    })
+                    .collect();
+                let mut tx_ids: Vec<u32> = c.transactions.keys().copied().collect();
+                tx_ids.sort_unstable();
+                let transactions = tx_ids
+                    .into_iter()
+                    .map(|tx_id| self.transaction_state(tx_id, &c.transactions[&tx_id]))
+                    .collect();
+                ConnectionState {
+                    conn_id: i as u32 + 1,
+                    domid,
+                    target: d.and_then(|d| d.target),
+                    evtchn: d.map_or(0, |d| d.evtchn),
+                    pending_output,
+                    watches,
+                    transactions,
+                }
+            })
+            .collect();
+        DomainState { connections, nodes }
+    }
+
+    fn transaction_state(&self, tx_id: u32, tx: &Transaction) -> TransactionState {
+        let absent = |path: &str| NodeState {
+            path: path.to_owned(),
+            value: Vec::new(),
+            perms: Vec::new(),
+        };
+        let mut paths: Vec<&String> = tx.accessed.keys().collect();
+        paths.sort();
+        let mut nodes = Vec::new();
+        for path in paths {
+            let seen = &tx.accessed[path];
+            let current = self.nodes.get(path);
+            if current.map(|n| n.generation) != seen.as_ref().map(|n| n.generation) {
+                // Already conflicting: a read entry that will not match the importer's store
+                // makes the restored transaction fail with EAGAIN too.
+                let stale = match (seen, current) {
+                    (Some(n), None) => self.node_state(path, n),
+                    _ => NodeState {
+                        value: b"\0stale".to_vec(),
+                        ..absent(path)
+                    },
+                };
+                return TransactionState {
+                    tx_id,
+                    nodes: vec![TxNodeState {
+                        node: stale,
+                        access: ACCESS_READ,
+                    }],
+                };
+            }
+            let (node, access) = match tx.changes.get(path) {
+                Some(Some(n)) => (self.node_state(path, n), ACCESS_READ | ACCESS_WRITTEN),
+                Some(None) => (absent(path), ACCESS_READ | ACCESS_WRITTEN),
+                None => (
+                    seen.as_ref()
+                        .map_or_else(|| absent(path), |n| self.node_state(path, n)),
+                    ACCESS_READ,
+                ),
+            };
+            nodes.push(TxNodeState { node, access });
+        }
+        TransactionState { tx_id, nodes }
+    }
+
+    /// Restores a domain's state exported by [`XenStore::export_domain`] (possibly by another
+    /// store) as domain `domid`: its home and the permissions naming it are renamed from the
+    /// exported domain's. Everything is checked before anything changes: on error the store is as
+    /// it was. Returns the restored connections, in the stream's order; attach a transport to each
+    /// (and [`XenStore::set_notify`]).
+    pub fn import_domain(
+        &mut self,
+        state: &DomainState,
+        domid: DomId,
+    ) -> Result<Vec<ConnId>, MigrationError> {
+        if domid == 0 || domid >= DOMID_FIRST_RESERVED {
+            return Err(invalid(format!("domid {domid} is not a guest domain")));
+        }
+        let old = match (state.connections.first(), state.nodes.first()) {
+            (Some(c), _) => c.domid,
+            (None, Some(n)) => n
+                .path
+                .strip_prefix(LOCAL_DOMAIN_PREFIX)
+                .and_then(|s| s.parse::<DomId>().ok())
+                .ok_or_else(|| invalid(format!("{} is not a domain's home", n.path)))?,
+            (None, None) => return Ok(Vec::new()),
+        };
+        let old_home = domain_path(old);
+        let new_home = domain_path(domid);
+        let rename_path = |p: &str| -> Result<String, MigrationError> {
+            if p == old_home {
+                Ok(new_home.clone())
+            } else if let Some(rest) = p.strip_prefix(&format!("{old_home}/")) {
+                let renamed = format!("{new_home}/{rest}");
+                check_path(renamed.as_bytes(), false)
+                    .map_err(|e| invalid(format!("{renamed}: {e}")))?;
+                Ok(renamed)
+            } else {
+                Err(invalid(format!("{p} is outside {old_home}")))
+            }
+        };
+        let rename_perms = |perms: &[PermState]| -> Result<Vec<Perm>, MigrationError> {
+            if perms.len() > 64 {
+                return Err(invalid("more than 64 permissions on a node"));
+            }
+            Ok(perms
+                .iter()
+                .map(|p| Perm {
+                    kind: p.perm.kind,
+                    domid: if p.perm.domid == old {
+                        domid
+                    } else {
+                        p.perm.domid
+                    },
+                    ignore: p.stale,
+                })
+                .collect())
+        };
+        // Committed nodes: the home first, each parent before its children.
+        let mut nodes: Vec<(String, Node)> = Vec::with_capacity(state.nodes.len());
+        let mut seen: HashSet<String> = HashSet::new();
+        for (i, n) in state.nodes.iter().enumerate() {
+            let path = rename_path(&n.path)?;
+            if i == 0 && path != new_home {
+                return Err(invalid("the first node is not the domain's home"));
+            }
+            if i > 0 && !seen.contains(parent(&path)) {
+                return Err(invalid(format!("{path} comes before its parent")));
+            }
+            if !seen.insert(path.clone()) {
+                return Err(invalid(format!("{path} is in the stream twice")));
+            }
+            if n.value.len() > VALUE_MAX {
+                return Err(invalid(format!("{path} has a value above 4096 bytes")));
+            }
+            let perms = rename_perms(&n.perms)?;
+            if perms.is_empty() {
+                return Err(invalid(format!("{path} has no permissions")));
+            }
+            nodes.push((
+                path,
+                Node {
+                    value: n.value.clone(),
+                    perms,
+                    children: Vec::new(),
+                    generation: 0,
+                },
+            ));
+        }
+        // Connections: watches, transactions, output.
+        struct Restored {
+            watches: Vec<Watch>,
+            transactions: Vec<(u32, Vec<TxEntry>)>,
+            out: Vec<OwnedMessage>,
+            evtchn: u32,
+            target: Option<DomId>,
+        }
+        let mut restored = Vec::new();
+        for c in &state.connections {
+            if c.domid != old {
+                return Err(invalid("connections of several domains"));
+            }
+            let mut watches = Vec::new();
+            for w in &c.watches {
+                let kind = check_path(w.path.as_bytes(), true)
+                    .map_err(|e| invalid(format!("watch {}: {e}", w.path)))?;
+                let path = match kind {
+                    PathKind::Special => w.path.clone(),
+                    PathKind::Relative => format!("{new_home}/{}", w.path),
+                    // Absolute watches in the old home follow it.
+                    PathKind::Absolute => rename_path(&w.path).unwrap_or_else(|_| w.path.clone()),
+                };
+                watches.push(Watch {
+                    path,
+                    token: w.token.clone(),
+                    relative: kind == PathKind::Relative,
+                });
+            }
+            let mut transactions = Vec::new();
+            for t in &c.transactions {
+                let mut entries = Vec::new();
+                for n in &t.nodes {
+                    let written = n.access & ACCESS_WRITTEN != 0;
+                    let path = if written {
+                        rename_path(&n.node.path)?
+                    } else {
+                        rename_path(&n.node.path).or_else(|_| {
+                            check_path(n.node.path.as_bytes(), false)
+                                .map(|_| n.node.path.clone())
+                                .map_err(|e| invalid(format!("{}: {e}", n.node.path)))
+                        })?
+                    };
+                    if n.node.value.len() > VALUE_MAX {
+                        return Err(invalid(format!("{path} has a value above 4096 bytes")));
+                    }
+                    let perms = rename_perms(&n.node.perms)?;
+                    let node = (!perms.is_empty()).then(|| Node {
+                        value: n.node.value.clone(),
+                        perms,
+                        children: Vec::new(),
+                        generation: 0,
+                    });
+                    entries.push((path, n.access, node));
+                }
+                transactions.push((t.tx_id, entries));
+            }
+            let mut parser = xen_abi::xs_wire::FrameParser::new();
+            let mut out = Vec::new();
+            for m in parser.messages(&c.pending_output) {
+                out.push(m.map_err(|e| invalid(format!("pending output: {e}")))?);
+            }
+            if !parser.is_idle() {
+                return Err(invalid("pending output ends inside a message"));
+            }
+            restored.push(Restored {
+                watches,
+                transactions,
+                out,
+                evtchn: c.evtchn,
+                target: c.target,
+            });
+        }
+
+        // Everything checked: apply.
+        self.ensure_domain(domid);
+        let ancestors: Vec<String> = {
+            let mut v = Vec::new();
+            let mut p = parent(&new_home).to_owned();
+            while !self.nodes.contains_key(&p) {
+                let next = parent(&p).to_owned();
+                v.push(std::mem::replace(&mut p, next));
+            }
+            v
+        };
+        for p in ancestors.iter().rev().chain(nodes.iter().map(|(p, _)| p)) {
+            let par = parent(p).to_owned();
+            if let Some(pn) = self.nodes.get_mut(&par) {
+                let name = basename(p);
+                if !pn.children.iter().any(|c| c == name) {
+                    pn.children.push(name.to_owned());
+                    pn.generation = self.next_gen;
+                    self.next_gen += 1;
+                }
+            }
+            if !self.nodes.contains_key(p) {
+                self.nodes.insert(
+                    p.clone(),
+                    Node {
+                        value: Vec::new(),
+                        perms: owner_only(0),
+                        children: Vec::new(),
+                        generation: 0,
+                    },
+                );
+            }
+        }
+        for (path, mut node) in nodes {
+            node.generation = self.next_gen;
+            self.next_gen += 1;
+            let old_node = self.nodes.get(&path).cloned();
+            if let Some(o) = &old_node {
+                node.children = o.children.clone();
+                let owner = effective_owner(&self.domains, o);
+                self.apply_delta([(owner, -1, -charge_of(&path, o))]);
+            }
+            let owner = effective_owner(&self.domains, &node);
+            self.apply_delta([(owner, 1, charge_of(&path, &node))]);
+            self.nodes.insert(path, node);
+        }
+        let mut conns = Vec::new();
+        for r in restored {
+            let id = self.connect(domid, None);
+            let mut txs = HashMap::new();
+            let mut max_tx = 0;
+            for (tx_id, entries) in r.transactions {
+                let mut tx = Transaction::default();
+                for (path, access, node) in entries {
+                    let current = self.nodes.get(&path).cloned();
+                    if access & ACCESS_WRITTEN != 0 {
+                        // Its generation when committed is later than the domain's.
+                        let node = node.map(|n| Node {
+                            generation: self.next_gen,
+                            ..n
+                        });
+                        // Its watches fire at commit, as for a change made here.
+                        let perms = node
+                            .as_ref()
+                            .or(current.as_ref())
+                            .map(|n| n.perms.clone())
+                            .unwrap_or_else(|| owner_only(0));
+                        tx.events.push(Change {
+                            path: path.clone(),
+                            exact: false,
+                            perms,
+                            generation: self.next_gen,
+                        });
+                        tx.changes.insert(path.clone(), node);
+                    } else {
+                        let same = match (&node, &current) {
+                            (None, None) => true,
+                            (Some(a), Some(b)) => a.value == b.value && a.perms == b.perms,
+                            _ => false,
+                        };
+                        tx.doomed |= !same;
+                    }
+                    tx.accessed.insert(path, current);
+                }
+                max_tx = max_tx.max(tx_id);
+                txs.insert(tx_id, tx);
+            }
+            let mem: usize = r.watches.iter().map(Watch::memory).sum();
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.watches = r.watches;
+                c.transactions = txs;
+                c.next_tx = max_tx.wrapping_add(1);
+                for m in r.out {
+                    c.out_bytes += m.encoded_len();
+                    c.out.push_back(m);
+                }
+            }
+            if let Some(d) = self.domains.get_mut(&domid) {
+                d.memory += mem;
+                d.introduced = true;
+                d.evtchn = r.evtchn;
+                d.target = r.target.filter(|t| *t != old);
+            }
+            conns.push(id);
+        }
+        info!(
+            from = old,
+            to = domid,
+            connections = conns.len(),
+            "domain state imported"
+        );
+        Ok(conns)
     }
 }
