@@ -37,6 +37,10 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Bytes of config space the driver reads: up to `write_zeroes_may_unmap` and its padding.
 pub const CONFIG_BYTES: usize = offset_of!(virtio_blk_config, max_secure_erase_sectors);
 
+/// The tag of requests made by the blocking helpers ([`BlkDriver::read`] and others); not
+/// available to [`BlkDriver::submit`].
+pub const BLOCKING_TAG: u64 = u64::MAX;
+
 /// Bytes of each request slot (header, range, status).
 const SLOT_BYTES: u64 = 64;
 const SLOT_RANGE: u64 = 16;
@@ -107,6 +111,9 @@ pub enum Error {
     /// validates heads).
     #[error("completion for head {0} without a request")]
     NoRequest(u16),
+    /// The tag [`BLOCKING_TAG`] is reserved for the blocking helpers.
+    #[error("tag {BLOCKING_TAG:#x} is reserved for the blocking helpers")]
+    ReservedTag,
     /// A length above the discard or write-zeroes limit.
     #[error("{sectors} sectors above the device's limit of {max}")]
     RangeTooLarge {
@@ -453,6 +460,9 @@ pub struct BlkDriver<T: Transport> {
     max_segments: usize,
     segment_bytes: u32,
     timeout: Duration,
+    /// Completions of queue 0 that a blocking helper saw while waiting for its own; handed out
+    /// by the next [`BlkDriver::poll`] of queue 0.
+    stashed: Vec<BlkCompletion>,
 }
 
 impl<T: Transport> BlkDriver<T> {
@@ -539,6 +549,7 @@ impl<T: Transport> BlkDriver<T> {
             max_segments,
             segment_bytes,
             timeout: options.timeout,
+            stashed: Vec::new(),
         })
     }
 
@@ -614,8 +625,15 @@ impl<T: Transport> BlkDriver<T> {
     }
 
     /// Adds a request to queue `queue` without notifying the device (see [`Self::kick`]).
-    /// `tag` comes back in its [`BlkCompletion`].
+    /// `tag` comes back in its [`BlkCompletion`]; [`BLOCKING_TAG`] is reserved.
     pub fn submit(&mut self, queue: u16, req: &Request<'_>, tag: u64) -> Result<(), Error> {
+        if tag == BLOCKING_TAG {
+            return Err(Error::ReservedTag);
+        }
+        self.submit_tagged(queue, req, tag)
+    }
+
+    fn submit_tagged(&mut self, queue: u16, req: &Request<'_>, tag: u64) -> Result<(), Error> {
         let nq = self.num_queues();
         if queue >= nq {
             return Err(Error::NoSuchQueue(queue, nq));
@@ -752,8 +770,23 @@ impl<T: Transport> BlkDriver<T> {
         Ok(())
     }
 
+    /// Hands out the completions a blocking helper stashed, for queue 0.
+    fn take_stashed(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> usize {
+        if queue != 0 {
+            return 0;
+        }
+        let n = self.stashed.len();
+        out.append(&mut self.stashed);
+        n
+    }
+
     /// Appends the completions of `queue` to `out`; returns how many.
     pub fn poll(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
+        let stashed = self.take_stashed(queue, out);
+        Ok(stashed + self.poll_ring(queue, out)?)
+    }
+
+    fn poll_ring(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
         let nq = self.num_queues();
         let q = self
             .queues
@@ -784,8 +817,16 @@ impl<T: Transport> BlkDriver<T> {
 
     /// Waits for at least one completion on `queue` (or the timeout), then polls.
     pub fn wait(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
+        let stashed = self.take_stashed(queue, out);
+        if stashed > 0 {
+            return Ok(stashed + self.poll_ring(queue, out)?);
+        }
+        self.wait_ring(queue, out)
+    }
+
+    fn wait_ring(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
         loop {
-            let n = self.poll(queue, out)?;
+            let n = self.poll_ring(queue, out)?;
             if n > 0 {
                 return Ok(n);
             }
@@ -801,21 +842,31 @@ impl<T: Transport> BlkDriver<T> {
         }
     }
 
-    /// Submits one request on queue 0, kicks, and waits for its completion.
+    /// Submits one request on queue 0, kicks, and waits for its completion. Other completions
+    /// seen meanwhile are kept for the next [`Self::poll`].
+    ///
+    /// After an error (a timeout, a device gone) the request may still be in flight, and the
+    /// device may still write into the bounce buffer: the driver should then be dropped.
     fn run(&mut self, req: &Request<'_>) -> Result<BlkCompletion, Error> {
-        const TAG: u64 = u64::MAX;
-        self.submit(0, req, TAG)?;
+        self.submit_tagged(0, req, BLOCKING_TAG)?;
         self.kick(0)?;
         let mut out = Vec::new();
         loop {
-            self.wait(0, &mut out)?;
-            if let Some(c) = out.iter().find(|c| c.tag == TAG) {
+            self.wait_ring(0, &mut out)?;
+            let mut mine = None;
+            for c in out.drain(..) {
+                if c.tag == BLOCKING_TAG {
+                    mine = Some(c);
+                } else {
+                    self.stashed.push(c);
+                }
+            }
+            if let Some(c) = mine {
                 return match c.status {
-                    Status::Ok => Ok(*c),
+                    Status::Ok => Ok(c),
                     s => Err(Error::Status(s)),
                 };
             }
-            out.clear();
         }
     }
 

@@ -24,3 +24,8 @@ pub use blk::{BlkDriver, BlkOptions};
 pub use memory::DmaMemory;
 pub use queue::split::SplitQueue;
 pub use transport::Transport;
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -187,3 +187,31 @@ fn many_requests_in_flight_and_index_wrap() {
         assert!(back.iter().all(|&x| x == i as u8));
     }
 }
+
+#[test]
+fn blocking_helpers_keep_other_completions_for_poll() {
+    let mut d = driver();
+    let buf = DataBuf {
+        addr: d.memory().alloc(4096).unwrap(),
+        len: 4096,
+    };
+    d.submit(
+        0,
+        &Request::Read {
+            sector: 0,
+            bufs: &[buf],
+        },
+        42,
+    )
+    .unwrap();
+    assert!(matches!(
+        d.submit(0, &Request::Flush, blk::BLOCKING_TAG),
+        Err(blk::Error::ReservedTag)
+    ));
+    // The blocking flush publishes both; the read's completion is kept.
+    d.flush().unwrap();
+    let mut out = Vec::new();
+    assert_eq!(d.poll(0, &mut out).unwrap(), 1);
+    assert_eq!(out[0].tag, 42);
+    assert_eq!(out[0].status, Status::Ok);
+}
