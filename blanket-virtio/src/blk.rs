@@ -23,11 +23,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, virtio_blk_config,
 };
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::memory::DmaMemory;
+use crate::queue::VirtQueue;
+use crate::queue::packed::PackedQueue;
 use crate::queue::split::{self, MAX_INDIRECT_DESCRIPTORS, QueueFeatures, Segment, SplitQueue};
 use crate::transport::{self, Transport};
 
@@ -360,6 +362,8 @@ pub struct BlkOptions {
     pub event_idx: bool,
     /// Use `VIRTIO_F_INDIRECT_DESC` when offered.
     pub indirect_desc: bool,
+    /// Use packed rings (`VIRTIO_F_RING_PACKED`) when offered.
+    pub packed_ring: bool,
 }
 
 impl Default for BlkOptions {
@@ -371,6 +375,7 @@ impl Default for BlkOptions {
             timeout: Duration::from_secs(10),
             event_idx: true,
             indirect_desc: true,
+            packed_ring: true,
         }
     }
 }
@@ -442,7 +447,7 @@ type RangeSeg = (u64, u32, u32);
 
 #[derive(Debug)]
 struct BlkQueue {
-    vq: SplitQueue,
+    vq: Box<dyn VirtQueue>,
     slots: GuestAddress,
     tags: Vec<Option<u64>>,
 }
@@ -494,6 +499,9 @@ impl<T: Transport> BlkDriver<T> {
         if options.indirect_desc {
             wanted |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
         }
+        if options.packed_ring {
+            wanted |= 1 << VIRTIO_F_RING_PACKED;
+        }
         let features = offered & wanted;
         transport.set_driver_features(features)?;
 
@@ -514,7 +522,11 @@ impl<T: Transport> BlkDriver<T> {
         };
         let mut queues = Vec::with_capacity(usize::from(nq));
         for i in 0..nq {
-            let vq = SplitQueue::allocate(&mem, size, qf)?;
+            let vq: Box<dyn VirtQueue> = if bit(features, VIRTIO_F_RING_PACKED) {
+                Box::new(PackedQueue::allocate(&mem, size, qf)?)
+            } else {
+                Box::new(SplitQueue::allocate(&mem, size, qf)?)
+            };
             transport.setup_queue(i, &vq.layout())?;
             let slots = mem.alloc(u64::from(size) * SLOT_BYTES)?;
             queues.push(BlkQueue {

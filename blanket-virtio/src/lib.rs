@@ -4,8 +4,9 @@
 //! guests' I/O onto them. The pieces, bottom up:
 //!
 //! - [`memory::DmaMemory`]: memory shared with the device, a memfd mapped through `vm-memory`.
-//! - [`queue::split::SplitQueue`]: the driver side of a split virtqueue, which validates
-//!   everything the device writes.
+//! - [`queue::split::SplitQueue`] and [`queue::packed::PackedQueue`]: the driver side of split
+//!   and packed virtqueues, which validate everything the device writes, behind
+//!   [`queue::VirtQueue`].
 //! - [`transport::Transport`]: the control plane and notifications, with a vhost-user frontend
 //!   ([`transport::vhost_user::VhostUserTransport`]) and an in-process device for tests
 //!   ([`transport::inproc::InProcessTransport`]).

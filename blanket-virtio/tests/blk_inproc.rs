@@ -215,3 +215,76 @@ fn blocking_helpers_keep_other_completions_for_poll() {
     assert_eq!(out[0].tag, 42);
     assert_eq!(out[0].status, Status::Ok);
 }
+
+fn packed_driver(options: BlkOptions) -> Driver {
+    let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
+    let mut dev = MemBlkDevice::new(4096);
+    dev.num_queues = 2;
+    dev.packed = true;
+    let d = BlkDriver::new(InProcessTransport::new(mem, dev), options).unwrap();
+    let packed = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
+    assert!(d.features() & packed != 0);
+    d
+}
+
+#[test]
+fn packed_ring_write_then_read_back() {
+    for (event_idx, indirect_desc) in [(true, true), (false, false), (true, false), (false, true)] {
+        let mut d = packed_driver(BlkOptions {
+            event_idx,
+            indirect_desc,
+            queue_size: 16,
+            bounce_bytes: 16 << 10,
+            ..BlkOptions::default()
+        });
+        let data: Vec<u8> = (0..200 * 1024).map(|i| (i * 13 % 253) as u8).collect();
+        d.write(5, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        d.read(5, &mut back).unwrap();
+        assert!(
+            back == data,
+            "event_idx {event_idx} indirect {indirect_desc}"
+        );
+        d.flush().unwrap();
+        d.discard(5, 1).unwrap();
+        d.write_zeroes(6, 1, false).unwrap();
+        assert_eq!(&d.get_id().unwrap()[..13], b"blanket-inmem");
+        let disk = &d.transport().device().disk;
+        assert!(disk[5 * 512..7 * 512].iter().all(|&b| b == 0));
+        assert!(disk[7 * 512..5 * 512 + data.len()] == data[1024..]);
+    }
+}
+
+#[test]
+fn packed_ring_out_of_order_completions_and_wrap() {
+    // Chains of 3 descriptors (no indirect) in a ring of 16: positions and wrap counters do not
+    // line up with ids, and the ring wraps thousands of times.
+    let mut d = packed_driver(BlkOptions {
+        indirect_desc: false,
+        queue_size: 16,
+        ..BlkOptions::default()
+    });
+    let mem = d.memory().clone();
+    let bufs: Vec<DataBuf> = (0..5)
+        .map(|_| DataBuf {
+            addr: mem.alloc(4096).unwrap(),
+            len: 4096,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for round in 0..3000u64 {
+        for (i, b) in bufs.iter().enumerate() {
+            let req = Request::Write {
+                sector: i as u64 * 8,
+                bufs: std::slice::from_ref(b),
+            };
+            d.submit(0, &req, round * 10 + i as u64).unwrap();
+        }
+        d.kick(0).unwrap();
+        out.clear();
+        while out.len() < bufs.len() {
+            d.wait(0, &mut out).unwrap();
+        }
+        assert!(out.iter().all(|c| c.status == Status::Ok));
+    }
+}

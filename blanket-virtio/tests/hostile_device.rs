@@ -364,3 +364,72 @@ fn a_misbehaving_device_cannot_reach_other_queues() {
     assert_eq!(out[0].status, Status::Ok);
     let _ = d.transport().memory();
 }
+
+/// The same cases on a packed ring (section 2.8), where the device writes buffer ids.
+fn packed_driver(hostile: Hostile) -> Driver {
+    let mem = Arc::new(DmaMemory::new(8 << 20).unwrap());
+    let mut dev = MemBlkDevice::new(2048);
+    dev.packed = true;
+    dev.hostile = hostile;
+    BlkDriver::new(InProcessTransport::new(mem, dev), BlkOptions::default()).unwrap()
+}
+
+#[test]
+fn packed_used_id_out_of_range() {
+    let mut d = packed_driver(Hostile::UsedIdOutOfRange);
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(e, split::Error::UsedIdOutOfRange { id: 263, size: 256 }),
+        "{e:?}"
+    );
+    expect_broken_afterwards(&mut d);
+}
+
+#[test]
+fn packed_used_id_not_outstanding() {
+    let mut d = packed_driver(Hostile::UsedIdNotOutstanding);
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(e, split::Error::UsedIdNotOutstanding(128)),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn packed_used_id_duplicate() {
+    let mut d = packed_driver(Hostile::UsedIdDuplicate);
+    let mut buf = [0u8; 4096];
+    d.read(8, &mut buf).unwrap();
+    let e = read_queue_error(&mut d);
+    assert!(matches!(e, split::Error::UsedIdDuplicate(0)), "{e:?}");
+}
+
+#[test]
+fn packed_used_len_larger_than_buffer() {
+    let mut d = packed_driver(Hostile::UsedLenTooLarge);
+    let e = read_queue_error(&mut d);
+    assert!(
+        matches!(
+            e,
+            split::Error::UsedLenTooLarge {
+                id: 0,
+                len: 4098,
+                writable: 4097
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn packed_queue_size_not_a_power_of_two() {
+    let mem = Arc::new(DmaMemory::new(8 << 20).unwrap());
+    let mut dev = MemBlkDevice::new(2048);
+    dev.packed = true;
+    dev.hostile = Hostile::QueueSize(0);
+    let e = BlkDriver::new(InProcessTransport::new(mem, dev), BlkOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, blk::Error::Queue(split::Error::InvalidQueueSize(0))),
+        "{e:?}"
+    );
+}

@@ -17,10 +17,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, virtio_blk_config,
 };
-use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{
+    VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE, vring_avail, vring_used, vring_used_elem,
+    VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED, vring_avail,
+    vring_used, vring_used_elem,
 };
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -64,22 +67,148 @@ pub struct DeviceChain {
     pub segments: Vec<Segment>,
 }
 
-/// The device side of a split queue: reads the available ring, writes the used ring.
+/// The device side of a split or packed queue: reads available buffers, writes used ones.
 #[derive(Debug)]
 pub struct DeviceQueue {
     layout: QueueLayout,
     last_avail: u16,
     used_idx: u16,
+    /// Packed ring state: `Some` for a packed queue.
+    packed: Option<PackedDeviceState>,
+}
+
+#[derive(Debug)]
+struct PackedDeviceState {
+    avail_wrap: bool,
+    used_wrap: bool,
+    /// Ring descriptors of each chain popped and not yet completed, in order.
+    popped: std::collections::VecDeque<u16>,
 }
 
 impl DeviceQueue {
-    /// A device view of the queue at `layout`.
+    /// A device view of the split queue at `layout`.
     pub fn new(layout: QueueLayout) -> Self {
         DeviceQueue {
             layout,
             last_avail: 0,
             used_idx: 0,
+            packed: None,
         }
+    }
+
+    /// A device view of the packed queue at `layout` (section 2.8).
+    pub fn new_packed(layout: QueueLayout) -> Self {
+        DeviceQueue {
+            layout,
+            last_avail: 0,
+            used_idx: 0,
+            packed: Some(PackedDeviceState {
+                avail_wrap: true,
+                used_wrap: true,
+                popped: Default::default(),
+            }),
+        }
+    }
+
+    fn pop_avail_packed(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DeviceChain>, Error> {
+        let size = self.layout.size;
+        let table = self.layout.desc_table;
+        let desc_at = |pos: u16| table.unchecked_add(u64::from(pos) * 16);
+        let Some(st) = self.packed.as_mut() else {
+            return Ok(None);
+        };
+        let flags = u16::from_le(
+            mem.load::<u16>(
+                desc_at(self.last_avail).unchecked_add(14),
+                Ordering::Acquire,
+            )
+            .map_err(Error::Memory)?,
+        );
+        let avail = flags & (1 << VRING_PACKED_DESC_F_AVAIL) != 0;
+        let used = flags & (1 << VRING_PACKED_DESC_F_USED) != 0;
+        if avail != st.avail_wrap || used == st.avail_wrap {
+            return Ok(None);
+        }
+        let mut segments = Vec::new();
+        let mut pos = self.last_avail;
+        let mut count = 0u16;
+        let mut id;
+        loop {
+            if count >= size {
+                return Err(Error::BadChain("chain longer than the ring"));
+            }
+            // Packed layout: the u16 at 12 is the buffer id, the one at 14 the flags.
+            let (addr, len, desc_id, flags) = Self::read_desc(mem, desc_at(pos))?;
+            let flags = u32::from(flags);
+            count += 1;
+            pos += 1;
+            if pos == size {
+                pos = 0;
+                st.avail_wrap = !st.avail_wrap;
+            }
+            id = desc_id;
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                if count != 1 || flags & VRING_DESC_F_NEXT != 0 {
+                    return Err(Error::BadChain("misplaced indirect descriptor"));
+                }
+                if len == 0 || len % 16 != 0 || len / 16 > 0xffff {
+                    return Err(Error::BadChain("bad indirect table length"));
+                }
+                for i in 0..u64::from(len / 16) {
+                    let (a, l, _, f) =
+                        Self::read_desc(mem, GuestAddress(addr).unchecked_add(i * 16))?;
+                    segments.push(Segment {
+                        addr: GuestAddress(a),
+                        len: l,
+                        device_writable: u32::from(f) & VRING_DESC_F_WRITE != 0,
+                    });
+                }
+                break;
+            }
+            segments.push(Segment {
+                addr: GuestAddress(addr),
+                len,
+                device_writable: flags & VRING_DESC_F_WRITE != 0,
+            });
+            if flags & VRING_DESC_F_NEXT == 0 {
+                break;
+            }
+        }
+        self.last_avail = pos;
+        st.popped.push_back(count);
+        Ok(Some(DeviceChain { head: id, segments }))
+    }
+
+    fn push_used_packed(&mut self, mem: &GuestMemoryMmap, id: u32, len: u32) -> Result<(), Error> {
+        let size = self.layout.size;
+        let at = self
+            .layout
+            .desc_table
+            .unchecked_add(u64::from(self.used_idx) * 16);
+        let Some(st) = self.packed.as_mut() else {
+            return Ok(());
+        };
+        let count = st.popped.pop_front().unwrap_or(1);
+        let mut raw = [0u8; 6];
+        raw[0..4].copy_from_slice(&len.to_le_bytes());
+        raw[4..6].copy_from_slice(&(id as u16).to_le_bytes());
+        mem.write_slice(&raw, at.unchecked_add(8))
+            .map_err(Error::Memory)?;
+        let flags: u16 = if st.used_wrap {
+            (1 << VRING_PACKED_DESC_F_AVAIL) | (1 << VRING_PACKED_DESC_F_USED)
+        } else {
+            0
+        };
+        mem.store(u16::to_le(flags), at.unchecked_add(14), Ordering::Release)
+            .map_err(Error::Memory)?;
+        let next = u32::from(self.used_idx) + u32::from(count);
+        if next >= u32::from(size) {
+            self.used_idx = (next - u32::from(size)) as u16;
+            st.used_wrap = !st.used_wrap;
+        } else {
+            self.used_idx = next as u16;
+        }
+        Ok(())
     }
 
     /// The queue's layout.
@@ -89,6 +218,9 @@ impl DeviceQueue {
 
     /// The next chain the driver made available, if any. Every walk is bounded by the queue size.
     pub fn pop_avail(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DeviceChain>, Error> {
+        if self.packed.is_some() {
+            return self.pop_avail_packed(mem);
+        }
         let size = self.layout.size;
         let idx_addr = self
             .layout
@@ -183,6 +315,9 @@ impl DeviceQueue {
     /// Writes a used element, then publishes it with a release store of `used.idx`. The id and
     /// length are written as given: hostile models use this to lie.
     pub fn push_used(&mut self, mem: &GuestMemoryMmap, id: u32, len: u32) -> Result<(), Error> {
+        if self.packed.is_some() {
+            return self.push_used_packed(mem, id, len);
+        }
         let slot = self.used_idx & (self.layout.size - 1);
         let at = self.layout.used_ring.unchecked_add(
             offset_of!(vring_used, ring) as u64
@@ -195,8 +330,12 @@ impl DeviceQueue {
         self.set_used_idx(mem, self.used_idx.wrapping_add(1))
     }
 
-    /// Stores `used.idx` (release) without writing an element.
+    /// Stores `used.idx` (release) without writing an element. Does nothing on a packed queue,
+    /// which has no such index.
     pub fn set_used_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) -> Result<(), Error> {
+        if self.packed.is_some() {
+            return Ok(());
+        }
         self.used_idx = idx;
         let at = self
             .layout
@@ -314,7 +453,11 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
             .queues
             .get_mut(usize::from(index))
             .ok_or(Error::NoSuchQueue(index))?;
-        *q = Some(DeviceQueue::new(*layout));
+        *q = Some(if self.driver_features & (1 << VIRTIO_F_RING_PACKED) != 0 {
+            DeviceQueue::new_packed(*layout)
+        } else {
+            DeviceQueue::new(*layout)
+        });
         Ok(())
     }
 
@@ -402,6 +545,8 @@ pub struct MemBlkDevice {
     pub hostile: Hostile,
     /// Flush requests seen.
     pub flushes: u64,
+    /// Offer packed rings (`VIRTIO_F_RING_PACKED`).
+    pub packed: bool,
     gone: bool,
     last_completed: Option<u32>,
 }
@@ -417,6 +562,7 @@ impl MemBlkDevice {
             num_queues: 1,
             hostile: Hostile::None,
             flushes: 0,
+            packed: false,
             gone: false,
             last_completed: None,
         }
@@ -602,6 +748,9 @@ impl DeviceModel for MemBlkDevice {
             | 1 << VIRTIO_F_RING_RESET;
         if self.num_queues > 1 {
             f |= 1 << VIRTIO_BLK_F_MQ;
+        }
+        if self.packed {
+            f |= 1 << VIRTIO_F_RING_PACKED;
         }
         // A chain's middle is only visible without indirect descriptors.
         if self.hostile != Hostile::UsedIdMidChain {

@@ -1,0 +1,607 @@
+//! The driver side of a packed virtqueue (virtio 1.2, section 2.8).
+//!
+//! One descriptor ring carries both directions: the driver makes a descriptor available by
+//! setting its `AVAIL` flag to the driver's wrap counter and `USED` to the inverse; the device
+//! marks the first descriptor of a completed buffer used by setting both to its own wrap counter,
+//! and writes the buffer id and written length there. The driver writes the head descriptor's
+//! flags last, with a release store, so the device never sees a partial chain (2.8.21); it reads a
+//! used descriptor's flags with an acquire load before its id and length (2.8.20), copying the
+//! descriptor out once.
+//!
+//! Buffer ids are the driver's own (0..size). Every completion is validated against the driver's
+//! private record: an id in range and outstanding, not completed twice, a length no larger than
+//! the buffer's device-writable bytes. Any violation breaks the queue.
+
+use std::collections::VecDeque;
+use std::mem::size_of;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+
+use virtio_bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
+    VRING_PACKED_DESC_F_USED, VRING_PACKED_EVENT_F_WRAP_CTR, VRING_PACKED_EVENT_FLAG_DESC,
+    VRING_PACKED_EVENT_FLAG_DISABLE, VRING_PACKED_EVENT_FLAG_ENABLE, vring_packed_desc,
+    vring_packed_desc_event,
+};
+use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Le16, Le32, Le64,
+    Permissions,
+};
+
+use super::{
+    Completion, Error, MAX_INDIRECT_DESCRIPTORS, QueueFeatures, QueueLayout, Segment, VirtQueue,
+    validate_queue_size,
+};
+use crate::memory::DmaMemory;
+
+/// `AVAIL` flag bit.
+const F_AVAIL: u16 = 1 << VRING_PACKED_DESC_F_AVAIL;
+/// `USED` flag bit.
+const F_USED: u16 = 1 << VRING_PACKED_DESC_F_USED;
+/// Offset of `flags` in a packed descriptor.
+const FLAGS_OFFSET: u64 = 14;
+
+/// Bytes of the descriptor ring for `size` descriptors.
+pub fn desc_ring_bytes(size: u16) -> u64 {
+    size_of::<vring_packed_desc>() as u64 * u64::from(size)
+}
+
+/// Bytes of each event suppression area.
+pub fn event_area_bytes() -> u64 {
+    size_of::<vring_packed_desc_event>() as u64
+}
+
+/// A packed descriptor as laid out in memory (section 2.8.13), little-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct PackedDesc {
+    addr: Le64,
+    len: Le32,
+    id: Le16,
+    flags: Le16,
+}
+
+// SAFETY: `PackedDesc` is `repr(C)`, made of `ByteValued` little-endian integer wrappers with no
+// padding (16 bytes, checked below): any bit pattern is valid.
+unsafe impl ByteValued for PackedDesc {}
+const _: () = assert!(size_of::<PackedDesc>() == size_of::<vring_packed_desc>());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdState {
+    Free,
+    Completed,
+    InFlight { ring_descs: u16, writable: u64 },
+}
+
+/// The driver side of one packed virtqueue.
+#[derive(Debug)]
+pub struct PackedQueue<M: GuestMemory = GuestMemoryMmap> {
+    mem: Arc<M>,
+    layout: QueueLayout,
+    features: QueueFeatures,
+    indirect_tables: Option<GuestAddress>,
+    max_indirect: u16,
+    ids: Vec<IdState>,
+    free_ids: VecDeque<u16>,
+    num_free: u16,
+    next_avail: u16,
+    avail_wrap: bool,
+    next_used: u16,
+    used_wrap: bool,
+    /// Descriptors made available since the last `publish`.
+    added_since_publish: u16,
+    in_flight: u16,
+    broken: bool,
+}
+
+impl PackedQueue<GuestMemoryMmap> {
+    /// Allocates the ring, the two event suppression areas and, with `INDIRECT_DESC`, one
+    /// indirect table per buffer id, from `dma`.
+    pub fn allocate(dma: &DmaMemory, size: u16, features: QueueFeatures) -> Result<Self, Error> {
+        let size = validate_queue_size(size)?;
+        let desc_table = dma.alloc(desc_ring_bytes(size)).map_err(Error::Memory)?;
+        let avail_ring = dma.alloc(event_area_bytes()).map_err(Error::Memory)?;
+        let used_ring = dma.alloc(event_area_bytes()).map_err(Error::Memory)?;
+        let indirect = if features.indirect_desc {
+            let bytes = u64::from(size)
+                * u64::from(MAX_INDIRECT_DESCRIPTORS)
+                * size_of::<PackedDesc>() as u64;
+            Some(dma.alloc(bytes).map_err(Error::Memory)?)
+        } else {
+            None
+        };
+        let layout = QueueLayout {
+            size,
+            desc_table,
+            avail_ring,
+            used_ring,
+        };
+        Self::new(dma.guest_memory().clone(), layout, features, indirect)
+    }
+}
+
+impl<M: GuestMemory> PackedQueue<M> {
+    /// A queue over areas already placed in `mem` (see [`QueueLayout`] for which is which).
+    /// `indirect_tables`, needed for `features.indirect_desc`, is room for
+    /// `layout.size * MAX_INDIRECT_DESCRIPTORS` descriptors. The areas are zeroed.
+    pub fn new(
+        mem: Arc<M>,
+        layout: QueueLayout,
+        mut features: QueueFeatures,
+        indirect_tables: Option<GuestAddress>,
+    ) -> Result<Self, Error> {
+        let size = validate_queue_size(layout.size)?;
+        if indirect_tables.is_none() {
+            features.indirect_desc = false;
+        }
+        let mut q = PackedQueue {
+            mem,
+            layout,
+            features,
+            indirect_tables,
+            max_indirect: if features.indirect_desc {
+                MAX_INDIRECT_DESCRIPTORS
+            } else {
+                0
+            },
+            ids: vec![IdState::Free; usize::from(size)],
+            free_ids: (0..size).collect(),
+            num_free: size,
+            next_avail: 0,
+            avail_wrap: true,
+            next_used: 0,
+            used_wrap: true,
+            added_since_publish: 0,
+            in_flight: 0,
+            broken: false,
+        };
+        q.zero_areas()?;
+        Ok(q)
+    }
+
+    fn zero_areas(&mut self) -> Result<(), Error> {
+        let l = self.layout;
+        for (addr, len) in [
+            (l.desc_table, desc_ring_bytes(l.size)),
+            (l.avail_ring, event_area_bytes()),
+            (l.used_ring, event_area_bytes()),
+        ] {
+            let zeroes = vec![0u8; len as usize];
+            self.mem.write_slice(&zeroes, addr).map_err(Error::Access)?;
+        }
+        Ok(())
+    }
+
+    /// Chains added and not yet completed.
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    fn desc_addr(&self, position: u16) -> GuestAddress {
+        self.layout
+            .desc_table
+            .unchecked_add(u64::from(position) * size_of::<PackedDesc>() as u64)
+    }
+
+    fn ring_flags(&self, writable: bool, next: bool, indirect: bool, wrap: bool) -> u16 {
+        let mut f = 0u32;
+        if writable {
+            f |= VRING_DESC_F_WRITE;
+        }
+        if next {
+            f |= VRING_DESC_F_NEXT;
+        }
+        if indirect {
+            f |= VRING_DESC_F_INDIRECT;
+        }
+        let wrap_bits = if wrap { F_AVAIL } else { F_USED };
+        f as u16 | wrap_bits
+    }
+
+    fn write_desc(
+        &self,
+        at: GuestAddress,
+        addr: u64,
+        len: u32,
+        id: u16,
+        flags: u16,
+    ) -> Result<(), Error> {
+        let d = PackedDesc {
+            addr: Le64::from(addr),
+            len: Le32::from(len),
+            id: Le16::from(id),
+            flags: Le16::from(flags),
+        };
+        self.mem.write_obj(d, at).map_err(Error::Access)
+    }
+
+    fn add_inner(
+        &mut self,
+        segments: &[Segment],
+        id: u16,
+        use_indirect: bool,
+    ) -> Result<u16, Error> {
+        let size = self.layout.size;
+        let head_pos = self.next_avail;
+        let head_wrap = self.avail_wrap;
+        let head_flags;
+        let ring_descs;
+        if use_indirect {
+            let tables = self.indirect_tables.ok_or(Error::ChainTooLong {
+                len: segments.len(),
+                size,
+                max_indirect: 0,
+            })?;
+            let entry = size_of::<PackedDesc>() as u64;
+            let table = tables.unchecked_add(u64::from(id) * u64::from(self.max_indirect) * entry);
+            // Indirect table entries: consecutive, only the WRITE flag matters (2.8.19).
+            for (i, s) in segments.iter().enumerate() {
+                let flags = if s.device_writable {
+                    VRING_DESC_F_WRITE as u16
+                } else {
+                    0
+                };
+                self.write_desc(
+                    table.unchecked_add(i as u64 * entry),
+                    s.addr.0,
+                    s.len,
+                    id,
+                    flags,
+                )?;
+            }
+            let len = (segments.len() as u64 * entry) as u32;
+            head_flags = self.ring_flags(false, false, true, head_wrap);
+            self.write_desc(self.desc_addr(head_pos), table.0, len, id, 0)?;
+            ring_descs = 1u16;
+        } else {
+            let mut pos = head_pos;
+            let mut wrap = head_wrap;
+            let mut flags0 = 0;
+            for (i, s) in segments.iter().enumerate() {
+                let next = i + 1 < segments.len();
+                let flags = self.ring_flags(s.device_writable, next, false, wrap);
+                if i == 0 {
+                    // The head's flags are written last (below).
+                    flags0 = flags;
+                    self.write_desc(self.desc_addr(pos), s.addr.0, s.len, id, 0)?;
+                } else {
+                    self.write_desc(self.desc_addr(pos), s.addr.0, s.len, id, flags)?;
+                }
+                pos += 1;
+                if pos == size {
+                    pos = 0;
+                    wrap = !wrap;
+                }
+            }
+            head_flags = flags0;
+            ring_descs = segments.len() as u16;
+        }
+        // Make the chain available: the head's flags, last, with release ordering (2.8.21).
+        self.mem
+            .store(
+                u16::to_le(head_flags),
+                self.desc_addr(head_pos).unchecked_add(FLAGS_OFFSET),
+                Ordering::Release,
+            )
+            .map_err(Error::Access)?;
+        let advanced = u32::from(head_pos) + u32::from(ring_descs);
+        if advanced >= u32::from(size) {
+            self.next_avail = (advanced - u32::from(size)) as u16;
+            self.avail_wrap = !self.avail_wrap;
+        } else {
+            self.next_avail = advanced as u16;
+        }
+        self.num_free -= ring_descs;
+        self.added_since_publish = self.added_since_publish.saturating_add(ring_descs);
+        Ok(ring_descs)
+    }
+
+    fn event_area(&self, area: GuestAddress) -> Result<(u16, u16), Error> {
+        let raw: u32 = self.mem.read_obj(area).map_err(Error::Access)?;
+        let raw = u32::from_le(raw);
+        Ok(((raw & 0xffff) as u16, (raw >> 16) as u16))
+    }
+
+    fn write_driver_event(&self, off_wrap: u16, flags: u16) -> Result<(), Error> {
+        let raw = u32::from(off_wrap) | (u32::from(flags) << 16);
+        self.mem
+            .store(u32::to_le(raw), self.layout.avail_ring, Ordering::Release)
+            .map_err(Error::Access)
+    }
+
+    fn used_at_next(&self) -> Result<bool, Error> {
+        let flags = u16::from_le(
+            self.mem
+                .load::<u16>(
+                    self.desc_addr(self.next_used).unchecked_add(FLAGS_OFFSET),
+                    Ordering::Acquire,
+                )
+                .map_err(Error::Access)?,
+        );
+        let avail = flags & F_AVAIL != 0;
+        let used = flags & F_USED != 0;
+        Ok(avail == self.used_wrap && used == self.used_wrap)
+    }
+
+    fn pop_used_inner(&mut self) -> Result<Option<Completion>, Error> {
+        // Acquire on the flags: the id and len below were written before them (2.8.20).
+        if !self.used_at_next()? {
+            return Ok(None);
+        }
+        if self.in_flight == 0 {
+            return Err(Error::SpuriousUsed(self.next_used));
+        }
+        // One copy of the used descriptor; only the copy is looked at.
+        let d: PackedDesc = self
+            .mem
+            .read_obj(self.desc_addr(self.next_used))
+            .map_err(Error::Access)?;
+        let id = d.id.to_native();
+        let len = d.len.to_native();
+        let size = self.layout.size;
+        if id >= size {
+            return Err(Error::UsedIdOutOfRange {
+                id: id.into(),
+                size,
+            });
+        }
+        let (ring_descs, writable) = match self.ids[usize::from(id)] {
+            IdState::InFlight {
+                ring_descs,
+                writable,
+            } => (ring_descs, writable),
+            IdState::Completed => return Err(Error::UsedIdDuplicate(id)),
+            IdState::Free => return Err(Error::UsedIdNotOutstanding(id)),
+        };
+        if u64::from(len) > writable {
+            return Err(Error::UsedLenTooLarge { id, len, writable });
+        }
+        self.ids[usize::from(id)] = IdState::Completed;
+        self.free_ids.push_back(id);
+        self.num_free += ring_descs;
+        self.in_flight -= 1;
+        let advanced = u32::from(self.next_used) + u32::from(ring_descs);
+        if advanced >= u32::from(size) {
+            self.next_used = (advanced - u32::from(size)) as u16;
+            self.used_wrap = !self.used_wrap;
+        } else {
+            self.next_used = advanced as u16;
+        }
+        Ok(Some(Completion { head: id, len }))
+    }
+}
+
+impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M> {
+    fn layout(&self) -> QueueLayout {
+        self.layout
+    }
+
+    fn free_descriptors(&self) -> usize {
+        usize::from(self.num_free)
+    }
+
+    fn has_room_for(&self, segments: usize) -> bool {
+        let needed = if self.features.indirect_desc && segments > 1 {
+            1
+        } else {
+            segments
+        };
+        needed <= usize::from(self.num_free) && !self.free_ids.is_empty()
+    }
+
+    fn next_head(&self) -> Option<u16> {
+        self.free_ids.front().copied()
+    }
+
+    fn add(&mut self, segments: &[Segment]) -> Result<u16, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let n = segments.len();
+        if n == 0 {
+            return Err(Error::EmptyChain);
+        }
+        let use_indirect = self.features.indirect_desc && n > 1;
+        if (use_indirect && n > usize::from(self.max_indirect))
+            || (!use_indirect && n > usize::from(self.layout.size))
+        {
+            return Err(Error::ChainTooLong {
+                len: n,
+                size: self.layout.size,
+                max_indirect: self.max_indirect,
+            });
+        }
+        let needed = if use_indirect { 1 } else { n };
+        if needed > usize::from(self.num_free) || self.free_ids.is_empty() {
+            return Err(Error::QueueFull {
+                needed,
+                free: usize::from(self.num_free),
+            });
+        }
+        let mut writable = 0u64;
+        for s in segments {
+            if !self
+                .mem
+                .check_range(s.addr, s.len as usize, Permissions::ReadWrite)
+            {
+                return Err(Error::SegmentOutsideMemory {
+                    addr: s.addr.0,
+                    len: s.len,
+                });
+            }
+            if s.device_writable {
+                writable += u64::from(s.len);
+            }
+        }
+        let id = self.free_ids.pop_front().ok_or(Error::QueueFull {
+            needed,
+            free: usize::from(self.num_free),
+        })?;
+        match self.add_inner(segments, id, use_indirect) {
+            Ok(ring_descs) => {
+                self.ids[usize::from(id)] = IdState::InFlight {
+                    ring_descs,
+                    writable,
+                };
+                self.in_flight += 1;
+                Ok(id)
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The chains are already visible (their head flags were stored in `add`); this decides
+    /// whether to notify, from the device event suppression area (2.8.10). With `DESC`, the
+    /// device names a ring position and wrap counter; a garbage value only costs a spurious or a
+    /// missed kick.
+    fn publish(&mut self) -> Result<bool, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let added = std::mem::take(&mut self.added_since_publish);
+        if added == 0 {
+            return Ok(false);
+        }
+        fence(Ordering::SeqCst);
+        let (off_wrap, flags) = self.event_area(self.layout.used_ring)?;
+        match u32::from(flags) {
+            VRING_PACKED_EVENT_FLAG_ENABLE => Ok(true),
+            VRING_PACKED_EVENT_FLAG_DISABLE => Ok(false),
+            VRING_PACKED_EVENT_FLAG_DESC if self.features.event_idx => {
+                let size = u32::from(self.layout.size);
+                // Positions on a line of 2 * size: the event, and the published range.
+                let line = |pos: u16, wrap: bool| u32::from(pos) + if wrap { size } else { 0 };
+                let event_wrap = off_wrap >> VRING_PACKED_EVENT_F_WRAP_CTR != 0;
+                let event_pos = off_wrap & !(1 << VRING_PACKED_EVENT_F_WRAP_CTR);
+                if u32::from(event_pos) >= size {
+                    return Ok(true);
+                }
+                let new = line(self.next_avail, self.avail_wrap);
+                let old = (new + 2 * size - u32::from(added)) % (2 * size);
+                let event = line(event_pos, event_wrap);
+                // vring_need_event on a ring of 2 * size positions.
+                let m = 2 * size;
+                Ok((new + m - event - 1) % m < (new + m - old) % m)
+            }
+            // Reserved values, or DESC without EVENT_IDX: notify, to be safe.
+            _ => Ok(true),
+        }
+    }
+
+    fn pop_used(&mut self) -> Result<Option<Completion>, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        match self.pop_used_inner() {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn enable_notifications(&mut self) -> Result<bool, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if self.features.event_idx {
+            let off_wrap =
+                self.next_used | (u16::from(self.used_wrap) << VRING_PACKED_EVENT_F_WRAP_CTR);
+            self.write_driver_event(off_wrap, VRING_PACKED_EVENT_FLAG_DESC as u16)?;
+        } else {
+            self.write_driver_event(0, VRING_PACKED_EVENT_FLAG_ENABLE as u16)?;
+        }
+        fence(Ordering::SeqCst);
+        self.used_at_next()
+    }
+
+    fn disable_notifications(&mut self) -> Result<(), Error> {
+        self.write_driver_event(0, VRING_PACKED_EVENT_FLAG_DISABLE as u16)
+    }
+
+    fn reset(&mut self) -> Result<(), Error> {
+        let size = self.layout.size;
+        self.ids.fill(IdState::Free);
+        self.free_ids = (0..size).collect();
+        self.num_free = size;
+        self.next_avail = 0;
+        self.avail_wrap = true;
+        self.next_used = 0;
+        self.used_wrap = true;
+        self.added_since_publish = 0;
+        self.in_flight = 0;
+        self.broken = false;
+        self.zero_areas()
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(event_idx: bool) -> (DmaMemory, PackedQueue) {
+        let dma = DmaMemory::new(1 << 20).unwrap();
+        let features = QueueFeatures {
+            event_idx,
+            indirect_desc: false,
+        };
+        let q = PackedQueue::allocate(&dma, 8, features).unwrap();
+        (dma, q)
+    }
+
+    fn seg(dma: &DmaMemory) -> Segment {
+        Segment {
+            addr: dma.alloc(512).unwrap(),
+            len: 512,
+            device_writable: true,
+        }
+    }
+
+    #[test]
+    fn device_event_suppression_desc_mode() {
+        let (dma, mut q) = queue(true);
+        let s = seg(&dma);
+        // The device asks for a kick once position 2 of the first lap is made available.
+        let raw = (2u32 | 1 << 15) | (VRING_PACKED_EVENT_FLAG_DESC << 16);
+        dma.guest_memory()
+            .write_obj(raw.to_le(), q.layout().used_ring)
+            .unwrap();
+        q.add(&[s]).unwrap();
+        assert!(!q.publish().unwrap());
+        q.add(&[s]).unwrap();
+        q.add(&[s]).unwrap();
+        assert!(q.publish().unwrap());
+        // DISABLE: never.
+        let raw = VRING_PACKED_EVENT_FLAG_DISABLE << 16;
+        dma.guest_memory()
+            .write_obj(raw.to_le(), q.layout().used_ring)
+            .unwrap();
+        q.add(&[s]).unwrap();
+        assert!(!q.publish().unwrap());
+    }
+
+    #[test]
+    fn a_used_descriptor_with_nothing_in_flight_is_refused() {
+        let (dma, mut q) = queue(false);
+        // Flags AVAIL | USED at position 0: "used" for the first lap.
+        let flags: u16 = F_AVAIL | F_USED;
+        dma.guest_memory()
+            .write_obj(
+                flags.to_le(),
+                q.layout().desc_table.unchecked_add(FLAGS_OFFSET),
+            )
+            .unwrap();
+        assert!(matches!(q.pop_used(), Err(Error::SpuriousUsed(0))));
+        assert!(q.is_broken());
+        q.reset().unwrap();
+        assert_eq!(q.pop_used().unwrap(), None);
+    }
+}
