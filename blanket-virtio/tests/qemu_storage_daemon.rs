@@ -321,3 +321,66 @@ fn daemon_killed_during_io_gives_a_clean_error() {
     eprintln!("after the daemon died: {err}; then {e:?}");
     let _ = disk.transport_mut().memory();
 }
+
+#[test]
+fn guest_pages_go_straight_to_the_device() {
+    use std::os::unix::fs::FileExt;
+
+    use blanket_virtio::memory::ForeignRegion;
+    use vm_memory::GuestAddress;
+
+    let Some(d) = start(1, |_| {}) else { return };
+    // "Guest memory" the driver does not own: a shared file mapped at guest address 0.
+    let guest = tempfile::tempfile().unwrap();
+    guest.set_len(1 << 20).unwrap();
+    guest.write_all_at(&[0x77; 4096], 0x2000).unwrap();
+    let mem = Arc::new(
+        DmaMemory::with_foreign_regions(
+            16 << 20,
+            vec![ForeignRegion {
+                addr: GuestAddress(0),
+                file: guest.try_clone().unwrap(),
+                offset: 0,
+                size: 1 << 20,
+            }],
+        )
+        .unwrap(),
+    );
+    let t = VhostUserTransport::connect(&d.sock, mem).unwrap();
+    let mut disk = BlkDriver::new(t, BlkOptions::default()).unwrap();
+    // Guest page to disk, disk to another guest page, no copy by the driver.
+    let page = |addr| DataBuf {
+        addr: GuestAddress(addr),
+        len: 4096,
+    };
+    disk.submit(
+        0,
+        &Request::Write {
+            sector: 64,
+            bufs: &[page(0x2000)],
+        },
+        1,
+    )
+    .unwrap();
+    disk.kick(0).unwrap();
+    let mut out = Vec::new();
+    disk.wait(0, &mut out).unwrap();
+    assert_eq!(out[0].status, Status::Ok);
+    qemu_io_verify(&d.image(), 0x77, 64 * 512, 4096);
+    disk.submit(
+        0,
+        &Request::Read {
+            sector: 64,
+            bufs: &[page(0x5000)],
+        },
+        2,
+    )
+    .unwrap();
+    disk.kick(0).unwrap();
+    out.clear();
+    disk.wait(0, &mut out).unwrap();
+    assert_eq!(out[0].status, Status::Ok);
+    let mut back = [0u8; 4096];
+    guest.read_exact_at(&mut back, 0x5000).unwrap();
+    assert!(back.iter().all(|&b| b == 0x77));
+}
