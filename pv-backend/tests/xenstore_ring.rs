@@ -314,3 +314,39 @@ fn guest_that_never_consumes_responses() {
     }
     assert!(before.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn req_prod_behind_req_cons() {
+    let mut h = harness(Quotas::default(), 3, 100);
+    h.guest.page.req_prod.store(99, Ordering::Release);
+    h.guest.to_server.ring();
+    let err = h.server.take().unwrap().join().unwrap();
+    assert!(err.unwrap().contains("ring indices"));
+    assert_eq!(
+        h.guest.page.error.load(Ordering::Acquire),
+        XENSTORE_ERROR_RINGIDX
+    );
+}
+
+#[test]
+fn rsp_cons_set_to_garbage() {
+    let mut h = harness(Quotas::default(), 3, 0);
+    // The guest claims to have consumed responses that were never produced.
+    h.guest.page.rsp_cons.store(5000, Ordering::Release);
+    let m = OwnedMessage {
+        msg_type: XsType::Read,
+        req_id: 1,
+        tx_id: 0,
+        payload: b"/\0".to_vec(),
+    };
+    h.guest.send(&m.to_vec().unwrap());
+    let err = h.server.take().unwrap().join().unwrap();
+    assert!(err.unwrap().contains("ring indices"));
+    assert_eq!(
+        h.guest.page.error.load(Ordering::Acquire),
+        XENSTORE_ERROR_RINGIDX
+    );
+    // The store is unharmed.
+    let d = lock(&h.store).connect(0, None);
+    assert!(lock(&h.store).read(d, 0, b"/local/domain/3").is_ok());
+}
