@@ -116,6 +116,12 @@ pub enum Error {
     /// The tag [`BLOCKING_TAG`] is reserved for the blocking helpers.
     #[error("tag {BLOCKING_TAG:#x} is reserved for the blocking helpers")]
     ReservedTag,
+    /// [`BlkDriver::reconnect`] with a transport over other memory.
+    #[error("the new transport does not share the driver's memory")]
+    DifferentMemory,
+    /// [`BlkDriver::reconnect`] to a device that lost a feature, queues or queue size.
+    #[error("the device changed across the reconnection: {0}")]
+    DeviceChanged(&'static str),
     /// A length above the discard or write-zeroes limit.
     #[error("{sectors} sectors above the device's limit of {max}")]
     RangeTooLarge {
@@ -442,6 +448,22 @@ pub struct BlkCompletion {
     pub len: u32,
 }
 
+/// The most data segments in a request, and the largest segment, under `config`.
+fn segment_limits(config: &BlkConfig, indirect: bool, queue_size: u16) -> (usize, u32) {
+    // Header, optional range, status: data gets what is left of a chain.
+    let chain_max = if indirect {
+        usize::from(MAX_INDIRECT_DESCRIPTORS)
+    } else {
+        usize::from(queue_size)
+    };
+    let mut max_segments = chain_max.saturating_sub(3).max(1);
+    if let Some(s) = config.seg_max {
+        max_segments = max_segments.min(s as usize);
+    }
+    let segment_bytes = config.size_max.unwrap_or(u32::MAX) & !(SECTOR_SIZE as u32 - 1);
+    (max_segments, segment_bytes)
+}
+
 /// A discard or write-zeroes range: first sector, sectors, flags.
 type RangeSeg = (u64, u32, u32);
 
@@ -537,17 +559,7 @@ impl<T: Transport> BlkDriver<T> {
         }
         transport.activate()?;
 
-        // Header, optional range, status: data gets what is left of a chain.
-        let chain_max = if qf.indirect_desc {
-            usize::from(MAX_INDIRECT_DESCRIPTORS)
-        } else {
-            usize::from(size)
-        };
-        let mut max_segments = chain_max - 2;
-        if let Some(s) = config.seg_max {
-            max_segments = max_segments.min(s as usize);
-        }
-        let segment_bytes = config.size_max.unwrap_or(u32::MAX) & !(SECTOR_SIZE as u32 - 1);
+        let (max_segments, segment_bytes) = segment_limits(&config, qf.indirect_desc, size);
         let bounce_bytes = options.bounce_bytes.max(SECTOR_SIZE as u32) & !(4095);
         let bounce = mem.alloc(u64::from(bounce_bytes.max(4096)))?;
         Ok(BlkDriver {
@@ -563,6 +575,48 @@ impl<T: Transport> BlkDriver<T> {
             timeout: options.timeout,
             stashed: Vec::new(),
         })
+    }
+
+    /// Carries on with `transport`, a new connection to the same device after the old one went
+    /// away (a restarted vhost-user daemon), sharing the same memory. The rings are reset and
+    /// given to the device again, with the same features. Returns the tags of the requests that
+    /// were in flight: they are lost (they may or may not have reached the disk) and are to be
+    /// resubmitted by the caller.
+    ///
+    /// The old device must no longer use the rings: with vhost-user, its socket closed.
+    pub fn reconnect(&mut self, mut transport: T) -> Result<Vec<u64>, Error> {
+        if !Arc::ptr_eq(transport.memory(), &self.mem) {
+            return Err(Error::DifferentMemory);
+        }
+        let offered = transport.device_features()?;
+        if offered & self.features != self.features {
+            return Err(Error::DeviceChanged("features"));
+        }
+        transport.set_driver_features(self.features)?;
+        let mut raw = [0u8; CONFIG_BYTES];
+        transport.read_config(0, &mut raw)?;
+        let config = BlkConfig::parse(&raw, self.features)?;
+        let nq = self.num_queues();
+        if config.num_queues < nq || transport.max_queues()? < nq {
+            return Err(Error::DeviceChanged("number of queues"));
+        }
+        let size = self.queues.first().map_or(0, |q| q.vq.layout().size);
+        if transport.max_queue_size()? < size {
+            return Err(Error::DeviceChanged("queue size"));
+        }
+        let mut lost = Vec::new();
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            lost.extend(q.tags.iter_mut().filter_map(Option::take));
+            q.vq.reset()?;
+            transport.setup_queue(i as u16, &q.vq.layout())?;
+        }
+        transport.activate()?;
+        let indirect = bit(self.features, VIRTIO_RING_F_INDIRECT_DESC);
+        (self.max_segments, self.segment_bytes) = segment_limits(&config, indirect, size);
+        self.transport = transport;
+        self.config = config;
+        lost.retain(|&t| t != BLOCKING_TAG);
+        Ok(lost)
     }
 
     /// The validated config.

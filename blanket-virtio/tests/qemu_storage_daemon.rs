@@ -33,6 +33,7 @@ struct Daemon {
     child: Child,
     dir: tempfile::TempDir,
     sock: PathBuf,
+    num_queues: u16,
 }
 
 impl Daemon {
@@ -43,6 +44,53 @@ impl Daemon {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the daemon (if running) and starts a new one on the same image and socket path.
+    fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.sock);
+        self.child = spawn(&self.image(), &self.sock, self.num_queues);
+        wait_for_socket(&mut self.child, &self.sock);
+    }
+}
+
+fn spawn(img: &Path, sock: &Path, num_queues: u16) -> Child {
+    Command::new(DAEMON)
+        .args([
+            "--blockdev",
+            &format!(
+                "driver=file,node-name=file0,filename={},discard=unmap,cache.direct=off",
+                path(img)
+            ),
+            "--export",
+            &format!(
+                "type=vhost-user-blk,id=exp0,node-name=file0,writable=on,num-queues={num_queues},\
+                 addr.type=unix,addr.path={}",
+                path(sock)
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_socket(child: &mut Child, sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("{DAEMON} exited with {status}: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{DAEMON} did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -73,40 +121,14 @@ fn start(num_queues: u16, prepare: impl FnOnce(&Path)) -> Option<Daemon> {
     );
     prepare(&img);
     let sock = dir.path().join("vhost-user-blk.sock");
-    let child = Command::new(DAEMON)
-        .args([
-            "--blockdev",
-            &format!(
-                "driver=file,node-name=file0,filename={},discard=unmap,cache.direct=off",
-                path(&img)
-            ),
-            "--export",
-            &format!(
-                "type=vhost-user-blk,id=exp0,node-name=file0,writable=on,num-queues={num_queues},\
-                 addr.type=unix,addr.path={}",
-                path(&sock)
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, dir, sock };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.sock.exists() {
-        if let Ok(Some(status)) = d.child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = d.child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("{DAEMON} exited with {status}: {err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{DAEMON} did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = spawn(&img, &sock, num_queues);
+    wait_for_socket(&mut child, &sock);
+    let d = Daemon {
+        child,
+        dir,
+        sock,
+        num_queues,
+    };
     Some(d)
 }
 
@@ -383,4 +405,55 @@ fn guest_pages_go_straight_to_the_device() {
     let mut back = [0u8; 4096];
     guest.read_exact_at(&mut back, 0x5000).unwrap();
     assert!(back.iter().all(|&b| b == 0x77));
+}
+
+#[test]
+fn daemon_restarted_then_reconnect() {
+    let Some(mut d) = start(1, |_| {}) else {
+        return;
+    };
+    let mut disk = connect(&d, 1);
+    disk.write(0, &[0x31; 4096]).unwrap();
+    // Requests in flight when the daemon dies are reported lost by the reconnection.
+    let mem = disk.memory().clone();
+    let buf = DataBuf {
+        addr: mem.alloc(4096).unwrap(),
+        len: 4096,
+    };
+    d.kill();
+    disk.submit(
+        0,
+        &Request::Read {
+            sector: 0,
+            bufs: &[buf],
+        },
+        9,
+    )
+    .unwrap();
+    // The kick goes to an eventfd nobody reads; the wait sees the socket closed.
+    disk.kick(0).unwrap();
+    let mut out = Vec::new();
+    let e = disk.wait(0, &mut out).unwrap_err();
+    assert!(
+        matches!(e, blk::Error::Transport(transport::Error::DeviceGone(_))),
+        "{e:?}"
+    );
+    d.restart();
+    let t = VhostUserTransport::connect(&d.sock, mem.clone()).unwrap();
+    let lost = disk.reconnect(t).unwrap();
+    assert_eq!(lost, vec![9]);
+    let mut back = [0u8; 4096];
+    disk.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0x31));
+    disk.write(8, &[0x32; 4096]).unwrap();
+    disk.flush().unwrap();
+    qemu_io_verify(&d.image(), 0x32, 4096, 4096);
+    // A transport over other memory is refused.
+    d.restart();
+    let other = Arc::new(DmaMemory::new(1 << 20).unwrap());
+    let t = VhostUserTransport::connect(&d.sock, other).unwrap();
+    assert!(matches!(
+        disk.reconnect(t),
+        Err(blk::Error::DifferentMemory)
+    ));
 }
