@@ -457,3 +457,44 @@ fn daemon_restarted_then_reconnect() {
         Err(blk::Error::DifferentMemory)
     ));
 }
+
+#[test]
+fn null_co_export() {
+    if !have(DAEMON) {
+        eprintln!("skipping: {DAEMON} not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("null.sock");
+    let mut child = Command::new(DAEMON)
+        .args([
+            "--blockdev",
+            "driver=null-co,node-name=null0,size=1073741824,read-zeroes=on",
+            "--export",
+            &format!(
+                "type=vhost-user-blk,id=exp0,node-name=null0,writable=on,addr.type=unix,addr.path={}",
+                path(&sock)
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&mut child, &sock);
+    let result = std::panic::catch_unwind(|| {
+        let mem = Arc::new(DmaMemory::new(8 << 20).unwrap());
+        let t = VhostUserTransport::connect(&sock, mem).unwrap();
+        let mut disk = BlkDriver::new(t, BlkOptions::default()).unwrap();
+        assert_eq!(disk.config().capacity, (1 << 30) / 512);
+        disk.write(123, &[0xaa; 65536]).unwrap();
+        let mut buf = vec![0xffu8; 65536];
+        disk.read(123, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "null-co reads zeroes");
+        disk.flush().unwrap();
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
