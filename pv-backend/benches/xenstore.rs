@@ -275,6 +275,7 @@ fn bench(c: &mut Criterion) {
         bell.ring();
     }
     g.finish();
+    let _ = std::fs::remove_file(&path);
 }
 
 criterion_group!(benches, bench);

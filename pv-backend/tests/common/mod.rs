@@ -14,14 +14,36 @@ use xen_abi::xs_wire::{XsType, parse_error};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// The socket path of a test daemon; the file is removed when this is dropped.
+pub struct TestSocket(PathBuf);
+
+impl std::ops::Deref for TestSocket {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestSocket {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TestSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A daemon serving a fresh store on a fresh socket path, for the life of the test process.
-pub fn start_server(quotas: Quotas) -> (PathBuf, SharedStore) {
+pub fn start_server(quotas: Quotas) -> (TestSocket, SharedStore) {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("pv-backend-xs-{}-{n}.sock", std::process::id()));
     let store: SharedStore = Arc::new(Mutex::new(XenStore::new(quotas)));
     let server = UnixServer::bind(&path, Arc::clone(&store)).expect("bind the test socket");
     std::thread::spawn(move || server.serve());
-    (path, store)
+    (TestSocket(path), store)
 }
 
 /// A raw client.
