@@ -1,8 +1,8 @@
 //! Xen's own test suite, `test-xenstore` from xen-utils-4.17, against our daemon through
 //! `XENSTORED_PATH`. It fails (it does not skip) when the program is missing.
 //!
-//! The random mode runs for 10 s here to keep `cargo test` short; set `XS_TEST_RANDOM_SECS=60` for
-//! the full minute.
+//! The random mode runs for 10 s here to keep `cargo test` short; `scripts/test` (the README's test command)
+//! sets `XS_TEST_RANDOM_SECS=60` for the full minute.
 
 mod common;
 
