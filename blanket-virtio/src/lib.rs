@@ -10,7 +10,8 @@
 //! - [`transport::Transport`]: the control plane and notifications, with a vhost-user frontend
 //!   ([`transport::vhost_user::VhostUserTransport`]) and an in-process device for tests
 //!   ([`transport::inproc::InProcessTransport`]).
-//! - [`blk::BlkDriver`]: virtio-blk requests on top.
+//! - [`blk::BlkDriver`]: virtio-blk requests on top; [`net::NetDriver`]: a first virtio-net
+//!   driver (one queue pair, mergeable receive buffers, no offloads).
 //!
 //! The device is not trusted: a device that writes garbage gets a typed error, never a panic or
 //! an access outside the buffers the driver gave it.
@@ -18,6 +19,7 @@
 
 pub mod blk;
 pub mod memory;
+pub mod net;
 pub mod queue;
 pub mod transport;
 

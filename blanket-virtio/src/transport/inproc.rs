@@ -478,6 +478,18 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
         if self.device.process(self.mem.guest_memory(), index, q)? {
             self.signalled[usize::from(index)] = true;
         }
+        // Then every other ready queue, so that a device can move data between queues (a
+        // network loopback delivers a transmitted frame into the receive queue).
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            if i == usize::from(index) {
+                continue;
+            }
+            if let Some(q) = q.as_mut() {
+                if self.device.process(self.mem.guest_memory(), i as u16, q)? {
+                    self.signalled[i] = true;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -828,5 +840,199 @@ impl DeviceModel for MemBlkDevice {
 
     fn gone(&self) -> bool {
         self.gone
+    }
+}
+
+/// Ways [`MemNetDevice`] can misbehave.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetHostile {
+    /// Behaves.
+    #[default]
+    None,
+    /// Completes a receive buffer with fewer bytes than the virtio-net header.
+    ShortRx,
+    /// Writes `num_buffers` 0.
+    NumBuffersZero,
+    /// Writes a `num_buffers` larger than the buffers it completes.
+    NumBuffersTooMany,
+    /// Reports this config space instead of its own.
+    Config(Vec<u8>),
+}
+
+/// A virtio-net device that loops transmitted frames back to the receive queue (queue 0 is
+/// receive, queue 1 transmit).
+#[derive(Debug)]
+pub struct MemNetDevice {
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its MTU.
+    pub mtu: u16,
+    /// Offer `VIRTIO_NET_F_MRG_RXBUF`.
+    pub mergeable: bool,
+    /// Offer packed rings.
+    pub packed: bool,
+    /// How it misbehaves.
+    pub hostile: NetHostile,
+    /// Every frame transmitted, without its header.
+    pub sent: Vec<Vec<u8>>,
+    pending: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl MemNetDevice {
+    /// A loopback device with MTU 1500 and mergeable receive buffers.
+    pub fn new() -> Self {
+        MemNetDevice {
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            mtu: 1500,
+            mergeable: true,
+            packed: false,
+            hostile: NetHostile::None,
+            sent: Vec::new(),
+            pending: Default::default(),
+        }
+    }
+
+    /// The config space this device reports when it behaves.
+    pub fn honest_config(&self) -> Vec<u8> {
+        use virtio_bindings::virtio_net::virtio_net_config;
+        let mut c = vec![0u8; size_of::<virtio_net_config>()];
+        c[offset_of!(virtio_net_config, mac)..][..6].copy_from_slice(&self.mac);
+        c[offset_of!(virtio_net_config, status)..][..2].copy_from_slice(&1u16.to_le_bytes());
+        c[offset_of!(virtio_net_config, max_virtqueue_pairs)..][..2]
+            .copy_from_slice(&1u16.to_le_bytes());
+        c[offset_of!(virtio_net_config, mtu)..][..2].copy_from_slice(&self.mtu.to_le_bytes());
+        c
+    }
+
+    fn deliver(&mut self, mem: &GuestMemoryMmap, rx: &mut DeviceQueue) -> Result<bool, Error> {
+        const HDR: usize = 12;
+        let mut any = false;
+        while let Some(frame) = self.pending.front() {
+            // Gather enough receive buffers for header and frame.
+            let need = HDR + frame.len();
+            let mut chains = Vec::new();
+            let mut room = 0usize;
+            while room < need {
+                match rx.pop_avail(mem)? {
+                    Some(c) => {
+                        room += c.segments.iter().map(|s| s.len as usize).sum::<usize>();
+                        chains.push(c);
+                    }
+                    None => break,
+                }
+                if !self.mergeable {
+                    break;
+                }
+            }
+            if room < need || chains.is_empty() {
+                // Not enough buffers: a real device would wait; drop the frame.
+                self.pending.pop_front();
+                continue;
+            }
+            let mut data = vec![0u8; HDR];
+            let num_buffers = match self.hostile {
+                NetHostile::NumBuffersZero => 0u16,
+                NetHostile::NumBuffersTooMany => chains.len() as u16 + 5,
+                _ => chains.len() as u16,
+            };
+            data[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+            data.extend_from_slice(frame);
+            let mut off = 0usize;
+            for c in &chains {
+                let mut written = 0u32;
+                for s in &c.segments {
+                    let n = (data.len() - off).min(s.len as usize);
+                    mem.write_slice(&data[off..off + n], s.addr)
+                        .map_err(Error::Memory)?;
+                    off += n;
+                    written += n as u32;
+                }
+                if self.hostile == NetHostile::ShortRx {
+                    written = 3;
+                }
+                rx.push_used(mem, u32::from(c.head), written)?;
+            }
+            self.pending.pop_front();
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+impl Default for MemNetDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceModel for MemNetDevice {
+    fn features(&self) -> u64 {
+        use virtio_bindings::virtio_net::{
+            VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+        };
+        let mut f = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_NET_F_MTU;
+        if self.mergeable {
+            f |= 1 << VIRTIO_NET_F_MRG_RXBUF;
+        }
+        if self.packed {
+            f |= 1 << VIRTIO_F_RING_PACKED;
+        }
+        f
+    }
+
+    fn config(&self) -> Vec<u8> {
+        match &self.hostile {
+            NetHostile::Config(c) => c.clone(),
+            _ => self.honest_config(),
+        }
+    }
+
+    fn max_queues(&self) -> u16 {
+        2
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        256
+    }
+
+    fn process(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        index: u16,
+        queue: &mut DeviceQueue,
+    ) -> Result<bool, Error> {
+        if index == 1 {
+            let mut any = false;
+            while let Some(chain) = queue.pop_avail(mem)? {
+                let mut bytes = Vec::new();
+                for s in &chain.segments {
+                    Self::read_segment(mem, s, &mut bytes)?;
+                }
+                if bytes.len() >= 12 {
+                    let frame = bytes.split_off(12);
+                    self.sent.push(frame.clone());
+                    self.pending.push_back(frame);
+                }
+                queue.push_used(mem, u32::from(chain.head), 0)?;
+                any = true;
+            }
+            Ok(any)
+        } else {
+            self.deliver(mem, queue)
+        }
+    }
+}
+
+impl MemNetDevice {
+    fn read_segment(mem: &GuestMemoryMmap, s: &Segment, out: &mut Vec<u8>) -> Result<(), Error> {
+        let start = out.len();
+        out.resize(start + s.len as usize, 0);
+        mem.read_slice(&mut out[start..], s.addr)
+            .map_err(Error::Memory)
     }
 }
