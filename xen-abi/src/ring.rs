@@ -30,7 +30,7 @@
 //!
 //! The ring works over any [`RingMemory`]: a page of a [`vm-memory`](https://docs.rs/vm-memory) guest
 //! region (`VolatileSlice`, feature `vm-memory`, with dirty tracking), memory shared with another process
-//! or a guest ([`RawRingMemory`]), or pages allocated here ([`RingPages`], feature `alloc`).
+//! or a guest ([`RawRingMemory`]), or pages allocated here (`RingPages`, feature `alloc`).
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;

@@ -29,6 +29,48 @@
 //! checks against `bdev_logical_block_size`).
 #![forbid(unsafe_code)]
 
+/// The methods of `BlkifSringEntry`, the same for the native and the x86_32 layout: expanded in each module,
+/// over that module's `BlkifSringEntry`, `BlkifRequest`, `BlkifResponse`, `ResponseInSlot` and `RESPONSE_REST`.
+macro_rules! sring_entry_methods {
+    ($slot_bytes:literal) => {
+        impl BlkifSringEntry {
+            /// A slot holding `req`.
+            pub fn from_request(req: &BlkifRequest) -> Self {
+                zerocopy::transmute!(*req)
+            }
+
+            /// A slot holding `rsp`, the bytes after the response zeroed.
+            pub fn from_response(rsp: &BlkifResponse) -> Self {
+                zerocopy::transmute!(ResponseInSlot {
+                    rsp: *rsp,
+                    rest: [0; RESPONSE_REST]
+                })
+            }
+
+            /// The slot read as a request (`req`).
+            pub fn request(&self) -> BlkifRequest {
+                zerocopy::transmute!(*self)
+            }
+
+            /// The slot read as a response (`rsp`).
+            pub fn response(&self) -> BlkifResponse {
+                let view: ResponseInSlot = zerocopy::transmute!(*self);
+                view.rsp
+            }
+
+            /// The raw bytes of the slot.
+            pub fn as_bytes_array(&self) -> &[u8; size_of::<BlkifRequest>()] {
+                &self.bytes
+            }
+
+            #[doc = concat!("A slot holding these ", $slot_bytes, " bytes (copied, for instance, out of shared memory).")]
+            pub const fn from_bytes_array(bytes: [u8; size_of::<BlkifRequest>()]) -> Self {
+                Self { bytes }
+            }
+        }
+    };
+}
+
 mod validate;
 pub mod x86_32;
 
@@ -481,41 +523,7 @@ pub struct BlkifSringEntry {
     bytes: [u8; size_of::<BlkifRequest>()],
 }
 
-impl BlkifSringEntry {
-    /// A slot holding `req`.
-    pub fn from_request(req: &BlkifRequest) -> Self {
-        zerocopy::transmute!(*req)
-    }
-
-    /// A slot holding `rsp`, the bytes after the response zeroed.
-    pub fn from_response(rsp: &BlkifResponse) -> Self {
-        zerocopy::transmute!(ResponseInSlot {
-            rsp: *rsp,
-            rest: [0; RESPONSE_REST]
-        })
-    }
-
-    /// The slot read as a request (`req`).
-    pub fn request(&self) -> BlkifRequest {
-        zerocopy::transmute!(*self)
-    }
-
-    /// The slot read as a response (`rsp`).
-    pub fn response(&self) -> BlkifResponse {
-        let view: ResponseInSlot = zerocopy::transmute!(*self);
-        view.rsp
-    }
-
-    /// The raw bytes of the slot.
-    pub fn as_bytes_array(&self) -> &[u8; size_of::<BlkifRequest>()] {
-        &self.bytes
-    }
-
-    /// A slot holding these 112 bytes (copied, for instance, out of shared memory).
-    pub const fn from_bytes_array(bytes: [u8; size_of::<BlkifRequest>()]) -> Self {
-        Self { bytes }
-    }
-}
+sring_entry_methods!("112");
 
 /// The native blkif ring protocol (`DEFINE_RING_TYPES(blkif, ...)` in `io/blkif.h`): `"x86_64-abi"` and
 /// `"arm-abi"` front ends. Slots are 112 bytes.

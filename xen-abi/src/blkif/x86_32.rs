@@ -318,41 +318,7 @@ impl From<BlkifResponse> for super::BlkifResponse {
     }
 }
 
-impl BlkifSringEntry {
-    /// A slot holding `req`.
-    pub fn from_request(req: &BlkifRequest) -> Self {
-        zerocopy::transmute!(*req)
-    }
-
-    /// A slot holding `rsp`, the bytes after the response zeroed.
-    pub fn from_response(rsp: &BlkifResponse) -> Self {
-        zerocopy::transmute!(ResponseInSlot {
-            rsp: *rsp,
-            rest: [0; RESPONSE_REST]
-        })
-    }
-
-    /// The slot read as a request (`req`).
-    pub fn request(&self) -> BlkifRequest {
-        zerocopy::transmute!(*self)
-    }
-
-    /// The slot read as a response (`rsp`).
-    pub fn response(&self) -> BlkifResponse {
-        let view: ResponseInSlot = zerocopy::transmute!(*self);
-        view.rsp
-    }
-
-    /// The raw bytes of the slot.
-    pub fn as_bytes_array(&self) -> &[u8; size_of::<BlkifRequest>()] {
-        &self.bytes
-    }
-
-    /// A slot holding these 108 bytes (copied, for instance, out of shared memory).
-    pub const fn from_bytes_array(bytes: [u8; size_of::<BlkifRequest>()]) -> Self {
-        Self { bytes }
-    }
-}
+sring_entry_methods!("108");
 
 // Prefix views for `zerocopy::transmute!`; no C counterpart.
 const DISCARD_REST: usize = size_of::<BlkifRequest>() - size_of::<BlkifRequestDiscard>();
