@@ -380,6 +380,15 @@ impl BackendDomain {
         )
     }
 
+    /// Marks an event pending on one of this domain's own ports, to wake a thread that waits on it (as a
+    /// back-end's other event sources do; Xen has no such call).
+    pub fn kick_self(&self, port: EvtchnPort) -> Result<(), PlatformError> {
+        let mut p = lock(&self.xen.ports);
+        EmulatedXen::port_mut(&mut p, self.domid, port)?.pending = true;
+        self.xen.bell.notify_all();
+        Ok(())
+    }
+
     /// Closes a local port.
     pub fn close(&self, port: EvtchnPort) -> Result<(), PlatformError> {
         self.xen.close_port(self.domid, port)

@@ -31,8 +31,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod platform;
-#[allow(dead_code)] // used by the drivers that follow
 mod shmem;
+pub mod xenbus;
 
 #[cfg(feature = "test-utils")]
 pub mod emulated;

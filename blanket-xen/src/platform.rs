@@ -164,46 +164,54 @@ pub trait Platform: EventChannels + GrantAccess + Translate + WaitEvent {}
 
 impl<T: EventChannels + GrantAccess + Translate + WaitEvent + ?Sized> Platform for T {}
 
-impl<T: EventChannels + ?Sized> EventChannels for &T {
-    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort, PlatformError> {
-        (**self).alloc_unbound(remote)
-    }
-    fn notify(&self, port: EvtchnPort) -> Result<(), PlatformError> {
-        (**self).notify(port)
-    }
-    fn close(&self, port: EvtchnPort) -> Result<(), PlatformError> {
-        (**self).close(port)
-    }
+macro_rules! forward_platform {
+    ($($ptr:ty),*) => {$(
+        impl<T: EventChannels + ?Sized> EventChannels for $ptr {
+            fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort, PlatformError> {
+                (**self).alloc_unbound(remote)
+            }
+            fn notify(&self, port: EvtchnPort) -> Result<(), PlatformError> {
+                (**self).notify(port)
+            }
+            fn close(&self, port: EvtchnPort) -> Result<(), PlatformError> {
+                (**self).close(port)
+            }
+        }
+
+        impl<T: GrantAccess + ?Sized> GrantAccess for $ptr {
+            fn grant_access(
+                &self,
+                domid: DomId,
+                frame: Gfn,
+                readonly: bool,
+            ) -> Result<GrantRef, PlatformError> {
+                (**self).grant_access(domid, frame, readonly)
+            }
+            fn end_access(&self, gref: GrantRef) -> Result<(), PlatformError> {
+                (**self).end_access(gref)
+            }
+        }
+
+        impl<T: Translate + ?Sized> Translate for $ptr {
+            fn frame_of(&self, addr: usize) -> Result<Gfn, PlatformError> {
+                (**self).frame_of(addr)
+            }
+        }
+
+        impl<T: WaitEvent + ?Sized> WaitEvent for $ptr {
+            fn wait(&self, port: EvtchnPort, timeout_ns: u64) -> Result<Wake, PlatformError> {
+                (**self).wait(port, timeout_ns)
+            }
+            fn now_ns(&self) -> u64 {
+                (**self).now_ns()
+            }
+        }
+    )*};
 }
 
-impl<T: GrantAccess + ?Sized> GrantAccess for &T {
-    fn grant_access(
-        &self,
-        domid: DomId,
-        frame: Gfn,
-        readonly: bool,
-    ) -> Result<GrantRef, PlatformError> {
-        (**self).grant_access(domid, frame, readonly)
-    }
-    fn end_access(&self, gref: GrantRef) -> Result<(), PlatformError> {
-        (**self).end_access(gref)
-    }
-}
-
-impl<T: Translate + ?Sized> Translate for &T {
-    fn frame_of(&self, addr: usize) -> Result<Gfn, PlatformError> {
-        (**self).frame_of(addr)
-    }
-}
-
-impl<T: WaitEvent + ?Sized> WaitEvent for &T {
-    fn wait(&self, port: EvtchnPort, timeout_ns: u64) -> Result<Wake, PlatformError> {
-        (**self).wait(port, timeout_ns)
-    }
-    fn now_ns(&self) -> u64 {
-        (**self).now_ns()
-    }
-}
+forward_platform!(&T);
+#[cfg(feature = "alloc")]
+forward_platform!(alloc::sync::Arc<T>, alloc::boxed::Box<T>);
 
 /// The most entries [`GrantTableV1`] manages: 16 frames of 512 entries.
 pub const GRANT_TABLE_V1_MAX_ENTRIES: u32 = 8192;
