@@ -3,6 +3,11 @@
 //! - [`xenstore`]: a xenstored: the store, permissions, watches, transactions and quotas of Xen's C daemon,
 //!   served over the Unix socket of libxenstore and over guests' shared rings, with export and import of
 //!   a domain's state for live migration.
+//! - [`backend`]: the back-end framework: grant access over guest memory, event channels, a XenStore handle
+//!   and the back end's side of the XenBus handshake, generic over the device.
+//! - [`blk`]: blkback over a `BlockDevice` (a raw image file, memory).
 #![warn(missing_docs)]
 
 pub mod xenstore;
+pub mod backend;
+pub mod blk;

@@ -1,0 +1,200 @@
+//! Event channels, as a back end sees them: it kicks the guest through an [`EventChannel`] (the
+//! `EVTCHNOP_send` of the hypervisor layer, the same trait as the XenStore ring's), and it sleeps on a
+//! [`Doorbell`] that the hypervisor layer rings when the guest kicks the port (and that the bottom device
+//! rings when an I/O completes).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use xen_abi::DomId;
+
+pub use crate::xenstore::ring::EventChannel;
+
+/// A wake-up that is never lost: [`ring`](Self::ring) sets a flag and wakes the sleeper;
+/// [`wait`](Self::wait) returns at once if the flag is set, and clears it.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    rung: Mutex<bool>,
+    cv: Condvar,
+    rings: AtomicU64,
+}
+
+impl Doorbell {
+    /// A doorbell that has not been rung.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Wakes the sleeper (or makes its next wait return at once).
+    pub fn ring(&self) {
+        self.rings.fetch_add(1, Ordering::Relaxed);
+        let mut rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+        if !*rung {
+            *rung = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Sleeps until rung or until `timeout` passes; returns whether it was rung, and clears it.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut rung, _) = self
+            .cv
+            .wait_timeout_while(rung, timeout, |r| !*r)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *rung, false)
+    }
+
+    /// Clears the flag without sleeping; returns whether it was set.
+    pub fn take(&self) -> bool {
+        std::mem::replace(
+            &mut *self.rung.lock().unwrap_or_else(|e| e.into_inner()),
+            false,
+        )
+    }
+
+    /// How many times it was rung since it was made.
+    pub fn rings(&self) -> u64 {
+        self.rings.load(Ordering::Relaxed)
+    }
+}
+
+/// Why an event channel could not be bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventChannelError {
+    /// The guest has no such port, or it is not an unbound port offered to this back end.
+    #[error("domain {domid} has no event channel port {port} that this back end may bind")]
+    NoSuchPort {
+        /// The guest.
+        domid: DomId,
+        /// The port it named.
+        port: u32,
+    },
+}
+
+/// The hypervisor layer's event channels: binds a guest's port (`EVTCHNOP_bind_interdomain`).
+pub trait EventChannels: Send + Sync {
+    /// Binds port `port` of domain `domid`: events the guest sends on it ring `doorbell`; the returned
+    /// channel sends events to the guest.
+    fn bind(
+        &self,
+        domid: DomId,
+        port: u32,
+        doorbell: Arc<Doorbell>,
+    ) -> Result<Arc<dyn EventChannel>, EventChannelError>;
+}
+
+impl<T: EventChannels + ?Sized> EventChannels for Arc<T> {
+    fn bind(
+        &self,
+        domid: DomId,
+        port: u32,
+        doorbell: Arc<Doorbell>,
+    ) -> Result<Arc<dyn EventChannel>, EventChannelError> {
+        (**self).bind(domid, port, doorbell)
+    }
+}
+
+/// Event channels between back ends and front ends in one process: each port the front end allocates with
+/// [`LocalEventChannels::alloc`] has a doorbell for the front end (rung when the back end notifies) and, once
+/// a back end binds it, one for the back end (rung by [`LocalEventChannels::send`]).
+#[derive(Debug, Default)]
+pub struct LocalEventChannels {
+    ports: Mutex<Vec<LocalPort>>,
+}
+
+#[derive(Debug)]
+struct LocalPort {
+    domid: DomId,
+    port: u32,
+    front: Arc<Doorbell>,
+    back: Option<Arc<Doorbell>>,
+    to_front: Arc<AtomicU64>,
+}
+
+/// One side's view of a local port: the back end's notifier.
+#[derive(Debug)]
+struct LocalNotifier {
+    front: Arc<Doorbell>,
+    count: Arc<AtomicU64>,
+}
+
+impl EventChannel for LocalNotifier {
+    fn notify(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.front.ring();
+    }
+}
+
+impl LocalEventChannels {
+    /// No ports yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Domain `domid` allocates an unbound port (`EVTCHNOP_alloc_unbound`); returns the port and the
+    /// doorbell the back end's notifications ring.
+    pub fn alloc(&self, domid: DomId) -> (u32, Arc<Doorbell>) {
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let port = u32::try_from(ports.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let front = Doorbell::new();
+        ports.push(LocalPort {
+            domid,
+            port,
+            front: front.clone(),
+            back: None,
+            to_front: Arc::new(AtomicU64::new(0)),
+        });
+        (port, front)
+    }
+
+    /// The front end kicks its port (`EVTCHNOP_send`): rings the bound back end's doorbell. Returns false if
+    /// no back end is bound.
+    pub fn send(&self, domid: DomId, port: u32) -> bool {
+        let ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        match ports
+            .iter()
+            .find(|p| p.domid == domid && p.port == port)
+            .and_then(|p| p.back.clone())
+        {
+            Some(back) => {
+                drop(ports);
+                back.ring();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many notifications the back end sent to the front end on this port.
+    pub fn notifications_to_front(&self, domid: DomId, port: u32) -> u64 {
+        let ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        ports
+            .iter()
+            .find(|p| p.domid == domid && p.port == port)
+            .map_or(0, |p| p.to_front.load(Ordering::Relaxed))
+    }
+}
+
+impl EventChannels for LocalEventChannels {
+    fn bind(
+        &self,
+        domid: DomId,
+        port: u32,
+        doorbell: Arc<Doorbell>,
+    ) -> Result<Arc<dyn EventChannel>, EventChannelError> {
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let p = ports
+            .iter_mut()
+            .find(|p| p.domid == domid && p.port == port)
+            .ok_or(EventChannelError::NoSuchPort { domid, port })?;
+        p.back = Some(doorbell);
+        Ok(Arc::new(LocalNotifier {
+            front: p.front.clone(),
+            count: p.to_front.clone(),
+        }))
+    }
+}

@@ -1,0 +1,358 @@
+//! blkback as a [`XenbusDevice`]: the features it offers, the front end's rings it connects, one thread
+//! per queue.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use xen_abi::blkif::{BlkifLimits, BlkifProtocol, VDISK_READONLY};
+
+use super::device::BlockDevice;
+use super::queue::{QueueParams, QueueServer, QueueStats};
+use crate::backend::{
+    Doorbell, EventChannels, FrontendView, GrantAccess, GrantedRing, HandshakeError, XenbusDevice,
+    XsHandle,
+};
+
+/// What blkback offers; the defaults are Linux blkback's, with more indirect segments.
+#[derive(Clone, Copy, Debug)]
+pub struct BlkConfig {
+    /// `feature-max-indirect-segments` (0: no indirect requests). At most 4096.
+    pub max_indirect_segments: u32,
+    /// `max-ring-page-order`.
+    pub max_ring_page_order: u32,
+    /// `multi-queue-max-queues`.
+    pub max_queues: u32,
+    /// `feature-persistent`.
+    pub persistent_grants: bool,
+    /// Persistent grants kept per queue.
+    pub max_persistent_grants: usize,
+    /// `feature-barrier`.
+    pub barrier: bool,
+    /// Spins before an idle queue sleeps.
+    pub poll_spins: u32,
+}
+
+impl Default for BlkConfig {
+    fn default() -> Self {
+        Self {
+            max_indirect_segments: 256,
+            max_ring_page_order: 4,
+            max_queues: 4,
+            persistent_grants: true,
+            max_persistent_grants: 1056,
+            barrier: true,
+            poll_spins: 2000,
+        }
+    }
+}
+
+/// Why blkback could not connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlkConnectError {
+    /// A ring could not be mapped.
+    #[error("queue {queue}: {source}")]
+    Ring {
+        /// The queue.
+        queue: usize,
+        /// Why.
+        #[source]
+        source: crate::backend::RingMapError,
+    },
+    /// An event channel could not be bound.
+    #[error("queue {queue}: {source}")]
+    EventChannel {
+        /// The queue.
+        queue: usize,
+        /// Why.
+        #[source]
+        source: crate::backend::EventChannelError,
+    },
+    /// The same grant reference is given for two ring pages.
+    #[error("ring grant ref {gref} is given twice")]
+    DuplicateRingRef {
+        /// The reference.
+        gref: u32,
+    },
+    /// The device could not open a queue.
+    #[error("opening a device queue: {0}")]
+    Device(#[source] std::io::Error),
+    /// The queue server refused the ring.
+    #[error("queue {queue}: {source}")]
+    Queue {
+        /// The queue.
+        queue: usize,
+        /// Why.
+        #[source]
+        source: super::queue::QueueError,
+    },
+    /// The device's properties cannot be described to a front end.
+    #[error("the device's properties: {0}")]
+    Limits(#[source] xen_abi::blkif::BlkifError),
+}
+
+struct RunningQueue {
+    stop: Arc<AtomicBool>,
+    doorbell: Arc<Doorbell>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<QueueStats>,
+}
+
+/// blkback for one virtual block device.
+pub struct BlkBack {
+    grants: Arc<dyn GrantAccess>,
+    evtchns: Arc<dyn EventChannels>,
+    device: Arc<dyn BlockDevice>,
+    config: BlkConfig,
+    queues: Vec<RunningQueue>,
+    fatal: Arc<Mutex<Option<String>>>,
+    protocol: Option<BlkifProtocol>,
+}
+
+impl std::fmt::Debug for BlkBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkBack")
+            .field("config", &self.config)
+            .field("queues", &self.queues.len())
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlkBack {
+    /// blkback serving `device`, reaching guest pages through `grants` and binding ports with `evtchns`.
+    pub fn new(
+        grants: Arc<dyn GrantAccess>,
+        evtchns: Arc<dyn EventChannels>,
+        device: Arc<dyn BlockDevice>,
+        config: BlkConfig,
+    ) -> Self {
+        Self {
+            grants,
+            evtchns,
+            device,
+            config,
+            queues: Vec::new(),
+            fatal: Arc::default(),
+            protocol: None,
+        }
+    }
+
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> Result<BlkifLimits, xen_abi::blkif::BlkifError> {
+        let info = self.device.info();
+        BlkifLimits::new(
+            info.size / u64::from(xen_abi::blkif::BLKIF_SECTOR_SIZE),
+            info.logical_block_size,
+        )?
+        .with_read_only(info.read_only)
+        .with_flush_cache(info.flush && !info.read_only)
+        .with_barrier(self.config.barrier && !info.read_only)
+        .with_discard(info.discard && !info.read_only, false)
+        .with_max_indirect_segments(self.config.max_indirect_segments)
+    }
+
+    /// The counters of the connected queues.
+    pub fn stats(&self) -> Vec<Arc<QueueStats>> {
+        self.queues.iter().map(|q| q.stats.clone()).collect()
+    }
+
+    /// The protocol of the connected front end.
+    pub fn protocol(&self) -> Option<BlkifProtocol> {
+        self.protocol
+    }
+
+    /// The number of connected queues.
+    pub fn nr_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn connect_inner(
+        &mut self,
+        front: &FrontendView<'_, dyn XsHandle>,
+    ) -> Result<Vec<(String, String)>, HandshakeError> {
+        let dev = |e: BlkConnectError| HandshakeError::Device(Box::new(e));
+        let limits = self.limits().map_err(|e| dev(BlkConnectError::Limits(e)))?;
+        let protocol = match front.read("", "protocol")? {
+            None => BlkifProtocol::from_name(xen_abi::blkif::XEN_IO_PROTO_ABI_NATIVE)
+                .unwrap_or(BlkifProtocol::X86_64),
+            Some(v) => {
+                let s = String::from_utf8_lossy(v.strip_suffix(b"\0").unwrap_or(&v)).into_owned();
+                BlkifProtocol::from_name(&s).ok_or(HandshakeError::UnknownProtocol { value: s })?
+            }
+        };
+        let persistent =
+            self.config.persistent_grants && front.read_flag("", "feature-persistent")?;
+        let dirs = front.queues(self.config.max_queues)?;
+        let mut plans = Vec::with_capacity(dirs.len());
+        let mut seen = std::collections::HashSet::new();
+        for dir in &dirs {
+            let refs = front.ring_refs(dir, self.config.max_ring_page_order)?;
+            for &r in &refs {
+                if !seen.insert(r) {
+                    return Err(dev(BlkConnectError::DuplicateRingRef { gref: r }));
+                }
+            }
+            let port = front.require_u32(dir, "event-channel")?;
+            plans.push((refs, port));
+        }
+        // Map and bind everything before starting anything, so that a failure leaves nothing running.
+        let domid = front.domid();
+        let info = self.device.info();
+        let params = QueueParams {
+            limits,
+            persistent,
+            max_persistent_grants: self.config.max_persistent_grants,
+            poll_spins: self.config.poll_spins,
+        };
+        let mut servers = Vec::with_capacity(plans.len());
+        for (queue, (refs, port)) in plans.into_iter().enumerate() {
+            let ring = GrantedRing::map(&*self.grants, domid, &refs)
+                .map_err(|source| dev(BlkConnectError::Ring { queue, source }))?;
+            let doorbell = Doorbell::new();
+            let evtchn = self
+                .evtchns
+                .bind(domid, port, doorbell.clone())
+                .map_err(|source| dev(BlkConnectError::EventChannel { queue, source }))?;
+            let dq = self
+                .device
+                .open_queue()
+                .map_err(|e| dev(BlkConnectError::Device(e)))?;
+            let server = QueueServer::new(
+                domid,
+                ring,
+                protocol,
+                0,
+                self.grants.clone(),
+                dq,
+                evtchn,
+                doorbell.clone(),
+                info,
+                params,
+            )
+            .map_err(|source| dev(BlkConnectError::Queue { queue, source }))?;
+            servers.push((server, doorbell));
+        }
+        for (i, (mut server, doorbell)) in servers.into_iter().enumerate() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let stats = server.stats();
+            let fatal = self.fatal.clone();
+            let s = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("blkback-d{domid}-q{i}"))
+                .spawn(move || {
+                    if let Err(e) = server.run(&s) {
+                        tracing::warn!(error = %e, "blkback queue stopped");
+                        *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    }
+                })
+                .map_err(|e| dev(BlkConnectError::Device(e)))?;
+            self.queues.push(RunningQueue {
+                stop,
+                doorbell,
+                thread: Some(thread),
+                stats,
+            });
+        }
+        self.protocol = Some(protocol);
+        let mut vinfo = 0;
+        if info.read_only {
+            vinfo |= VDISK_READONLY;
+        }
+        Ok(vec![
+            (
+                "sectors".into(),
+                (info.size / u64::from(xen_abi::blkif::BLKIF_SECTOR_SIZE)).to_string(),
+            ),
+            ("info".into(), vinfo.to_string()),
+            ("sector-size".into(), info.logical_block_size.to_string()),
+            (
+                "physical-sector-size".into(),
+                info.physical_block_size.to_string(),
+            ),
+        ])
+    }
+}
+
+impl XenbusDevice for BlkBack {
+    fn features(&self) -> Vec<(String, String)> {
+        let info = self.device.info();
+        let writable = !info.read_only;
+        let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
+        let mut v = vec![
+            ("feature-flush-cache".into(), flag(info.flush && writable)),
+            (
+                "feature-barrier".into(),
+                flag(self.config.barrier && writable),
+            ),
+            ("feature-discard".into(), flag(info.discard && writable)),
+            (
+                "feature-persistent".into(),
+                flag(self.config.persistent_grants),
+            ),
+            (
+                "max-ring-page-order".into(),
+                self.config.max_ring_page_order.to_string(),
+            ),
+            (
+                "multi-queue-max-queues".into(),
+                self.config.max_queues.to_string(),
+            ),
+            ("mode".into(), if writable { "w" } else { "r" }.into()),
+        ];
+        if info.discard && writable {
+            v.push((
+                "discard-granularity".into(),
+                info.discard_granularity.to_string(),
+            ));
+            v.push((
+                "discard-alignment".into(),
+                info.discard_alignment.to_string(),
+            ));
+            v.push(("discard-secure".into(), "0".into()));
+        }
+        if self.config.max_indirect_segments > 0 {
+            v.push((
+                "feature-max-indirect-segments".into(),
+                self.config.max_indirect_segments.to_string(),
+            ));
+        }
+        v
+    }
+
+    fn connect(
+        &mut self,
+        front: &FrontendView<'_, dyn XsHandle>,
+    ) -> Result<Vec<(String, String)>, HandshakeError> {
+        self.disconnect();
+        let r = self.connect_inner(front);
+        if r.is_err() {
+            self.disconnect();
+        }
+        r
+    }
+
+    fn disconnect(&mut self) {
+        for q in &self.queues {
+            q.stop.store(true, std::sync::atomic::Ordering::Release);
+            q.doorbell.ring();
+        }
+        for mut q in self.queues.drain(..) {
+            if let Some(t) = q.thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.protocol = None;
+    }
+
+    fn take_fatal_error(&mut self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for BlkBack {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}

@@ -1,0 +1,175 @@
+//! The bottom of blkback: a block device with batched submission and completions.
+//!
+//! A [`BlockDevice`] describes the disk ([`BlockInfo`]) and opens [`BlockQueue`]s, one per ring. A queue
+//! takes a batch of [`IoRequest`]s ([`BlockQueue::submit`]) and reports their [`IoCompletion`]s later
+//! ([`BlockQueue::reap`]), ringing the [`Doorbell`] it was given when one is ready. An in-flight request
+//! refers to guest memory through [`IoBuf`]s, which the back end keeps valid (the grants mapped) until the
+//! completion is reaped.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::backend::Doorbell;
+
+/// What the device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// The size in bytes (a multiple of `logical_block_size`).
+    pub size: u64,
+    /// The logical block size (`sector-size`): 512 to 4096, a power of two.
+    pub logical_block_size: u32,
+    /// The physical block size (`physical-sector-size`).
+    pub physical_block_size: u32,
+    /// Whether writes are refused.
+    pub read_only: bool,
+    /// Whether the device has a volatile cache that [`IoOp::Flush`] commits.
+    pub flush: bool,
+    /// Whether [`IoOp::Discard`] is supported.
+    pub discard: bool,
+    /// The discard granularity in bytes (`discard-granularity`).
+    pub discard_granularity: u32,
+    /// The discard alignment in bytes (`discard-alignment`).
+    pub discard_alignment: u32,
+}
+
+/// A range of guest memory that an I/O reads or writes.
+#[derive(Debug, Clone, Copy)]
+pub struct IoBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: an `IoBuf` is a pointer into guest memory that the back end keeps mapped until the completion is
+// reaped (the contract of `IoBuf::new`); devices only copy to and from it.
+unsafe impl Send for IoBuf {}
+
+impl IoBuf {
+    /// `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay valid for reads and writes (or reads only, if the I/O only reads it) of `len`
+    /// bytes by any thread until the request's completion has been reaped; it may change at any time and is
+    /// never an ordinary Rust object.
+    pub unsafe fn new(ptr: NonNull<u8>, len: usize) -> Self {
+        Self { ptr, len }
+    }
+
+    /// The start.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies bytes from the buffer into `out` (at most `len`).
+    pub fn copy_to(&self, out: &mut [u8]) {
+        let n = out.len().min(self.len);
+        // SAFETY: `n <= len` bytes of the buffer are valid for reads (the contract of `new`); `out` is a
+        // distinct Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), n) };
+    }
+
+    /// Copies `data` into the buffer (at most `len` bytes).
+    pub fn copy_from(&self, data: &[u8]) {
+        let n = data.len().min(self.len);
+        // SAFETY: `n <= len` bytes of the buffer are valid for writes for a request that reads the disk
+        // into it (the contract of `new`); `data` is a distinct Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr(), n) };
+    }
+}
+
+/// One operation on the device. Offsets and lengths are in bytes.
+#[derive(Debug)]
+pub enum IoOp {
+    /// Read `bufs.len()` buffers' worth of bytes from `offset` into `bufs`, in order.
+    Read {
+        /// Where on the disk.
+        offset: u64,
+        /// The guest memory, in order.
+        bufs: Vec<IoBuf>,
+    },
+    /// Write the bytes of `bufs`, in order, at `offset`.
+    Write {
+        /// Where on the disk.
+        offset: u64,
+        /// The guest memory, in order.
+        bufs: Vec<IoBuf>,
+    },
+    /// Commit every completed write to stable storage.
+    Flush,
+    /// Discard (the bytes read back as zeroes afterwards, or unchanged where the device cannot).
+    Discard {
+        /// Where.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+}
+
+impl IoOp {
+    /// The total length of the buffers of a read or write (0 for the others).
+    pub fn data_len(&self) -> usize {
+        match self {
+            Self::Read { bufs, .. } | Self::Write { bufs, .. } => bufs.iter().map(IoBuf::len).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// A request: an operation and the caller's tag, echoed in its completion.
+#[derive(Debug)]
+pub struct IoRequest {
+    /// The caller's tag.
+    pub tag: u64,
+    /// What to do.
+    pub op: IoOp,
+}
+
+/// A finished request.
+#[derive(Debug)]
+pub struct IoCompletion {
+    /// The request's tag.
+    pub tag: u64,
+    /// Its outcome.
+    pub result: io::Result<()>,
+}
+
+/// One queue of a block device: submit a batch, reap completions.
+pub trait BlockQueue: Send {
+    /// Sets the doorbell to ring when a completion becomes ready to reap.
+    fn set_doorbell(&mut self, doorbell: Arc<Doorbell>);
+    /// Starts every request of the batch (drained from `batch`). Requests that fail at once complete
+    /// with an error, like the others.
+    fn submit(&mut self, batch: &mut Vec<IoRequest>);
+    /// Moves the completions that are ready into `out`; returns how many.
+    fn reap(&mut self, out: &mut Vec<IoCompletion>) -> usize;
+    /// The number of submitted requests not yet reaped.
+    fn in_flight(&self) -> usize;
+}
+
+/// A block device that blkback serves.
+pub trait BlockDevice: Send + Sync {
+    /// What the device is.
+    fn info(&self) -> BlockInfo;
+    /// Opens a queue (one per ring).
+    fn open_queue(&self) -> io::Result<Box<dyn BlockQueue>>;
+}
+
+impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
+    fn info(&self) -> BlockInfo {
+        (**self).info()
+    }
+    fn open_queue(&self) -> io::Result<Box<dyn BlockQueue>> {
+        (**self).open_queue()
+    }
+}

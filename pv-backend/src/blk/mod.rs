@@ -1,0 +1,31 @@
+//! blkback: the back end of Xen's block device protocol (`io/blkif.h`) over any [`BlockDevice`].
+//!
+//! - [`BlkBack`] is the [`XenbusDevice`](crate::backend::XenbusDevice) that a
+//!   [`XenbusBackend`](crate::backend::XenbusBackend) drives through the handshake. It offers read, write,
+//!   `feature-flush-cache`, `feature-barrier`, `feature-discard` (with `discard-granularity` and
+//!   `discard-alignment`), `feature-max-indirect-segments`, `feature-persistent`, `max-ring-page-order` and
+//!   `multi-queue-max-queues`, and publishes `sectors`, `info` (read-only vbds), `sector-size` and
+//!   `physical-sector-size`. Front ends may speak the native, `x86_64-abi` or `x86_32-abi` protocol.
+//! - [`QueueServer`] serves one ring: each request is copied out of the ring once and checked with
+//!   `xen_abi::blkif`'s validation; refused requests get `BLKIF_RSP_ERROR` or `BLKIF_RSP_EOPNOTSUPP`;
+//!   responses are built zeroed and written whole into the slot. Barriers and flushes wait for the
+//!   requests before them, then write their data and flush. A queue keeps polling while it has work and
+//!   sleeps on its doorbell, after ring.h's final check, when it has none; responses are pushed with
+//!   ring.h's notify check.
+//! - The bottom: [`BlockDevice`]/[`BlockQueue`] (batched submission, completions reaped later), with
+//!   [`FileDevice`] (a raw image file or block device, `O_DIRECT` when possible, a thread pool) and
+//!   [`MemDevice`] (memory).
+
+mod back;
+pub mod device;
+pub mod file;
+#[cfg(feature = "test-utils")]
+pub mod front;
+pub mod mem;
+pub mod queue;
+
+pub use back::{BlkBack, BlkConfig, BlkConnectError};
+pub use device::{BlockDevice, BlockInfo, BlockQueue, IoBuf, IoCompletion, IoOp, IoRequest};
+pub use file::{FileDevice, FileOptions};
+pub use mem::MemDevice;
+pub use queue::{QueueError, QueueParams, QueueServer, QueueStats};

@@ -1,0 +1,635 @@
+//! One blkif ring served: requests copied out once, validated with `xen_abi::blkif`, turned into
+//! [`IoRequest`]s on granted pages, answered in the slot.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use xen_abi::DomId;
+use xen_abi::blkif::{
+    BLKIF_OP_DISCARD, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BLKIF_SECTOR_SIZE, BLKIF_SEGS_PER_INDIRECT_FRAME, Blkif, BlkifDirection, BlkifLimits,
+    BlkifOperation, BlkifProtocol, BlkifRequest, BlkifRequestSegment, BlkifResponse, BlkifX86_32,
+    CheckedSegment, x86_32,
+};
+use xen_abi::grant_table::GrantRef;
+use xen_abi::ring::{BackRing, RingError, RingIdx};
+use zerocopy::FromBytes;
+
+use super::device::{BlockInfo, BlockQueue, IoBuf, IoCompletion, IoOp, IoRequest};
+use crate::backend::{
+    Doorbell, EventChannel, GrantAccess, GrantAccessMode, GrantMapping, GrantedRing,
+};
+
+/// Counters of one queue, shared with whoever wants to watch it.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Requests taken off the ring.
+    pub requests: AtomicU64,
+    /// Responses put on the ring.
+    pub responses: AtomicU64,
+    /// Requests answered with an error status.
+    pub errors: AtomicU64,
+    /// Events sent to the front end.
+    pub notifications: AtomicU64,
+    /// Times the queue went to sleep on its doorbell.
+    pub sleeps: AtomicU64,
+}
+
+impl QueueStats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    /// A snapshot: (requests, responses, errors, notifications, sleeps).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.responses.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            self.notifications.load(Ordering::Relaxed),
+            self.sleeps.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A blkif ring of either layout.
+#[derive(Debug)]
+enum AnyRing {
+    Native(BackRing<GrantedRing, Blkif>),
+    X86_32(BackRing<GrantedRing, BlkifX86_32>),
+}
+
+impl AnyRing {
+    fn pop(&mut self) -> Result<Option<BlkifRequest>, RingError> {
+        match self {
+            Self::Native(r) => r.pop_request(),
+            Self::X86_32(r) => Ok(r.pop_request()?.map(|q| q.to_native())),
+        }
+    }
+    fn put(&mut self, rsp: &BlkifResponse) -> Result<(), RingError> {
+        match self {
+            Self::Native(r) => r.put_response(rsp),
+            Self::X86_32(r) => r.put_response(&x86_32::BlkifResponse::from_native(rsp)),
+        }
+    }
+    fn push_and_check_notify(&mut self) -> bool {
+        match self {
+            Self::Native(r) => r.push_responses_and_check_notify(),
+            Self::X86_32(r) => r.push_responses_and_check_notify(),
+        }
+    }
+    fn final_check(&mut self) -> Result<bool, RingError> {
+        match self {
+            Self::Native(r) => r.final_check_for_requests(),
+            Self::X86_32(r) => r.final_check_for_requests(),
+        }
+    }
+    fn size(&self) -> u32 {
+        match self {
+            Self::Native(r) => r.size(),
+            Self::X86_32(r) => r.size(),
+        }
+    }
+}
+
+/// What a queue needs to know besides its ring.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueParams {
+    /// What requests are checked against.
+    pub limits: BlkifLimits,
+    /// Keep grants mapped across requests (`feature-persistent`, both sides).
+    pub persistent: bool,
+    /// At most this many persistent grants per queue (Linux's `max_persistent_grants`, 1056).
+    pub max_persistent_grants: usize,
+    /// Spin this many times (looking at the ring and the device) before sleeping when idle.
+    pub poll_spins: u32,
+}
+
+/// Why a queue stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The front end broke the ring (its `req_prod` overflowed or went back).
+    #[error("domain {domid}: the front end broke the ring: {source}")]
+    Ring {
+        /// The front end.
+        domid: DomId,
+        /// What it did.
+        #[source]
+        source: RingError,
+    },
+    /// The ring has no slot.
+    #[error("the ring memory holds no slot")]
+    Empty,
+}
+
+struct Inflight {
+    id: u64,
+    operation: u8,
+    _mappings: Vec<GrantMapping>,
+    /// Flush after this write completes (barrier and flush-cache with data).
+    then_flush: bool,
+}
+
+/// A barrier or flush waiting for earlier requests to finish.
+struct Deferred {
+    id: u64,
+    operation: u8,
+    direction_data: Option<(u64, Vec<CheckedSegment>)>,
+}
+
+/// One blkif ring and the device queue behind it.
+pub struct QueueServer {
+    domid: DomId,
+    ring: AnyRing,
+    grants: Arc<dyn GrantAccess>,
+    dev: Box<dyn BlockQueue>,
+    evtchn: Arc<dyn EventChannel>,
+    doorbell: Arc<Doorbell>,
+    params: QueueParams,
+    info: BlockInfo,
+    inflight: HashMap<u64, Inflight>,
+    next_tag: u64,
+    persistent: HashMap<GrantRef, GrantMapping>,
+    deferred: Option<Deferred>,
+    ordered_tag: Option<u64>,
+    batch: Vec<IoRequest>,
+    completions: Vec<IoCompletion>,
+    unpushed: bool,
+    stats: Arc<QueueStats>,
+}
+
+impl std::fmt::Debug for QueueServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueServer")
+            .field("domid", &self.domid)
+            .field("ring", &self.ring)
+            .field("inflight", &self.inflight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueServer {
+    /// Serves `ring` (in `protocol`'s layout) of domain `domid`, attached at index `idx` (0 for a new
+    /// ring; the saved position after a migration), with the device queue `dev`. `doorbell` is rung by the
+    /// guest's events and is given to the device for its completions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        domid: DomId,
+        ring: GrantedRing,
+        protocol: BlkifProtocol,
+        idx: RingIdx,
+        grants: Arc<dyn GrantAccess>,
+        mut dev: Box<dyn BlockQueue>,
+        evtchn: Arc<dyn EventChannel>,
+        doorbell: Arc<Doorbell>,
+        info: BlockInfo,
+        params: QueueParams,
+    ) -> Result<Self, QueueError> {
+        let ring_err = |source| QueueError::Ring { domid, source };
+        let ring = if protocol.is_x86_32() {
+            AnyRing::X86_32(BackRing::attach(ring, idx).map_err(ring_err)?)
+        } else {
+            AnyRing::Native(BackRing::attach(ring, idx).map_err(ring_err)?)
+        };
+        if ring.size() == 0 {
+            return Err(QueueError::Empty);
+        }
+        dev.set_doorbell(doorbell.clone());
+        Ok(Self {
+            domid,
+            ring,
+            grants,
+            dev,
+            evtchn,
+            doorbell,
+            params,
+            info,
+            inflight: HashMap::new(),
+            next_tag: 1,
+            persistent: HashMap::new(),
+            deferred: None,
+            ordered_tag: None,
+            batch: Vec::new(),
+            completions: Vec::new(),
+            unpushed: false,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> Arc<QueueStats> {
+        self.stats.clone()
+    }
+
+    /// The number of slots of the ring.
+    pub fn ring_size(&self) -> u32 {
+        self.ring.size()
+    }
+
+    /// The number of persistent grants held.
+    pub fn persistent_grants(&self) -> usize {
+        self.persistent.len()
+    }
+
+    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+        let rsp = BlkifResponse::new(id, operation, status);
+        // Every response answers a consumed request (one per request), so the ring has its slot.
+        if self.ring.put(&rsp).is_ok() {
+            QueueStats::add(&self.stats.responses, 1);
+            if status != BLKIF_RSP_OKAY {
+                QueueStats::add(&self.stats.errors, 1);
+            }
+            self.unpushed = true;
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        self.deferred.is_some() || self.ordered_tag.is_some()
+    }
+
+    /// Does everything that can be done now without waiting: takes requests, submits them, reaps
+    /// completions, answers. Returns whether anything happened.
+    pub fn pump(&mut self) -> Result<bool, QueueError> {
+        let mut progress = false;
+        let max = self.ring.size() as usize;
+        while !self.blocked() && self.inflight.len() < max {
+            match self.ring.pop() {
+                Ok(Some(req)) => {
+                    progress = true;
+                    QueueStats::add(&self.stats.requests, 1);
+                    self.handle(req);
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    self.flush_responses();
+                    return Err(QueueError::Ring {
+                        domid: self.domid,
+                        source,
+                    });
+                }
+            }
+        }
+        if !self.batch.is_empty() {
+            self.dev.submit(&mut self.batch);
+        }
+        progress |= self.reap();
+        if self.deferred.is_some() && self.inflight.is_empty() {
+            self.start_deferred();
+            progress = true;
+            progress |= self.reap();
+        }
+        self.flush_responses();
+        Ok(progress)
+    }
+
+    fn flush_responses(&mut self) {
+        if self.unpushed {
+            self.unpushed = false;
+            if self.ring.push_and_check_notify() {
+                QueueStats::add(&self.stats.notifications, 1);
+                self.evtchn.notify();
+            }
+        }
+    }
+
+    fn reap(&mut self) -> bool {
+        let mut done = std::mem::take(&mut self.completions);
+        let mut any = false;
+        while self.dev.reap(&mut done) > 0 {
+            any = true;
+            for c in done.drain(..) {
+                self.complete(c);
+            }
+            if !self.batch.is_empty() {
+                self.dev.submit(&mut self.batch);
+            }
+        }
+        self.completions = done;
+        any
+    }
+
+    fn complete(&mut self, c: IoCompletion) {
+        let Some(mut f) = self.inflight.remove(&c.tag) else {
+            return;
+        };
+        if let Err(e) = &c.result {
+            tracing::debug!(domid = self.domid, id = f.id, error = %e, "I/O failed");
+        }
+        if c.result.is_ok() && f.then_flush {
+            f.then_flush = false;
+            self.batch.push(IoRequest {
+                tag: c.tag,
+                op: IoOp::Flush,
+            });
+            self.inflight.insert(c.tag, f);
+            return;
+        }
+        if self.ordered_tag == Some(c.tag) {
+            self.ordered_tag = None;
+        }
+        let status = if c.result.is_ok() {
+            BLKIF_RSP_OKAY
+        } else {
+            BLKIF_RSP_ERROR
+        };
+        self.respond(f.id, f.operation, status);
+    }
+
+    fn handle(&mut self, req: BlkifRequest) {
+        let op = match req.validate(&self.params.limits) {
+            Ok(op) => op,
+            Err(e) => {
+                tracing::debug!(domid = self.domid, id = req.id, error = %e, "request refused");
+                let rsp = req.error_response(&e);
+                self.respond(rsp.id, rsp.operation, rsp.status);
+                return;
+            }
+        };
+        match op {
+            BlkifOperation::Read(rw) => self.start_rw(
+                req.id,
+                BLKIF_OP_READ,
+                BlkifDirection::Read,
+                rw.sector_number,
+                rw.segments.as_slice(),
+                false,
+            ),
+            BlkifOperation::Write(rw) => self.start_rw(
+                req.id,
+                BLKIF_OP_WRITE,
+                BlkifDirection::Write,
+                rw.sector_number,
+                rw.segments.as_slice(),
+                false,
+            ),
+            BlkifOperation::WriteBarrier(rw) | BlkifOperation::FlushDiskcache(rw) => {
+                let data = (!rw.segments.is_empty())
+                    .then(|| (rw.sector_number, rw.segments.as_slice().to_vec()));
+                self.deferred = Some(Deferred {
+                    id: req.id,
+                    operation: req.operation,
+                    direction_data: data,
+                });
+            }
+            BlkifOperation::Discard(d) => {
+                let offset = d.sector_number.saturating_mul(u64::from(BLKIF_SECTOR_SIZE));
+                let len = d.nr_sectors.saturating_mul(u64::from(BLKIF_SECTOR_SIZE));
+                let tag = self.tag();
+                self.inflight.insert(
+                    tag,
+                    Inflight {
+                        id: req.id,
+                        operation: BLKIF_OP_DISCARD,
+                        _mappings: Vec::new(),
+                        then_flush: false,
+                    },
+                );
+                self.batch.push(IoRequest {
+                    tag,
+                    op: IoOp::Discard { offset, len },
+                });
+            }
+            BlkifOperation::Indirect(ind) => {
+                let operation = req.response_operation();
+                // Copy the segments out of the indirect pages once, then check the copy.
+                let mut segs: Vec<BlkifRequestSegment> =
+                    Vec::with_capacity(usize::from(ind.nr_segments));
+                let mut raw = vec![0u8; BLKIF_SEGS_PER_INDIRECT_FRAME * 8];
+                for (page, &gref) in ind.indirect_pages().iter().enumerate() {
+                    let m = match self.grants.map(self.domid, gref, GrantAccessMode::ReadOnly) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::debug!(domid = self.domid, id = req.id, error = %e, "indirect page");
+                            self.respond(req.id, operation, BLKIF_RSP_ERROR);
+                            return;
+                        }
+                    };
+                    let n = ind.segments_in_page(page);
+                    let bytes = &mut raw[..n * 8];
+                    m.read_into(0, bytes);
+                    if let Ok(s) = <[BlkifRequestSegment]>::ref_from_bytes(bytes) {
+                        segs.extend_from_slice(s);
+                    }
+                }
+                match ind.check_segments(&segs, &self.params.limits) {
+                    Ok(io) => {
+                        let checked: Vec<CheckedSegment> = io.segments().collect();
+                        self.start_rw(
+                            req.id,
+                            operation,
+                            io.direction,
+                            io.sector_number,
+                            &checked,
+                            false,
+                        );
+                    }
+                    Err(e) => {
+                        tracing::debug!(domid = self.domid, id = req.id, error = %e, "indirect request refused");
+                        self.respond(req.id, operation, e.status());
+                    }
+                }
+            }
+        }
+    }
+
+    fn tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        t
+    }
+
+    fn start_deferred(&mut self) {
+        let Some(d) = self.deferred.take() else {
+            return;
+        };
+        match d.direction_data {
+            Some((sector, segs)) => {
+                let tag = self.next_tag;
+                self.start_rw(
+                    d.id,
+                    d.operation,
+                    BlkifDirection::Write,
+                    sector,
+                    &segs,
+                    true,
+                );
+                if self.inflight.contains_key(&tag) {
+                    self.ordered_tag = Some(tag);
+                }
+            }
+            None => {
+                let tag = self.tag();
+                self.inflight.insert(
+                    tag,
+                    Inflight {
+                        id: d.id,
+                        operation: d.operation,
+                        _mappings: Vec::new(),
+                        then_flush: false,
+                    },
+                );
+                self.ordered_tag = Some(tag);
+                self.batch.push(IoRequest {
+                    tag,
+                    op: IoOp::Flush,
+                });
+            }
+        }
+        if !self.batch.is_empty() {
+            self.dev.submit(&mut self.batch);
+        }
+    }
+
+    /// Maps a segment's page: a persistent grant when there is (or may be) one, else a mapping for this
+    /// request only. Returns the page pointer and, for the latter, the mapping to hold.
+    fn map_segment(
+        &mut self,
+        gref: GrantRef,
+        mode: GrantAccessMode,
+    ) -> Result<(NonNull<u8>, Option<GrantMapping>), crate::backend::GrantMapError> {
+        if self.params.persistent {
+            if let Some(m) = self.persistent.get(&gref) {
+                if let Some(p) = NonNull::new(m.as_ptr()) {
+                    return Ok((p, None));
+                }
+            }
+            if self.persistent.len() < self.params.max_persistent_grants {
+                if let Ok(m) = self
+                    .grants
+                    .map(self.domid, gref, GrantAccessMode::ReadWrite)
+                {
+                    if let Some(p) = NonNull::new(m.as_ptr()) {
+                        self.persistent.insert(gref, m);
+                        return Ok((p, None));
+                    }
+                }
+            }
+        }
+        let m = self.grants.map(self.domid, gref, mode)?;
+        match NonNull::new(m.as_ptr()) {
+            Some(p) => Ok((p, Some(m))),
+            None => Err(crate::backend::GrantMapError::UnknownDomain {
+                granter: self.domid,
+            }),
+        }
+    }
+
+    fn start_rw(
+        &mut self,
+        id: u64,
+        operation: u8,
+        direction: BlkifDirection,
+        sector: u64,
+        segments: &[CheckedSegment],
+        then_flush: bool,
+    ) {
+        let mode = match direction {
+            BlkifDirection::Read => GrantAccessMode::ReadWrite,
+            BlkifDirection::Write => GrantAccessMode::ReadOnly,
+        };
+        let mut mappings = Vec::new();
+        let mut bufs = Vec::with_capacity(segments.len());
+        for seg in segments {
+            match self.map_segment(seg.gref, mode) {
+                Ok((page, m)) => {
+                    if let Some(m) = m {
+                        mappings.push(m);
+                    }
+                    // SAFETY: `offset() + len() <= 4096` (a checked segment), inside the mapped page, which
+                    // stays mapped until this request's completion is reaped: its mapping is in `mappings`,
+                    // held by the in-flight entry, or in the persistent grants, which are dropped only after
+                    // the device has no request in flight.
+                    let buf = unsafe {
+                        IoBuf::new(
+                            NonNull::new_unchecked(page.as_ptr().add(seg.offset())),
+                            seg.len(),
+                        )
+                    };
+                    bufs.push(buf);
+                }
+                Err(e) => {
+                    tracing::debug!(domid = self.domid, id, error = %e, "segment grant refused");
+                    drop(mappings);
+                    self.respond(id, operation, BLKIF_RSP_ERROR);
+                    return;
+                }
+            }
+        }
+        let offset = sector.saturating_mul(u64::from(BLKIF_SECTOR_SIZE));
+        let op = match direction {
+            BlkifDirection::Read => IoOp::Read { offset, bufs },
+            BlkifDirection::Write => IoOp::Write { offset, bufs },
+        };
+        let tag = self.tag();
+        self.inflight.insert(
+            tag,
+            Inflight {
+                id,
+                operation,
+                _mappings: mappings,
+                then_flush,
+            },
+        );
+        self.batch.push(IoRequest { tag, op });
+    }
+
+    /// Serves the ring until `stop` is set or the front end breaks it: polls while there is work, spins
+    /// [`QueueParams::poll_spins`] times when there is none, then re-arms `req_event` (the final check)
+    /// and sleeps on the doorbell. Waits for the device's in-flight requests before returning, so no
+    /// mapping is released while the device still uses it.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
+        let r = self.serve(stop);
+        self.drain();
+        r
+    }
+
+    fn serve(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
+        let mut spins = 0u32;
+        while !stop.load(Ordering::Acquire) {
+            if self.pump()? {
+                spins = 0;
+                continue;
+            }
+            if spins < self.params.poll_spins {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            spins = 0;
+            if !self.blocked() {
+                match self.ring.final_check() {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(source) => {
+                        return Err(QueueError::Ring {
+                            domid: self.domid,
+                            source,
+                        });
+                    }
+                }
+            }
+            QueueStats::add(&self.stats.sleeps, 1);
+            self.doorbell.wait(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        // Bounded by the device: every submitted request completes (a file I/O or a memory copy).
+        while self.dev.in_flight() > 0 {
+            if !self.reap() {
+                self.doorbell.wait(Duration::from_millis(10));
+            }
+        }
+        self.flush_responses();
+        self.inflight.clear();
+        self.persistent.clear();
+    }
+
+    /// The device properties this queue serves.
+    pub fn info(&self) -> &BlockInfo {
+        &self.info
+    }
+}

@@ -1,0 +1,82 @@
+//! Shared set-up of the blkback tests: a store, event channels, a guest, blkback on a thread, a front end.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use pv_backend::backend::{GrantAccess, LocalEventChannels};
+use pv_backend::blk::front::{BackendThread, BlkFront, FrontOptions, TestGuest, add_vbd};
+use pv_backend::blk::{BlkBack, BlkConfig, BlockDevice, MemDevice};
+use pv_backend::xenstore::XenStore;
+use pv_backend::xenstore::server::SharedStore;
+
+pub const MIB: u64 = 1 << 20;
+
+pub struct Env {
+    pub store: SharedStore,
+    pub evtchns: Arc<LocalEventChannels>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            store: Arc::new(Mutex::new(XenStore::default())),
+            evtchns: LocalEventChannels::new(),
+        }
+    }
+
+    /// A guest of `pages` pages, its vbd 51712 served by blkback over `dev`, and a connected front end.
+    pub fn vbd(
+        &self,
+        domid: u16,
+        pages: u32,
+        dev: Arc<dyn BlockDevice>,
+        config: BlkConfig,
+        opts: FrontOptions,
+    ) -> Vbd {
+        let guest = TestGuest::new(domid, 0, pages, 8);
+        let paths = add_vbd(&self.store, domid, 51712);
+        let grants: Arc<dyn GrantAccess> = Arc::new(guest.grants.clone());
+        let blk = BlkBack::new(grants, self.evtchns.clone(), dev, config);
+        let back = BackendThread::spawn(&self.store, &paths.backend, blk);
+        let front = BlkFront::connect(
+            guest.clone(),
+            &self.store,
+            self.evtchns.clone(),
+            paths,
+            opts,
+        );
+        Vbd { guest, back, front }
+    }
+
+    /// A vbd on a fresh memory disk of `size` bytes.
+    pub fn mem_vbd(
+        &self,
+        domid: u16,
+        size: u64,
+        config: BlkConfig,
+        opts: FrontOptions,
+    ) -> (Vbd, MemDevice) {
+        let dev = MemDevice::new(size, 512);
+        let v = self.vbd(domid, 2048, Arc::new(dev.clone()), config, opts);
+        (v, dev)
+    }
+}
+
+pub struct Vbd {
+    pub guest: Arc<TestGuest>,
+    pub back: BackendThread,
+    pub front: BlkFront,
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
