@@ -269,3 +269,28 @@ fn nodes_outside_the_domains_home_are_refused() {
         MigrationError::BadRecord { .. }
     ));
 }
+
+/// The seed of the `xenstore_migration` fuzz target (`fuzz/corpus/xenstore_migration/seed-0`) is this
+/// test's source stream; the test fails when the committed seed differs (the format changed), and
+/// `BLANKET_WRITE_FUZZ_SEEDS=1` writes it anew.
+#[test]
+fn fuzz_seed_is_current() {
+    let (src, _, _) = source();
+    let bytes = src.export_domain(5).encode();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/xenstore_migration/seed-0");
+    if std::env::var_os("BLANKET_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with BLANKET_WRITE_FUZZ_SEEDS=1 to write it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        committed, bytes,
+        "the xenstore_migration fuzz seed is stale"
+    );
+}

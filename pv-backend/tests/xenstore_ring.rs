@@ -350,3 +350,93 @@ fn rsp_cons_set_to_garbage() {
     let d = lock(&h.store).connect(0, None);
     assert!(lock(&h.store).read(d, 0, b"/local/domain/3").is_ok());
 }
+
+#[test]
+fn events_that_bring_no_work_and_event_floods() {
+    let mut h = harness(Quotas::default(), 5, 0);
+    let rsp_before = h.guest.page.rsp_prod.load(Ordering::Acquire);
+    // A flood of notifications with nothing on the ring.
+    let t0 = Instant::now();
+    for _ in 0..100_000 {
+        h.guest.to_server.ring();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Nothing was consumed or answered, the server is alive, and it still serves real work promptly.
+    assert_eq!(h.guest.page.req_cons.load(Ordering::Acquire), 0);
+    assert_eq!(h.guest.page.rsp_prod.load(Ordering::Acquire), rsp_before);
+    assert!(!h.server.as_ref().unwrap().is_finished());
+    assert_eq!(h.guest.call(XsType::Write, b"x\0y").payload, b"OK\0");
+    assert_eq!(h.guest.call(XsType::Read, b"x\0").payload, b"y");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn request_bytes_and_indices_changed_by_another_thread_while_read() {
+    let h = harness(Quotas::default(), 6, 0);
+    let d = lock(&h.store).connect(0, None);
+    lock(&h.store)
+        .write(d, 0, b"/local/domain/7/keep", b"safe")
+        .unwrap();
+    // A scribbler rewrites the request ring and req_prod as fast as it can while the server reads them.
+    let page = Arc::clone(&h.guest.page);
+    let kick = Arc::clone(&h.guest.to_server);
+    let scribbling = Arc::new(AtomicBool::new(true));
+    let scribbler = {
+        let scribbling = Arc::clone(&scribbling);
+        std::thread::spawn(move || {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut prod = 0u32;
+            while scribbling.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % page.req.len();
+                page.req[i].store(x as u8, Ordering::Relaxed);
+                if x % 64 == 0 {
+                    // Mostly plausible forward steps, sometimes garbage.
+                    prod = if x % 512 == 0 {
+                        (x >> 32) as u32
+                    } else {
+                        prod.wrapping_add((x >> 40) as u32 % 64)
+                    };
+                    page.req_prod.store(prod, Ordering::Release);
+                    kick.ring();
+                }
+            }
+        })
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(300) {
+        // Other domains keep being served meanwhile.
+        lock(&h.store)
+            .write(d, 0, b"/local/domain/7/tick", b"1")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    scribbling.store(false, Ordering::Relaxed);
+    scribbler.join().unwrap();
+    // The server either closed the ring with an error code or is still serving: never a panic or a hang.
+    let mut h = h;
+    h.stop.store(true, Ordering::Relaxed);
+    h.guest.to_server.ring();
+    let outcome = h
+        .server
+        .take()
+        .unwrap()
+        .join()
+        .expect("the server panicked");
+    if let Some(e) = outcome {
+        let error = h.guest.page.error.load(Ordering::Acquire);
+        assert!(e.contains("domain 6"), "unexpected error: {e}");
+        assert_ne!(
+            error, 0,
+            "the server stopped ({e}) without flagging the ring"
+        );
+    }
+    let store = Arc::clone(&h.store);
+    drop(h);
+    assert_eq!(
+        lock(&store).read(d, 0, b"/local/domain/7/keep").unwrap(),
+        b"safe"
+    );
+}
