@@ -30,6 +30,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod blk;
 pub mod console;
 pub mod platform;
 mod shmem;

@@ -4,7 +4,7 @@
 //! These are consumer-side traits (the driver's view, not the provider's): a PV guest implements them with
 //! hypercalls (`EVTCHNOP_alloc_unbound`, `EVTCHNOP_send`, `SCHEDOP_block` or `SCHEDOP_poll`, its own grant
 //! table frames); a Blanket layer on a Xen provider implements them over Linux's `/dev/xen/evtchn` and
-//! `/dev/xen/gntalloc`; the tests use the emulated provider of [`crate::emulated`] (feature `test-utils`).
+//! `/dev/xen/gntalloc`; the tests use the emulated provider of `emulated` (feature `test-utils`).
 //! Every method takes `&self` and none allocates, so a `no_std` guest can implement them without a heap.
 //!
 //! [`GrantTableV1`] is the part of granting that is the same everywhere a guest owns its grant table

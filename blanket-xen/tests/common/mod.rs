@@ -1,6 +1,8 @@
 //! The real xenstored of `pv-backend`, serving the emulated guest's XenStore page from a thread.
 #![allow(dead_code)]
 
+pub mod blkback;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
