@@ -338,6 +338,21 @@ impl BlkFront {
         paths: VbdPaths,
         opts: FrontOptions,
     ) -> Self {
+        let mut front = Self::prepare(guest, store, evtchns, paths, opts);
+        front.publish();
+        front.wait_connected(Duration::from_secs(5));
+        front
+    }
+
+    /// Waits (up to 5 s) for the back end's InitWait and allocates the data buffers, but publishes
+    /// nothing: a test then writes keys itself, or calls [`publish_keys`](Self::publish_keys).
+    pub fn prepare(
+        guest: Arc<TestGuest>,
+        store: &SharedStore,
+        evtchns: Arc<LocalEventChannels>,
+        paths: VbdPaths,
+        opts: FrontOptions,
+    ) -> Self {
         let xs = Arc::new(LocalXs::connect(store.clone(), guest.domid));
         let bstate = format!("{}/state", paths.backend);
         wait_state(
@@ -360,7 +375,7 @@ impl BlkFront {
                 (f, guest.grant(f, true))
             })
             .collect();
-        let mut front = Self {
+        Self {
             guest,
             xs,
             evtchns,
@@ -374,14 +389,17 @@ impl BlkFront {
             max_indirect,
             opts,
             next_id: 1,
-        };
-        front.publish();
-        front.wait_connected(Duration::from_secs(5));
-        front
+        }
     }
 
     /// Builds the rings and writes every key, then Initialised (no waiting).
     pub fn publish(&mut self) {
+        self.publish_keys();
+        self.set_state(XenbusState::Initialised);
+    }
+
+    /// Builds new rings and writes every key, but not the state.
+    pub fn publish_keys(&mut self) {
         let nq = self.opts.queues.unwrap_or(1);
         let order = self.opts.ring_page_order.unwrap_or(0);
         let f = self.paths.frontend.clone();
@@ -445,7 +463,30 @@ impl BlkFront {
             "feature-persistent",
             if self.opts.persistent { "1" } else { "0" }.to_owned(),
         );
-        w("state", XenbusState::Initialised.as_xenstore().to_owned());
+    }
+
+    /// Writes `value` at `key` of the front end's directory.
+    pub fn write_key(&self, key: &str, value: &str) {
+        self.xs
+            .write(&format!("{}/{key}", self.paths.frontend), value.as_bytes())
+            .expect("write");
+    }
+
+    /// Removes `key` of the front end's directory.
+    pub fn remove_key(&self, key: &str) {
+        self.xs
+            .rm(&format!("{}/{key}", self.paths.frontend))
+            .expect("rm");
+    }
+
+    /// Waits for the back end to reach one of `want`; returns its state.
+    pub fn wait_backend(&self, want: &[XenbusState], timeout: Duration) -> XenbusState {
+        wait_state(
+            &*self.xs,
+            &format!("{}/state", self.paths.backend),
+            want,
+            timeout,
+        )
     }
 
     /// Waits for the back end to be Connected (then reads `sectors` and `sector-size`, and moves to

@@ -1,0 +1,350 @@
+//! The XenBus handshake of blkback, with the hostile cases of HOSTILE-INPUT.md ("XenBus handshake"): each
+//! bad front end sees the back end write `error` and move to Closing, and can start over.
+
+#[path = "common/blk_harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Env, Prepared, assert_serves};
+use pv_backend::blk::BlkConfig;
+use pv_backend::blk::front::FrontOptions;
+use xen_abi::xenbus::XenbusState;
+
+const T: Duration = Duration::from_secs(5);
+
+fn opts() -> FrontOptions {
+    FrontOptions::default()
+}
+
+/// The front end breaks something, goes Initialised, and must see Closing with an error containing `what`.
+fn expect_refused(p: &mut Prepared, what: &str) {
+    p.front.set_state(XenbusState::Initialised);
+    let s = p
+        .front
+        .wait_backend(&[XenbusState::Closing, XenbusState::Connected], T);
+    assert_eq!(
+        s,
+        XenbusState::Closing,
+        "the back end refuses the front end"
+    );
+    let err = p.front.backend_error().expect("an error node");
+    assert!(err.contains(what), "error {err:?} should mention {what:?}");
+}
+
+/// After a refusal the front end closes, starts over and connects properly.
+fn recover(p: &mut Prepared) {
+    p.front.set_state(XenbusState::Closed);
+    assert_eq!(
+        p.front.wait_backend(&[XenbusState::Closed], T),
+        XenbusState::Closed
+    );
+    p.front.set_state(XenbusState::Initialising);
+    assert_eq!(
+        p.front.wait_backend(&[XenbusState::InitWait], T),
+        XenbusState::InitWait
+    );
+    for k in [
+        "multi-queue-num-queues",
+        "queue-0",
+        "queue-1",
+        "queue-01",
+        "ring-page-order",
+    ] {
+        p.front.remove_key(k);
+    }
+    p.front.publish();
+    assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
+    assert_serves(&mut p.front, 77);
+}
+
+#[test]
+fn features_are_published_in_init_wait() {
+    let env = Env::new();
+    let p = env.prepared(1, BlkConfig::default(), opts());
+    assert_eq!(p.front.backend_state(), XenbusState::InitWait);
+    let b = &p.front.paths.backend;
+    use pv_backend::backend::XsHandle;
+    let get = |k: &str| {
+        String::from_utf8(p.front.xs.read(&format!("{b}/{k}")).unwrap().unwrap()).unwrap()
+    };
+    assert_eq!(get("feature-flush-cache"), "1");
+    assert_eq!(get("feature-barrier"), "1");
+    assert_eq!(get("feature-discard"), "1");
+    assert_eq!(get("discard-granularity"), "512");
+    assert_eq!(get("discard-alignment"), "0");
+    assert_eq!(get("feature-max-indirect-segments"), "256");
+    assert_eq!(get("feature-persistent"), "1");
+    assert_eq!(get("max-ring-page-order"), "4");
+    assert_eq!(get("multi-queue-max-queues"), "4");
+}
+
+#[test]
+fn skipped_state_initialised_is_accepted() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    // Straight from Initialising to Connected.
+    p.front.set_state(XenbusState::Connected);
+    assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
+    assert_serves(&mut p.front, 1);
+}
+
+#[test]
+fn state_changes_out_of_order_connected_before_any_key() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.set_state(XenbusState::Connected);
+    let s = p.front.wait_backend(&[XenbusState::Closing], T);
+    assert_eq!(s, XenbusState::Closing);
+    assert!(
+        p.front
+            .backend_error()
+            .unwrap()
+            .contains("ring-ref is missing")
+    );
+    recover(&mut p);
+}
+
+#[test]
+fn state_changes_out_of_order_garbage_and_unknown_states() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    for bad in ["abc", "9", "", "4 ", "-1", "99999999999999999999"] {
+        p.front.write_key("state", bad);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            p.front.backend_state(),
+            XenbusState::InitWait,
+            "state {bad:?} changes nothing"
+        );
+    }
+    assert!(p.front.backend_error().unwrap().contains("state"));
+    p.front.publish();
+    assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
+    assert_serves(&mut p.front, 2);
+    // Going back to Initialised while connected is out of order and ignored.
+    p.front.set_state(XenbusState::Initialised);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(p.front.backend_state(), XenbusState::Connected);
+    assert_serves(&mut p.front, 3);
+}
+
+#[test]
+fn missing_keys_ring_ref() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    p.front.remove_key("ring-ref");
+    expect_refused(&mut p, "ring-ref is missing");
+    recover(&mut p);
+}
+
+#[test]
+fn missing_keys_event_channel() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    p.front.remove_key("event-channel");
+    expect_refused(&mut p, "event-channel is missing");
+    recover(&mut p);
+}
+
+#[test]
+fn non_numeric_keys() {
+    for (key, value) in [
+        ("ring-ref", "12a"),
+        ("ring-ref", "-1"),
+        ("ring-ref", "99999999999"),
+        ("ring-ref", ""),
+        ("event-channel", "0x10"),
+        ("event-channel", " 5"),
+        ("multi-queue-num-queues", "two"),
+        ("ring-page-order", "1.0"),
+    ] {
+        let env = Env::new();
+        let mut p = env.prepared(1, BlkConfig::default(), opts());
+        p.front.publish_keys();
+        p.front.write_key(key, value);
+        expect_refused(&mut p, "not a decimal number");
+        recover(&mut p);
+    }
+}
+
+#[test]
+fn queue_count_of_zero() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    p.front.write_key("multi-queue-num-queues", "0");
+    expect_refused(&mut p, "multi-queue-num-queues is 0");
+    recover(&mut p);
+}
+
+#[test]
+fn queue_count_above_the_maximum() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    p.front.write_key("multi-queue-num-queues", "5");
+    expect_refused(&mut p, "multi-queue-num-queues is 5");
+    recover(&mut p);
+}
+
+#[test]
+fn ring_page_order_above_the_maximum() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    p.front.write_key("ring-page-order", "5");
+    expect_refused(&mut p, "above max-ring-page-order");
+    recover(&mut p);
+}
+
+#[test]
+fn duplicate_queue_directories() {
+    let env = Env::new();
+    let o = FrontOptions {
+        queues: Some(2),
+        ..opts()
+    };
+    let mut p = env.prepared(1, BlkConfig::default(), o);
+    p.front.publish_keys();
+    let r = p.front.queues[1].ring_refs[0].to_string();
+    p.front.write_key("queue-01/ring-ref", &r);
+    p.front.write_key(
+        "queue-01/event-channel",
+        &p.front.queues[1].port.to_string(),
+    );
+    expect_refused(&mut p, "both name queue 1");
+    recover(&mut p);
+}
+
+#[test]
+fn missing_queue_directory() {
+    let env = Env::new();
+    let o = FrontOptions {
+        queues: Some(2),
+        ..opts()
+    };
+    let mut p = env.prepared(1, BlkConfig::default(), o);
+    p.front.publish_keys();
+    p.front.remove_key("queue-1");
+    expect_refused(&mut p, "queue-1 is missing");
+    recover(&mut p);
+}
+
+#[test]
+fn unknown_protocol() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    p.front.write_key("protocol", "sparc-abi");
+    expect_refused(&mut p, "sparc-abi");
+    recover(&mut p);
+}
+
+#[test]
+fn ring_granted_read_only_or_to_another_domain() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    let frame = p.guest.alloc_pages(1);
+    let ro = p.guest.grant(frame, true);
+    p.front.write_key("ring-ref", &ro.to_string());
+    expect_refused(&mut p, "read-only");
+    recover(&mut p);
+
+    let mut p = env.prepared(2, BlkConfig::default(), opts());
+    p.front.publish_keys();
+    let frame = p.guest.alloc_pages(1);
+    let gref = 4000;
+    p.guest.grants.grant(gref, 7, frame, false).unwrap();
+    p.front.write_key("ring-ref", &gref.to_string());
+    expect_refused(&mut p, "granted to domain 7");
+    recover(&mut p);
+}
+
+#[test]
+fn the_same_ring_ref_for_two_queues() {
+    let env = Env::new();
+    let o = FrontOptions {
+        queues: Some(2),
+        ..opts()
+    };
+    let mut p = env.prepared(1, BlkConfig::default(), o);
+    p.front.publish_keys();
+    let r = p.front.queues[0].ring_refs[0].to_string();
+    p.front.write_key("queue-1/ring-ref", &r);
+    expect_refused(&mut p, "given twice");
+    recover(&mut p);
+}
+
+#[test]
+fn reconnection_after_closing_and_closed() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish();
+    assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
+    assert_serves(&mut p.front, 5);
+    let old_ring = p.front.queues[0].ring_refs[0];
+    assert_ne!(
+        p.guest.grants.entry(old_ring).unwrap().flags & xen_abi::grant_table::GTF_reading,
+        0,
+        "the ring page is mapped while connected"
+    );
+    p.front.set_state(XenbusState::Closing);
+    assert_eq!(
+        p.front.wait_backend(&[XenbusState::Closing], T),
+        XenbusState::Closing
+    );
+    p.front.set_state(XenbusState::Closed);
+    assert_eq!(
+        p.front.wait_backend(&[XenbusState::Closed], T),
+        XenbusState::Closed
+    );
+    let e = p.guest.grants.entry(old_ring).unwrap();
+    assert_eq!(
+        e.flags & (xen_abi::grant_table::GTF_reading | xen_abi::grant_table::GTF_writing),
+        0,
+        "unmapped when closed"
+    );
+    p.guest
+        .grants
+        .revoke(old_ring)
+        .expect("the guest can revoke its ring now");
+    // Persistent data grants are released too.
+    for &g in &p.front.buf_grefs[..3] {
+        assert_eq!(
+            p.guest.grants.entry(g).unwrap().flags & xen_abi::grant_table::GTF_reading,
+            0
+        );
+    }
+    p.front.set_state(XenbusState::Initialising);
+    assert_eq!(
+        p.front.wait_backend(&[XenbusState::InitWait], T),
+        XenbusState::InitWait
+    );
+    p.front.publish();
+    assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
+    let mut back = vec![0; 3 * 4096];
+    assert!(p.front.read(16, &mut back).iter().all(|&s| s == 0));
+    assert_eq!(
+        back,
+        harness::pattern(5, 3 * 4096),
+        "the data survived the reconnection"
+    );
+}
+
+#[test]
+fn front_end_state_node_removed_closes_the_back_end() {
+    let env = Env::new();
+    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    p.front.publish();
+    assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
+    p.front.remove_key("state");
+    assert_eq!(
+        p.front.wait_backend(&[XenbusState::Closed], T),
+        XenbusState::Closed
+    );
+}
