@@ -129,3 +129,65 @@ pub fn assert_serves(front: &mut BlkFront, seed: u64) {
     );
     assert_eq!(back, data, "the data read back is what was written");
 }
+
+/// A memory disk whose requests wait at a gate until the test opens it: I/O that stays in flight.
+#[derive(Clone)]
+pub struct GatedDevice {
+    pub inner: MemDevice,
+    pub open: Arc<std::sync::atomic::AtomicBool>,
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedDevice {
+    pub fn new(inner: MemDevice) -> Self {
+        Self {
+            inner,
+            open: Arc::default(),
+            waiting: Arc::default(),
+        }
+    }
+}
+
+struct GatedQueue {
+    dev: GatedDevice,
+    inner: Box<dyn pv_backend::blk::BlockQueue>,
+    held: Vec<pv_backend::blk::IoRequest>,
+}
+
+impl pv_backend::blk::BlockQueue for GatedQueue {
+    fn set_doorbell(&mut self, d: Arc<pv_backend::backend::Doorbell>) {
+        self.inner.set_doorbell(d);
+    }
+    fn submit(&mut self, batch: &mut Vec<pv_backend::blk::IoRequest>) {
+        self.dev
+            .waiting
+            .fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
+        self.held.append(batch);
+    }
+    fn reap(&mut self, out: &mut Vec<pv_backend::blk::IoCompletion>) -> usize {
+        if self.dev.open.load(std::sync::atomic::Ordering::SeqCst) && !self.held.is_empty() {
+            let n = self.held.len();
+            self.inner.submit(&mut self.held);
+            self.dev
+                .waiting
+                .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.reap(out)
+    }
+    fn in_flight(&self) -> usize {
+        self.held.len() + self.inner.in_flight()
+    }
+}
+
+impl BlockDevice for GatedDevice {
+    fn info(&self) -> pv_backend::blk::BlockInfo {
+        self.inner.info()
+    }
+    fn open_queue(&self) -> std::io::Result<Box<dyn pv_backend::blk::BlockQueue>> {
+        Ok(Box::new(GatedQueue {
+            dev: self.clone(),
+            inner: self.inner.open_queue()?,
+            held: Vec::new(),
+        }))
+    }
+}
