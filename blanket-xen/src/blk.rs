@@ -757,19 +757,29 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         kept == 0
     }
 
-    fn push(&mut self, slot: usize, req: &BlkifRequest, operation: u8, bytes: usize) -> RequestId {
+    fn push(
+        &mut self,
+        slot: usize,
+        req: &BlkifRequest,
+        operation: u8,
+        bytes: usize,
+    ) -> Result<RequestId, BlkError> {
         let id = self.id_of(slot);
+        let mut req = *req;
+        req.id = id;
+        if let Err(e) = self.ring.put_request(&req) {
+            // Not sent: give the pages back.
+            self.end_grants(slot);
+            return Err(e.into());
+        }
         let s = &mut self.slots[slot];
         s.state = SlotState::InFlight;
         s.operation = operation;
         s.bytes = bytes;
-        let mut req = *req;
-        req.id = id;
-        // The ring has room: `free_slot` checked it and nothing was put since.
-        if self.ring.put_request(&req).is_ok() && self.ring.push_requests_and_check_notify() {
-            let _ = self.platform.notify(self.port);
+        if self.ring.push_requests_and_check_notify() {
+            self.platform.notify(self.port)?;
         }
-        RequestId(id)
+        Ok(RequestId(id))
     }
 
     fn submit_rw(
@@ -844,7 +854,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
             grefs[0] = gref;
             BlkifRequestIndirect::new(op, npages as u16, self.handle, 0, sector, grefs).to_request()
         };
-        Ok(self.push(slot, &req, op, bytes))
+        self.push(slot, &req, op, bytes)
     }
 
     /// Submits a read of `bytes` bytes from 512-byte sector `sector`; the data is copied out by
@@ -874,7 +884,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         let slot = self.free_slot()?;
         self.slots[slot].ngrefs = 0;
         let req = BlkifRequest::new(BLKIF_OP_FLUSH_DISKCACHE, self.handle, 0, 0);
-        Ok(self.push(slot, &req, BLKIF_OP_FLUSH_DISKCACHE, 0))
+        self.push(slot, &req, BLKIF_OP_FLUSH_DISKCACHE, 0)
     }
 
     /// Submits a discard of `nr_sectors` 512-byte sectors from `sector`; `secure` asks for a secure erase
@@ -903,7 +913,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         self.slots[slot].ngrefs = 0;
         let flag = if secure { BLKIF_DISCARD_SECURE } else { 0 };
         let req = BlkifRequestDiscard::new(self.handle, 0, sector, nr_sectors, flag).to_request();
-        Ok(self.push(slot, &req, BLKIF_OP_DISCARD, 0))
+        self.push(slot, &req, BLKIF_OP_DISCARD, 0)
     }
 
     /// Checks one response against the slot it names and completes that slot.
