@@ -146,6 +146,9 @@ fn blkfront_drives_pv_backends_blkback() {
     xs.give(FE);
     xs.write(&format!("{FE}/backend"), BE);
     xs.write(&format!("{FE}/backend-id"), "0");
+    // As libxl and pv-backend's `add_vbd` do: a front-end `state` before the back-end starts (blkback
+    // closes a device whose front-end has no state).
+    xs.write(&format!("{FE}/state"), "1");
 
     let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
     let stop = Arc::new(AtomicBool::new(false));
