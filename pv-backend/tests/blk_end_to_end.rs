@@ -230,3 +230,199 @@ fn sector_size_4096_and_physical_sector_size_are_published() {
     );
     assert_eq!(back, data);
 }
+
+#[test]
+fn flush_and_barrier_with_and_without_data() {
+    let env = Env::new();
+    let (mut v, dev) = env.mem_vbd(7, 8 * MIB, BlkConfig::default(), FrontOptions::default());
+    use xen_abi::blkif::{
+        BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BlkifRequest,
+    };
+    let data = pattern(7, 2 * 4096);
+    v.guest.write(v.front.buf_frame, 0, &data);
+    // Writes, then a barrier carrying data, then more writes, all in one batch: every response comes
+    // back and the barrier's data is on the disk.
+    let mut ids = v
+        .front
+        .queue_rw(0, BLKIF_OP_WRITE, 0, &v.front.segments(0, 4096));
+    let id = v.front.next_id();
+    let segs = v.front.segments(1, 4096);
+    v.front
+        .put(
+            0,
+            &BlkifRequest::with_segments(BLKIF_OP_WRITE_BARRIER, 0, id, 8, &segs).unwrap(),
+        )
+        .unwrap();
+    ids.push(id);
+    ids.extend(
+        v.front
+            .queue_rw(0, BLKIF_OP_WRITE, 16, &v.front.segments(0, 4096)),
+    );
+    let id = v.front.next_id();
+    v.front
+        .put(0, &BlkifRequest::new(BLKIF_OP_FLUSH_DISKCACHE, 0, id, 0))
+        .unwrap();
+    ids.push(id);
+    v.front.kick(0);
+    let rsps = v.front.wait(0, ids.len(), Duration::from_secs(5));
+    assert_eq!(rsps.len(), ids.len());
+    assert!(rsps.iter().all(|r| r.status == BLKIF_RSP_OKAY), "{rsps:?}");
+    let ops: Vec<u8> = rsps.iter().map(|r| r.operation).collect();
+    assert!(ops.contains(&BLKIF_OP_WRITE_BARRIER) && ops.contains(&BLKIF_OP_FLUSH_DISKCACHE));
+    // The barrier is answered after the write before it.
+    let pos = |id| rsps.iter().position(|r| r.id == id).unwrap();
+    assert!(
+        pos(ids[0]) < pos(ids[1]),
+        "the barrier waits for the earlier write"
+    );
+    assert!(
+        pos(ids[1]) < pos(ids[2]),
+        "the later write waits for the barrier"
+    );
+    assert_eq!(dev.read_bytes(8 * 512, 4096), data[4096..]);
+    assert_eq!(dev.read_bytes(16 * 512, 4096), data[..4096]);
+}
+
+#[test]
+fn discard_punches_a_hole_in_a_file_image() {
+    let dir = std::env::temp_dir().join(format!("blkback-discard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("disk.img");
+    std::fs::write(&path, vec![0xEEu8; 4 * MIB as usize]).unwrap();
+    let dev = FileDevice::open(&path, FileOptions::default()).unwrap();
+    let env = Env::new();
+    let mut v = env.vbd(
+        8,
+        2048,
+        Arc::new(dev),
+        BlkConfig::default(),
+        FrontOptions::default(),
+    );
+    let b = v.front.paths.backend.clone();
+    use pv_backend::backend::XsHandle;
+    assert_eq!(
+        v.front
+            .xs
+            .read(&format!("{b}/discard-granularity"))
+            .unwrap()
+            .unwrap(),
+        b"4096"
+    );
+    let id = v.front.next_id();
+    let req = xen_abi::blkif::BlkifRequestDiscard::new(0, id, 64, 256, 0).to_request();
+    let rsp = v.front.roundtrip(0, &req).unwrap();
+    assert_eq!(
+        (rsp.status, rsp.operation),
+        (BLKIF_RSP_OKAY, xen_abi::blkif::BLKIF_OP_DISCARD)
+    );
+    let mut back = vec![0xFF; 512 * 512];
+    assert!(
+        v.front
+            .read(0, &mut back[..256 * 1024])
+            .iter()
+            .all(|&s| s == 0)
+    );
+    let back = &back[..256 * 1024];
+    assert!(back[..64 * 512].iter().all(|&b| b == 0xEE));
+    assert!(
+        back[64 * 512..320 * 512].iter().all(|&b| b == 0),
+        "discarded sectors read as zeroes"
+    );
+    assert!(back[320 * 512..].iter().all(|&b| b == 0xEE));
+    drop(v);
+    use std::os::unix::fs::MetadataExt;
+    let blocks = std::fs::metadata(&path).unwrap().blocks();
+    assert!(
+        blocks * 512 < 4 * MIB,
+        "the file has a hole ({blocks} blocks)"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn persistent_grants_stay_mapped_across_requests() {
+    let env = Env::new();
+    let (mut v, _dev) = env.mem_vbd(9, 8 * MIB, BlkConfig::default(), FrontOptions::default());
+    let data = pattern(9, 4 * 4096);
+    for _ in 0..3 {
+        assert!(v.front.write(0, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
+    }
+    use xen_abi::grant_table::{GTF_reading, GTF_writing};
+    for i in 0..4 {
+        let e = v.guest.grants.entry(v.front.buf_grefs[i]).unwrap();
+        assert_eq!(
+            e.flags & (GTF_reading | GTF_writing),
+            GTF_reading | GTF_writing,
+            "page {i} is kept mapped"
+        );
+    }
+    let e = v.guest.grants.entry(v.front.buf_grefs[10]).unwrap();
+    assert_eq!(e.flags & GTF_reading, 0, "a page never used is not mapped");
+    // Without feature-persistent, grants are released after each request.
+    let opts = FrontOptions {
+        persistent: false,
+        ..FrontOptions::default()
+    };
+    let (mut w, _dev) = env.mem_vbd(10, 8 * MIB, BlkConfig::default(), opts);
+    assert!(w.front.write(0, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
+    for i in 0..4 {
+        let e = w.guest.grants.entry(w.front.buf_grefs[i]).unwrap();
+        assert_eq!(
+            e.flags & (GTF_reading | GTF_writing),
+            0,
+            "page {i} is released"
+        );
+    }
+}
+
+#[test]
+fn notifications_are_suppressed_under_load() {
+    let env = Env::new();
+    let (mut v, _dev) = env.mem_vbd(11, 8 * MIB, BlkConfig::default(), FrontOptions::default());
+    let n = v.front.ring_size(0) as usize;
+    let mut requests = 0u64;
+    for round in 0..50 {
+        for i in 0..n {
+            let segs = v.front.segments(i, 4096);
+            v.front.queue_rw(
+                0,
+                xen_abi::blkif::BLKIF_OP_READ,
+                (round * n + i) as u64 % 8192 * 8,
+                &segs,
+            );
+        }
+        v.front.kick(0);
+        assert_eq!(v.front.wait(0, n, Duration::from_secs(5)).len(), n);
+        requests += n as u64;
+    }
+    let (reqs, rsps, errors, notes, _sleeps) = v.back.totals();
+    assert_eq!((reqs, rsps, errors), (requests, requests, 0));
+    assert!(
+        notes <= 50 * 2,
+        "{notes} events to the front end for {requests} requests in 50 batches"
+    );
+    let kicks = v.front.queues[0].kicks;
+    assert!(kicks <= 50, "{kicks} events to the back end for 50 batches");
+}
+
+#[test]
+fn an_idle_back_end_sleeps() {
+    let env = Env::new();
+    let (mut v, _dev) = env.mem_vbd(12, 8 * MIB, BlkConfig::default(), FrontOptions::default());
+    assert_serves_quiet(&mut v.front);
+    std::thread::sleep(Duration::from_millis(100));
+    let s1 = v.back.totals().4;
+    std::thread::sleep(Duration::from_millis(450));
+    let s2 = v.back.totals().4;
+    assert!(
+        s2 - s1 <= 4,
+        "an idle queue sleeps on its doorbell ({} wake-ups in 450 ms)",
+        s2 - s1
+    );
+    assert_serves_quiet(&mut v.front);
+}
+
+fn assert_serves_quiet(front: &mut pv_backend::blk::front::BlkFront) {
+    let data = pattern(1, 4096);
+    assert!(front.write(0, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
+}
