@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CStr, c_char};
 
+pub mod blkfront_c;
 pub mod peers;
 pub mod ring_c;
 
