@@ -23,6 +23,10 @@ use zerocopy::IntoBytes;
 use crate::backend::{Doorbell, GrantTableV1, LocalEventChannels, LocalXs, XsHandle};
 use crate::xenstore::server::{SharedStore, lock};
 
+/// The number of groups of 8 indirect pages a [`BlkFront`] uses in turn: the most indirect requests it
+/// may have in flight.
+pub const INDIRECT_GROUPS: usize = 32;
+
 /// A guest, as far as a back end can tell: memory, a grant table, a domain id.
 #[derive(Debug)]
 pub struct TestGuest {
@@ -284,8 +288,10 @@ pub struct BlkFront {
     pub buf_frame: u32,
     /// The data buffer's grant references, one per page (writable).
     pub buf_grefs: Vec<GrantRef>,
-    /// Pages for indirect segment lists, and their (read-only) grants.
+    /// Pages for indirect segment lists, and their (read-only) grants: [`INDIRECT_GROUPS`] groups of 8,
+    /// used in turn by [`BlkFront::indirect_request`].
     pub indirect_frames: Vec<(u32, GrantRef)>,
+    next_group: usize,
     /// `sectors` (512-byte units).
     pub sectors: u64,
     /// `sector-size`.
@@ -369,7 +375,7 @@ impl BlkFront {
         let buf_grefs = (0..opts.buffer_pages)
             .map(|i| guest.grant(buf_frame + i, false))
             .collect();
-        let indirect_frames = (0..BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST as u32)
+        let indirect_frames = (0..(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * INDIRECT_GROUPS) as u32)
             .map(|_| {
                 let f = guest.alloc_pages(1);
                 (f, guest.grant(f, true))
@@ -389,6 +395,7 @@ impl BlkFront {
             max_indirect,
             opts,
             next_id: 1,
+            next_group: 0,
         }
     }
 
@@ -667,16 +674,26 @@ impl BlkFront {
     }
 
     /// An indirect request for `segs`, written into the indirect pages.
+    ///
+    /// Each call uses the next group of indirect pages, so at most [`INDIRECT_GROUPS`] indirect requests
+    /// may be in flight at once.
     pub fn indirect_request(
-        &self,
+        &mut self,
         op: u8,
         id: u64,
         sector: u64,
         segs: &[BlkifRequestSegment],
     ) -> BlkifRequest {
+        let group = self.next_group % INDIRECT_GROUPS;
+        self.next_group += 1;
         let mut grefs = [0; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
-        for (i, chunk) in segs.chunks(512).enumerate() {
-            let (frame, gref) = self.indirect_frames[i];
+        for (i, chunk) in segs
+            .chunks(512)
+            .take(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)
+            .enumerate()
+        {
+            let (frame, gref) =
+                self.indirect_frames[group * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST + i];
             self.guest.write(frame, 0, chunk.as_bytes());
             grefs[i] = gref;
         }
