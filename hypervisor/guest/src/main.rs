@@ -1,0 +1,392 @@
+//! The Blanket PV guest: a Xen x86-64 PV mini-OS in Rust, `no_std`, entered in ring 3 with `rsi` pointing
+//! at `start_info`. It runs one workload named on its command line:
+//!
+//! - `hello`: prints a greeting, the Xen version and its memory, then powers off;
+//! - `idle`: binds VIRQ_TIMER and sleeps in `SCHEDOP_block` for ever (one wake-up a second);
+//! - `cpu=N`: a CPU-bound job of N million steps; prints its time and powers off;
+//! - `timer=N`: N timer wake-ups of 10 ms each, measured; then powers off;
+//! - `shutdown=CODE`: `SCHEDOP_shutdown` with CODE (poweroff, reboot, suspend, crash, watchdog or a number);
+//! - `bad-hypercall`: makes hypercalls with bad numbers and pointers, prints the errors, then writes the
+//!   hypercall port from outside the hypercall page (which the hypervisor treats as fatal);
+//! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
+//!   hypervisor gives the domain no IDT).
+#![no_std]
+#![no_main]
+
+mod platform;
+
+use core::arch::global_asm;
+use core::fmt::Write;
+
+use platform::{Platform, hypercall};
+use xen_abi::hypercall as hc;
+use xen_abi::sched::ShutdownReason;
+use xen_abi::xen::StartInfo;
+
+global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+_start:
+    lea boot_stack_top(%rip), %rsp
+    mov %rsi, %rdi
+    call guest_main
+1:  ud2
+    jmp 1b
+
+    .section .hypercall_page, "ax"
+    .balign 4096
+    .global hypercall_page
+hypercall_page:
+    .fill 4096, 1, 0xcc
+
+    .section .bss
+    .balign 16
+boot_stack:
+    .skip 65536
+boot_stack_top:
+
+    .section .note.Xen, "a", @note
+    .balign 4
+    .long 4, 8, 2
+    .asciz "Xen"
+    .balign 4
+    .quad hypercall_page
+    .balign 4
+    .long 4, 8, 1
+    .asciz "Xen"
+    .balign 4
+    .quad _start
+    .balign 4
+    .long 4, 15, 6
+    .asciz "Xen"
+    .balign 4
+    .asciz "Blanket-miniOS"
+    .balign 4
+    .long 4, 8, 5
+    .asciz "Xen"
+    .balign 4
+    .asciz "xen-3.0"
+    .balign 4
+    "#,
+    options(att_syntax)
+);
+
+/// A `core::fmt::Write` over `console_io`, line-buffered.
+struct Console<'a> {
+    p: &'a Platform,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl<'a> Console<'a> {
+    fn new(p: &'a Platform) -> Self {
+        Self {
+            p,
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+    fn flush(&mut self) {
+        if self.len > 0 {
+            self.p.console_write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Write for Console<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+            if b == b'\n' {
+                self.flush();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Console<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+macro_rules! println {
+    ($p:expr, $($arg:tt)*) => {{
+        let mut c = Console::new($p);
+        let _ = writeln!(c, $($arg)*);
+    }};
+}
+
+static mut START_INFO: *const StartInfo = core::ptr::null();
+
+#[unsafe(no_mangle)]
+extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
+    // SAFETY: single-threaded; written once before any use.
+    unsafe { START_INFO = start_info };
+    // SAFETY: the hypervisor passes start_info's address in rsi.
+    let mut p = unsafe { Platform::new(start_info) };
+    let cmdline = p.cmdline();
+    let workload = cmdline.split_whitespace().next().unwrap_or("hello");
+    let (name, arg) = match workload.split_once('=') {
+        Some((n, a)) => (n, Some(a)),
+        None => (workload, None),
+    };
+    match name {
+        "hello" => hello(&p),
+        "idle" => idle(&mut p),
+        "cpu" => cpu(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(100)),
+        "timer" => timer(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(10)),
+        "shutdown" => shutdown(&p, arg.unwrap_or("poweroff")),
+        "bad-hypercall" => bad_hypercall(&p),
+        "fault" => {
+            println!(&p, "fault: reading address 0");
+            // SAFETY: deliberately not: page 0 is unmapped, so this faults (the point of the workload).
+            let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+            println!(&p, "read {v}: no fault?");
+            p.shutdown(ShutdownReason::Poweroff)
+        }
+        "triple-fault" => {
+            println!(&p, "triple-fault: executing ud2");
+            // SAFETY: raises #UD on purpose.
+            unsafe { core::arch::asm!("ud2") };
+            p.shutdown(ShutdownReason::Poweroff)
+        }
+        other => {
+            println!(&p, "unknown workload '{other}' (cmdline '{cmdline}')");
+            p.shutdown(ShutdownReason::Crash)
+        }
+    }
+}
+
+fn hello(p: &Platform) -> ! {
+    let (major, minor) = p.xen_version();
+    let si = p.start_info;
+    println!(p, "Hello from the Blanket PV guest!");
+    println!(
+        p,
+        "xen {major}.{minor}, {} pages ({} MiB), magic {}, cmdline '{}'",
+        si.nr_pages,
+        si.nr_pages / 256,
+        core::str::from_utf8(si.magic_str()).unwrap_or("?"),
+        p.cmdline()
+    );
+    println!(
+        p,
+        "store mfn {:#x} evtchn {}, console mfn {:#x} evtchn {}, pt_base {:#x} ({} frames)",
+        si.store_mfn,
+        si.store_evtchn,
+        si.console.domu().mfn,
+        si.console.domu().evtchn,
+        si.pt_base,
+        si.nr_pt_frames
+    );
+    println!(p, "system time {} ns", p.time_ns());
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn idle(p: &mut Platform) -> ! {
+    let port = p.timer_port();
+    println!(p, "idle: blocking (VIRQ_TIMER on port {port})");
+    loop {
+        p.set_timer(p.time_ns() + 1_000_000_000);
+        p.block();
+        p.take_event(port);
+    }
+}
+
+fn cpu(p: &Platform, millions: u64) -> ! {
+    println!(p, "cpu: {millions} million steps");
+    let t0 = p.time_ns();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..millions {
+        for _ in 0..1_000_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x = core::hint::black_box(x);
+    }
+    let t1 = p.time_ns();
+    println!(
+        p,
+        "cpu: done in {} ms (checksum {:#x})",
+        (t1 - t0) / 1_000_000,
+        x
+    );
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn timer(p: &mut Platform, n: u32) -> ! {
+    let port = p.timer_port();
+    let t0 = p.time_ns();
+    let mut woken = 0;
+    for _ in 0..n {
+        let deadline = p.time_ns() + 10_000_000;
+        p.set_timer(deadline);
+        // Spurious wake-ups are allowed: block until the timer's event arrives.
+        let mut tries = 0;
+        while !p.take_event(port) && tries < 1000 {
+            p.block();
+            tries += 1;
+        }
+        if p.time_ns() >= deadline {
+            woken += 1;
+        }
+    }
+    let ms = (p.time_ns() - t0) / 1_000_000;
+    println!(p, "timer: {woken}/{n} wake-ups on time in {ms} ms");
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn shutdown(p: &Platform, code: &str) -> ! {
+    let reason = match code {
+        "poweroff" => 0,
+        "reboot" => 1,
+        "suspend" => 2,
+        "crash" => 3,
+        "watchdog" => 4,
+        "soft_reset" => 5,
+        n => n.parse().unwrap_or(u32::MAX),
+    };
+    println!(p, "shutdown: reason {reason}");
+    let r = p.shutdown_raw(reason);
+    println!(p, "shutdown: SCHEDOP_shutdown({reason}) returned {r}");
+    p.shutdown(ShutdownReason::Crash)
+}
+
+fn bad_hypercall(p: &Platform) -> ! {
+    // SAFETY (all calls below): the hypervisor must survive any arguments; none of these touch our memory
+    // except through the hypervisor's checks.
+    let r = |nr, a1, a2, a3| unsafe { hypercall(nr, a1, a2, a3, 0, 0) };
+    let unknown = r(127, 0, 0, 0);
+    let outside = r(hc::__HYPERVISOR_console_io, 0, 16, 0xffff_ffff_0000);
+    let null = r(hc::__HYPERVISOR_console_io, 0, 16, 0);
+    let huge = r(hc::__HYPERVISOR_console_io, 0, u64::MAX, 0x20_0000);
+    let wrap = r(hc::__HYPERVISOR_console_io, 0, 0x1000, u64::MAX - 0x10);
+    let pt = r(
+        hc::__HYPERVISOR_event_channel_op,
+        6,
+        p.start_info.pt_base,
+        0,
+    );
+    let sys = r(hc::__HYPERVISOR_xen_version, 1, 0x1000, 0);
+    let evt = r(hc::__HYPERVISOR_event_channel_op, 4, 0xdead_beef_0000, 0);
+    let badcmd = r(hc::__HYPERVISOR_sched_op, 99, 0, 0);
+    let badport = {
+        let mut a = xen_abi::event_channel::EvtchnSend { port: 100_000 };
+        p.evtchn_op(4, &mut a)
+    };
+    println!(
+        p,
+        "bad-hypercall: unknown {unknown}, outside {outside}, null {null}, huge {huge}, wrap {wrap}, page-tables {pt}, system-area {sys}, bad-evtchn-arg {evt}, bad-sched-cmd {badcmd}, bad-port {badport}"
+    );
+    println!(
+        p,
+        "bad-hypercall: now writing the hypercall port from outside the hypercall page"
+    );
+    // SAFETY: deliberately breaks the ABI: the hypervisor stops the domain here.
+    unsafe { core::arch::asm!("mov eax, 18", "out 0x99, al", out("eax") _) };
+    println!(p, "bad-hypercall: still running?");
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    // SAFETY: START_INFO was set at entry (or is null, and then we cannot print).
+    let si = unsafe { START_INFO };
+    if !si.is_null() {
+        // SAFETY: as in guest_main.
+        let p = unsafe { Platform::new(si) };
+        println!(&p, "guest panic: {info}");
+        p.shutdown(ShutdownReason::Crash)
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+// The memory functions the compiler calls (no libc here).
+
+/// # Safety
+/// As C's memcpy.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller's contract; `rep movsb` copies n bytes forwards.
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _, options(nostack, preserves_flags))
+    };
+    dst
+}
+
+/// # Safety
+/// As C's memmove.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize).wrapping_add(n) {
+        // SAFETY: forward copy is safe when dst is below src or the ranges do not overlap.
+        return unsafe { memcpy(dst, src, n) };
+    }
+    // SAFETY: backwards copy with the direction flag set, restored after.
+    unsafe {
+        core::arch::asm!(
+            "std", "rep movsb", "cld",
+            inout("rcx") n => _,
+            inout("rdi") dst.add(n).wrapping_sub(1) => _,
+            inout("rsi") src.add(n).wrapping_sub(1) => _,
+            options(nostack)
+        )
+    };
+    dst
+}
+
+/// # Safety
+/// As C's memset.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller's contract; `rep stosb` stores n bytes.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8, options(nostack, preserves_flags))
+    };
+    dst
+}
+
+/// # Safety
+/// As C's memcmp.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i < n, inside both buffers by the caller's contract.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+        i += 1;
+    }
+    0
+}
+
+/// # Safety
+/// As C's bcmp.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}
+
+/// The precompiled `core` of `x86_64-unknown-linux-gnu` names the unwinder's personality routine; with
+/// `panic = "abort"` it is never called.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}

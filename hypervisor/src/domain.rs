@@ -1,0 +1,911 @@
+//! Domains: creation, the vCPU thread, pause and unpause, shutdown, crash reports and destruction.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use xen_abi::DomId;
+use xen_abi::sched::ShutdownReason;
+use xen_abi::xen::PvClockScale;
+
+use crate::builder::{self, BootPorts, BuildError, Layout};
+use crate::evtchn::{Channel, EvtchnRegistry};
+use crate::memory::{GuestRam, MemoryError};
+use crate::shared::SharedInfoView;
+use crate::x86;
+
+/// The errors of creating and controlling domains.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// `/dev/kvm` could not be opened or a KVM ioctl failed while setting up.
+    #[error(
+        "KVM: {what} failed: {source}; is /dev/kvm present and accessible (root or the kvm group)?"
+    )]
+    Kvm {
+        /// The step that failed.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The domain could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A configuration value is invalid.
+    #[error("invalid domain configuration: {0}")]
+    Config(String),
+    /// No domain id is free.
+    #[error("no free domain id: {0} domains exist")]
+    NoDomId(usize),
+    /// The vCPU thread could not be started.
+    #[error("starting the vCPU thread of {name} failed: {source}")]
+    Thread {
+        /// The domain.
+        name: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `start` was called twice.
+    #[error("domain {0} was started already")]
+    AlreadyStarted(String),
+}
+
+/// Called with the domain's name and each complete line its console prints (without the newline).
+pub type ConsoleSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What a domain is made of.
+#[derive(Clone)]
+pub struct DomainConfig {
+    /// The domain's name (shown in console prefixes and reports).
+    pub name: String,
+    /// Guest memory in bytes (a multiple of 4096).
+    pub memory: u64,
+    /// The kernel command line (`start_info.cmd_line`).
+    pub cmdline: String,
+    /// The kernel: an x86-64 ELF PV image with a `XEN_ELFNOTE_HYPERCALL_PAGE` note.
+    pub kernel: Arc<[u8]>,
+    /// Where complete console lines go; `None` keeps them only in [`Domain::console_output`].
+    pub console: Option<ConsoleSink>,
+}
+
+impl std::fmt::Debug for DomainConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainConfig")
+            .field("name", &self.name)
+            .field("memory", &self.memory)
+            .field("cmdline", &self.cmdline)
+            .field("kernel_len", &self.kernel.len())
+            .finish()
+    }
+}
+
+impl DomainConfig {
+    /// A configuration for `kernel` with 32 MiB of memory, an empty command line and no console sink.
+    pub fn new(name: impl Into<String>, kernel: Arc<[u8]>) -> Self {
+        Self {
+            name: name.into(),
+            memory: 32 << 20,
+            cmdline: String::new(),
+            kernel,
+            console: None,
+        }
+    }
+}
+
+/// Why a guest was stopped by the hypervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrashKind {
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault (or another shutdown condition of the CPU).
+    TripleFault,
+    /// An exception the guest has no handler for (vector, error code, `cr2` for a page fault).
+    Exception {
+        /// The vector (0-255).
+        vector: u8,
+        /// The error code the CPU pushed, or 0.
+        error_code: u64,
+        /// CR2 (the faulting address of a page fault).
+        cr2: u64,
+    },
+    /// A hypercall trap that broke the ABI (for example, the hypercall port written from outside the
+    /// hypercall page).
+    BadHypercall(String),
+    /// A VM exit that a PV guest cannot cause legitimately.
+    UnexpectedExit(String),
+    /// KVM failed to run the vCPU.
+    KvmError(String),
+}
+
+/// The report of a crashed guest: what happened and the registers of interest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrashReport {
+    /// What happened.
+    pub kind: CrashKind,
+    /// The guest's `rip` at the fault.
+    pub rip: u64,
+    /// The guest's `rsp` at the fault.
+    pub rsp: u64,
+    /// `rax`.
+    pub rax: u64,
+    /// `rflags`.
+    pub rflags: u64,
+    /// The code segment selector at the fault.
+    pub cs: u64,
+}
+
+impl std::fmt::Display for CrashReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            CrashKind::TripleFault => write!(f, "triple fault")?,
+            CrashKind::Exception {
+                vector,
+                error_code,
+                cr2,
+            } => {
+                write!(
+                    f,
+                    "unhandled exception {} (vector {vector}",
+                    exception_name(*vector)
+                )?;
+                if x86::vector_has_error_code(*vector) {
+                    write!(f, ", error code {error_code:#x}")?;
+                }
+                if *vector == 14 {
+                    write!(f, ", cr2 {cr2:#x}")?;
+                }
+                write!(f, ")")?;
+            }
+            CrashKind::BadHypercall(why) => write!(f, "bad hypercall: {why}")?,
+            CrashKind::UnexpectedExit(why) => write!(f, "unexpected VM exit: {why}")?,
+            CrashKind::KvmError(why) => write!(f, "KVM_RUN failed: {why}")?,
+        }
+        write!(
+            f,
+            " at rip {:#x} (cs {:#x}), rsp {:#x}, rax {:#x}, rflags {:#x}",
+            self.rip, self.cs, self.rsp, self.rax, self.rflags
+        )
+    }
+}
+
+/// The mnemonic of an exception vector (SDM vol. 3A table 6-1).
+pub fn exception_name(vector: u8) -> &'static str {
+    match vector {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        _ => "interrupt",
+    }
+}
+
+/// How a domain ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainExit {
+    /// The guest called `SCHEDOP_shutdown` with this reason.
+    Shutdown(ShutdownReason),
+    /// The hypervisor stopped the guest.
+    Crashed(CrashReport),
+    /// [`Domain::destroy`] stopped it.
+    Destroyed,
+}
+
+impl std::fmt::Display for DomainExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DomainExit::Shutdown(r) => write!(f, "shutdown ({})", shutdown_name(*r)),
+            DomainExit::Crashed(c) => write!(f, "crashed: {c}"),
+            DomainExit::Destroyed => write!(f, "destroyed"),
+        }
+    }
+}
+
+/// The `SHUTDOWN_*` name of a reason.
+pub fn shutdown_name(r: ShutdownReason) -> &'static str {
+    match r {
+        ShutdownReason::Poweroff => "poweroff",
+        ShutdownReason::Reboot => "reboot",
+        ShutdownReason::Suspend => "suspend",
+        ShutdownReason::Crash => "crash",
+        ShutdownReason::Watchdog => "watchdog",
+        ShutdownReason::SoftReset => "soft_reset",
+        _ => "unknown",
+    }
+}
+
+/// The run state of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Created, not started.
+    Created,
+    /// Running guest code (or in the hypervisor for it).
+    Running,
+    /// In `SCHEDOP_block` or `SCHEDOP_poll`, waiting for an event or its timer.
+    Blocked,
+    /// Paused by [`Domain::pause`].
+    Paused,
+    /// Ended; see [`Domain::wait`].
+    Dead,
+}
+
+/// Counters of a domain.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// VM exits (every return from `KVM_RUN`).
+    pub exits: AtomicU64,
+    /// Hypercalls served.
+    pub hypercalls: AtomicU64,
+    /// Times the vCPU slept in `SCHEDOP_block` or `SCHEDOP_poll`.
+    pub blocks: AtomicU64,
+    /// Bytes written to the console.
+    pub console_bytes: AtomicU64,
+}
+
+/// A snapshot of [`Stats`] and timings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// VM exits.
+    pub exits: u64,
+    /// Hypercalls.
+    pub hypercalls: u64,
+    /// Blocks.
+    pub blocks: u64,
+    /// Console bytes.
+    pub console_bytes: u64,
+    /// CPU time the vCPU thread used, in nanoseconds (its thread CPU clock).
+    pub cpu_ns: u64,
+    /// Wall time from start to end (or to now).
+    pub run_ns: u64,
+}
+
+pub(crate) struct Control {
+    pub(crate) paused: bool,
+    pub(crate) destroy: bool,
+    pub(crate) timer: Option<u64>,
+    pub(crate) state: RunState,
+    pub(crate) exit: Option<DomainExit>,
+    pub(crate) started: Option<Instant>,
+    pub(crate) ended: Option<Instant>,
+    pub(crate) cpu_ns: u64,
+}
+
+/// Console output kept per domain for [`Domain::console_output`].
+pub const CONSOLE_KEEP: usize = 64 << 10;
+
+pub(crate) struct Console {
+    line: Vec<u8>,
+    kept: Vec<u8>,
+}
+
+pub(crate) struct Clock {
+    pub(crate) scale: PvClockScale,
+    /// Guest TSC minus host TSC.
+    pub(crate) tsc_offset: u64,
+}
+
+/// The state of one domain shared by its vCPU thread, its handle and other domains.
+pub(crate) struct DomainCore {
+    pub(crate) name: String,
+    pub(crate) domid: DomId,
+    pub(crate) ram: GuestRam,
+    pub(crate) layout: Layout,
+    pub(crate) shared: SharedInfoView,
+    pub(crate) host: Weak<HostInner>,
+    pub(crate) ctl: Mutex<Control>,
+    pub(crate) cv: Condvar,
+    pub(crate) kick_thread: Mutex<Option<libc::pthread_t>>,
+    pub(crate) stats: Stats,
+    pub(crate) console: Mutex<Console>,
+    pub(crate) sink: Option<ConsoleSink>,
+    pub(crate) created: Instant,
+    pub(crate) clock: Mutex<Option<Clock>>,
+    pub(crate) grant_frames: AtomicU64,
+}
+
+impl DomainCore {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Control> {
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The domain's system time: nanoseconds since it was created.
+    pub(crate) fn system_time(&self) -> u64 {
+        self.created.elapsed().as_nanos() as u64
+    }
+
+    /// Wakes the vCPU: out of a block (condvar) and out of `KVM_RUN` (a signal).
+    pub(crate) fn kick(&self) {
+        self.cv.notify_all();
+        if let Some(t) = *self.kick_thread.lock().unwrap_or_else(|e| e.into_inner()) {
+            // SAFETY: `t` is the vCPU thread, which clears `kick_thread` under this lock before it exits,
+            // so it is alive; the signal's handler is installed before the thread is registered.
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
+    }
+
+    /// Marks `port` pending for this domain and wakes it if that makes an upcall pending.
+    pub(crate) fn deliver(&self, port: u32) {
+        let events = self.shared.two_level();
+        if let Ok(n) = events.send(port, &self.shared.vcpu0_events()) {
+            if !matches!(
+                n,
+                xen_abi::event_channel::Notify::AlreadyPending
+                    | xen_abi::event_channel::Notify::Masked
+            ) {
+                // Take the lock so a vCPU about to sleep sees either the bit or this notification.
+                drop(self.lock());
+                self.kick_blocked();
+            }
+        }
+    }
+
+    fn kick_blocked(&self) {
+        self.cv.notify_all();
+    }
+
+    /// Appends console bytes: whole lines go to the sink; everything (up to [`CONSOLE_KEEP`]) is kept.
+    pub(crate) fn console_write(&self, bytes: &[u8]) {
+        self.stats
+            .console_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let room = CONSOLE_KEEP.saturating_sub(c.kept.len());
+        c.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&c.line).into_owned();
+                c.line.clear();
+                if let Some(sink) = &self.sink {
+                    sink(&self.name, &line);
+                }
+            } else if c.line.len() < 4096 {
+                c.line.push(b);
+            }
+        }
+    }
+
+    fn flush_console(&self) {
+        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.line.is_empty() {
+            let line = String::from_utf8_lossy(&c.line).into_owned();
+            c.line.clear();
+            if let Some(sink) = &self.sink {
+                sink(&self.name, &line);
+            }
+        }
+    }
+
+    /// Publishes vCPU 0's time record from the host TSC.
+    pub(crate) fn update_time(&self) {
+        if let Some(clock) = &*self.clock.lock().unwrap_or_else(|e| e.into_inner()) {
+            let now = self.system_time();
+            let tsc = host_tsc().wrapping_add(clock.tsc_offset);
+            self.shared.write_time(tsc, now, clock.scale);
+        }
+    }
+
+    /// Fires the one-shot timer if it is due: VIRQ_TIMER becomes pending.
+    pub(crate) fn fire_timer_if_due(&self, ctl: &mut Control) {
+        if let Some(deadline) = ctl.timer
+            && self.system_time() >= deadline
+        {
+            ctl.timer = None;
+            if let Some(host) = self.host.upgrade() {
+                let port = host
+                    .evtchn()
+                    .table(self.domid)
+                    .ok()
+                    .and_then(|t| t.virq_port(xen_abi::hypercall::VIRQ_TIMER));
+                if let Some(port) = port {
+                    self.update_time();
+                    let _ = self
+                        .shared
+                        .two_level()
+                        .send(port, &self.shared.vcpu0_events());
+                }
+            }
+        }
+    }
+}
+
+fn host_tsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; every x86-64 CPU has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+pub(crate) struct HostInner {
+    kvm: Kvm,
+    evtchn: Mutex<EvtchnRegistry>,
+    domains: Mutex<HashMap<DomId, Weak<DomainCore>>>,
+}
+
+impl HostInner {
+    pub(crate) fn evtchn(&self) -> MutexGuard<'_, EvtchnRegistry> {
+        self.evtchn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn domain(&self, id: DomId) -> Option<Arc<DomainCore>> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .and_then(Weak::upgrade)
+    }
+}
+
+/// The hypervisor: owns `/dev/kvm`, hands out domain ids, and connects domains' event channels.
+#[derive(Clone)]
+pub struct Hypervisor {
+    inner: Arc<HostInner>,
+}
+
+impl std::fmt::Debug for Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypervisor").finish_non_exhaustive()
+    }
+}
+
+/// The first domain id given to guests (0 is the Blanket layer itself, as dom0 is in Xen).
+pub const FIRST_DOMID: DomId = 1;
+/// The largest domain id (`DOMID_FIRST_RESERVED - 1` of `xen.h`).
+pub const MAX_DOMID: DomId = 0x7fef;
+
+impl Hypervisor {
+    /// Opens `/dev/kvm`.
+    pub fn new() -> Result<Self, DomainError> {
+        let kvm = Kvm::new().map_err(|source| DomainError::Kvm {
+            what: "opening /dev/kvm",
+            source,
+        })?;
+        install_kick_handler();
+        let mut evtchn = EvtchnRegistry::default();
+        evtchn.add_domain(0);
+        Ok(Self {
+            inner: Arc::new(HostInner {
+                kvm,
+                evtchn: Mutex::new(evtchn),
+                domains: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Creates and builds a domain (not started: see [`Domain::start`]).
+    pub fn create_domain(&self, config: DomainConfig) -> Result<Domain, DomainError> {
+        let domid = {
+            let mut doms = self.inner.domains.lock().unwrap_or_else(|e| e.into_inner());
+            doms.retain(|_, d| d.strong_count() > 0);
+            let id = (FIRST_DOMID..=MAX_DOMID)
+                .find(|id| !doms.contains_key(id))
+                .ok_or(DomainError::NoDomId(doms.len()))?;
+            doms.insert(id, Weak::new());
+            id
+        };
+        let result = self.build_domain(domid, config);
+        if result.is_err() {
+            self.inner
+                .domains
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&domid);
+        }
+        result
+    }
+
+    fn build_domain(&self, domid: DomId, config: DomainConfig) -> Result<Domain, DomainError> {
+        let k = |what: &'static str| move |source| DomainError::Kvm { what, source };
+        let ram = GuestRam::new(&config.name, config.memory)?;
+        // The XenStore and console channels are offered to domain 0 (the Blanket layer's back-ends).
+        let ports = {
+            let mut ev = self.inner.evtchn();
+            ev.add_domain(domid);
+            let t = ev
+                .table(domid)
+                .map_err(|e| DomainError::Config(format!("event table: {e}")))?;
+            let xenstore = t.alloc(Channel::Unbound { remote: 0 }).unwrap_or(0);
+            let console = t.alloc(Channel::Unbound { remote: 0 }).unwrap_or(0);
+            BootPorts { xenstore, console }
+        };
+        let layout = match builder::build(&ram, &config.kernel, &config.cmdline, ports) {
+            Ok(l) => l,
+            Err(e) => {
+                self.inner.evtchn().remove_domain(domid);
+                return Err(e.into());
+            }
+        };
+        let vm = self.inner.kvm.create_vm().map_err(k("KVM_CREATE_VM"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_base() as u64,
+        };
+        // SAFETY: the region is guest memory's mapping, which lives in the DomainCore as long as the VM
+        // (the VmFd is moved into the vCPU thread, which holds an Arc of the core).
+        unsafe { vm.set_user_memory_region(region) }.map_err(k("KVM_SET_USER_MEMORY_REGION"))?;
+        let vcpu = vm.create_vcpu(0).map_err(k("KVM_CREATE_VCPU"))?;
+        let cpuid = self
+            .inner
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(k("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(k("KVM_SET_CPUID2"))?;
+        let mut sregs = vcpu.get_sregs().map_err(k("KVM_GET_SREGS"))?;
+        x86::setup_sregs(
+            &mut sregs,
+            layout.pt_base,
+            builder::GDT_BASE,
+            builder::IDT_BASE,
+            builder::TSS_BASE,
+        );
+        sregs.tr.limit = (x86::TSS_SIZE + 32 - 1) as u32;
+        vcpu.set_sregs(&sregs).map_err(k("KVM_SET_SREGS"))?;
+        let mut regs = vcpu.get_regs().map_err(k("KVM_GET_REGS"))?;
+        regs.rip = layout.kernel.entry;
+        regs.rsp = layout.stack_top;
+        regs.rsi = layout.start_info;
+        regs.rflags = x86::RFLAGS_GUEST & !x86::RFLAGS_IOPL;
+        vcpu.set_regs(&regs).map_err(k("KVM_SET_REGS"))?;
+
+        let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
+        let scale = PvClockScale::from_tsc_hz(u64::from(tsc_khz) * 1000)
+            .map_err(|e| DomainError::Config(format!("TSC frequency {tsc_khz} kHz: {e}")))?;
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: 0x10,
+            ..Default::default()
+        }])
+        .map_err(|e| DomainError::Config(format!("MSR list: {e:?}")))?;
+        let host_now = host_tsc();
+        vcpu.get_msrs(&mut msrs)
+            .map_err(k("KVM_GET_MSRS(IA32_TSC)"))?;
+        let guest_tsc = msrs.as_slice().first().map(|e| e.data).unwrap_or(host_now);
+        let shared = SharedInfoView::new(&ram, layout.shared_info)?;
+        let core = Arc::new(DomainCore {
+            name: config.name.clone(),
+            domid,
+            shared,
+            layout,
+            ram,
+            host: Arc::downgrade(&self.inner),
+            ctl: Mutex::new(Control {
+                paused: false,
+                destroy: false,
+                timer: None,
+                state: RunState::Created,
+                exit: None,
+                started: None,
+                ended: None,
+                cpu_ns: 0,
+            }),
+            cv: Condvar::new(),
+            kick_thread: Mutex::new(None),
+            stats: Stats::default(),
+            console: Mutex::new(Console {
+                line: Vec::new(),
+                kept: Vec::new(),
+            }),
+            sink: config.console.clone(),
+            created: Instant::now(),
+            clock: Mutex::new(Some(Clock {
+                scale,
+                tsc_offset: guest_tsc.wrapping_sub(host_now),
+            })),
+            grant_frames: AtomicU64::new(0),
+        });
+        core.update_time();
+        if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            core.shared
+                .write_wallclock(wall.as_secs(), wall.subsec_nanos());
+        }
+        self.inner
+            .domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domid, Arc::downgrade(&core));
+        Ok(Domain {
+            core,
+            vm: Some(vm),
+            vcpu: Some(vcpu),
+            thread: None,
+            started: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A domain: its memory, its vCPU and the thread that runs it.
+pub struct Domain {
+    core: Arc<DomainCore>,
+    vm: Option<VmFd>,
+    vcpu: Option<VcpuFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("name", &self.core.name)
+            .field("domid", &self.core.domid)
+            .finish()
+    }
+}
+
+impl Domain {
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The domain id.
+    pub fn domid(&self) -> DomId {
+        self.core.domid
+    }
+
+    /// Where the builder put things.
+    pub fn layout(&self) -> &Layout {
+        &self.core.layout
+    }
+
+    /// The guest's memory.
+    pub fn memory(&self) -> &GuestRam {
+        &self.core.ram
+    }
+
+    /// Starts the vCPU thread.
+    pub fn start(&mut self) -> Result<(), DomainError> {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Err(DomainError::AlreadyStarted(self.core.name.clone()));
+        }
+        let core = self.core.clone();
+        let vm = self.vm.take();
+        let vcpu = self.vcpu.take();
+        let (Some(vm), Some(vcpu)) = (vm, vcpu) else {
+            return Err(DomainError::AlreadyStarted(self.core.name.clone()));
+        };
+        {
+            let mut c = core.lock();
+            c.started = Some(Instant::now());
+            c.state = RunState::Running;
+        }
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu0-{}", truncate(&core.name, 8)))
+            .spawn(move || crate::vcpu::run_vcpu(core, vm, vcpu))
+            .map_err(|source| DomainError::Thread {
+                name: self.core.name.clone(),
+                source,
+            })?;
+        self.thread = Some(handle);
+        Ok(())
+    }
+
+    /// Pauses the domain: its vCPU stops at its next exit (it is kicked out of guest code at once).
+    pub fn pause(&self) {
+        self.core.lock().paused = true;
+        self.core.kick();
+    }
+
+    /// Lets a paused domain run again.
+    pub fn unpause(&self) {
+        self.core.lock().paused = false;
+        self.core.cv.notify_all();
+    }
+
+    /// Stops the domain for good (its vCPU thread ends; [`wait`](Self::wait) returns
+    /// [`DomainExit::Destroyed`] unless it had ended already).
+    pub fn destroy(&self) {
+        self.core.lock().destroy = true;
+        self.core.kick();
+    }
+
+    /// The current run state.
+    pub fn state(&self) -> RunState {
+        self.core.lock().state
+    }
+
+    /// How the domain ended, if it has.
+    pub fn exit(&self) -> Option<DomainExit> {
+        self.core.lock().exit.clone()
+    }
+
+    /// Waits until the domain has ended and returns how.
+    pub fn wait(&mut self) -> DomainExit {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let mut c = self.core.lock();
+        while c.exit.is_none() && c.state != RunState::Created {
+            c = self.core.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+        c.exit.clone().unwrap_or(DomainExit::Destroyed)
+    }
+
+    /// Waits at most `timeout` for the domain to end.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<DomainExit> {
+        let deadline = Instant::now() + timeout;
+        let mut c = self.core.lock();
+        while c.exit.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            c = self
+                .core
+                .cv
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let exit = c.exit.clone();
+        drop(c);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        exit
+    }
+
+    /// Everything the guest printed on its console (the first [`CONSOLE_KEEP`] bytes).
+    pub fn console_output(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .core
+                .console
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .kept,
+        )
+        .into_owned()
+    }
+
+    /// The domain's counters and timings.
+    pub fn stats(&self) -> StatsSnapshot {
+        let c = self.core.lock();
+        let run_ns = match (c.started, c.ended) {
+            (Some(s), Some(e)) => e.duration_since(s).as_nanos() as u64,
+            (Some(s), None) => s.elapsed().as_nanos() as u64,
+            _ => 0,
+        };
+        let cpu_ns = c.cpu_ns;
+        drop(c);
+        let s = &self.core.stats;
+        StatsSnapshot {
+            exits: s.exits.load(Ordering::Relaxed),
+            hypercalls: s.hypercalls.load(Ordering::Relaxed),
+            blocks: s.blocks.load(Ordering::Relaxed),
+            console_bytes: s.console_bytes.load(Ordering::Relaxed),
+            cpu_ns,
+            run_ns,
+        }
+    }
+
+    /// Sends an event to `port` of this domain from domain 0 (the Blanket layer), as a back-end does.
+    pub fn notify(&self, port: u32) {
+        self.core.deliver(port);
+    }
+
+    /// Host memory the guest's memfd uses now (bytes actually allocated), from `fstat`'s block count.
+    pub fn host_memory_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.core
+            .ram
+            .file()
+            .metadata()
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.destroy();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+        if let Some(host) = self.core.host.upgrade() {
+            host.evtchn().remove_domain(self.core.domid);
+            host.domains
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.core.domid);
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Records how the domain ended and wakes waiters.
+pub(crate) fn finish(core: &DomainCore, exit: DomainExit, cpu_ns: u64) {
+    core.flush_console();
+    let mut c = core.lock();
+    if c.exit.is_none() {
+        c.exit = Some(exit);
+    }
+    c.state = RunState::Dead;
+    c.ended = Some(Instant::now());
+    c.cpu_ns = cpu_ns;
+    drop(c);
+    core.cv.notify_all();
+}
+
+// ---- kicking a vCPU out of KVM_RUN -------------------------------------------------------------------
+
+thread_local! {
+    static IMMEDIATE_EXIT: std::cell::Cell<*mut u8> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal that kicks a vCPU thread (`SIGRTMIN + 7`).
+pub(crate) fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 7
+}
+
+extern "C" fn on_kick(_: libc::c_int) {
+    let p = IMMEDIATE_EXIT.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: `p` points at `immediate_exit` of this thread's mapped kvm_run, registered by
+        // `register_kick_target` and cleared before the mapping goes away.
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+fn install_kick_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; `on_kick` is
+        // async-signal-safe (one volatile store through a thread-local Cell with const init).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Registers this thread's `kvm_run.immediate_exit` as the kick target.
+pub(crate) fn register_kick_target(core: &DomainCore, immediate_exit: *mut u8) {
+    IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
+    // SAFETY: pthread_self has no preconditions.
+    *core.kick_thread.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(unsafe { libc::pthread_self() });
+}
+
+/// Unregisters the kick target (before the vCPU fd is closed).
+pub(crate) fn unregister_kick_target(core: &DomainCore) {
+    *core.kick_thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+}
+
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
