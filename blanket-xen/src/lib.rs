@@ -1,4 +1,4 @@
-//! Xen PV front-end drivers in `no_std` Rust: a xenbus client, the PV console, and blkfront, over
+//! Xen PV front-end drivers in `no_std` Rust: a xenbus client, the PV console, blkfront and netfront, over
 //! [`xen_abi`].
 //!
 //! The same driver code runs in three places, and only the [`platform`] underneath changes:
@@ -32,6 +32,7 @@ extern crate std;
 
 pub mod blk;
 pub mod console;
+pub mod net;
 pub mod platform;
 mod shmem;
 pub mod xenbus;

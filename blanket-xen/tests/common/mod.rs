@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod blkback;
+pub mod netback;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
