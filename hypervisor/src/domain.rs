@@ -73,6 +73,10 @@ pub struct DomainConfig {
     pub kernel: Arc<[u8]>,
     /// Where complete console lines go; `None` keeps them only in [`Domain::console_output`].
     pub console: Option<ConsoleSink>,
+    /// Whether exceptions reach the hypervisor's ring-0 stubs, which report them (vector, error code, rip).
+    /// Without (`false`), the IDT is empty, so any exception becomes a triple fault (`KVM_EXIT_SHUTDOWN`):
+    /// how a triple fault is produced on purpose, since a ring-3 guest cannot break the real tables.
+    pub exception_reports: bool,
 }
 
 impl std::fmt::Debug for DomainConfig {
@@ -95,6 +99,7 @@ impl DomainConfig {
             cmdline: String::new(),
             kernel,
             console: None,
+            exception_reports: true,
         }
     }
 }
@@ -557,6 +562,9 @@ impl Hypervisor {
             builder::TSS_BASE,
         );
         sregs.tr.limit = (x86::TSS_SIZE + 32 - 1) as u32;
+        if !config.exception_reports {
+            sregs.idt.limit = 0;
+        }
         vcpu.set_sregs(&sregs).map_err(k("KVM_SET_SREGS"))?;
         let mut regs = vcpu.get_regs().map_err(k("KVM_GET_REGS"))?;
         regs.rip = layout.kernel.entry;

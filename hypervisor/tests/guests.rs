@@ -1,8 +1,13 @@
-//! Boots the embedded guest on real KVM and checks what it does.
+//! Boots the embedded guest on real KVM (`/dev/kvm`) and checks what it does: console output, shutdown
+//! codes, faults and bad hypercalls stopped with a report while a neighbour runs on, idle guests that use no
+//! CPU, timer wake-ups, pause and destroy.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, guest};
+use blanket_hypervisor::{
+    CrashKind, Domain, DomainConfig, DomainExit, Hypervisor, RunState, guest,
+};
 use xen_abi::sched::ShutdownReason;
 
 fn config(name: &str, cmdline: &str) -> DomainConfig {
@@ -12,21 +17,239 @@ fn config(name: &str, cmdline: &str) -> DomainConfig {
     c
 }
 
+fn boot(hv: &Hypervisor, name: &str, cmdline: &str) -> Domain {
+    let mut d = hv.create_domain(config(name, cmdline)).unwrap();
+    d.start().unwrap();
+    d
+}
+
+fn finish(d: &mut Domain) -> DomainExit {
+    let exit = d
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the guest ends within 30 s");
+    eprintln!("[{}] {exit}\n{}", d.name(), d.console_output());
+    exit
+}
+
 #[test]
 fn a_guest_boots_and_prints_on_its_console() {
     let hv = Hypervisor::new().unwrap();
-    let mut d = hv.create_domain(config("hello", "hello")).unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink_lines = lines.clone();
+    let mut c = config("hello", "hello");
+    c.console = Some(Arc::new(move |name: &str, line: &str| {
+        sink_lines.lock().unwrap().push(format!("{name}: {line}"));
+    }));
+    let mut d = hv.create_domain(c).unwrap();
     d.start().unwrap();
-    let exit = d
-        .wait_timeout(Duration::from_secs(20))
-        .expect("the guest ends");
+    let exit = finish(&mut d);
     let out = d.console_output();
-    eprintln!("{out}");
     assert_eq!(
         exit,
         DomainExit::Shutdown(ShutdownReason::Poweroff),
         "{out}"
     );
     assert!(out.contains("Hello from the Blanket PV guest!"), "{out}");
-    assert!(out.contains("xen 4.17"), "{out}");
+    assert!(
+        out.contains("xen 4.17"),
+        "xen_version's result reached the guest: {out}"
+    );
+    assert!(
+        out.contains("4096 pages (16 MiB), magic xen-3.0-x86_64, cmdline 'hello'"),
+        "{out}"
+    );
+    let lines = lines.lock().unwrap();
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("hello: Hello from the Blanket PV guest!")
+    );
+    let s = d.stats();
+    assert!(s.hypercalls >= 5 && s.exits >= s.hypercalls, "{s:?}");
+}
+
+#[test]
+fn shutdown_codes_are_reported() {
+    let hv = Hypervisor::new().unwrap();
+    let cases = [
+        ("poweroff", ShutdownReason::Poweroff),
+        ("reboot", ShutdownReason::Reboot),
+        ("suspend", ShutdownReason::Suspend),
+        ("crash", ShutdownReason::Crash),
+        ("watchdog", ShutdownReason::Watchdog),
+    ];
+    let mut doms: Vec<_> = cases
+        .iter()
+        .map(|(code, _)| boot(&hv, code, &format!("shutdown={code}")))
+        .collect();
+    for (d, (_, want)) in doms.iter_mut().zip(cases) {
+        assert_eq!(finish(d), DomainExit::Shutdown(want));
+    }
+}
+
+#[test]
+fn an_invalid_shutdown_reason_is_einval_and_the_guest_goes_on() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "badreason", "shutdown=77");
+    // The guest prints the error and then shuts down with SHUTDOWN_crash itself.
+    assert_eq!(finish(&mut d), DomainExit::Shutdown(ShutdownReason::Crash));
+    assert!(
+        d.console_output()
+            .contains("SCHEDOP_shutdown(77) returned -22"),
+        "{}",
+        d.console_output()
+    );
+}
+
+#[test]
+fn bad_hypercalls_get_errors_then_the_abi_breach_stops_only_that_guest() {
+    let hv = Hypervisor::new().unwrap();
+    let mut neighbour = boot(&hv, "neighbour", "cpu=300");
+    let mut bad = boot(&hv, "bad", "bad-hypercall");
+    let exit = finish(&mut bad);
+    let out = bad.console_output();
+    assert!(
+        out.contains(
+            "unknown -38, outside -14, null -14, huge -22, wrap -14, page-tables -14, system-area -14, bad-evtchn-arg -14, bad-sched-cmd -38, bad-port -22"
+        ),
+        "every bad call got its errno: {out}"
+    );
+    let DomainExit::Crashed(report) = exit else {
+        panic!("not stopped: {exit:?}")
+    };
+    let CrashKind::BadHypercall(why) = &report.kind else {
+        panic!("{report}")
+    };
+    assert!(why.contains("outside the hypercall page"), "{report}");
+    assert!(report.rip > 0x200000, "{report}");
+    assert!(!out.contains("still running"), "{out}");
+    assert_eq!(
+        neighbour.state(),
+        RunState::Running,
+        "the neighbour runs on"
+    );
+    assert_eq!(
+        finish(&mut neighbour),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert!(neighbour.console_output().contains("cpu: done in"));
+}
+
+#[test]
+fn a_faulting_guest_is_stopped_with_a_report_while_a_neighbour_finishes() {
+    let hv = Hypervisor::new().unwrap();
+    let mut neighbour = boot(&hv, "neighbour", "cpu=300");
+    let mut bad = boot(&hv, "fault", "fault");
+    let DomainExit::Crashed(report) = finish(&mut bad) else {
+        panic!("not stopped")
+    };
+    assert_eq!(
+        report.kind,
+        CrashKind::Exception {
+            vector: 14,
+            error_code: 4,
+            cr2: 0
+        },
+        "a user-mode read of the unmapped null page: {report}"
+    );
+    assert_eq!(report.cs, 0xe033, "{report}");
+    let text = report.to_string();
+    assert!(text.contains("#PF") && text.contains("cr2 0x0"), "{text}");
+    assert_eq!(
+        finish(&mut neighbour),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+}
+
+#[test]
+fn a_triple_faulting_guest_is_stopped_while_a_neighbour_finishes() {
+    let hv = Hypervisor::new().unwrap();
+    let mut neighbour = boot(&hv, "neighbour", "cpu=300");
+    let mut c = config("triple", "triple-fault");
+    c.exception_reports = false;
+    let mut bad = hv.create_domain(c).unwrap();
+    bad.start().unwrap();
+    let DomainExit::Crashed(report) = finish(&mut bad) else {
+        panic!("not stopped")
+    };
+    assert_eq!(report.kind, CrashKind::TripleFault, "{report}");
+    assert!(
+        report.to_string().starts_with("triple fault at rip"),
+        "{report}"
+    );
+    assert_eq!(
+        finish(&mut neighbour),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+}
+
+#[test]
+fn an_idle_guest_blocks_without_burning_cpu() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "idle", "idle");
+    // Let it boot and block.
+    let t0 = Instant::now();
+    while !d.console_output().contains("idle: blocking") && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(d.state(), RunState::Blocked);
+    let before = d.stats();
+    d.destroy();
+    assert_eq!(finish(&mut d), DomainExit::Destroyed);
+    let s = d.stats();
+    // One wake-up a second: a handful of exits, and the vCPU thread's CPU time stays tiny.
+    assert!(before.exits < 50, "{before:?}");
+    assert!(
+        s.cpu_ns < 200_000_000,
+        "the idle vCPU used {} ms of CPU in {} ms",
+        s.cpu_ns / 1_000_000,
+        s.run_ns / 1_000_000
+    );
+    assert!(s.blocks >= 1, "{s:?}");
+}
+
+#[test]
+fn timer_wakeups_work() {
+    let hv = Hypervisor::new().unwrap();
+    let t0 = Instant::now();
+    let mut d = boot(&hv, "timer", "timer=20");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    assert!(out.contains("timer: 20/20 wake-ups on time"), "{out}");
+    assert!(t0.elapsed() >= Duration::from_millis(200), "20 x 10 ms");
+    assert!(d.stats().blocks >= 20, "{:?}", d.stats());
+}
+
+#[test]
+fn pause_and_unpause_stop_and_resume_a_running_guest() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "paused", "cpu=400");
+    std::thread::sleep(Duration::from_millis(50));
+    d.pause();
+    let t0 = Instant::now();
+    while d.state() != RunState::Paused && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(d.state(), RunState::Paused, "kicked out of guest code");
+    let exits = d.stats().exits;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.stats().exits, exits, "no progress while paused");
+    assert!(d.exit().is_none());
+    d.unpause();
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+}
+
+#[test]
+fn destroy_stops_a_cpu_bound_guest() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "spinner", "cpu=100000");
+    std::thread::sleep(Duration::from_millis(50));
+    d.destroy();
+    assert_eq!(finish(&mut d), DomainExit::Destroyed);
 }

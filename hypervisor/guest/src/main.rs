@@ -270,12 +270,7 @@ fn bad_hypercall(p: &Platform) -> ! {
     let null = r(hc::__HYPERVISOR_console_io, 0, 16, 0);
     let huge = r(hc::__HYPERVISOR_console_io, 0, u64::MAX, 0x20_0000);
     let wrap = r(hc::__HYPERVISOR_console_io, 0, 0x1000, u64::MAX - 0x10);
-    let pt = r(
-        hc::__HYPERVISOR_event_channel_op,
-        6,
-        p.start_info.pt_base,
-        0,
-    );
+    let pt = r(hc::__HYPERVISOR_xen_version, 1, p.start_info.pt_base, 0);
     let sys = r(hc::__HYPERVISOR_xen_version, 1, 0x1000, 0);
     let evt = r(hc::__HYPERVISOR_event_channel_op, 4, 0xdead_beef_0000, 0);
     let badcmd = r(hc::__HYPERVISOR_sched_op, 99, 0, 0);
