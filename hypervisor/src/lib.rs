@@ -1,4 +1,98 @@
-//! The Blanket hypervisor: Xen x86-64 PV guests on KVM.
+//! The Blanket hypervisor: Xen x86-64 PV guests on KVM, deprivileged in ring 3.
+//!
+//! This crate runs guests that speak the Xen PV interface on a host where the only virtualization is
+//! KVM, including hosts without hardware virtualization: on this project's machines KVM is PVM (shadow
+//! paging, no VMX), guest code at CPL 3 runs at native speed and guest CPL 0 is emulated about 5000 times
+//! slower. So guests run as Xen x86-64 PV guests do, with their kernel in ring 3, and the hypervisor is a
+//! userspace VMM that serves their hypercalls.
+//!
+//! ```no_run
+//! use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, guest};
+//!
+//! let hv = Hypervisor::new()?;
+//! let mut cfg = DomainConfig::new("demo", guest::builtin()?);
+//! cfg.cmdline = "hello".into();
+//! let mut dom = hv.create_domain(cfg)?;
+//! dom.start()?;
+//! let exit = dom.wait();
+//! println!("{exit}\n{}", dom.console_output());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # The guest ABI: what a guest may rely on
+//!
+//! **Image.** An x86-64 ELF executable whose `PT_LOAD` segments lie at or above `0x200000` (virtual =
+//! physical; `XEN_ELFNOTE_VIRT_BASE`, if given, must be 0), with a `XEN_ELFNOTE_HYPERCALL_PAGE` note naming a
+//! page-aligned page inside a segment. `XEN_ELFNOTE_ENTRY` overrides `e_entry`. Memory not covered by file
+//! bytes is zero.
+//!
+//! **Entry.** 64-bit mode, CPL 3, `cs` = `FLAT_RING3_CS64` (`0xe033`), `ss` = `FLAT_RING3_SS64`
+//! (`0xe02b`), `ds`/`es`/`fs`/`gs` null, as `xen-x86_64.h` defines them. `rsi` holds `start_info`'s
+//! address, `rsp` the top of a 64 KiB boot stack, `rflags` = IF (IOPL 0). SSE is enabled (CR4.OSFXSR,
+//! OSXMMEXCPT); AVX is not (no XSAVE). CR4.TSD is clear, so `rdtsc` works.
+//!
+//! **Memory.** All of guest memory is mapped at virtual = physical with 4 KiB pages, read-write and
+//! executable, except: page 0 (not mapped: null dereferences fault), the hypervisor's system area below
+//! `0x20000` (GDT, IDT, TSS, exception stubs; not accessible at CPL 3) and the page tables
+//! (`start_info.pt_base`, `nr_pt_frames`), which are mapped read-only as Xen maps them. The P2M
+//! (`start_info.mfn_list`) is the identity: pfn *n* is mfn *n*. The builder's layout is in [`builder`].
+//!
+//! **start_info** ([`xen_abi::xen::StartInfo`]): magic `xen-3.0-x86_64`, `nr_pages`, `shared_info` (its
+//! machine address, which is also its virtual address), `store_mfn`/`store_evtchn` and
+//! `console.domU.{mfn, evtchn}` (pages and unbound ports offered to domain 0, where the Blanket layer's
+//! xenstored and console back-end attach), `pt_base`, `nr_pt_frames`, `mfn_list` and `cmd_line`.
+//!
+//! **Hypercalls.** Call `hypercall_page + n * 32` with Xen's x86-64 register convention (`rax` = number,
+//! arguments in `rdi`, `rsi`, `rdx`, `r10`, `r8`; the result in `rax`; `rcx` and `r11` may be clobbered, as by
+//! Xen's `syscall` stubs). The stub is `mov $n, %eax; out %al, $0x99; ret`: the TSS I/O bitmap allows port
+//! `0x99` alone at CPL 3, so the `out` is one VM exit to this VMM. Writing the port from anywhere but a
+//! stub is a breach of the ABI and stops the domain ([`CrashKind::BadHypercall`]). Served:
+//!
+//! | hypercall | what |
+//! |---|---|
+//! | `console_io` | `CONSOLEIO_write` (at most 64 KiB a call, else `-EINVAL`); `CONSOLEIO_read` returns 0 |
+//! | `xen_version` | version (4.17), extraversion, compile_info, capabilities, changeset, platform_parameters, get_features (none), pagesize, guest_handle; commandline and build_id are `-EPERM` |
+//! | `sched_op` | yield, block, poll (up to 128 ports, with timeout), shutdown (poweroff, reboot, suspend, crash, watchdog, soft_reset; another reason is `-EINVAL`), shutdown_code; remote_shutdown is `-EPERM` |
+//! | `set_timer_op` | a one-shot timer at an absolute system time (0 cancels), delivered on `VIRQ_TIMER` |
+//! | `event_channel_op` | alloc_unbound, bind_interdomain (other domains of this hypervisor, or itself), bind_virq (vCPU 0), bind_ipi, send, close, status, unmask, bind_vcpu (vCPU 0), reset; 1024 ports |
+//! | `grant_table_op` | setup_table (up to 4 frames, reserved by the builder), query_size, set_version (1 only; 2 is `-EOPNOTSUPP`) |
+//! | `memory_op` | current_reservation, maximum_reservation, maximum_ram_page |
+//! | `vcpu_op` | is_up (vCPU 0) |
+//!
+//! Anything else returns `-ENOSYS`. Every pointer a guest passes is checked before use: outside guest
+//! memory, into page 0 or the system area, or (for results) into the page tables gives `-EFAULT`.
+//!
+//! **Events and time.** The 2-level event ABI in `shared_info` (`evtchn_pending`, `evtchn_mask`, vCPU 0's
+//! `evtchn_pending_sel` and `evtchn_upcall_pending`), set with atomics as Xen does. `SCHEDOP_block` clears
+//! `evtchn_upcall_mask` and returns once an upcall is pending (the vCPU thread sleeps on a condvar
+//! meanwhile, using no CPU); spurious returns are possible, as in Xen. vCPU 0's `vcpu_time_info` gives system
+//! time (nanoseconds since the domain was created) from the TSC; it is refreshed whenever the vCPU wakes
+//! from a block and when the timer fires. The wall clock in `shared_info` is set at creation.
+//!
+//! **Faults.** An exception reaches the hypervisor's ring-0 stubs, which report it; the domain is stopped
+//! with a [`CrashReport`] (vector, error code, CR2, rip, rsp, rflags). A triple fault, an unexpected exit or
+//! a KVM error stops it likewise. Only that domain is affected.
+//!
+//! # Not yet
+//!
+//! Event upcalls into a registered callback (`set_callbacks`, `callback_op`) and `iret` are not served
+//! (`-ENOSYS`): a guest learns of events when `SCHEDOP_block` or `SCHEDOP_poll` returns. Also missing: more
+//! than one vCPU (`VCPUOP_up`), `mmu_update`, `update_va_mapping`, `set_trap_table` (exception bounces),
+//! grant mapping by back-ends, and ballooning. The design leaves room for them: the page tables are the
+//! guest's (read-only, Xen-style), the selectors are Xen's, and exceptions already arrive in the VMM with
+//! their frame, ready to be bounced to a guest handler.
+//!
+//! # Why the hypercall trap is an `out` through the TSS I/O bitmap
+//!
+//! Measured on this project's PVM host (see the README): PVM forces RFLAGS.IOPL to 0 for the guest, so an
+//! `out` at CPL 3 with IOPL 3 faults (#GP). `syscall` from CPL 3 lands at LSTAR still at CPL 3, and
+//! `int 0x82` raises #UD, so neither reaches a ring-0 handler cheaply. With the TSS's I/O permission bitmap
+//! allowing the one port, the `out` exits to userspace directly: about as fast as an MMIO write to an
+//! unbacked page (both go through PVM's instruction emulation), without needing a mapping that a guest
+//! could rebuild away, and position-independent. The VMM reads and writes the registers through
+//! `KVM_CAP_SYNC_REGS`, so a hypercall is one `KVM_RUN` round trip, no `KVM_GET_REGS`/`KVM_SET_REGS`.
+#![warn(missing_docs)]
+
 pub mod builder;
 pub mod domain;
 pub mod elf;

@@ -253,3 +253,167 @@ fn destroy_stops_a_cpu_bound_guest() {
     d.destroy();
     assert_eq!(finish(&mut d), DomainExit::Destroyed);
 }
+
+#[test]
+fn event_channel_operations_work_through_the_abi() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "evtchn", "evtchn-selftest");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    // Ports 1 and 2 are the XenStore and console ports the builder allocated.
+    assert!(
+        out.contains(
+            "ports 3<->4 bind 0 send 0 pending true status 0 interdomain-ok; masked-upcall 0 unmask 0 upcall 1; ipi 0 pending true; close 0 peer unbound reclose -22; virq-again -17 virq-bad -22 vcpu1 -2; reset 0 closed"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("gnttab query 0 max_frames 4; current_reservation 4096"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_event_from_domain_0_wakes_a_blocked_guest() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "waiter", "wait-event");
+    let t0 = Instant::now();
+    let port = loop {
+        let out = d.console_output();
+        if let Some(rest) = out.split("wait-event: port ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no port printed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while d.state() != RunState::Blocked {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(d.state(), RunState::Blocked, "still waiting");
+    d.notify(port);
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert!(
+        d.console_output()
+            .contains(&format!("got event on port {port}"))
+    );
+}
+
+#[test]
+fn an_event_between_two_guests_wakes_the_receiver() {
+    let hv = Hypervisor::new().unwrap();
+    // The receiver offers a port to the sender's domain id (the next one handed out).
+    let mut rx = hv.create_domain(config("rx", "wait-event=0")).unwrap();
+    let mut tx_cfg = config("tx", "");
+    let rx_id = rx.domid();
+    let tx_id = rx_id + 1;
+    drop(rx);
+    rx = hv
+        .create_domain(config("rx", &format!("wait-event={tx_id}")))
+        .unwrap();
+    assert_eq!(rx.domid(), rx_id);
+    rx.start().unwrap();
+    let t0 = Instant::now();
+    let port = loop {
+        let out = rx.console_output();
+        if let Some(rest) = out.split("wait-event: port ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no port printed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    tx_cfg.cmdline = format!("send-event={rx_id},{port}");
+    let mut tx = hv.create_domain(tx_cfg).unwrap();
+    assert_eq!(tx.domid(), tx_id);
+    tx.start().unwrap();
+    assert_eq!(
+        finish(&mut tx),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert_eq!(
+        finish(&mut rx),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert!(
+        rx.console_output()
+            .contains(&format!("got event on port {port}"))
+    );
+}
+
+#[test]
+fn a_port_offered_to_another_domain_cannot_be_bound_by_a_third() {
+    let hv = Hypervisor::new().unwrap();
+    let mut rx = boot(&hv, "rx", "wait-event=4000");
+    let t0 = Instant::now();
+    let port = loop {
+        let out = rx.console_output();
+        if let Some(rest) = out.split("wait-event: port ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no port printed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut intruder = boot(
+        &hv,
+        "intruder",
+        &format!("send-event={},{port}", rx.domid()),
+    );
+    assert_eq!(
+        finish(&mut intruder),
+        DomainExit::Shutdown(ShutdownReason::Crash)
+    );
+    assert!(
+        intruder
+            .console_output()
+            .contains(&format!("bind to {}:{port} -22", rx.domid()))
+    );
+    assert_eq!(rx.state(), RunState::Blocked, "the receiver is untouched");
+    rx.destroy();
+    assert_eq!(finish(&mut rx), DomainExit::Destroyed);
+}
+
+#[test]
+fn sixteen_guests_boot_at_once() {
+    // Sixteen guests at once, each with its own memory and vCPU thread.
+    let hv = Hypervisor::new().unwrap();
+    let mut doms: Vec<_> = (0..16)
+        .map(|i| boot(&hv, &format!("g{i}"), "hello"))
+        .collect();
+    for d in &mut doms {
+        assert_eq!(finish(d), DomainExit::Shutdown(ShutdownReason::Poweroff));
+        assert!(
+            d.console_output()
+                .contains("Hello from the Blanket PV guest!")
+        );
+    }
+}

@@ -8,6 +8,10 @@
 //! - `shutdown=CODE`: `SCHEDOP_shutdown` with CODE (poweroff, reboot, suspend, crash, watchdog or a number);
 //! - `bad-hypercall`: makes hypercalls with bad numbers and pointers, prints the errors, then writes the
 //!   hypercall port from outside the hypercall page (which the hypervisor treats as fatal);
+//! - `hcbench=N`: N `xen_version` hypercalls, timed with the guest's clock;
+//! - `wait-event[=DOM]`: offers a port to domain DOM (default 0), blocks until an event arrives on it, then
+//!   powers off; `send-event=DOM,PORT`: binds to that port of domain DOM and sends an event;
+//! - `evtchn-selftest`: exercises the event-channel operations on itself and prints what they returned;
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -19,7 +23,11 @@ use core::arch::global_asm;
 use core::fmt::Write;
 
 use platform::{Platform, hypercall};
+use xen_abi::event_channel as ev;
 use xen_abi::hypercall as hc;
+
+/// `DOMID_SELF` in `xen.h`.
+const DOMID_SELF: u16 = 0x7ff0;
 use xen_abi::sched::ShutdownReason;
 use xen_abi::xen::StartInfo;
 
@@ -145,6 +153,10 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         "timer" => timer(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(10)),
         "shutdown" => shutdown(&p, arg.unwrap_or("poweroff")),
         "bad-hypercall" => bad_hypercall(&p),
+        "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),
+        "wait-event" => wait_event(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(0)),
+        "send-event" => send_event(&p, arg.unwrap_or("")),
+        "evtchn-selftest" => evtchn_selftest(&p),
         "fault" => {
             println!(&p, "fault: reading address 0");
             // SAFETY: deliberately not: page 0 is unmapped, so this faults (the point of the workload).
@@ -242,6 +254,179 @@ fn timer(p: &mut Platform, n: u32) -> ! {
     }
     let ms = (p.time_ns() - t0) / 1_000_000;
     println!(p, "timer: {woken}/{n} wake-ups on time in {ms} ms");
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn hcbench(p: &Platform, n: u64) -> ! {
+    let t0 = p.time_ns();
+    for _ in 0..n {
+        // SAFETY: XENVER_version takes no buffer.
+        core::hint::black_box(unsafe { hypercall(hc::__HYPERVISOR_xen_version, 0, 0, 0, 0, 0) });
+    }
+    let ns = p.time_ns() - t0;
+    println!(
+        p,
+        "hcbench: {n} calls in {ns} ns ({} ns/call)",
+        ns / n.max(1)
+    );
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn alloc_unbound(p: &Platform, remote: u16) -> Result<u32, i64> {
+    let mut a = ev::EvtchnAllocUnbound {
+        dom: DOMID_SELF,
+        remote_dom: remote,
+        port: 0,
+    };
+    match p.evtchn_op(ev::EVTCHNOP_alloc_unbound, &mut a) {
+        0 => Ok(a.port),
+        e => Err(e),
+    }
+}
+
+fn send_event(p: &Platform, arg: &str) -> ! {
+    let mut it = arg.split(',').map(|x| x.parse::<u32>().unwrap_or(u32::MAX));
+    let (dom, port) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    let mut bind = ev::EvtchnBindInterdomain::new(dom as u16, port);
+    let rb = p.evtchn_op(ev::EVTCHNOP_bind_interdomain, &mut bind);
+    let mut send = ev::EvtchnSend {
+        port: bind.local_port,
+    };
+    let rs = p.evtchn_op(ev::EVTCHNOP_send, &mut send);
+    println!(
+        p,
+        "send-event: bind to {dom}:{port} {rb} local {}, send {rs}", bind.local_port
+    );
+    p.shutdown(if rb == 0 && rs == 0 {
+        ShutdownReason::Poweroff
+    } else {
+        ShutdownReason::Crash
+    })
+}
+
+fn wait_event(p: &Platform, remote: u16) -> ! {
+    let port = match alloc_unbound(p, remote) {
+        Ok(port) => port,
+        Err(e) => {
+            println!(p, "wait-event: alloc_unbound failed: {e}");
+            p.shutdown(ShutdownReason::Crash)
+        }
+    };
+    println!(p, "wait-event: port {port}");
+    let mut blocks = 0u32;
+    while !p.take_event(port) {
+        p.block();
+        blocks += 1;
+    }
+    println!(
+        p,
+        "wait-event: got event on port {port} after {blocks} block(s)"
+    );
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn evtchn_selftest(p: &Platform) -> ! {
+    let events = p.events();
+    // A loopback interdomain channel: offer a port to ourselves and bind to it.
+    let a = alloc_unbound(p, DOMID_SELF).unwrap_or(0);
+    let mut bind = ev::EvtchnBindInterdomain::new(DOMID_SELF, a);
+    let rb = p.evtchn_op(ev::EVTCHNOP_bind_interdomain, &mut bind);
+    let b = bind.local_port;
+    let mut send = ev::EvtchnSend { port: b };
+    let rs = p.evtchn_op(ev::EVTCHNOP_send, &mut send);
+    let a_pending = events.is_pending(a).unwrap_or(false);
+    let mut st = ev::EvtchnStatus::new(DOMID_SELF, a);
+    let rst = p.evtchn_op(ev::EVTCHNOP_status, &mut st);
+    let kind = match st.kind() {
+        Ok(ev::EvtchnStatusKind::Interdomain { port, .. }) if port == b => "interdomain-ok",
+        _ => "wrong",
+    };
+    // Masked delivery: mask, send, then unmask delivers.
+    let _ = events.clear_pending(a);
+    let _ = events.mask(a);
+    let mut send_b = ev::EvtchnSend { port: b };
+    p.evtchn_op(ev::EVTCHNOP_send, &mut send_b);
+    let _ = p.events().scan(p.vcpu_events(), 64).count();
+    let upcall_while_masked = p
+        .vcpu_events()
+        .upcall_pending
+        .load(core::sync::atomic::Ordering::SeqCst);
+    let mut um = ev::EvtchnUnmask { port: a };
+    let ru = p.evtchn_op(ev::EVTCHNOP_unmask, &mut um);
+    let upcall_after_unmask = p
+        .vcpu_events()
+        .upcall_pending
+        .load(core::sync::atomic::Ordering::SeqCst);
+    // An IPI to ourselves.
+    let mut ipi = ev::EvtchnBindIpi { vcpu: 0, port: 0 };
+    let ri = p.evtchn_op(ev::EVTCHNOP_bind_ipi, &mut ipi);
+    let mut send_ipi = ev::EvtchnSend { port: ipi.port };
+    p.evtchn_op(ev::EVTCHNOP_send, &mut send_ipi);
+    let ipi_pending = events.is_pending(ipi.port).unwrap_or(false);
+    // Close one end: the other goes back to unbound.
+    let mut close = ev::EvtchnClose { port: b };
+    let rc = p.evtchn_op(ev::EVTCHNOP_close, &mut close);
+    let mut st2 = ev::EvtchnStatus::new(DOMID_SELF, a);
+    p.evtchn_op(ev::EVTCHNOP_status, &mut st2);
+    let after_close = match st2.kind() {
+        Ok(ev::EvtchnStatusKind::Unbound { .. }) => "unbound",
+        _ => "wrong",
+    };
+    let mut close2 = ev::EvtchnClose { port: b };
+    let rc2 = p.evtchn_op(ev::EVTCHNOP_close, &mut close2);
+    // A second bind of VIRQ_TIMER is -EEXIST; a VIRQ out of range is -EINVAL; vCPU 1 does not exist.
+    let _ = p.bind_virq(hc::VIRQ_TIMER);
+    let virq_again = p.bind_virq(hc::VIRQ_TIMER).err().unwrap_or(0);
+    let virq_bad = p.bind_virq(99).err().unwrap_or(0);
+    let mut v1 = ev::EvtchnBindVirq {
+        virq: 1,
+        vcpu: 1,
+        port: 0,
+    };
+    let virq_vcpu1 = p.evtchn_op(ev::EVTCHNOP_bind_virq, &mut v1);
+    let mut reset = ev::EvtchnReset { dom: DOMID_SELF };
+    let rr = p.evtchn_op(ev::EVTCHNOP_reset, &mut reset);
+    let mut st3 = ev::EvtchnStatus::new(DOMID_SELF, a);
+    p.evtchn_op(ev::EVTCHNOP_status, &mut st3);
+    let after_reset = match st3.kind() {
+        Ok(ev::EvtchnStatusKind::Closed) => "closed",
+        _ => "wrong",
+    };
+    println!(
+        p,
+        "evtchn-selftest: ports {a}<->{b} bind {rb} send {rs} pending {a_pending} status {rst} {kind}; masked-upcall {upcall_while_masked} unmask {ru} upcall {upcall_after_unmask}; ipi {ri} pending {ipi_pending}; close {rc} peer {after_close} reclose {rc2}; virq-again {virq_again} virq-bad {virq_bad} vcpu1 {virq_vcpu1}; reset {rr} {after_reset}"
+    );
+    // Grant table and memory reservation.
+    let mut q = [0u8; 16];
+    // SAFETY: gnttab_query_size is 16 bytes: dom, pad, nr_frames, max_nr_frames, status, pad.
+    q[0..2].copy_from_slice(&DOMID_SELF.to_le_bytes());
+    let rq = unsafe {
+        hypercall(
+            hc::__HYPERVISOR_grant_table_op,
+            6,
+            q.as_mut_ptr() as u64,
+            1,
+            0,
+            0,
+        )
+    };
+    let max_frames = u32::from_le_bytes([q[8], q[9], q[10], q[11]]);
+    let dom = DOMID_SELF;
+    // SAFETY: XENMEM_current_reservation takes a pointer to a domid_t.
+    let pages = unsafe {
+        hypercall(
+            hc::__HYPERVISOR_memory_op,
+            3,
+            &raw const dom as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    println!(
+        p,
+        "evtchn-selftest: gnttab query {rq} max_frames {max_frames}; current_reservation {pages}"
+    );
     p.shutdown(ShutdownReason::Poweroff)
 }
 
