@@ -208,3 +208,213 @@ pub fn load(ram: &GuestRam, image: &[u8], min: u64, max: u64) -> Result<LoadedKe
         guest_os,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{self, BootPorts, BuildError, KERNEL_MIN};
+
+    fn image() -> Vec<u8> {
+        let elf = crate::guest::GUEST_ELF.to_vec();
+        assert!(!elf.is_empty(), "the guest is built");
+        elf
+    }
+
+    fn ram() -> GuestRam {
+        GuestRam::new("elf-test", 8 << 20).unwrap()
+    }
+
+    /// The offset of program header `i`'s field at `field`.
+    fn ph(image: &[u8], i: usize, field: usize) -> usize {
+        let phoff = u64::from_le_bytes(image[0x20..0x28].try_into().unwrap()) as usize;
+        let phentsize = u16::from_le_bytes(image[0x36..0x38].try_into().unwrap()) as usize;
+        phoff + i * phentsize + field
+    }
+
+    fn set_ph(image: &mut [u8], i: usize, field: usize, v: u64) {
+        let at = ph(image, i, field);
+        image[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn load_it(image: &[u8]) -> Result<LoadedKernel, ElfError> {
+        let ram = ram();
+        load(&ram, image, KERNEL_MIN, ram.size())
+    }
+
+    #[test]
+    fn the_guest_loads() {
+        let k = load_it(&image()).unwrap();
+        assert_eq!(k.start, 0x200000);
+        assert_eq!(k.hypercall_page % 4096, 0);
+        assert_eq!(k.guest_os.as_deref(), Some("Blanket-miniOS"));
+    }
+
+    #[test]
+    fn not_an_elf_empty_or_truncated_images_are_parse_errors() {
+        assert!(matches!(load_it(b""), Err(ElfError::Parse(_))));
+        assert!(matches!(
+            load_it(b"MZ this is not an ELF file at all......"),
+            Err(ElfError::Parse(_))
+        ));
+        let img = image();
+        assert!(load_it(&img[..100]).is_err(), "program headers cut off");
+    }
+
+    #[test]
+    fn a_segment_running_past_the_file_is_rejected() {
+        let mut img = image();
+        let len = img.len() as u64;
+        set_ph(&mut img, 0, 32, len); // p_filesz
+        set_ph(&mut img, 0, 40, len); // p_memsz
+        assert!(
+            matches!(load_it(&img), Err(ElfError::BadSegment { index: 0, .. })),
+            "{:?}",
+            load_it(&img)
+        );
+        let mut img = image();
+        set_ph(&mut img, 0, 8, u64::MAX - 4); // p_offset: offset + filesz overflows
+        assert!(matches!(load_it(&img), Err(ElfError::BadSegment { .. })));
+    }
+
+    #[test]
+    fn filesz_above_memsz_is_rejected() {
+        let mut img = image();
+        set_ph(&mut img, 0, 40, 16);
+        assert!(matches!(load_it(&img), Err(ElfError::BadSegment { .. })));
+    }
+
+    #[test]
+    fn segments_below_the_kernel_area_past_memory_or_wrapping_are_rejected() {
+        for vaddr in [
+            0x1000,
+            0x10000,
+            0x1f_f000,
+            (8 << 20) - 0x1000,
+            u64::MAX - 0x100,
+        ] {
+            let mut img = image();
+            set_ph(&mut img, 0, 16, vaddr);
+            assert!(
+                matches!(
+                    load_it(&img),
+                    Err(ElfError::SegmentOutOfRange { index: 0, .. })
+                ),
+                "vaddr {vaddr:#x}: {:?}",
+                load_it(&img)
+            );
+        }
+        let mut img = image();
+        set_ph(&mut img, 1, 40, 1 << 40); // a huge .bss
+        assert!(matches!(
+            load_it(&img),
+            Err(ElfError::SegmentOutOfRange { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_missing_or_misaligned_hypercall_page_is_rejected() {
+        let img = image();
+        let k = load_it(&img).unwrap();
+        let needle = k.hypercall_page.to_le_bytes();
+        // The note's descriptor holds the address: move it off a page boundary, then out of the image.
+        for bad in [k.hypercall_page + 8, 0x10_0000_0000] {
+            let mut img = img.clone();
+            let at = img.windows(8).position(|w| w == needle).unwrap();
+            img[at..at + 8].copy_from_slice(&bad.to_le_bytes());
+            assert!(
+                matches!(load_it(&img), Err(ElfError::BadHypercallPage(Some(b))) if b == bad),
+                "{:?}",
+                load_it(&img)
+            );
+        }
+        // Rename every "Xen" note owner: no note at all.
+        let mut img = img.clone();
+        while let Some(at) = img.windows(4).position(|w| w == b"Xen\0") {
+            img[at] = b'Q';
+        }
+        assert!(matches!(
+            load_it(&img),
+            Err(ElfError::BadHypercallPage(None))
+        ));
+    }
+
+    #[test]
+    fn an_elf_for_another_machine_is_rejected() {
+        let mut img = image();
+        img[0x12] = 0x28; // EM_ARM
+        img[0x13] = 0;
+        assert!(matches!(
+            load_it(&img),
+            Err(ElfError::NotX86_64 { machine: 0x28, .. })
+        ));
+    }
+
+    #[test]
+    fn a_guest_too_small_for_its_boot_structures_is_rejected() {
+        let ram = GuestRam::new("tiny", 0x210000).unwrap();
+        let err = builder::build(&ram, &image(), "", BootPorts::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BuildError::Elf(ElfError::SegmentOutOfRange { .. }) | BuildError::TooSmall { .. }
+            ),
+            "{err}"
+        );
+        let ram = GuestRam::new("small", 0x230000).unwrap();
+        let err = builder::build(&ram, &image(), "", BootPorts::default()).unwrap_err();
+        assert!(matches!(err, BuildError::TooSmall { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_command_line_with_a_nul_or_too_long_is_rejected() {
+        let ram = ram();
+        assert!(matches!(
+            builder::build(&ram, &image(), "a\0b", BootPorts::default()),
+            Err(BuildError::CmdLine(_))
+        ));
+        let long = "x".repeat(1024);
+        assert!(matches!(
+            builder::build(&ram, &image(), &long, BootPorts::default()),
+            Err(BuildError::CmdLine(_))
+        ));
+        let ok = "x".repeat(1023);
+        assert!(builder::build(&ram, &image(), &ok, BootPorts::default()).is_ok());
+    }
+
+    #[test]
+    fn guest_memory_sizes_are_checked() {
+        for size in [0, 4095, 4097, crate::memory::MAX_GUEST_MEMORY + 4096] {
+            assert!(
+                matches!(GuestRam::new("bad", size), Err(MemoryError::BadSize(s)) if s == size)
+            );
+        }
+        let ram = GuestRam::new("ok", 1 << 20).unwrap();
+        assert!(ram.read_u64(ram.size() - 4).is_err());
+        assert!(ram.write(u64::MAX - 2, &[0; 8]).is_err());
+        assert!(ram.check_range(0, ram.size()).is_ok());
+    }
+
+    #[test]
+    fn the_layout_keeps_the_system_area_and_page_tables_out_of_reach() {
+        let ram = ram();
+        let l = builder::build(&ram, &image(), "", BootPorts::default()).unwrap();
+        assert!(!l.guest_readable(&ram, 0, 8), "page 0");
+        assert!(!l.guest_readable(&ram, builder::GDT_BASE, 8), "GDT");
+        assert!(
+            !l.guest_readable(&ram, builder::SYSTEM_END - 4, 8),
+            "straddling the system area"
+        );
+        assert!(
+            l.guest_readable(&ram, l.pt_base, 8),
+            "page tables are readable"
+        );
+        assert!(!l.guest_writable(&ram, l.pt_base, 8), "but not writable");
+        assert!(
+            !l.guest_writable(&ram, l.pt_base - 4, 8),
+            "straddling into them"
+        );
+        assert!(l.guest_writable(&ram, l.stack_bottom, 8));
+        assert!(!l.guest_readable(&ram, ram.size() - 4, 8), "past the end");
+        assert!(!l.guest_readable(&ram, u64::MAX - 4, 8), "wrapping");
+    }
+}
