@@ -7,12 +7,15 @@
 //!   MAC learning and ageing, flooding, and bounded per-port queues, so that guests reach each
 //!   other.
 //!
+//! [`back::NetQueue`] is netback's ring side: a guest's TX and RX rings served to a `NetDevice`.
+//!
 //! Offload metadata ([`FrameMeta`]) follows what both ends of netback speak: a frame's checksum
 //! may still be needed ([`Checksum::Partial`], netif's `NETTXF_csum_blank`, virtio's
 //! `NEEDS_CSUM`), or already validated ([`Checksum::Validated`], `NETRXF_data_validated`,
 //! `DATA_VALID`), and a frame may be a GSO super-frame of TCP over IPv4 or IPv6 ([`Gso`], netif's
 //! GSO extra) that the receiver segments.
 
+pub mod back;
 pub mod switch;
 pub mod tap;
 

@@ -1,0 +1,790 @@
+//! netback's ring side: one queue's TX and RX rings (`io/netif.h`) served to a [`NetDevice`].
+//!
+//! - **TX** (guest to device): each request slot is copied off the ring once and fed to
+//!   [`TxPacketParser`], which validates the slot chain and its extras (bounded by the slots the ring
+//!   holds). The packet's fragments are then copied out of their granted pages (mapped read-only,
+//!   once each) into one frame, its offload metadata is taken from `NETTXF_csum_blank` /
+//!   `NETTXF_data_validated` and the GSO extra, and the frame goes to the device. Every slot gets
+//!   its response (extras `NETIF_RSP_NULL`, as Linux). A chain the parser refuses is answered with
+//!   `NETIF_RSP_ERROR` for every slot it consumed and the queue is disconnected (Linux netback's
+//!   `xenvif_fatal_tx_err`); a fragment whose grant does not map is answered with an error and the
+//!   queue goes on. Multicast control requests update a bounded [`MulticastFilter`].
+//! - **RX** (device to guest, `feature-rx-copy`): frames from the device wait in a queue bounded in
+//!   frames ([`NetQueueConfig::rx_queue_frames`]). A frame starts only when the front end has posted
+//!   all the slots it needs ([`rx_slots_needed`]); each 4096-byte piece is copied into a granted
+//!   page, with `NETRXF_more_data` chaining and a GSO extra after the first response. A front end
+//!   that keeps the RX ring short for ever (XSA-392) holds at most the bounded queue, and frames that
+//!   waited longer than [`NetQueueConfig::rx_drain_timeout`] are dropped (Linux's
+//!   `rx_drain_timeout`).
+//!
+//! Notifications follow the ring's event indices both ways (`push_responses_and_check_notify`, and
+//! the final checks before sleeping). The XenBus handshake that creates a queue (reading
+//! `tx-ring-ref`, `rx-ring-ref`, `event-channel`, publishing `feature-*`) is not here yet: a
+//! [`NetQueue`] is built from already-mapped rings and event channels, the seam where a
+//! `XenbusDevice` for netback will plug in.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+use xen_abi::DomId;
+use xen_abi::XEN_PAGE_SIZE;
+use xen_abi::netif::{
+    ExtraFlags, GsoType, MulticastFilter, NetRxFlags, NetTxFlags, NetifError, NetifExtraInfo,
+    NetifExtraInfoGso, NetifRspStatus, NetifRx, NetifRxResponse, NetifTx, NetifTxRequest,
+    NetifTxResponse, TxConfig, TxPacket, TxPacketParser, TxParsed, XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6, rx_slots_needed,
+};
+use xen_abi::ring::{BackRing, RingError, RingMemory};
+
+use super::{Checksum, ETH_HLEN, FrameMeta, Gso, NetDevice, NetError, is_multicast};
+use crate::backend::{EventChannel, GrantAccess, GrantAccessMode};
+
+/// The most slots one TX packet may use, extras included: 18 data slots and one extra of each type.
+const MAX_PACKET_SLOTS: usize = 18 + 4;
+
+/// How a queue behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetQueueConfig {
+    /// What TX packets may be.
+    pub tx: TxConfig,
+    /// TX packets handled per [`NetQueue::process_tx`] call, so one busy queue cannot hold a thread.
+    pub tx_budget: usize,
+    /// The most frames waiting for RX ring slots.
+    pub rx_queue_frames: usize,
+    /// Frames that waited this long for RX slots are dropped (Linux: 10 s).
+    pub rx_drain_timeout: Duration,
+    /// The front end accepts GSO frames on RX (`feature-gso-tcpv4`/`-tcpv6` in its directory); GSO
+    /// frames are dropped otherwise (there is no software segmentation here).
+    pub rx_gso: bool,
+    /// The front end asked for multicast control (`request-multicast-control`): multicast frames
+    /// reach it only for addresses it added.
+    pub multicast_control: bool,
+}
+
+impl Default for NetQueueConfig {
+    fn default() -> Self {
+        Self {
+            tx: TxConfig::DEFAULT,
+            tx_budget: 64,
+            rx_queue_frames: 256,
+            rx_drain_timeout: Duration::from_secs(10),
+            rx_gso: true,
+            multicast_control: false,
+        }
+    }
+}
+
+/// Counters of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetQueueStats {
+    /// Frames sent to the device.
+    pub tx_packets: u64,
+    /// TX packets answered with an error.
+    pub tx_errors: u64,
+    /// Multicast filter updates.
+    pub tx_multicast: u64,
+    /// Frames put into the guest's RX ring.
+    pub rx_packets: u64,
+    /// Frames dropped on the RX side (queue full, drained, filtered, or not deliverable).
+    pub rx_dropped: u64,
+    /// Notifications sent for TX responses.
+    pub tx_notifies: u64,
+    /// Notifications sent for RX responses.
+    pub rx_notifies: u64,
+}
+
+/// What can go wrong serving a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum NetbackError {
+    /// The front end broke the ring protocol (its indices); the queue is disconnected.
+    #[error("domain {domid}: {ring} ring: {source}; the queue is disconnected")]
+    Ring {
+        /// The domain.
+        domid: DomId,
+        /// `"tx"` or `"rx"`.
+        ring: &'static str,
+        /// The check that failed.
+        #[source]
+        source: RingError,
+    },
+    /// The front end sent a malformed TX packet; the queue is disconnected.
+    #[error("domain {domid}: malformed TX packet ({source}); the queue is disconnected")]
+    Protocol {
+        /// The domain.
+        domid: DomId,
+        /// What was wrong.
+        #[source]
+        source: NetifError,
+    },
+    /// The queue was disconnected earlier.
+    #[error("domain {domid}: the queue is disconnected")]
+    Disconnected {
+        /// The domain.
+        domid: DomId,
+    },
+    /// The device failed.
+    #[error("domain {domid}: the network device failed")]
+    Device {
+        /// The domain.
+        domid: DomId,
+        /// The error.
+        #[source]
+        source: NetError,
+    },
+}
+
+/// A frame waiting for RX slots.
+#[derive(Debug)]
+struct RxFrame {
+    data: Vec<u8>,
+    meta: FrameMeta,
+    since: Instant,
+}
+
+/// A TX frame the device could not take yet, with the responses owed for it.
+#[derive(Debug)]
+struct StalledTx {
+    frame: Vec<u8>,
+    meta: FrameMeta,
+    responses: Vec<NetifTxResponse>,
+}
+
+/// One netback queue: a TX ring, an RX ring, and the device below.
+pub struct NetQueue<M: RingMemory, D> {
+    domid: DomId,
+    grants: Arc<dyn GrantAccess>,
+    tx: BackRing<M, NetifTx>,
+    rx: BackRing<M, NetifRx>,
+    tx_evtchn: Arc<dyn EventChannel>,
+    rx_evtchn: Arc<dyn EventChannel>,
+    device: D,
+    config: NetQueueConfig,
+    rx_queue: VecDeque<RxFrame>,
+    rx_buf: Vec<u8>,
+    stalled: Option<StalledTx>,
+    mcast: MulticastFilter,
+    stats: NetQueueStats,
+    disconnected: bool,
+}
+
+impl<M: RingMemory, D> std::fmt::Debug for NetQueue<M, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetQueue")
+            .field("domid", &self.domid)
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .field("disconnected", &self.disconnected)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ring_err(domid: DomId, ring: &'static str) -> impl FnOnce(RingError) -> NetbackError {
+    move |source| NetbackError::Ring {
+        domid,
+        ring,
+        source,
+    }
+}
+
+impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
+    /// Serves domain `domid`'s rings `tx` and `rx` (already mapped, initialised by the front end)
+    /// to `device`. With a single event channel, pass the same one twice (`feature-split-event-channels`
+    /// gives two).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        domid: DomId,
+        grants: Arc<dyn GrantAccess>,
+        tx: M,
+        rx: M,
+        tx_evtchn: Arc<dyn EventChannel>,
+        rx_evtchn: Arc<dyn EventChannel>,
+        device: D,
+        config: NetQueueConfig,
+    ) -> Result<Self, NetbackError> {
+        let tx = BackRing::new(tx).map_err(ring_err(domid, "tx"))?;
+        let rx = BackRing::new(rx).map_err(ring_err(domid, "rx"))?;
+        let max = device.max_frame_len();
+        Ok(Self {
+            domid,
+            grants,
+            tx,
+            rx,
+            tx_evtchn,
+            rx_evtchn,
+            device,
+            config,
+            rx_queue: VecDeque::new(),
+            rx_buf: vec![0; max],
+            stalled: None,
+            mcast: MulticastFilter::new(),
+            stats: NetQueueStats::default(),
+            disconnected: false,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> NetQueueStats {
+        self.stats
+    }
+
+    /// Whether the queue was disconnected for a protocol error.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, mutably.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// The multicast addresses the front end added.
+    pub fn multicast_filter(&self) -> &MulticastFilter {
+        &self.mcast
+    }
+
+    /// Frames waiting for RX slots.
+    pub fn rx_queued(&self) -> usize {
+        self.rx_queue.len()
+    }
+
+    fn check(&self) -> Result<(), NetbackError> {
+        if self.disconnected {
+            Err(NetbackError::Disconnected { domid: self.domid })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A ring or protocol error disconnects the queue.
+    fn fatal<T>(&mut self, r: Result<T, NetbackError>) -> Result<T, NetbackError> {
+        if let Err(e @ (NetbackError::Ring { .. } | NetbackError::Protocol { .. })) = &r
+            && !self.disconnected
+        {
+            warn!(domid = self.domid, err = %e, "netback queue disconnected");
+            self.disconnected = true;
+        }
+        r
+    }
+
+    fn disconnect(&mut self, err: NetbackError) -> NetbackError {
+        warn!(domid = self.domid, %err, "netback queue disconnected");
+        self.disconnected = true;
+        err
+    }
+
+    /// Serves both rings once: TX packets to the device (up to the budget), device frames to the RX
+    /// ring. Returns whether anything moved. Call it when either event channel fires or the device
+    /// has frames, and again while it returns `true`.
+    pub fn process(&mut self, now: Instant) -> Result<bool, NetbackError> {
+        let tx = self.process_tx()?;
+        let rx = self.process_rx(now)?;
+        Ok(tx + rx > 0)
+    }
+
+    /// Whether there is nothing to do: no TX requests (the event index is set, so the front end's
+    /// next request notifies) and no frame that could go into the RX ring now. Call it before
+    /// sleeping.
+    pub fn idle(&mut self) -> Result<bool, NetbackError> {
+        let r = self.idle_inner();
+        self.fatal(r)
+    }
+
+    fn idle_inner(&mut self) -> Result<bool, NetbackError> {
+        self.check()?;
+        let d = self.domid;
+        let tx = self
+            .tx
+            .final_check_for_requests()
+            .map_err(ring_err(d, "tx"))?;
+        let rx_ready = match self.rx_queue.front() {
+            None => false,
+            Some(f) => {
+                let need = rx_slots_needed(f.data.len(), f.meta.gso.is_some(), false);
+                // Ask for an event when the front end posts buffers, then look again.
+                self.rx
+                    .final_check_for_requests()
+                    .map_err(ring_err(d, "rx"))?;
+                self.rx.unconsumed_requests().map_err(ring_err(d, "rx"))? as usize >= need
+            }
+        };
+        Ok(!tx && !rx_ready && self.stalled.is_none())
+    }
+
+    /// Handles up to [`NetQueueConfig::tx_budget`] TX packets; returns how many.
+    pub fn process_tx(&mut self) -> Result<usize, NetbackError> {
+        let r = self.process_tx_inner();
+        self.fatal(r)
+    }
+
+    fn process_tx_inner(&mut self) -> Result<usize, NetbackError> {
+        self.check()?;
+        let mut done = 0;
+        if let Some(st) = self.stalled.take() {
+            if !self.send_frame(st)? {
+                return Ok(0);
+            }
+            done += 1;
+        }
+        while done < self.config.tx_budget {
+            let d = self.domid;
+            let avail = self.tx.unconsumed_requests().map_err(ring_err(d, "tx"))?;
+            if avail == 0 {
+                break;
+            }
+            let mut parser: TxPacketParser = TxPacketParser::with_config(self.config.tx, avail);
+            let mut slots: [NetifTxRequest; MAX_PACKET_SLOTS] =
+                [NetifTxRequest::new(0, 0, NetTxFlags::empty(), 0, 0); MAX_PACKET_SLOTS];
+            let mut nslots = 0;
+            let parsed = loop {
+                let slot = match self.tx.pop_request() {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        break Err(NetifError::MissingFinalFragment {
+                            slots: parser.slots_consumed(),
+                            available: avail,
+                        });
+                    }
+                    Err(e) => return Err(self.disconnect(ring_err(d, "tx")(e))),
+                };
+                if let Some(s) = slots.get_mut(nslots) {
+                    *s = slot;
+                }
+                nslots += 1;
+                match parser.push(slot) {
+                    Ok(None) => continue,
+                    Ok(Some(p)) => break Ok(p),
+                    Err(e) => break Err(e),
+                }
+            };
+            match parsed {
+                Ok(TxParsed::Packet(p)) => {
+                    if !self.transmit(&p)? {
+                        break;
+                    }
+                }
+                Ok(TxParsed::Multicast(m)) => {
+                    let status = if self.mcast.apply(m.op()).is_ok() {
+                        NetifRspStatus::Okay
+                    } else {
+                        NetifRspStatus::Error
+                    };
+                    self.stats.tx_multicast += 1;
+                    for r in m.responses(status) {
+                        self.put_tx_response(r)?;
+                    }
+                }
+                Err(source) => {
+                    // Every consumed slot is answered with an error (extras too: their ids are
+                    // whatever the guest wrote), then the queue is closed.
+                    for s in slots.iter().take(nslots.min(MAX_PACKET_SLOTS)) {
+                        self.put_tx_response(NetifTxResponse::from_status(
+                            s.id,
+                            NetifRspStatus::Error,
+                        ))?;
+                    }
+                    self.stats.tx_errors += 1;
+                    self.notify_tx();
+                    let domid = self.domid;
+                    return Err(self.disconnect(NetbackError::Protocol { domid, source }));
+                }
+            }
+            done += 1;
+        }
+        self.notify_tx();
+        Ok(done)
+    }
+
+    fn put_tx_response(&mut self, r: NetifTxResponse) -> Result<(), NetbackError> {
+        let d = self.domid;
+        self.tx.put_response(&r).map_err(ring_err(d, "tx"))
+    }
+
+    fn notify_tx(&mut self) {
+        if self.tx.push_responses_and_check_notify() {
+            self.stats.tx_notifies += 1;
+            self.tx_evtchn.notify();
+        }
+    }
+
+    /// Copies a packet out of its granted pages and sends it. Returns `false` if the device is full
+    /// (the frame is kept and retried first on the next call).
+    fn transmit(&mut self, p: &TxPacket) -> Result<bool, NetbackError> {
+        let mut frame = vec![0u8; usize::from(p.size())];
+        let mut pos = 0;
+        let mut ok = true;
+        for f in p.fragments() {
+            let size = usize::from(f.size);
+            match self
+                .grants
+                .map(self.domid, f.gref, GrantAccessMode::ReadOnly)
+            {
+                Ok(m) => {
+                    let dst = &mut frame[pos..pos + size];
+                    if m.read_into(usize::from(f.offset), dst) != size {
+                        ok = false;
+                    }
+                }
+                Err(e) => {
+                    warn!(domid = self.domid, gref = f.gref, %e, "TX grant did not map");
+                    ok = false;
+                }
+            }
+            pos += size;
+            if !ok {
+                break;
+            }
+        }
+        let meta = if ok { tx_meta(p, &mut frame) } else { None };
+        let Some(meta) = meta else {
+            self.stats.tx_errors += 1;
+            for r in p.responses(NetifRspStatus::Error) {
+                self.put_tx_response(r)?;
+            }
+            return Ok(true);
+        };
+        let responses = p.responses(NetifRspStatus::Okay).collect();
+        self.send_frame(StalledTx {
+            frame,
+            meta,
+            responses,
+        })
+    }
+
+    fn send_frame(&mut self, mut st: StalledTx) -> Result<bool, NetbackError> {
+        // Finish what the device cannot: a partial checksum in software.
+        if self.device.offloads().allows(&st.meta).is_err()
+            && st.meta.gso.is_none()
+            && let Checksum::Partial { start, offset } = st.meta.checksum
+        {
+            complete_checksum(&mut st.frame, start, offset);
+            st.meta.checksum = Checksum::Validated;
+        }
+        let status = match self.device.send(&st.frame, &st.meta) {
+            Ok(()) => {
+                self.stats.tx_packets += 1;
+                NetifRspStatus::Okay
+            }
+            Err(NetError::WouldBlock) => {
+                self.stalled = Some(st);
+                return Ok(false);
+            }
+            Err(NetError::Disconnected) => {
+                return Err(NetbackError::Device {
+                    domid: self.domid,
+                    source: NetError::Disconnected,
+                });
+            }
+            Err(e) => {
+                warn!(domid = self.domid, %e, "the device refused a TX frame");
+                self.stats.tx_errors += 1;
+                NetifRspStatus::Error
+            }
+        };
+        for mut r in st.responses {
+            if r.status == NetifRspStatus::Okay as i16 {
+                r.status = status as i16;
+            }
+            self.put_tx_response(r)?;
+        }
+        Ok(true)
+    }
+
+    /// Takes frames from the device into the bounded RX queue and puts what fits into the guest's
+    /// RX ring; returns how many frames went into the ring.
+    pub fn process_rx(&mut self, now: Instant) -> Result<usize, NetbackError> {
+        let r = self.process_rx_inner(now);
+        self.fatal(r)
+    }
+
+    fn process_rx_inner(&mut self, now: Instant) -> Result<usize, NetbackError> {
+        self.check()?;
+        // Drain frames that waited too long for slots (XSA-392: detect lack of progress).
+        while let Some(f) = self.rx_queue.front() {
+            if now.saturating_duration_since(f.since) < self.config.rx_drain_timeout {
+                break;
+            }
+            self.rx_queue.pop_front();
+            self.stats.rx_dropped += 1;
+        }
+        while self.rx_queue.len() < self.config.rx_queue_frames {
+            let info = match self.device.recv(&mut self.rx_buf) {
+                Ok(Some(info)) => info,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(NetbackError::Device {
+                        domid: self.domid,
+                        source,
+                    });
+                }
+            };
+            let data = self.rx_buf[..info.len].to_vec();
+            if !self.rx_wanted(&data, &info.meta) {
+                self.stats.rx_dropped += 1;
+                continue;
+            }
+            self.rx_queue.push_back(RxFrame {
+                data,
+                meta: info.meta,
+                since: now,
+            });
+        }
+        let mut done = 0;
+        let d = self.domid;
+        while let Some(f) = self.rx_queue.front() {
+            let need = rx_slots_needed(f.data.len(), f.meta.gso.is_some(), false);
+            let avail = self.rx.unconsumed_requests().map_err(ring_err(d, "rx"))? as usize;
+            if avail < need {
+                break;
+            }
+            let Some(f) = self.rx_queue.pop_front() else {
+                break;
+            };
+            self.deliver(&f)?;
+            done += 1;
+        }
+        if done > 0 && self.rx.push_responses_and_check_notify() {
+            self.stats.rx_notifies += 1;
+            self.rx_evtchn.notify();
+        }
+        Ok(done)
+    }
+
+    fn rx_wanted(&self, data: &[u8], meta: &FrameMeta) -> bool {
+        if data.len() < ETH_HLEN {
+            return false;
+        }
+        if meta.gso.is_some() && !self.config.rx_gso {
+            return false;
+        }
+        let dst: [u8; 6] = [data[0], data[1], data[2], data[3], data[4], data[5]];
+        if self.config.multicast_control && is_multicast(&dst) && dst != [0xff; 6] {
+            return self.mcast.contains(&dst);
+        }
+        true
+    }
+
+    /// Puts one frame into the RX ring; the caller checked that enough requests are posted.
+    fn deliver(&mut self, f: &RxFrame) -> Result<(), NetbackError> {
+        let d = self.domid;
+        let pieces = f.data.len().div_ceil(XEN_PAGE_SIZE).max(1);
+        let mut csum_flags = NetRxFlags::empty();
+        match f.meta.checksum {
+            Checksum::Partial { .. } => {
+                csum_flags = NetRxFlags::CSUM_BLANK | NetRxFlags::DATA_VALIDATED;
+            }
+            Checksum::Validated => csum_flags = NetRxFlags::DATA_VALIDATED,
+            Checksum::None => {}
+        }
+        let mut failed = false;
+        for i in 0..pieces {
+            let Some(req) = self.rx.pop_request().map_err(ring_err(d, "rx"))? else {
+                break;
+            };
+            let chunk = &f.data[i * XEN_PAGE_SIZE..f.data.len().min((i + 1) * XEN_PAGE_SIZE)];
+            let mut flags = NetRxFlags::empty();
+            if i == 0 {
+                flags |= csum_flags;
+                if f.meta.gso.is_some() {
+                    flags |= NetRxFlags::EXTRA_INFO;
+                }
+            }
+            if i + 1 < pieces {
+                flags |= NetRxFlags::MORE_DATA;
+            }
+            let copied = match req.validate() {
+                Ok(buf) => match self.grants.map(d, buf.gref, GrantAccessMode::ReadWrite) {
+                    Ok(m) => m.write_from(0, chunk) == chunk.len(),
+                    Err(e) => {
+                        warn!(domid = d, gref = buf.gref, %e, "RX grant did not map");
+                        false
+                    }
+                },
+                Err(_) => false,
+            };
+            let rsp = if copied && !failed {
+                NetifRxResponse::data(req.id, 0, chunk.len() as u16, flags)
+                    .unwrap_or(NetifRxResponse::error(req.id, NetifRspStatus::Error))
+            } else {
+                failed = true;
+                NetifRxResponse::error(req.id, NetifRspStatus::Error)
+            };
+            self.rx.put_response(&rsp).map_err(ring_err(d, "rx"))?;
+            if i == 0
+                && let Some(g) = f.meta.gso
+            {
+                // The GSO extra takes the next slot (its request's buffer is not used).
+                let Some(_) = self.rx.pop_request().map_err(ring_err(d, "rx"))? else {
+                    break;
+                };
+                let gso_type = match g.gso_type {
+                    GsoType::TcpV6 => XEN_NETIF_GSO_TYPE_TCPV6,
+                    _ => XEN_NETIF_GSO_TYPE_TCPV4,
+                };
+                let extra = NetifExtraInfo::gso(
+                    NetifExtraInfoGso::new(g.size, gso_type, 0),
+                    ExtraFlags::empty(),
+                );
+                self.rx
+                    .put_response(&NetifRxResponse::from_extra_info(&extra))
+                    .map_err(ring_err(d, "rx"))?;
+            }
+        }
+        if failed {
+            self.stats.rx_dropped += 1;
+        } else {
+            self.stats.rx_packets += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The offload metadata of a TX packet, or `None` if its checksum cannot be set up (a
+/// `csum_blank` packet whose headers are not TCP or UDP over IPv4 or IPv6).
+fn tx_meta(p: &TxPacket, frame: &mut [u8]) -> Option<FrameMeta> {
+    let flags = p.checksum_flags();
+    let gso = p.extras().gso().map(|g| Gso {
+        gso_type: g.gso_type,
+        size: g.size,
+        hdr_len: 0,
+    });
+    let checksum = if flags.contains(NetTxFlags::CSUM_BLANK) || gso.is_some() {
+        let l4 = parse_l4(frame)?;
+        if !flags.contains(NetTxFlags::CSUM_BLANK) {
+            // A GSO packet without csum_blank (as some front ends send): its checksum field does not
+            // hold the pseudo-header sum yet; put it there, as Linux netback's checksum fix-up does.
+            let field = l4.start + l4.offset;
+            frame[field..field + 2].copy_from_slice(&csum_fold(l4.pseudo).to_be_bytes());
+        }
+        Checksum::Partial {
+            start: l4.start as u16,
+            offset: l4.offset as u16,
+        }
+    } else if flags.contains(NetTxFlags::DATA_VALIDATED) {
+        Checksum::Validated
+    } else {
+        Checksum::None
+    };
+    Some(FrameMeta { checksum, gso })
+}
+
+/// Where a frame's layer-4 checksum is, and its pseudo-header sum.
+struct L4 {
+    start: usize,
+    offset: usize,
+    pseudo: u32,
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Parses Ethernet (with one optional 802.1Q tag), IPv4 or IPv6 (with up to 8 extension headers)
+/// and finds the TCP or UDP checksum. Bounded: a fixed number of steps, every access checked.
+fn parse_l4(f: &[u8]) -> Option<L4> {
+    let be16 = |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*f.get(i)?, *f.get(i + 1)?])) };
+    let mut l3 = ETH_HLEN;
+    let mut ethertype = be16(12)?;
+    if ethertype == 0x8100 {
+        ethertype = be16(16)?;
+        l3 += 4;
+    }
+    let (proto, start, pseudo) = match ethertype {
+        0x0800 => {
+            let vihl = *f.get(l3)?;
+            let ihl = usize::from(vihl & 0xf) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return None;
+            }
+            let total = usize::from(be16(l3 + 2)?);
+            let frag = be16(l3 + 6)?;
+            if frag & 0x3fff != 0 || total < ihl {
+                return None; // a fragment has no whole L4 header
+            }
+            let proto = *f.get(l3 + 9)?;
+            let l4_len = (total - ihl) as u32;
+            let mut sum = csum_add(f.get(l3 + 12..l3 + 20)?, 0);
+            sum += u32::from(proto) + l4_len;
+            (proto, l3 + ihl, sum)
+        }
+        0x86dd => {
+            if *f.get(l3)? >> 4 != 6 {
+                return None;
+            }
+            let payload = u32::from(be16(l3 + 4)?);
+            let mut next = *f.get(l3 + 6)?;
+            let mut at = l3 + 40;
+            let mut ext_len = 0u32;
+            for _ in 0..8 {
+                match next {
+                    0 | 43 | 60 => {
+                        let len = (usize::from(*f.get(at + 1)?) + 1) * 8;
+                        next = *f.get(at)?;
+                        at += len;
+                        ext_len += len as u32;
+                    }
+                    44 => return None, // a fragment
+                    _ => break,
+                }
+            }
+            let l4_len = payload.checked_sub(ext_len)?;
+            let mut sum = csum_add(f.get(l3 + 8..l3 + 40)?, 0);
+            sum += u32::from(next) + l4_len;
+            (next, at, sum)
+        }
+        _ => return None,
+    };
+    let offset = match proto {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => return None,
+    };
+    if start + offset + 2 > f.len() {
+        return None;
+    }
+    Some(L4 {
+        start,
+        offset,
+        pseudo,
+    })
+}
+
+fn csum_add(data: &[u8], mut sum: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+        if sum > 0xffff_0000 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+    }
+    if let [b] = chunks.remainder() {
+        sum = sum.wrapping_add(u32::from(*b) << 8);
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Completes a partial checksum: the one's-complement sum from `start` to the end of the frame
+/// (the field holds the pseudo-header sum), stored at `start + offset`.
+fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) {
+    let (start, field) = (usize::from(start), usize::from(start) + usize::from(offset));
+    if field + 2 > frame.len() {
+        return;
+    }
+    let mut sum = !csum_fold(csum_add(&frame[start..], 0));
+    if offset == 6 && sum == 0 {
+        sum = 0xffff; // UDP: 0 means "no checksum"
+    }
+    frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+}
