@@ -137,6 +137,8 @@ struct QueueState {
     frames: VecDeque<Queued>,
     bytes: usize,
     closed: bool,
+    /// Threads in `wait_readable` (a notification is a system call, so it is only made for them).
+    waiters: usize,
 }
 
 #[derive(Debug, Default)]
@@ -165,8 +167,11 @@ impl PortQueue {
             meta,
         });
         self.rx_queued.fetch_add(1, Ordering::Relaxed);
+        let wake = q.waiters > 0;
         drop(q);
-        self.ready.notify_all();
+        if wake {
+            self.ready.notify_all();
+        }
     }
 }
 
@@ -427,12 +432,17 @@ impl NetDevice for SwitchPort {
     }
 
     fn wait_readable(&self, timeout: Duration) -> Result<bool, NetError> {
-        let q = lock(&self.queue.state);
-        let (q, _) = self
+        let mut q = lock(&self.queue.state);
+        if !q.frames.is_empty() || timeout.is_zero() {
+            return Ok(!q.frames.is_empty());
+        }
+        q.waiters += 1;
+        let (mut q, _) = self
             .queue
             .ready
             .wait_timeout_while(q, timeout, |q| q.frames.is_empty())
             .unwrap_or_else(|p| p.into_inner());
+        q.waiters -= 1;
         Ok(!q.frames.is_empty())
     }
 }
