@@ -3,6 +3,7 @@
 
 pub mod blkback;
 pub mod netback;
+pub mod pv;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

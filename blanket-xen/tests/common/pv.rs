@@ -1,0 +1,199 @@
+//! Adapters from the emulated Xen to pv-backend's back-end traits (grant access, event channels), as a
+//! hypervisor layer would write them, and pv-backend's blkback started on a thread.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blanket_xen::emulated::{BackendDomain, GrantMapping as EmuMapping};
+use pv_backend::backend::{
+    Doorbell, EventChannel, EventChannelError, EventChannels, GrantAccess, GrantAccessMode,
+    GrantMapError, GrantMapping, GrantRelease, LocalXs, XenbusBackend, XsHandle,
+};
+use pv_backend::blk::{BlkBack, MemDevice};
+use xen_abi::DomId;
+use xen_abi::grant_table::{GrantError, GrantRef};
+use xen_abi::ring::RingMemory;
+
+use super::Xenstored;
+
+/// pv-backend's grant access over the emulated Xen's grant mapping.
+pub struct Grants {
+    pub back: BackendDomain,
+    pub held: Mutex<HashMap<(GrantRef, bool), Vec<EmuMapping>>>,
+}
+
+impl GrantRelease for Grants {
+    fn release(&self, gref: GrantRef, mode: GrantAccessMode) {
+        let mut held = self.held.lock().unwrap();
+        if let Some(v) = held.get_mut(&(gref, mode.is_read_only())) {
+            v.pop();
+        }
+    }
+}
+
+pub struct GrantsHandle(pub Arc<Grants>);
+
+impl GrantAccess for GrantsHandle {
+    fn backend_domid(&self) -> DomId {
+        self.0.back.domid()
+    }
+    fn map(
+        &self,
+        granter: DomId,
+        gref: GrantRef,
+        mode: GrantAccessMode,
+    ) -> Result<GrantMapping, GrantMapError> {
+        if granter != self.0.back.xen().domid() {
+            return Err(GrantMapError::UnknownDomain { granter });
+        }
+        let m = self
+            .0
+            .back
+            .map_grant(gref, mode.is_read_only())
+            .map_err(|e| match e {
+                blanket_xen::emulated::EmulationError::Grant { source, .. } => {
+                    GrantMapError::Entry {
+                        granter,
+                        gref,
+                        source,
+                    }
+                }
+                _ => GrantMapError::Entry {
+                    granter,
+                    gref,
+                    source: GrantError::BadRef {
+                        gref,
+                        nr_entries: 0,
+                    },
+                },
+            })?;
+        let ptr = NonNull::new(m.as_ptr()).unwrap();
+        self.0
+            .held
+            .lock()
+            .unwrap()
+            .entry((gref, mode.is_read_only()))
+            .or_default()
+            .push(m);
+        let owner: Arc<dyn GrantRelease> = self.0.clone();
+        // SAFETY: the page stays mapped (and guest memory alive) until `release` drops our mapping, which
+        // pv-backend's mapping does when it is dropped.
+        Ok(unsafe { GrantMapping::new(ptr, gref, mode, owner) })
+    }
+}
+
+/// pv-backend's event channels over the emulated Xen: a bridge thread rings the back-end's doorbell.
+pub struct Evtchns {
+    pub back: BackendDomain,
+    pub stop: Arc<AtomicBool>,
+}
+
+struct Notifier(BackendDomain, u32);
+impl EventChannel for Notifier {
+    fn notify(&self) {
+        let _ = self.0.notify(self.1);
+    }
+}
+
+impl EventChannels for Evtchns {
+    fn bind(
+        &self,
+        domid: DomId,
+        port: u32,
+        doorbell: Arc<Doorbell>,
+    ) -> Result<Arc<dyn EventChannel>, EventChannelError> {
+        let local = self
+            .back
+            .bind_interdomain(port)
+            .map_err(|_| EventChannelError::NoSuchPort { domid, port })?;
+        let (back, stop) = (self.back.clone(), Arc::clone(&self.stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match back.wait(local, Duration::from_millis(20)) {
+                    Ok(blanket_xen::platform::Wake::Event) => doorbell.ring(),
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Arc::new(Notifier(self.back.clone(), local)))
+    }
+}
+
+pub const BE: &str = "/local/domain/0/backend/vbd/1/51712";
+pub const FE: &str = "/local/domain/1/device/vbd/51712";
+
+/// pv-backend's blkback serving vbd 51712 of the guest over a memory disk, on a thread.
+pub struct PvBlkback {
+    pub dev: MemDevice,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for PvBlkback {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl PvBlkback {
+    /// Writes the toolstack's nodes and starts blkback over a memory disk of `size` bytes.
+    pub fn start(xs: &Xenstored, size: u64) -> Self {
+        xs.let_read(BE);
+        for (k, v) in [
+            ("frontend", FE),
+            ("frontend-id", "1"),
+            ("online", "1"),
+            ("state", "1"),
+        ] {
+            xs.write(&format!("{BE}/{k}"), v);
+        }
+        xs.give(FE);
+        xs.write(&format!("{FE}/backend"), BE);
+        xs.write(&format!("{FE}/backend-id"), "0");
+        // As libxl and pv-backend's `add_vbd` do: a front-end `state` before the back-end starts (blkback
+        // closes a device whose front-end has no state).
+        xs.write(&format!("{FE}/state"), "1");
+        let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let grants = GrantsHandle(Arc::new(Grants {
+            back: back.clone(),
+            held: Mutex::default(),
+        }));
+        let evtchns = Arc::new(Evtchns {
+            back,
+            stop: Arc::clone(&stop),
+        });
+        let dev = MemDevice::new(size, 512);
+        let blk = BlkBack::new(
+            Arc::new(grants),
+            evtchns,
+            Arc::new(dev.clone()),
+            pv_backend::blk::BlkConfig::default(),
+        );
+        let thread = {
+            let (store, stop) = (Arc::clone(&xs.store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
+                let mut be = XenbusBackend::new(xsh, BE, blk).expect("backend");
+                be.start().expect("start");
+                while !stop.load(Ordering::Relaxed) {
+                    be.poll(Duration::from_millis(10)).expect("handshake");
+                }
+                pv_backend::backend::XenbusDevice::disconnect(be.device_mut());
+            })
+        };
+        Self {
+            dev,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
