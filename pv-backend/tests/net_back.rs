@@ -899,3 +899,226 @@ fn guest_reaches_a_udp_socket_in_a_namespace_through_tap() {
     assert_eq!(&got.data[42..], &reply[..]);
     let _ = FrameMeta::default();
 }
+
+// --- The XenBus handshake -------------------------------------------------------------------------
+
+mod handshake {
+    use super::*;
+    use pv_backend::backend::{LocalEventChannels, LocalXs, XenbusBackend, XsHandle};
+    use pv_backend::blk::front::wait_state;
+    use pv_backend::net::xenbus::{NetBack, NetBackConfig};
+    use pv_backend::xenstore::XenStore;
+    use pv_backend::xenstore::server::{SharedStore, lock};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+    use xen_abi::xenbus::XenbusState;
+    use xen_abi::xs_wire::{PermKind, XsPerm};
+
+    /// The toolstack's nodes for vif 0 of `domid`; returns (backend, frontend) paths.
+    fn add_vif(store: &SharedStore, domid: u16) -> (String, String) {
+        let be = format!("/local/domain/0/backend/vif/{domid}/0");
+        let fe = format!("/local/domain/{domid}/device/vif/0");
+        let mut s = lock(store);
+        let c = s.connect(0, None);
+        for (p, v) in [
+            (format!("{be}/frontend"), fe.clone()),
+            (format!("{be}/frontend-id"), domid.to_string()),
+            (format!("{be}/online"), "1".into()),
+            (format!("{be}/state"), "1".into()),
+            (format!("{fe}/backend"), be.clone()),
+            (format!("{fe}/backend-id"), "0".into()),
+            (format!("{fe}/state"), "1".into()),
+        ] {
+            s.write(c, 0, p.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let perms = |owner: u16, reader: u16| {
+            [
+                XsPerm {
+                    kind: PermKind::None,
+                    domid: owner,
+                },
+                XsPerm {
+                    kind: PermKind::Read,
+                    domid: reader,
+                },
+            ]
+        };
+        for p in ["", "/frontend", "/frontend-id", "/online", "/state"] {
+            s.set_perms(c, 0, format!("{be}{p}").as_bytes(), &perms(0, domid))
+                .unwrap();
+        }
+        for p in ["", "/backend", "/backend-id", "/state"] {
+            s.set_perms(c, 0, format!("{fe}{p}").as_bytes(), &perms(domid, 0))
+                .unwrap();
+        }
+        s.disconnect(c);
+        (be, fe)
+    }
+
+    struct Vif {
+        front: Front,
+        port: u32,
+        bell: Arc<pv_backend::backend::Doorbell>,
+        be: String,
+        xs: LocalXs,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Vif {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// A guest with a vif on `port` of the switch; the front end writes its keys (with
+    /// `request-rx-copy` unless `no_rx_copy`) and moves to Initialised.
+    fn vif(
+        store: &SharedStore,
+        evtchns: &Arc<LocalEventChannels>,
+        port: SwitchPort,
+        domid: u16,
+        no_rx_copy: bool,
+    ) -> Vif {
+        let front = Front::new(domid);
+        let (be, fe) = add_vif(store, domid);
+        let nb = NetBack::new(
+            Arc::new(front.guest.grants.clone()),
+            evtchns.clone(),
+            port,
+            NetBackConfig::default(),
+        );
+        let bxs: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store.clone(), 0));
+        let mut backend = XenbusBackend::new(bxs, &be, nb).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            backend.start().unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let _ = backend.poll(Duration::from_millis(5));
+            }
+            pv_backend::backend::XenbusDevice::disconnect(backend.device_mut());
+        });
+        let xs = LocalXs::connect(store.clone(), domid);
+        let st = wait_state(
+            &xs,
+            &format!("{be}/state"),
+            &[XenbusState::InitWait],
+            Duration::from_secs(5),
+        );
+        assert_eq!(st, XenbusState::InitWait);
+        assert_eq!(
+            xs.read(&format!("{be}/feature-rx-copy")).unwrap().unwrap(),
+            b"1"
+        );
+        assert_eq!(
+            xs.read(&format!("{be}/feature-gso-tcpv4"))
+                .unwrap()
+                .unwrap(),
+            b"1"
+        );
+        let (port, bell) = evtchns.alloc(domid);
+        let mut keys = vec![
+            ("tx-ring-ref", front.tx_ref.to_string()),
+            ("rx-ring-ref", front.rx_ref.to_string()),
+            ("event-channel", port.to_string()),
+            ("feature-rx-notify", "1".into()),
+            ("feature-gso-tcpv4", "1".into()),
+        ];
+        if !no_rx_copy {
+            keys.push(("request-rx-copy", "1".into()));
+        }
+        for (k, v) in keys {
+            xs.write(&format!("{fe}/{k}"), v.as_bytes()).unwrap();
+        }
+        xs.write(&format!("{fe}/state"), b"3").unwrap();
+        Vif {
+            front,
+            port,
+            bell,
+            be,
+            xs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    #[test]
+    fn two_guests_connect_through_the_xenbus_handshake_and_exchange_frames() {
+        let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
+        let evtchns = LocalEventChannels::new();
+        let sw = Switch::new(SwitchConfig::default()).unwrap();
+        let mut a = vif(&store, &evtchns, sw.add_port(), 1, false);
+        let mut b = vif(&store, &evtchns, sw.add_port(), 2, false);
+        for v in [&a, &b] {
+            let st = wait_state(
+                &v.xs,
+                &format!("{}/state", v.be),
+                &[XenbusState::Connected],
+                Duration::from_secs(5),
+            );
+            assert_eq!(st, XenbusState::Connected);
+        }
+        b.front.post_rx(64);
+        evtchns.send(2, b.port);
+        let frames: Vec<Vec<u8>> = (0..20u32)
+            .map(|i| frame(mac(2), mac(1), 60 + i as usize * 400, i))
+            .collect();
+        let mut got = Vec::new();
+        for f in &frames {
+            a.front.send(f, 4096, 0, NetTxFlags::empty(), &[]);
+            evtchns.send(1, a.port);
+            // Wait for A's responses (its TX pages are reused for the next frame).
+            let t0 = Instant::now();
+            loop {
+                let st = a.front.tx_statuses();
+                if !st.is_empty() {
+                    assert!(st.iter().all(|s| *s == 0), "{st:?}");
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(5), "no TX response");
+                a.bell.wait(Duration::from_millis(5));
+            }
+        }
+        let t0 = Instant::now();
+        while got.len() < frames.len() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "B got {} frames",
+                got.len()
+            );
+            b.bell.wait(Duration::from_millis(5));
+            got.extend(b.front.received().into_iter().map(|r| r.data));
+        }
+        assert!(got == frames, "B's frames differ");
+    }
+
+    /// A front end without `request-rx-copy`: the back end refuses with a clear error in its
+    /// `error` node and moves to Closing.
+    #[test]
+    fn hostile_front_end_without_rx_copy_is_refused() {
+        let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
+        let evtchns = LocalEventChannels::new();
+        let sw = Switch::new(SwitchConfig::default()).unwrap();
+        let v = vif(&store, &evtchns, sw.add_port(), 3, true);
+        let st = wait_state(
+            &v.xs,
+            &format!("{}/state", v.be),
+            &[XenbusState::Closing, XenbusState::Closed],
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(st, XenbusState::Closing | XenbusState::Closed),
+            "{st:?}"
+        );
+        let err =
+            v.xs.read(&format!("{}/error", v.be))
+                .unwrap()
+                .unwrap_or_default();
+        let err = String::from_utf8_lossy(&err);
+        assert!(err.contains("request-rx-copy"), "{err}");
+    }
+}

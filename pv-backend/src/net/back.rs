@@ -244,6 +244,11 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
         &mut self.device
     }
 
+    /// Ends the queue and gives the device back.
+    pub fn into_device(self) -> D {
+        self.device
+    }
+
     /// The multicast addresses the front end added.
     pub fn multicast_filter(&self) -> &MulticastFilter {
         &self.mcast

@@ -7,7 +7,8 @@
 //!   MAC learning and ageing, flooding, and bounded per-port queues, so that guests reach each
 //!   other.
 //!
-//! [`back::NetQueue`] is netback's ring side: a guest's TX and RX rings served to a `NetDevice`.
+//! [`back::NetQueue`] is netback's ring side: a guest's TX and RX rings served to a `NetDevice`;
+//! [`xenbus::NetBack`] connects it through the XenBus handshake and serves it on a thread.
 //!
 //! Offload metadata ([`FrameMeta`]) follows what both ends of netback speak: a frame's checksum
 //! may still be needed ([`Checksum::Partial`], netif's `NETTXF_csum_blank`, virtio's
@@ -18,6 +19,7 @@
 pub mod back;
 pub mod switch;
 pub mod tap;
+pub mod xenbus;
 
 use std::io;
 use std::time::Duration;
