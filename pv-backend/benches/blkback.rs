@@ -10,7 +10,8 @@
 //!   descriptor), so the ratio is what the ring, the grants and blkback cost.
 //!
 //! After each pair it prints the ratio (blkback / direct; the goal is >= 0.97) and the events per request
-//! in both directions. `BLKBACK_BENCH_DIR` picks the directory of the image (default: the temp dir).
+//! in both directions. `BLKBACK_BENCH_DIR` picks the directory of the image (default: the temp dir);
+//! `BLKBACK_POLL_US` sets how long an idle blkback queue polls before it sleeps (default 50 µs).
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -102,7 +103,14 @@ fn blk_side(dev: Arc<dyn BlockDevice>) -> BlkSide {
     let guest = TestGuest::new(1, 0, 4096, 8);
     let paths = add_vbd(&store, 1, 51712);
     let grants: Arc<dyn GrantAccess> = Arc::new(guest.grants.clone());
-    let blk = BlkBack::new(grants, evtchns.clone(), dev, BlkConfig::default());
+    let mut config = BlkConfig::default();
+    if let Some(us) = std::env::var("BLKBACK_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.poll_time = Duration::from_micros(us);
+    }
+    let blk = BlkBack::new(grants, evtchns.clone(), dev, config);
     let back = BackendThread::spawn(&store, &paths.backend, blk);
     let opts = FrontOptions {
         buffer_pages: 1024,

@@ -732,7 +732,7 @@ fn serve_across(start: u32) {
         limits: BlkifLimits::new(MIB / 512, 512).unwrap(),
         persistent: false,
         max_persistent_grants: 0,
-        poll_spins: 100,
+        poll_time: Duration::from_micros(20),
     };
     let mut server = QueueServer::new(
         1,

@@ -29,8 +29,8 @@ pub struct BlkConfig {
     pub max_persistent_grants: usize,
     /// `feature-barrier`.
     pub barrier: bool,
-    /// Spins before an idle queue sleeps.
-    pub poll_spins: u32,
+    /// How long an idle queue keeps polling before it sleeps.
+    pub poll_time: std::time::Duration,
 }
 
 impl Default for BlkConfig {
@@ -42,7 +42,7 @@ impl Default for BlkConfig {
             persistent_grants: true,
             max_persistent_grants: 1056,
             barrier: true,
-            poll_spins: 2000,
+            poll_time: std::time::Duration::from_micros(50),
         }
     }
 }
@@ -204,7 +204,7 @@ impl BlkBack {
             limits,
             persistent,
             max_persistent_grants: self.config.max_persistent_grants,
-            poll_spins: self.config.poll_spins,
+            poll_time: self.config.poll_time,
         };
         let mut servers = Vec::with_capacity(plans.len());
         for (queue, (refs, port)) in plans.into_iter().enumerate() {

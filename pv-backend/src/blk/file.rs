@@ -147,6 +147,8 @@ impl BlockDevice for FileDevice {
 #[derive(Debug, Default)]
 struct Done {
     list: Mutex<(Vec<IoCompletion>, Option<Arc<Doorbell>>)>,
+    /// Completions in `list`: lets `reap` skip the lock when there are none (it is polled).
+    ready: std::sync::atomic::AtomicUsize,
 }
 
 fn worker(inner: &FileInner, rx: &Mutex<Receiver<IoRequest>>, done: &Done) {
@@ -163,7 +165,11 @@ fn worker(inner: &FileInner, rx: &Mutex<Receiver<IoRequest>>, done: &Done) {
             tag: req.tag,
             result,
         });
-        if let Some(d) = &list.1 {
+        done.ready
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        let bell = list.1.clone();
+        drop(list);
+        if let Some(d) = bell {
             d.ring();
         }
     }
@@ -308,13 +314,22 @@ impl BlockQueue for FileQueue {
                     tag: e.0.tag,
                     result: Err(io::Error::other("the I/O threads are gone")),
                 });
+                self.shared
+                    .ready
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
             }
         }
     }
 
     fn reap(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        if self.shared.ready.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return 0;
+        }
         let mut list = self.shared.list.lock().unwrap_or_else(|e| e.into_inner());
         let n = list.0.len();
+        self.shared
+            .ready
+            .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
         out.append(&mut list.0);
         self.in_flight = self.in_flight.saturating_sub(n);
         n

@@ -103,8 +103,8 @@ pub struct QueueParams {
     pub persistent: bool,
     /// At most this many persistent grants per queue (Linux's `max_persistent_grants`, 1056).
     pub max_persistent_grants: usize,
-    /// Spin this many times (looking at the ring and the device) before sleeping when idle.
-    pub poll_spins: u32,
+    /// How long an idle queue keeps looking at the ring and the device before it sleeps.
+    pub poll_time: Duration,
 }
 
 /// Why a queue stopped.
@@ -575,8 +575,8 @@ impl QueueServer {
         self.batch.push(IoRequest { tag, op });
     }
 
-    /// Serves the ring until `stop` is set or the front end breaks it: polls while there is work, spins
-    /// [`QueueParams::poll_spins`] times when there is none, then re-arms `req_event` (the final check)
+    /// Serves the ring until `stop` is set or the front end breaks it: polls while there is work, keeps
+    /// polling for [`QueueParams::poll_time`] when there is none, then re-arms `req_event` (the final check)
     /// and sleeps on the doorbell. Waits for the device's in-flight requests before returning, so no
     /// mapping is released while the device still uses it.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
@@ -586,18 +586,18 @@ impl QueueServer {
     }
 
     fn serve(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
-        let mut spins = 0u32;
+        let mut idle_since: Option<std::time::Instant> = None;
         while !stop.load(Ordering::Acquire) {
             if self.pump()? {
-                spins = 0;
+                idle_since = None;
                 continue;
             }
-            if spins < self.params.poll_spins {
-                spins += 1;
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < self.params.poll_time {
                 std::hint::spin_loop();
                 continue;
             }
-            spins = 0;
+            idle_since = None;
             if !self.blocked() {
                 match self.ring.final_check() {
                     Ok(true) => continue,
