@@ -1,5 +1,5 @@
 //! A back end's handle on XenStore: the few operations the XenBus handshake needs, as a trait
-//! ([`XsHandle`]), implemented over the in-process [`XenStore`](crate::xenstore::XenStore) by [`LocalXs`].
+//! ([`XsHandle`]), implemented over the in-process [`XenStore`] by [`LocalXs`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
