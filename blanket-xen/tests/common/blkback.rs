@@ -45,6 +45,8 @@ pub struct Opts {
     pub hold_grants: bool,
     /// After answering the first request, publish `rsp_prod` 100 ahead.
     pub rsp_prod_jump: bool,
+    /// Write garbage into `req_event` after every pass (the back-end's event index).
+    pub garbage_req_event: bool,
 }
 
 impl Default for Opts {
@@ -64,6 +66,7 @@ impl Default for Opts {
             mangle: None,
             hold_grants: false,
             rsp_prod_jump: false,
+            garbage_req_event: false,
         }
     }
 }
@@ -169,7 +172,12 @@ impl TestBlkback {
                     // SAFETY: rsp_prod, at offset 8 of the mapped ring page, 4-byte aligned.
                     unsafe { AtomicU32::from_ptr(ring_page.as_ptr().add(8).cast::<u32>()) }
                 };
+                let req_event_cell = {
+                    // SAFETY: req_event, at offset 4 of the mapped ring page, 4-byte aligned.
+                    unsafe { AtomicU32::from_ptr(ring_page.as_ptr().add(4).cast::<u32>()) }
+                };
                 let mut ring = BackRing::<_, Blkif>::new(ring_page).map_err(|e| e.to_string())?;
+                let mut garbage = 0x9e37_79b9u32;
                 let local = back.bind_interdomain(evtchn).map_err(|e| e.to_string())?;
                 port_out.store(local, Ordering::Relaxed);
                 w("sectors", &opts.sectors.to_string())?;
@@ -226,7 +234,14 @@ impl TestBlkback {
                             back.notify(local).map_err(|e| e.to_string())?;
                         }
                     }
-                    if !ring.final_check_for_requests().map_err(|e| e.to_string())? {
+                    let more = ring.final_check_for_requests().map_err(|e| e.to_string())?;
+                    if opts.garbage_req_event {
+                        garbage = garbage
+                            .wrapping_mul(747_796_405)
+                            .wrapping_add(2_891_336_453);
+                        req_event_cell.store(garbage, Ordering::Release);
+                    }
+                    if !more {
                         let _ = back.wait(local, Duration::from_millis(20));
                     }
                 }
