@@ -6,8 +6,11 @@
 //!   kicks the event channel when ring.h says so, and sleeps on its event when it has to wait; blkback
 //!   copies and validates each request, maps the grants (persistent), and submits to the file device.
 //! - *direct*: a host thread submits the same pattern (same offsets, sizes and queue depth) from host
-//!   buffers to the same `FileDevice` engine (a pool of threads doing `preadv`/`pwritev` on the `O_DIRECT`
-//!   descriptor), so the ratio is what the ring, the grants and blkback cost.
+//!   buffers to the same `FileDevice` engine on the `O_DIRECT` descriptor, so the ratio is what the ring,
+//!   the grants and blkback cost.
+//!
+//! Both engines are measured, io_uring (`uring`) and the thread pool of `preadv`/`pwritev` (`pool`);
+//! `BLKBACK_ENGINES=uring` (or `pool`) picks one.
 //!
 //! After each pair it prints the ratio (blkback / direct; the goal is >= 0.97) and the events per request
 //! in both directions. `BLKBACK_BENCH_DIR` picks the directory of the image (default: the temp dir);
@@ -271,24 +274,39 @@ fn patterns() -> Vec<Pattern> {
 
 fn bench(c: &mut Criterion) {
     let path = image();
-    let dev = FileDevice::open(
-        &path,
-        FileOptions {
-            threads: 8,
-            ..FileOptions::default()
-        },
-    )
-    .expect("open");
-    eprintln!(
-        "image {} ({} MiB), O_DIRECT: {}",
-        path.display(),
-        DISK >> 20,
-        dev.is_direct()
-    );
-    let mut side = blk_side(Arc::new(dev.clone()));
+    let engines = std::env::var("BLKBACK_ENGINES").unwrap_or_else(|_| "uring,pool".into());
     let mut summary = Vec::new();
+    for engine in engines.split(',') {
+        let io_uring = match engine {
+            "uring" => true,
+            "pool" => false,
+            other => panic!("BLKBACK_ENGINES: unknown engine {other:?} (uring, pool)"),
+        };
+        let opts = FileOptions {
+            threads: 8,
+            io_uring,
+            ..FileOptions::default()
+        };
+        let dev = FileDevice::open(&path, opts).expect("open");
+        eprintln!(
+            "image {} ({} MiB), O_DIRECT: {}, engine {engine}",
+            path.display(),
+            DISK >> 20,
+            dev.is_direct()
+        );
+        bench_engine(c, engine, &dev, &mut summary);
+    }
+    eprintln!("\nblkback vs direct (same run, same engine):");
+    for l in &summary {
+        eprintln!("  {l}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut Vec<String>) {
+    let mut side = blk_side(Arc::new(dev.clone()));
     for p in patterns() {
-        let mut g = c.benchmark_group(format!("blkback/{}", p.name));
+        let mut g = c.benchmark_group(format!("blkback/{engine}/{}", p.name));
         g.throughput(if p.size >= 1 << 20 {
             Throughput::Bytes(p.size as u64)
         } else {
@@ -297,7 +315,7 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
-        let mut direct = direct_side(&dev, p);
+        let mut direct = direct_side(dev, p);
         let tot_blk = std::cell::Cell::new((0u64, Duration::ZERO));
         let tot_dir = std::cell::Cell::new((0u64, Duration::ZERO));
         let (r0, _, _, n0, _) = side.back.totals();
@@ -327,7 +345,7 @@ fn bench(c: &mut Criterion) {
         let (rb, rd) = (rate(tot_blk.get()), rate(tot_dir.get()));
         let reqs = (r1 - r0).max(1) as f64;
         let line = format!(
-            "{:<18} blkback {:>9.0} IOPS  direct {:>9.0} IOPS  ratio {:.3}  events/request: to front {:.3}, to back {:.3}",
+            "{engine:<5} {:<18} blkback {:>9.0} IOPS  direct {:>9.0} IOPS  ratio {:.3}  events/request: to front {:.3}, to back {:.3}",
             p.name,
             rb,
             rd,
@@ -338,12 +356,7 @@ fn bench(c: &mut Criterion) {
         eprintln!("{line}");
         summary.push(line);
     }
-    eprintln!("\nblkback vs direct (same run):");
-    for l in &summary {
-        eprintln!("  {l}");
-    }
     drop(side);
-    let _ = std::fs::remove_file(&path);
 }
 
 criterion_group!(benches, bench);

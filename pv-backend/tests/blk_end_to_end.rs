@@ -55,13 +55,26 @@ fn memory_disk_data_reads_back_identical() {
 
 #[test]
 fn file_image_data_reads_back_identical() {
-    let dir = std::env::temp_dir().join(format!("blkback-e2e-{}", std::process::id()));
+    file_image_round_trip(false);
+}
+
+#[test]
+fn file_image_with_io_uring_data_reads_back_identical() {
+    file_image_round_trip(true);
+}
+
+fn file_image_round_trip(io_uring: bool) {
+    let dir = std::env::temp_dir().join(format!("blkback-e2e-{}-{io_uring}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("disk.img");
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(32 * MIB).unwrap();
     drop(f);
-    let dev = FileDevice::open(&path, FileOptions::default()).unwrap();
+    let opts = FileOptions {
+        io_uring,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(&path, opts).unwrap();
     assert!(dev.is_direct(), "O_DIRECT works on this file system");
     let env = Env::new();
     let mut v = env.vbd(
@@ -284,12 +297,16 @@ fn flush_and_barrier_with_and_without_data() {
 }
 
 #[test]
-fn discard_punches_a_hole_in_a_file_image() {
+fn discard_punches_a_hole_in_a_file_image_with_io_uring() {
     let dir = std::env::temp_dir().join(format!("blkback-discard-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("disk.img");
     std::fs::write(&path, vec![0xEEu8; 4 * MIB as usize]).unwrap();
-    let dev = FileDevice::open(&path, FileOptions::default()).unwrap();
+    let opts = FileOptions {
+        io_uring: true,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(&path, opts).unwrap();
     let env = Env::new();
     let mut v = env.vbd(
         8,
@@ -314,6 +331,14 @@ fn discard_punches_a_hole_in_a_file_image() {
     assert_eq!(
         (rsp.status, rsp.operation),
         (BLKIF_RSP_OKAY, xen_abi::blkif::BLKIF_OP_DISCARD)
+    );
+    let id = v.front.next_id();
+    let flush =
+        xen_abi::blkif::BlkifRequest::new(xen_abi::blkif::BLKIF_OP_FLUSH_DISKCACHE, 0, id, 0);
+    assert_eq!(
+        v.front.roundtrip(0, &flush).unwrap().status,
+        BLKIF_RSP_OKAY,
+        "fsync through io_uring"
     );
     let mut back = vec![0xFF; 512 * 512];
     assert!(

@@ -23,6 +23,7 @@ pub mod file;
 pub mod front;
 pub mod mem;
 pub mod queue;
+mod uring;
 
 pub use back::{BlkBack, BlkConfig, BlkConnectError};
 pub use device::{BlockDevice, BlockInfo, BlockQueue, IoBuf, IoCompletion, IoOp, IoRequest};

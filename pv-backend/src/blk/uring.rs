@@ -1,0 +1,255 @@
+//! The io_uring engine of [`FileDevice`](super::FileDevice) (`FileOptions::io_uring`): one ring per queue,
+//! `IORING_OP_READV`/`WRITEV` on the `O_DIRECT` descriptor, `FSYNC` (datasync) for flushes, `FALLOCATE`
+//! (punch hole) for discards. Completions are reaped from the completion ring without a system call; an
+//! eventfd registered with the ring and a small thread turn them into doorbell rings for a sleeping queue.
+//!
+//! A request that the kernel refuses with `EINVAL` (not aligned for `O_DIRECT`) or that transfers less
+//! than asked is done again synchronously on the buffered descriptor, as the thread pool does.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use io_uring::{IoUring, opcode, types};
+
+use super::device::{BlockQueue, IoCompletion, IoOp, IoRequest};
+use super::file::FileInner;
+use crate::backend::Doorbell;
+
+struct Pending {
+    req: IoRequest,
+    /// The iovecs the kernel reads (their heap buffer stays put while the entry lives).
+    _iov: Vec<libc::iovec>,
+    expect: usize,
+}
+
+// SAFETY: the iovecs point at guest memory described by the request's `IoBuf`s, which are `Send`; they are
+// only handed to the kernel, never dereferenced here.
+unsafe impl Send for Pending {}
+
+/// One io_uring queue of a file device.
+pub(super) struct UringQueue {
+    inner: Arc<FileInner>,
+    ring: IoUring,
+    pending: HashMap<u64, Pending>,
+    ready: Vec<IoCompletion>,
+    next: u64,
+    doorbell: Arc<Mutex<Option<Arc<Doorbell>>>>,
+    efd: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    forwarder: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringQueue")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UringQueue {
+    pub(super) fn new(inner: Arc<FileInner>, entries: u32) -> io::Result<Self> {
+        let ring = IoUring::new(entries)?;
+        // SAFETY: eventfd takes integer arguments only; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let doorbell: Arc<Mutex<Option<Arc<Doorbell>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, d, s) = (efd.clone(), doorbell.clone(), stop.clone());
+        let forwarder = std::thread::Builder::new()
+            .name("blk-uring-events".into())
+            .spawn(move || {
+                let mut buf = [0u8; 8];
+                while !s.load(Ordering::Acquire) {
+                    // SAFETY: reading 8 bytes into a local buffer from an eventfd we hold a reference to.
+                    let n = unsafe { libc::read(e.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+                    if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                        return;
+                    }
+                    if let Some(bell) = d.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        bell.ring();
+                    }
+                }
+            })?;
+        Ok(Self {
+            inner,
+            ring,
+            pending: HashMap::new(),
+            ready: Vec::new(),
+            next: 1,
+            doorbell,
+            efd,
+            stop,
+            forwarder: Some(forwarder),
+        })
+    }
+
+    fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        // SAFETY: every buffer the entry points to (iovecs and the guest memory they describe) stays valid
+        // until its completion is taken: the iovecs live in `pending`, the guest memory is kept mapped by the
+        // back end until the completion is reaped (the contract of `IoBuf::new`).
+        if unsafe { self.ring.submission().push(entry) }.is_err() {
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, req: IoRequest) {
+        let key = self.next;
+        self.next += 1;
+        let fd = types::Fd(
+            self.inner
+                .direct
+                .as_ref()
+                .unwrap_or(&self.inner.buffered)
+                .as_raw_fd(),
+        );
+        let bfd = types::Fd(self.inner.buffered.as_raw_fd());
+        let (entry, iov, expect) = match &req.op {
+            IoOp::Read { offset, bufs } | IoOp::Write { offset, bufs } => {
+                let write = matches!(req.op, IoOp::Write { .. });
+                if let Err(e) = self.inner.check(write, *offset, bufs) {
+                    self.ready.push(IoCompletion {
+                        tag: req.tag,
+                        result: Err(e),
+                    });
+                    return;
+                }
+                let iov: Vec<libc::iovec> = bufs
+                    .iter()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_ptr().cast(),
+                        iov_len: b.len(),
+                    })
+                    .collect();
+                let n = u32::try_from(iov.len()).unwrap_or(u32::MAX);
+                let e = if write {
+                    opcode::Writev::new(fd, iov.as_ptr(), n)
+                        .offset(*offset)
+                        .build()
+                } else {
+                    opcode::Readv::new(fd, iov.as_ptr(), n)
+                        .offset(*offset)
+                        .build()
+                };
+                (e, iov, req.op.data_len())
+            }
+            IoOp::Flush => (
+                opcode::Fsync::new(bfd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+                Vec::new(),
+                0,
+            ),
+            IoOp::Discard { offset, len } => (
+                opcode::Fallocate::new(bfd, *len)
+                    .offset(*offset)
+                    .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                    .build(),
+                Vec::new(),
+                0,
+            ),
+        };
+        let entry = entry.user_data(key);
+        let tag = req.tag;
+        self.pending.insert(
+            key,
+            Pending {
+                req,
+                _iov: iov,
+                expect,
+            },
+        );
+        if let Err(e) = self.push(&entry) {
+            self.pending.remove(&key);
+            self.ready.push(IoCompletion {
+                tag,
+                result: Err(e),
+            });
+        }
+    }
+
+    fn collect(&mut self) {
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (key, res) in done {
+            let Some(p) = self.pending.remove(&key) else {
+                continue;
+            };
+            let result = match (&p.req.op, res) {
+                (IoOp::Read { .. } | IoOp::Write { .. }, r)
+                    if r == -libc::EINVAL || (r >= 0 && (r as usize) < p.expect) =>
+                {
+                    // Not aligned for O_DIRECT, or short: do it again, synchronously and buffered.
+                    self.inner.run_buffered(&p.req.op)
+                }
+                (_, r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+                _ => Ok(()),
+            };
+            self.ready.push(IoCompletion {
+                tag: p.req.tag,
+                result,
+            });
+        }
+    }
+}
+
+impl BlockQueue for UringQueue {
+    fn set_doorbell(&mut self, doorbell: Arc<Doorbell>) {
+        *self.doorbell.lock().unwrap_or_else(|e| e.into_inner()) = Some(doorbell);
+    }
+
+    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
+        for req in batch.drain(..) {
+            self.start(req);
+        }
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit");
+        }
+    }
+
+    fn reap(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        self.collect();
+        let n = self.ready.len();
+        out.append(&mut self.ready);
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.ready.len()
+    }
+}
+
+impl Drop for UringQueue {
+    fn drop(&mut self) {
+        // The kernel may still use the iovecs and the guest memory: wait for every completion.
+        while !self.pending.is_empty() {
+            if self.ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.collect();
+        }
+        self.stop.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a local to our eventfd, to wake the forwarder.
+        unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if let Some(t) = self.forwarder.take() {
+            let _ = t.join();
+        }
+    }
+}
