@@ -39,3 +39,8 @@ pub mod xenbus;
 
 #[cfg(feature = "test-utils")]
 pub mod emulated;
+
+/// The examples of README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
