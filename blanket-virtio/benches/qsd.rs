@@ -1,22 +1,71 @@
 //! Criterion benchmarks of the virtio-blk driver against `qemu-storage-daemon`'s vhost-user-blk
-//! export, with a `null-co` device (driver and protocol cost only) and with a raw file:
-//! 4 KiB random reads at queue depths 1, 32 and 128 (IOPS), and 1 MiB sequential reads
-//! (throughput). Skipped when the daemon is not installed.
+//! export, side by side with libblkio (the `blkio` crate's `virtio-blk-vhost-user` driver) on
+//! the same export of the same daemon, in the same run.
 //!
-//! A sketch: libblkio (the `blkio` crate) is not installed here, so the side-by-side ratio the
-//! issue asks for is not measured yet. Run with `cargo bench -p blanket-virtio --bench qsd`.
+//! Cases, each with a `null-co` device (driver and protocol cost only) and with a raw file in
+//! the page cache:
+//! - 4 KiB random reads at queue depths 1, 32 and 128 (IOPS);
+//! - 1 MiB sequential reads at depth 4 (throughput).
+//!
+//! Drivers, one after the other on the same socket (the export serves one front-end at a time,
+//! so each connects, runs its case and disconnects before the next):
+//! - `blanket-split`: this crate, split rings, `EVENT_IDX` and indirect descriptors (the
+//!   defaults). Packed rings are not measured: qemu-storage-daemon does not offer
+//!   `VIRTIO_F_RING_PACKED` (checked at start and printed);
+//! - `blanket-split-direct`: this crate, split rings without indirect descriptors, which is what
+//!   libblkio does (it negotiates `EVENT_IDX` but not `INDIRECT_DESC`);
+//! - `libblkio`: `blkio` 0.5, split rings, `EVENT_IDX`.
+//!
+//! Completion style: the same for every driver, chosen by `BLANKET_BENCH_MODE`:
+//! - `wait` (the default): both wait for the device's call eventfd when nothing has completed
+//!   (ours: `BlkDriver::wait`, which re-enables notifications with `used_event`, rechecks, and
+//!   polls the eventfd and the socket; libblkio: a non-poll queue, `do_io` with
+//!   `min_completions = 1`, which enables the completion fd, rechecks and `ppoll`s it);
+//! - `poll`: both busy-poll the used ring and never sleep (ours: `BlkDriver::poll` in a loop
+//!   with notifications disabled; libblkio: a poll queue, `num-poll-queues = 1`).
+//!
+//! Queue size 512 for every driver (so that 128 requests of three direct descriptors fit), one
+//! queue, buffers in memory shared with the daemon (no copies).
+//! Each driver keeps `depth` requests in flight, resubmitting as each completes and notifying
+//! the device only when its event index asks for it.
+//!
+//! At the end the bench prints, for every case and driver, two medians with the ratio
+//! ours/libblkio (in IOPS or bytes per second: above 1.0, ours is faster):
+//! - `criterion`: the median of criterion's samples, each driver measured in turn;
+//! - `paired`: seven rounds, each running every driver for 200 ms one after the other, the
+//!   ratio taken within each round and its median reported. On a shared machine whose load
+//!   drifts over seconds this is the steadier ratio. With it, `cpu/IO`: the CPU time (user
+//!   and system) the driver's thread spends per I/O, the driver's own cost whatever the load.
+//!
+//! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
+//! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it.
+//!
+//! Run with `cargo bench -p blanket-virtio --bench qsd`. Skipped when the daemon is not
+//! installed.
 
-use std::path::PathBuf;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blanket_virtio::blk::{BlkCompletion, BlkDriver, BlkOptions, DataBuf, Request, Status};
 use blanket_virtio::memory::DmaMemory;
+use blanket_virtio::transport::Transport;
 use blanket_virtio::transport::vhost_user::VhostUserTransport;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const DISK_BYTES: u64 = 256 << 20;
+const SMALL: usize = 4096;
+const LARGE: usize = 1 << 20;
+const MAX_DEPTH: usize = 128;
+const SEQ_DEPTH: usize = 4;
+const SAMPLES: usize = 10;
+/// Ring size for every driver: 128 requests of 3 direct descriptors fit.
+const QUEUE_SIZE: u16 = 512;
+const VIRTIO_F_RING_PACKED: u32 = 34;
 
 struct Daemon {
     child: Child,
@@ -38,7 +87,6 @@ fn start(backend: &str) -> Option<Daemon> {
         format!("driver=null-co,node-name=disk0,size={DISK_BYTES},read-zeroes=on")
     } else {
         let img = dir.path().join("disk.img");
-        std::fs::File::create(&img).ok()?.set_len(DISK_BYTES).ok()?;
         // Fill it, so reads hit data rather than holes.
         std::fs::write(&img, vec![0x5a; DISK_BYTES as usize]).ok()?;
         format!(
@@ -74,104 +122,470 @@ fn start(backend: &str) -> Option<Daemon> {
     })
 }
 
-/// Runs `n` reads of `len` bytes keeping `depth` in flight; `next` picks each one's sector.
-fn run(
-    disk: &mut BlkDriver<VhostUserTransport>,
-    bufs: &[DataBuf],
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Wait,
+    Poll,
+}
+
+/// One workload: `len`-byte reads, `depth` in flight, sectors from a generator.
+#[derive(Clone, Copy)]
+struct Workload {
+    len: usize,
     depth: usize,
-    n: u64,
-    mut next: impl FnMut() -> u64,
-) -> Duration {
-    let started = Instant::now();
-    let mut submitted = 0u64;
-    let mut done = 0u64;
-    let mut out: Vec<BlkCompletion> = Vec::with_capacity(depth);
-    let submit = |disk: &mut BlkDriver<VhostUserTransport>, slot: usize, sector: u64| {
-        let req = Request::Read {
-            sector,
-            bufs: std::slice::from_ref(&bufs[slot]),
-        };
-        disk.submit(0, &req, slot as u64).expect("submit");
-    };
-    while submitted < n && (submitted as usize) < depth {
-        submit(disk, submitted as usize, next());
-        submitted += 1;
+    random: bool,
+}
+
+/// The sector generator both drivers share: xorshift over 4 KiB blocks, or sequential 1 MiB.
+struct Sectors {
+    x: u64,
+    pos: u64,
+    random: bool,
+}
+
+impl Sectors {
+    fn new(random: bool) -> Self {
+        Sectors {
+            x: 0x2545_f491_4f6c_dd1d,
+            pos: 0,
+            random,
+        }
     }
-    disk.kick(0).expect("kick");
-    while done < n {
-        out.clear();
-        disk.wait(0, &mut out).expect("wait");
-        for c in &out {
-            assert_eq!(c.status, Status::Ok);
-            done += 1;
-            if submitted < n {
-                submit(disk, c.tag as usize, next());
-                submitted += 1;
-            }
+
+    fn next(&mut self) -> u64 {
+        if self.random {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            (self.x % (DISK_BYTES / SMALL as u64)) * (SMALL as u64 / 512)
+        } else {
+            let s = self.pos;
+            self.pos = (self.pos + LARGE as u64 / 512) % (DISK_BYTES / 512);
+            s
+        }
+    }
+}
+
+/// A driver under test: runs `n` reads of the workload and returns the time they took.
+trait Bench {
+    fn run(&mut self, w: Workload, n: u64, sectors: &mut Sectors) -> Duration;
+}
+
+struct Ours {
+    disk: BlkDriver<VhostUserTransport>,
+    small: Vec<DataBuf>,
+    large: Vec<DataBuf>,
+    mode: Mode,
+    out: Vec<BlkCompletion>,
+}
+
+impl Ours {
+    fn connect(sock: &Path, mode: Mode, indirect_desc: bool) -> Ours {
+        let mem = Arc::new(DmaMemory::new(32 << 20).expect("memory"));
+        let t = VhostUserTransport::connect(sock, mem.clone()).expect("connect");
+        let options = BlkOptions {
+            indirect_desc,
+            queue_size: QUEUE_SIZE,
+            ..BlkOptions::default()
+        };
+        let mut disk = BlkDriver::new(t, options).expect("driver");
+        if mode == Mode::Poll {
+            disk.disable_notifications(0)
+                .expect("disable notifications");
+        }
+        let bufs = |n, len: usize| -> Vec<DataBuf> {
+            (0..n)
+                .map(|_| DataBuf {
+                    addr: mem.alloc(len as u64).expect("alloc"),
+                    len: len as u32,
+                })
+                .collect()
+        };
+        Ours {
+            small: bufs(MAX_DEPTH, SMALL),
+            large: bufs(SEQ_DEPTH, LARGE),
+            disk,
+            mode,
+            out: Vec::with_capacity(MAX_DEPTH),
+        }
+    }
+}
+
+impl Bench for Ours {
+    fn run(&mut self, w: Workload, n: u64, sectors: &mut Sectors) -> Duration {
+        let bufs = if w.len == SMALL {
+            &self.small
+        } else {
+            &self.large
+        };
+        let disk = &mut self.disk;
+        let submit = |disk: &mut BlkDriver<VhostUserTransport>, slot: usize, sector: u64| {
+            let req = Request::Read {
+                sector,
+                bufs: std::slice::from_ref(&bufs[slot]),
+            };
+            disk.submit(0, &req, slot as u64).expect("submit");
+        };
+        let started = Instant::now();
+        let mut submitted = 0u64;
+        let mut done = 0u64;
+        while submitted < n && (submitted as usize) < w.depth {
+            submit(disk, submitted as usize, sectors.next());
+            submitted += 1;
         }
         disk.kick(0).expect("kick");
+        while done < n {
+            self.out.clear();
+            match self.mode {
+                Mode::Wait => disk.wait(0, &mut self.out).expect("wait"),
+                Mode::Poll => disk.poll(0, &mut self.out).expect("poll"),
+            };
+            for c in &self.out {
+                assert_eq!(c.status, Status::Ok);
+                done += 1;
+                if submitted < n {
+                    submit(disk, c.tag as usize, sectors.next());
+                    submitted += 1;
+                }
+            }
+            if !self.out.is_empty() {
+                disk.kick(0).expect("kick");
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        started.elapsed()
     }
-    started.elapsed()
+}
+
+struct Libblkio {
+    // Field order: the queue goes before the instance that owns the memory region.
+    q: blkio::Blkioq,
+    _blkio: blkio::Blkio,
+    region: blkio::MemoryRegion,
+    completions: Vec<MaybeUninit<blkio::Completion>>,
+}
+
+impl Libblkio {
+    fn connect(sock: &Path, mode: Mode) -> Libblkio {
+        let mut b = blkio::Blkio::new("virtio-blk-vhost-user").expect("blkio_new");
+        b.set_str("path", &sock.display().to_string())
+            .expect("path");
+        b.connect().expect("blkio_connect");
+        let (queues, poll_queues) = match mode {
+            Mode::Wait => (1, 0),
+            Mode::Poll => (0, 1),
+        };
+        b.set_i32("num-queues", queues).expect("num-queues");
+        b.set_i32("num-poll-queues", poll_queues)
+            .expect("num-poll-queues");
+        b.set_i32("queue-size", i32::from(QUEUE_SIZE))
+            .expect("queue-size");
+        let started = b.start().expect("blkio_start");
+        let q = match mode {
+            Mode::Wait => started.queues.into_iter().next(),
+            Mode::Poll => started.poll_queues.into_iter().next(),
+        }
+        .expect("a queue");
+        let len = MAX_DEPTH * SMALL + SEQ_DEPTH * LARGE;
+        let region = b.alloc_mem_region(len).expect("alloc_mem_region");
+        b.map_mem_region(&region).expect("map_mem_region");
+        Libblkio {
+            q,
+            _blkio: b,
+            region,
+            completions: (0..MAX_DEPTH).map(|_| MaybeUninit::uninit()).collect(),
+        }
+    }
+
+    fn buf(&self, w: Workload, slot: usize) -> *mut u8 {
+        let off = if w.len == SMALL {
+            slot * SMALL
+        } else {
+            MAX_DEPTH * SMALL + slot * LARGE
+        };
+        (self.region.addr + off) as *mut u8
+    }
+}
+
+impl Bench for Libblkio {
+    fn run(&mut self, w: Workload, n: u64, sectors: &mut Sectors) -> Duration {
+        let started = Instant::now();
+        let mut submitted = 0u64;
+        let mut done = 0u64;
+        while submitted < n && (submitted as usize) < w.depth {
+            let slot = submitted as usize;
+            let buf = self.buf(w, slot);
+            self.q.read(
+                sectors.next() * 512,
+                buf,
+                w.len,
+                slot,
+                blkio::ReqFlags::empty(),
+            );
+            submitted += 1;
+        }
+        while done < n {
+            let got = self
+                .q
+                .do_io(&mut self.completions, 1, None, None)
+                .expect("do_io");
+            for i in 0..got {
+                // SAFETY: do_io initialised the first `got` entries.
+                let c = unsafe { self.completions[i].assume_init_read() };
+                assert_eq!(c.ret, 0, "libblkio read failed");
+                done += 1;
+                if submitted < n {
+                    let buf = self.buf(w, c.user_data);
+                    self.q.read(
+                        sectors.next() * 512,
+                        buf,
+                        w.len,
+                        c.user_data,
+                        blkio::ReqFlags::empty(),
+                    );
+                    submitted += 1;
+                }
+            }
+        }
+        started.elapsed()
+    }
+}
+
+/// Nanoseconds per I/O of each criterion sample, per (case, driver).
+type Samples = BTreeMap<(String, &'static str), Vec<f64>>;
+
+fn measure(
+    c: &mut Criterion,
+    samples: &RefCell<Samples>,
+    group: &str,
+    w: Workload,
+    driver: &'static str,
+    mut bench: Box<dyn Bench>,
+) {
+    let case = format!("{group}/{}", w.depth);
+    let secs = std::env::var("BLANKET_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut g = c.benchmark_group(group);
+    if w.len == SMALL {
+        g.throughput(Throughput::Elements(1));
+    } else {
+        g.throughput(Throughput::Bytes(w.len as u64));
+    }
+    g.sample_size(SAMPLES)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(secs));
+    let mut sectors = Sectors::new(w.random);
+    g.bench_function(BenchmarkId::new(driver, w.depth), |b| {
+        b.iter_custom(|n| {
+            let t = bench.run(w, n, &mut sectors);
+            samples
+                .borrow_mut()
+                .entry((case.clone(), driver))
+                .or_default()
+                .push(t.as_nanos() as f64 / n.max(1) as f64);
+            t
+        })
+    });
+    g.finish();
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// The drivers, in the order they run.
+const DRIVERS: [&str; 3] = ["blanket-split", "blanket-split-direct", "libblkio"];
+
+fn connect(driver: &str, sock: &Path, mode: Mode) -> Box<dyn Bench> {
+    match driver {
+        "blanket-split" => Box::new(Ours::connect(sock, mode, true)),
+        "blanket-split-direct" => Box::new(Ours::connect(sock, mode, false)),
+        _ => Box::new(Libblkio::connect(sock, mode)),
+    }
+}
+
+/// CPU time this thread has used (user and system).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall-clock and driver-thread CPU nanoseconds per I/O over about `budget` of back-to-back
+/// batches large enough that filling and draining the queue does not matter.
+fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64) {
+    let batch = if w.len == SMALL {
+        (w.depth as u64 * 32).max(2000)
+    } else {
+        64
+    };
+    let mut sectors = Sectors::new(w.random);
+    let (mut t, mut n) = (Duration::ZERO, 0u64);
+    let cpu0 = thread_cpu();
+    while t < budget {
+        t += bench.run(w, batch, &mut sectors);
+        n += batch;
+    }
+    let cpu = thread_cpu() - cpu0;
+    (
+        t.as_nanos() as f64 / n as f64,
+        cpu.as_nanos() as f64 / n as f64,
+    )
+}
+
+/// What the paired rounds give for one driver, each a median over the rounds.
+#[derive(Clone, Copy)]
+struct Paired {
+    /// Wall-clock ns per I/O.
+    ns: f64,
+    /// The ratio libblkio/this driver of ns per I/O, taken within each round.
+    ratio: f64,
+    /// Driver-thread CPU ns per I/O (user and system: the driver and its syscalls).
+    cpu: f64,
+}
+
+/// Paired rounds: each round runs every driver for a short while, one after the other, and
+/// each driver's ratio is taken within the round, so that load from elsewhere on the machine
+/// (which drifts over seconds) hits both sides of a ratio alike.
+fn paired(sock: &Path, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired> {
+    const ROUNDS: usize = 7;
+    let budget = Duration::from_millis(200);
+    let mut ns: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut ratios: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..ROUNDS {
+        let round: Vec<(f64, f64)> = DRIVERS
+            .iter()
+            .map(|d| timed(&mut *connect(d, sock, mode), w, budget))
+            .collect();
+        for (d, (wall, c)) in DRIVERS.iter().zip(&round) {
+            ns.entry(d).or_default().push(*wall);
+            cpu.entry(d).or_default().push(*c);
+            ratios.entry(d).or_default().push(round[2].0 / wall);
+        }
+    }
+    DRIVERS
+        .iter()
+        .map(|d| {
+            (
+                *d,
+                Paired {
+                    ns: median(&ns[d]),
+                    ratio: median(&ratios[d]),
+                    cpu: median(&cpu[d]),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Per case: the criterion medians and the paired medians, per driver.
+type Report = Vec<(String, BTreeMap<&'static str, Paired>)>;
+
+fn report(samples: &Samples, paired: &Report, mode: Mode) {
+    let fmt = |case: &str, ns: f64| {
+        if case.contains("seqread") {
+            format!("{:.2} GiB/s", LARGE as f64 / ns * 1e9 / (1u64 << 30) as f64)
+        } else {
+            format!("{:.1} kIOPS", 1e6 / ns)
+        }
+    };
+    println!();
+    println!(
+        "qemu-storage-daemon, {} mode; ratio = ours/libblkio in IOPS or bytes/s (>= 1: ours is \
+         at least as fast)",
+        if mode == Mode::Wait {
+            "eventfd-wait"
+        } else {
+            "busy-poll"
+        }
+    );
+    println!(
+        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9}",
+        "case", "driver", "criterion", "ratio", "paired", "ratio", "cpu/IO"
+    );
+    for (case, p) in paired {
+        for d in DRIVERS {
+            // Criterion's measurement samples are the last SAMPLES calls; earlier ones warm up.
+            let crit = |d| {
+                let v = &samples[&(case.clone(), d)];
+                median(&v[v.len().saturating_sub(SAMPLES)..])
+            };
+            let Paired { ns, ratio, cpu } = p[d];
+            println!(
+                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us",
+                case,
+                d,
+                fmt(case, crit(d)),
+                crit("libblkio") / crit(d),
+                fmt(case, ns),
+                ratio,
+                cpu / 1000.0
+            );
+        }
+    }
 }
 
 fn bench(c: &mut Criterion) {
+    let mode = match std::env::var("BLANKET_BENCH_MODE").as_deref() {
+        Ok("poll") => Mode::Poll,
+        _ => Mode::Wait,
+    };
+    let only = std::env::var("BLANKET_BENCH_ONLY").unwrap_or_default();
+    let samples = RefCell::new(Samples::new());
+    let mut pairs = Report::new();
     for backend in ["null", "file"] {
         let Some(daemon) = start(backend) else {
             eprintln!("skipping: qemu-storage-daemon not available");
             return;
         };
-        let mem = Arc::new(DmaMemory::new(64 << 20).expect("memory"));
-        let t = VhostUserTransport::connect(&daemon.sock, mem.clone()).expect("connect");
-        let mut disk = BlkDriver::new(t, BlkOptions::default()).expect("driver");
-        let small: Vec<DataBuf> = (0..128)
-            .map(|_| DataBuf {
-                addr: mem.alloc(4096).expect("alloc"),
-                len: 4096,
-            })
-            .collect();
-        let large: Vec<DataBuf> = (0..4)
-            .map(|_| DataBuf {
-                addr: mem.alloc(1 << 20).expect("alloc"),
-                len: 1 << 20,
-            })
-            .collect();
-        let blocks = DISK_BYTES / 4096;
-
-        let mut g = c.benchmark_group(format!("qsd-{backend}/randread-4k"));
-        g.throughput(Throughput::Elements(1));
-        g.sample_size(10).measurement_time(Duration::from_secs(2));
-        for depth in [1usize, 32, 128] {
-            g.bench_function(BenchmarkId::new("blanket-virtio-split", depth), |b| {
-                let mut x = 0x2545_f491_4f6c_dd1du64;
-                b.iter_custom(|n| {
-                    run(&mut disk, &small, depth, n, || {
-                        // xorshift: a random 4 KiB-aligned block.
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        (x % blocks) * 8
-                    })
-                })
-            });
+        {
+            let mut probe = Ours::connect(&daemon.sock, mode, true);
+            let offered = probe
+                .disk
+                .transport_mut()
+                .device_features()
+                .expect("features");
+            println!(
+                "qemu-storage-daemon ({backend}) offers features {offered:#x}: packed rings {}",
+                if offered & (1 << VIRTIO_F_RING_PACKED) != 0 {
+                    "offered"
+                } else {
+                    "not offered, so only split rings are measured"
+                }
+            );
         }
-        g.finish();
-
-        let mut g = c.benchmark_group(format!("qsd-{backend}/seqread-1m"));
-        g.throughput(Throughput::Bytes(1 << 20));
-        g.sample_size(10).measurement_time(Duration::from_secs(2));
-        g.bench_function(BenchmarkId::new("blanket-virtio-split", 4), |b| {
-            let mut pos = 0u64;
-            b.iter_custom(|n| {
-                run(&mut disk, &large, 4, n, || {
-                    let s = pos;
-                    pos = (pos + 2048) % (DISK_BYTES / 512);
-                    s
-                })
-            })
-        });
-        g.finish();
+        let cases = [
+            ("randread-4k", SMALL, 1, true),
+            ("randread-4k", SMALL, 32, true),
+            ("randread-4k", SMALL, 128, true),
+            ("seqread-1m", LARGE, SEQ_DEPTH, false),
+        ];
+        for (name, len, depth, random) in cases {
+            let w = Workload { len, depth, random };
+            let group = format!("qsd-{backend}/{name}");
+            if !only.is_empty() && !format!("{group}/{depth}").contains(&only) {
+                continue;
+            }
+            for d in DRIVERS {
+                let b = connect(d, &daemon.sock, mode);
+                measure(c, &samples, &group, w, d, b);
+            }
+            pairs.push((format!("{group}/{depth}"), paired(&daemon.sock, mode, w)));
+        }
         drop(daemon);
     }
+    report(&samples.borrow(), &pairs, mode);
 }
 
 criterion_group!(benches, bench);

@@ -881,6 +881,19 @@ impl<T: Transport> BlkDriver<T> {
         Ok(n)
     }
 
+    /// Asks the device not to notify completions on `queue`, for a caller that busy-polls it
+    /// with [`Self::poll`] (a hint: the device may still notify). [`Self::wait`] turns
+    /// notifications back on when it has to sleep.
+    pub fn disable_notifications(&mut self, queue: u16) -> Result<(), Error> {
+        let nq = self.num_queues();
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .ok_or(Error::NoSuchQueue(queue, nq))?;
+        q.vq.disable_notifications()?;
+        Ok(())
+    }
+
     /// Waits for at least one completion on `queue` (or the timeout), then polls.
     pub fn wait(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
         let stashed = self.take_stashed(queue, out);

@@ -8,8 +8,10 @@
 //! `SET_VRING_BASE`, and a kick and a call eventfd; `SET_VRING_ENABLE` starts the rings.
 //!
 //! With `REPLY_ACK`, every message asks for a reply, so a back-end error comes back at the call
-//! that caused it. Waiting for a completion polls the call eventfd *and* the socket: a back-end
-//! that dies or closes the socket ends the wait with [`super::Error::DeviceGone`], never a hang.
+//! that caused it. Waiting for a completion waits on the call eventfd *and* the socket, both
+//! in one epoll set per queue (registered once, so a wait is one `epoll_wait` and no `read`):
+//! a back-end that dies or closes the socket ends the wait with [`super::Error::DeviceGone`],
+//! never a hang.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -22,11 +24,15 @@ use vhost::vhost_user::message::{
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::Transport;
 use crate::memory::DmaMemory;
 use crate::queue::split::QueueLayout;
+
+const CALL_TOKEN: u64 = 0;
+const SOCKET_TOKEN: u64 = 1;
 
 /// The queue size limit assumed for a vhost-user back-end (QEMU's and libvhost-user's maximum).
 pub const MAX_QUEUE_SIZE: u16 = 1024;
@@ -93,6 +99,8 @@ pub struct VhostUserTransport {
     max_queues: u16,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
+    /// Per queue, an epoll set with its call eventfd (edge-triggered) and the socket.
+    waits: Vec<Epoll>,
     ready: Vec<bool>,
 }
 
@@ -154,6 +162,7 @@ impl VhostUserTransport {
             max_queues,
             kicks: Vec::new(),
             calls: Vec::new(),
+            waits: Vec::new(),
             ready: Vec::new(),
         })
     }
@@ -184,6 +193,30 @@ impl VhostUserTransport {
             });
         }
         Ok(usize::from(index))
+    }
+
+    /// An epoll set for waiting on queue `call`: the call eventfd edge-triggered (so a wake-up
+    /// needs no `read` to re-arm it; the counter is never read, and at a notification per
+    /// microsecond it would take half a million years to saturate), and the socket
+    /// level-triggered, so that a back-end that closes it ends every wait.
+    fn wait_set(&self, call: &EventFd) -> Result<Epoll, Error> {
+        let fail = |op| move |source| Error::EventFd { op, source };
+        let epoll = Epoll::new().map_err(fail("epoll_create"))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                call.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, CALL_TOKEN),
+            )
+            .map_err(fail("epoll_ctl (call)"))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                self.frontend.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, SOCKET_TOKEN),
+            )
+            .map_err(fail("epoll_ctl (socket)"))?;
+        Ok(epoll)
     }
 
     fn eventfd() -> Result<EventFd, Error> {
@@ -260,8 +293,10 @@ impl Transport for VhostUserTransport {
     fn setup_queue(&mut self, index: u16, layout: &QueueLayout) -> Result<(), super::Error> {
         let i = self.check_queue(index)?;
         while self.kicks.len() <= i {
+            let call = Self::eventfd()?;
+            self.waits.push(self.wait_set(&call)?);
             self.kicks.push(Self::eventfd()?);
-            self.calls.push(Self::eventfd()?);
+            self.calls.push(call);
             self.ready.push(false);
         }
         let config = VringConfigData {
@@ -320,37 +355,23 @@ impl Transport for VhostUserTransport {
 
     fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), super::Error> {
         let i = self.check_queue(index)?;
-        let call = self.calls.get(i).ok_or(Error::NoSuchQueue {
+        let epoll = self.waits.get(i).ok_or(Error::NoSuchQueue {
             index,
-            max: self.calls.len() as u16,
+            max: self.waits.len() as u16,
         })?;
-        let mut fds = [
-            libc::pollfd {
-                fd: call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.frontend.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            },
-        ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let mut events = [EpollEvent::default(); 2];
         let n = loop {
-            // SAFETY: `fds` is a valid array of two pollfd structures that outlives the call,
-            // and its length is passed with it.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if n >= 0 {
-                break n;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::EventFd {
-                    op: "poll",
-                    source: err,
+            match epoll.wait(ms, &mut events) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::EventFd {
+                        op: "epoll_wait",
+                        source,
+                    }
+                    .into());
                 }
-                .into());
             }
         };
         if n == 0 {
@@ -361,20 +382,14 @@ impl Transport for VhostUserTransport {
         }
         // No message is expected from the back-end between requests: the socket becoming
         // readable or hanging up means it closed (daemon killed, restarted, or broken).
-        if fds[1].revents != 0 {
+        if events[..n].iter().any(|e| e.data() == SOCKET_TOKEN) {
             return Err(super::Error::DeviceGone(format!(
                 "vhost-user socket {} closed",
                 self.path.display()
             )));
         }
-        match call.read() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(source) => Err(Error::EventFd {
-                op: "read (call)",
-                source,
-            }
-            .into()),
-        }
+        // The call eventfd is edge-triggered: no read is needed to wait again. A stale edge
+        // (from a completion already polled) only makes the caller poll the ring once more.
+        Ok(())
     }
 }
