@@ -25,8 +25,9 @@ use xen_abi::event_channel::EvtchnPort;
 use xen_abi::ring::RingMemory;
 use xen_abi::xenbus::{XenbusError, XenbusSide, XenbusState};
 use xen_abi::xs_wire::{
-    WatchEvent, XENSTORE_PAYLOAD_MAX, XENSTORE_RING_SIZE, XSD_SOCKMSG_SIZE, XsErrno, XsType,
-    XsWireError, XsdSockmsg, check_path, input_chunk, output_chunk, parse_decimal, parse_error,
+    WatchEvent, XENSTORE_ERROR_NONE, XENSTORE_PAYLOAD_MAX, XENSTORE_RING_SIZE,
+    XENSTORE_SERVER_FEATURE_ERROR, XSD_SOCKMSG_SIZE, XsErrno, XsType, XsWireError, XsdSockmsg,
+    check_path, input_chunk, output_chunk, parse_decimal, parse_error,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -40,6 +41,8 @@ const REQ_CONS: usize = 2 * RING;
 const REQ_PROD: usize = REQ_CONS + 4;
 const RSP_CONS: usize = REQ_CONS + 8;
 const RSP_PROD: usize = REQ_CONS + 12;
+const SERVER_FEATURES: usize = REQ_CONS + 16;
+const ERROR: usize = REQ_CONS + 24;
 /// The size of `struct xenstore_domain_interface`.
 const PAGE_NEED: usize = REQ_CONS + 28;
 
@@ -144,6 +147,14 @@ pub enum XenBusError {
     /// The platform failed (event channel).
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    /// xenstored reported that it stopped serving the ring (the page's `error` field, offered with
+    /// `XENSTORE_SERVER_FEATURE_ERROR`): 1 `XENSTORE_ERROR_COMM`, 2 `XENSTORE_ERROR_RINGIDX`, 3
+    /// `XENSTORE_ERROR_PROTO`. Fatal.
+    #[error("xenstored stopped serving the ring with error {code} (XENSTORE_ERROR_*)")]
+    ServerError {
+        /// The `error` field.
+        code: u32,
+    },
     /// A previous fatal error left the connection unusable.
     #[error("the XenStore connection is broken by an earlier error; reconnect")]
     Broken,
@@ -158,6 +169,7 @@ impl XenBusError {
                 | XenBusError::Protocol(_)
                 | XenBusError::UnexpectedReply { .. }
                 | XenBusError::Timeout { .. }
+                | XenBusError::ServerError { .. }
                 | XenBusError::Broken
         )
     }
@@ -364,8 +376,16 @@ impl<P: EventChannels + WaitEvent, M: RingMemory> XenBus<P, M> {
         self.platform.now_ns().saturating_add(self.timeout_ns)
     }
 
-    /// Waits for an event until `deadline`; false when it passed.
+    /// Waits for an event until `deadline`; false when it passed. Before sleeping, looks at the page's
+    /// `error` field, which xenstored sets when it stops serving the ring.
     fn wait_until(&mut self, deadline: u64) -> Result<bool, XenBusError> {
+        let features = shmem::atomic_u32(&self.page, SERVER_FEATURES).load(Ordering::Acquire);
+        if features & XENSTORE_SERVER_FEATURE_ERROR != 0 {
+            let code = shmem::atomic_u32(&self.page, ERROR).load(Ordering::Acquire);
+            if code != XENSTORE_ERROR_NONE {
+                return self.fatal(XenBusError::ServerError { code });
+            }
+        }
         let now = self.platform.now_ns();
         if now >= deadline {
             return Ok(false);
@@ -687,6 +707,13 @@ impl<P: EventChannels + WaitEvent, M: RingMemory> XenBus<P, M> {
             Reply::Ok,
         )
         .map(|_| ())
+    }
+
+    /// Drops every watch and transaction of this connection (`XS_RESET_WATCHES`), as a guest does when it
+    /// (re)starts, so that watches of an earlier kernel do not fire into this one.
+    pub fn reset_watches(&mut self) -> Result<(), XenBusError> {
+        self.request(XsType::ResetWatches, XBT_NIL, &[], Reply::Ok)
+            .map(|_| ())
     }
 
     /// The home path of domain `domid` (`XS_GET_DOMAIN_PATH`), copied into `out`.

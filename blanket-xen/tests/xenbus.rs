@@ -519,6 +519,63 @@ fn transaction_start_reply_that_is_not_a_number() {
 }
 
 #[test]
+fn xenstored_reports_an_error_in_the_page() {
+    let h = Hostile::new();
+    let p = h.shared();
+    p.server_features.store(2, Ordering::Relaxed);
+    p.error.store(1, Ordering::Release);
+    let mut xb = h.client(10 * SECOND);
+    let mut buf = [0u8; 8];
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        xb.read(XBT_NIL, b"x", &mut buf),
+        Err(XenBusError::ServerError { code: 1 })
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "reported at once, not after the timeout"
+    );
+    assert!(xb.is_broken());
+}
+
+#[test]
+fn real_xenstored_stops_serving_after_a_protocol_violation() {
+    // The guest's own bytes break the protocol (a header announcing 5000 bytes): pv-backend's xenstored
+    // sets XENSTORE_ERROR_PROTO in the page, and the client reports it instead of waiting for a reply.
+    let xs = Xenstored::start(4);
+    let p = unsafe_shared(&xs);
+    let mut header = Vec::new();
+    for v in [XsType::Read.raw(), 1, 0, 5000] {
+        header.extend_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in header.iter().enumerate() {
+        p.req[i].store(*b, Ordering::Relaxed);
+    }
+    p.req_prod.store(16, Ordering::Release);
+    let mut xb = xs.client();
+    blanket_xen::platform::EventChannels::notify(&*xs.xen, xs.port).unwrap();
+    let mut buf = [0u8; 8];
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        xb.read(XBT_NIL, b"x", &mut buf),
+        Err(XenBusError::ServerError { code: 3 })
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn reset_watches_drops_every_watch() {
+    let xs = Xenstored::start(4);
+    let mut xb = xs.client();
+    let mut ev = [0u8; 256];
+    xb.watch(b"data", b"tok").unwrap();
+    assert!(xb.next_watch_event(&mut ev, 2 * SECOND).unwrap().is_some());
+    xb.reset_watches().unwrap();
+    xs.write("/local/domain/1/data/y", "1");
+    assert_eq!(xb.next_watch_event(&mut ev, 100_000_000).unwrap(), None);
+}
+
+#[test]
 fn xenstored_that_never_answers() {
     let h = Hostile::new();
     let mut xb = h.client(100_000_000);
