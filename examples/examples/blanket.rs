@@ -193,6 +193,7 @@ fn crash_short(c: &blanket_hypervisor::CrashReport) -> String {
         BadHypercall(_) => "bad hypercall".into(),
         UnexpectedExit(_) => "unexpected exit".into(),
         KvmError(_) => "KVM error".into(),
+        Failsafe(_) => "upcall failed".into(),
     }
 }
 

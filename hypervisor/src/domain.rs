@@ -125,6 +125,8 @@ pub enum CrashKind {
     UnexpectedExit(String),
     /// KVM failed to run the vCPU.
     KvmError(String),
+    /// An event upcall could not be delivered (Xen would call the failsafe callback or crash the domain).
+    Failsafe(String),
 }
 
 /// The report of a crashed guest: what happened and the registers of interest.
@@ -169,6 +171,7 @@ impl std::fmt::Display for CrashReport {
             CrashKind::BadHypercall(why) => write!(f, "bad hypercall: {why}")?,
             CrashKind::UnexpectedExit(why) => write!(f, "unexpected VM exit: {why}")?,
             CrashKind::KvmError(why) => write!(f, "KVM_RUN failed: {why}")?,
+            CrashKind::Failsafe(why) => write!(f, "{why}")?,
         }
         write!(
             f,
@@ -263,6 +266,8 @@ pub struct Stats {
     pub blocks: AtomicU64,
     /// Bytes written to the console.
     pub console_bytes: AtomicU64,
+    /// Event upcalls delivered into the guest's callback.
+    pub upcalls: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] and timings.
@@ -276,6 +281,8 @@ pub struct StatsSnapshot {
     pub blocks: u64,
     /// Console bytes.
     pub console_bytes: u64,
+    /// Event upcalls delivered.
+    pub upcalls: u64,
     /// CPU time the vCPU thread used, in nanoseconds (its thread CPU clock).
     pub cpu_ns: u64,
     /// Wall time from start to end (or to now).
@@ -324,6 +331,8 @@ pub(crate) struct DomainCore {
     pub(crate) created: Instant,
     pub(crate) clock: Mutex<Option<Clock>>,
     pub(crate) grant_frames: AtomicU64,
+    /// The event callback's address (`CALLBACKTYPE_event`), 0 if none.
+    pub(crate) event_callback: AtomicU64,
 }
 
 impl DomainCore {
@@ -346,24 +355,40 @@ impl DomainCore {
         }
     }
 
-    /// Marks `port` pending for this domain and wakes it if that makes an upcall pending.
+    /// Marks `port` pending for this domain and wakes it: out of a block or poll (any newly pending port,
+    /// masked or not, since `SCHEDOP_poll` waits on masked ports), and out of guest code when an upcall
+    /// became pending and the guest registered an event callback.
     pub(crate) fn deliver(&self, port: u32) {
         let events = self.shared.two_level();
         if let Ok(n) = events.send(port, &self.shared.vcpu0_events()) {
-            if !matches!(
-                n,
-                xen_abi::event_channel::Notify::AlreadyPending
-                    | xen_abi::event_channel::Notify::Masked
-            ) {
-                // Take the lock so a vCPU about to sleep sees either the bit or this notification.
-                drop(self.lock());
-                self.kick_blocked();
-            }
+            self.after_send(n);
         }
     }
 
-    fn kick_blocked(&self) {
+    fn after_send(&self, n: xen_abi::event_channel::Notify) {
+        use xen_abi::event_channel::Notify;
+        if n == Notify::AlreadyPending {
+            return;
+        }
+        // Take the lock so a vCPU about to sleep sees either the bit or this notification.
+        let running = self.lock().state == RunState::Running;
         self.cv.notify_all();
+        if running && n == Notify::Upcall && self.event_callback.load(Ordering::SeqCst) != 0 {
+            self.kick();
+        }
+    }
+
+    /// Fires the timer of the host's timer thread if it is still the one set for `deadline`.
+    pub(crate) fn timer_expired(&self, deadline: u64) {
+        let mut c = self.lock();
+        if c.timer != Some(deadline) {
+            return;
+        }
+        let n = self.fire_timer_if_due(&mut c);
+        drop(c);
+        if let Some(n) = n {
+            self.after_send(n);
+        }
     }
 
     /// Appends console bytes: whole lines go to the sink; everything (up to [`CONSOLE_KEEP`]) is kept.
@@ -407,26 +432,36 @@ impl DomainCore {
         }
     }
 
-    /// Fires the one-shot timer if it is due: VIRQ_TIMER becomes pending.
-    pub(crate) fn fire_timer_if_due(&self, ctl: &mut Control) {
-        if let Some(deadline) = ctl.timer
-            && self.system_time() >= deadline
-        {
-            ctl.timer = None;
-            if let Some(host) = self.host.upgrade() {
-                let port = host
-                    .evtchn()
-                    .table(self.domid)
-                    .ok()
-                    .and_then(|t| t.virq_port(xen_abi::hypercall::VIRQ_TIMER));
-                if let Some(port) = port {
-                    self.update_time();
-                    let _ = self
-                        .shared
-                        .two_level()
-                        .send(port, &self.shared.vcpu0_events());
-                }
-            }
+    /// Fires the one-shot timer if it is due: VIRQ_TIMER becomes pending (the caller, holding the lock,
+    /// wakes whoever must be woken with the returned [`Notify`](xen_abi::event_channel::Notify)).
+    pub(crate) fn fire_timer_if_due(
+        &self,
+        ctl: &mut Control,
+    ) -> Option<xen_abi::event_channel::Notify> {
+        let deadline = ctl.timer?;
+        if self.system_time() < deadline {
+            return None;
+        }
+        ctl.timer = None;
+        let host = self.host.upgrade()?;
+        let port = host
+            .evtchn()
+            .table(self.domid)
+            .ok()
+            .and_then(|t| t.virq_port(xen_abi::hypercall::VIRQ_TIMER))?;
+        self.update_time();
+        self.shared
+            .two_level()
+            .send(port, &self.shared.vcpu0_events())
+            .ok()
+    }
+
+    /// Sets (or with `None` cancels) the one-shot timer, at a system time in nanoseconds.
+    pub(crate) fn set_timer(&self, deadline: Option<u64>) {
+        self.lock().timer = deadline;
+        if let (Some(d), Some(host)) = (deadline, self.host.upgrade()) {
+            host.timers
+                .add(self.created + Duration::from_nanos(d), self.domid, d);
         }
     }
 }
@@ -438,6 +473,7 @@ fn host_tsc() -> u64 {
 
 pub(crate) struct HostInner {
     kvm: Kvm,
+    pub(crate) timers: Arc<crate::timer::TimerQueue>,
     evtchn: Mutex<EvtchnRegistry>,
     domains: Mutex<HashMap<DomId, Weak<DomainCore>>>,
 }
@@ -483,13 +519,20 @@ impl Hypervisor {
         install_kick_handler();
         let mut evtchn = EvtchnRegistry::default();
         evtchn.add_domain(0);
-        Ok(Self {
-            inner: Arc::new(HostInner {
-                kvm,
-                evtchn: Mutex::new(evtchn),
-                domains: Mutex::new(HashMap::new()),
-            }),
-        })
+        let timers = Arc::new(crate::timer::TimerQueue::default());
+        let inner = Arc::new(HostInner {
+            kvm,
+            timers: timers.clone(),
+            evtchn: Mutex::new(evtchn),
+            domains: Mutex::new(HashMap::new()),
+        });
+        crate::timer::start(timers, Arc::downgrade(&inner)).map_err(|source| {
+            DomainError::Thread {
+                name: "timer".into(),
+                source,
+            }
+        })?;
+        Ok(Self { inner })
     }
 
     /// Creates and builds a domain (not started: see [`Domain::start`]).
@@ -617,6 +660,7 @@ impl Hypervisor {
                 tsc_offset: guest_tsc.wrapping_sub(host_now),
             })),
             grant_frames: AtomicU64::new(0),
+            event_callback: AtomicU64::new(0),
         });
         core.update_time();
         if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -798,6 +842,7 @@ impl Domain {
             hypercalls: s.hypercalls.load(Ordering::Relaxed),
             blocks: s.blocks.load(Ordering::Relaxed),
             console_bytes: s.console_bytes.load(Ordering::Relaxed),
+            upcalls: s.upcalls.load(Ordering::Relaxed),
             cpu_ns,
             run_ns,
         }

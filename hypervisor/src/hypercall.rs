@@ -89,6 +89,8 @@ pub(crate) fn dispatch(core: &DomainCore, regs: &HypercallRegs) -> Outcome {
         Hypercall::GrantTableOp => grant_table_op(core, a1, a2, a3),
         Hypercall::MemoryOp => memory_op(core, a1, a2),
         Hypercall::VcpuOp => vcpu_op(a1, a2),
+        Hypercall::SetCallbacks => set_callbacks(core, a1),
+        Hypercall::CallbackOp => callback_op(core, a1, a2),
         _ => Err(ENOSYS),
     };
     Outcome::Return(r.unwrap_or_else(|e| -e))
@@ -242,7 +244,7 @@ fn block(core: &DomainCore, poll: Option<(&[u32], Option<u64>)>) {
         if c.destroy || c.paused {
             break;
         }
-        core.fire_timer_if_due(&mut c);
+        let _ = core.fire_timer_if_due(&mut c);
         let woken = match poll {
             None => core.shared.upcall_pending(),
             Some((ports, _)) => {
@@ -276,9 +278,62 @@ fn block(core: &DomainCore, poll: Option<(&[u32], Option<u64>)>) {
 }
 
 fn set_timer_op(core: &DomainCore, timeout: u64) -> R {
-    let mut c = core.lock();
-    c.timer = if timeout == 0 { None } else { Some(timeout) };
+    core.set_timer(if timeout == 0 { None } else { Some(timeout) });
     Ok(0)
+}
+
+/// `CALLBACKTYPE_event` in `callback.h`.
+pub const CALLBACKTYPE_EVENT: u16 = 0;
+/// `CALLBACKTYPE_failsafe` in `callback.h`.
+pub const CALLBACKTYPE_FAILSAFE: u16 = 1;
+/// `CALLBACKOP_register` in `callback.h`.
+pub const CALLBACKOP_REGISTER: u64 = 0;
+/// `CALLBACKOP_unregister` in `callback.h`.
+pub const CALLBACKOP_UNREGISTER: u64 = 1;
+
+/// `struct callback_register` in `callback.h` (x86-64: `xen_callback_t` is an address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable)]
+struct CallbackRegister {
+    kind: u16,
+    flags: u16,
+    _pad: u32,
+    address: u64,
+}
+
+fn set_event_callback(core: &DomainCore, address: u64) -> R {
+    if address != 0 && !core.layout.guest_readable(&core.ram, address, 1) {
+        return Err(EINVAL);
+    }
+    core.event_callback.store(address, Ordering::SeqCst);
+    Ok(0)
+}
+
+/// `HYPERVISOR_set_callbacks(event, failsafe, syscall)`: the event callback is used; the failsafe and
+/// syscall callbacks are accepted and not needed (no segment reloads fail, no guest user mode).
+fn set_callbacks(core: &DomainCore, event: u64) -> R {
+    set_event_callback(core, event)
+}
+
+fn callback_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
+    match cmd {
+        CALLBACKOP_REGISTER => {
+            let cb: CallbackRegister = core.copy_in(arg)?;
+            match cb.kind {
+                CALLBACKTYPE_EVENT => set_event_callback(core, cb.address),
+                CALLBACKTYPE_FAILSAFE => Ok(0),
+                _ => Err(EINVAL),
+            }
+        }
+        CALLBACKOP_UNREGISTER => {
+            let kind: u16 = core.copy_in(arg)?;
+            match kind {
+                CALLBACKTYPE_EVENT => set_event_callback(core, 0),
+                _ => Err(EINVAL),
+            }
+        }
+        _ => Err(ENOSYS),
+    }
 }
 
 fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {

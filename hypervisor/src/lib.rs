@@ -58,6 +58,7 @@
 //! | `grant_table_op` | setup_table (up to 4 frames, reserved by the builder), query_size, set_version (1 only; 2 is `-EOPNOTSUPP`) |
 //! | `memory_op` | current_reservation, maximum_reservation, maximum_ram_page |
 //! | `vcpu_op` | is_up (vCPU 0) |
+//! | `set_callbacks`, `callback_op` | the event callback (`CALLBACKTYPE_event`, register and unregister); a failsafe callback is accepted and unused |
 //!
 //! Anything else returns `-ENOSYS`. Every pointer a guest passes is checked before use: outside guest
 //! memory, into page 0 or the system area, or (for results) into the page tables gives `-EFAULT`.
@@ -69,14 +70,22 @@
 //! time (nanoseconds since the domain was created) from the TSC; it is refreshed whenever the vCPU wakes
 //! from a block and when the timer fires. The wall clock in `shared_info` is set at creation.
 //!
+//! **Upcalls.** With an event callback registered, an upcall that is pending and not masked is delivered
+//! when the vCPU next enters the guest; a vCPU running guest code is kicked out of it (a signal) when an
+//! event makes an upcall pending, and the host's timer thread fires `set_timer_op` deadlines on time. The
+//! delivery is Xen's x86-64 bounce frame: on the current stack, rounded down to 16 bytes, the words `rcx,
+//! r11, rip, cs, rflags, rsp, ss` (lowest address first; `cs` carries the saved upcall mask in bits 32-39,
+//! always 0 here), then `rip` = the callback, `rsp` = the frame, and `evtchn_upcall_mask` = 1. The callback
+//! pops `rcx` and `r11`, handles the events, clears the mask and returns with `iretq` (legal at CPL 3 to
+//! CPL 3). A stack the frame cannot be written to stops the domain ([`CrashKind::Failsafe`]).
+//!
 //! **Faults.** An exception reaches the hypervisor's ring-0 stubs, which report it; the domain is stopped
 //! with a [`CrashReport`] (vector, error code, CR2, rip, rsp, rflags). A triple fault, an unexpected exit or
 //! a KVM error stops it likewise. Only that domain is affected.
 //!
 //! # Not yet
 //!
-//! Event upcalls into a registered callback (`set_callbacks`, `callback_op`) and `iret` are not served
-//! (`-ENOSYS`): a guest learns of events when `SCHEDOP_block` or `SCHEDOP_poll` returns. Also missing: more
+//! `HYPERVISOR_iret` is not served (`-ENOSYS`): guests return from upcalls with `iretq`. Also missing: more
 //! than one vCPU (`VCPUOP_up`), `mmu_update`, `update_va_mapping`, `set_trap_table` (exception bounces),
 //! grant mapping by back-ends, and ballooning. The design leaves room for them: the page tables are the
 //! guest's (read-only, Xen-style), the selectors are Xen's, and exceptions already arrive in the VMM with
@@ -101,6 +110,7 @@ pub mod guest;
 pub mod hypercall;
 pub mod memory;
 pub mod shared;
+mod timer;
 mod vcpu;
 pub mod x86;
 

@@ -52,7 +52,53 @@ fn crash(vcpu: &VcpuFd, kind: CrashKind) -> DomainExit {
     })
 }
 
+/// Delivers an event upcall if one is due: the guest registered an event callback, an upcall is pending
+/// and not masked. Xen's x86-64 bounce frame goes on the guest's stack (16-byte aligned, as Xen does):
+/// `rcx, r11, rip, cs (saved upcall mask in bits 32-39), rflags, rsp, ss`, lowest first; the guest continues
+/// at the callback with the upcall masked.
+fn bounce_upcall(core: &DomainCore, vcpu: &mut VcpuFd) -> Result<bool, String> {
+    let cb = core.event_callback.load(Ordering::SeqCst);
+    let mask = core.shared.upcall_mask();
+    if cb == 0 || !core.shared.upcall_pending() || mask.load(Ordering::SeqCst) != 0 {
+        return Ok(false);
+    }
+    let regs = vcpu.sync_regs().regs;
+    let top = regs.rsp & !0xf;
+    let frame = top.wrapping_sub(56);
+    if top < 56 || !core.layout.guest_writable(&core.ram, frame, 56) {
+        return Err(format!(
+            "cannot deliver an event upcall: the guest's stack pointer {:#x} is not writable guest memory",
+            regs.rsp
+        ));
+    }
+    let words = [
+        regs.rcx,
+        regs.r11,
+        regs.rip,
+        u64::from(crate::x86::FLAT_RING3_CS64),
+        regs.rflags,
+        regs.rsp,
+        u64::from(crate::x86::FLAT_RING3_SS64),
+    ];
+    let mut bytes = [0u8; 56];
+    for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    core.ram.write(frame, &bytes).map_err(|e| e.to_string())?;
+    mask.store(1, Ordering::SeqCst);
+    let r = &mut vcpu.sync_regs_mut().regs;
+    r.rsp = frame;
+    r.rip = cb;
+    r.rflags &= !(1 << 8); // TF
+    vcpu.set_sync_dirty_reg(SyncReg::Register);
+    core.stats.upcalls.fetch_add(1, Ordering::Relaxed);
+    Ok(true)
+}
+
 fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
+    // Whether the last exit was a hypercall's `out`, which KVM completes (moving rip past it) on the next
+    // KVM_RUN.
+    let mut pio_pending = false;
     loop {
         {
             let mut c = core.lock();
@@ -67,7 +113,19 @@ fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
                 c = core.cv.wait(c).unwrap_or_else(|e| e.into_inner());
             }
             c.state = RunState::Running;
-            core.fire_timer_if_due(&mut c);
+            let _ = core.fire_timer_if_due(&mut c);
+        }
+        if core.event_callback.load(Ordering::SeqCst) != 0 && core.shared.upcall_pending() {
+            if pio_pending {
+                // Let KVM complete the `out` first (rip moves past it), without running the guest.
+                vcpu.set_kvm_immediate_exit(1);
+                let _ = vcpu.run();
+                vcpu.set_kvm_immediate_exit(0);
+                pio_pending = false;
+            }
+            if let Err(why) = bounce_upcall(core, vcpu) {
+                return crash(vcpu, CrashKind::Failsafe(why));
+            }
         }
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, _)) if port == HYPERCALL_PORT => Exit::Hypercall,
@@ -99,6 +157,7 @@ fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
             Err(e) => Exit::Error(e.to_string()),
         };
         core.stats.exits.fetch_add(1, Ordering::Relaxed);
+        pio_pending = matches!(exit, Exit::Hypercall);
         match exit {
             Exit::Interrupted => {
                 vcpu.set_kvm_immediate_exit(0);

@@ -417,3 +417,36 @@ fn sixteen_guests_boot_at_once() {
         );
     }
 }
+
+#[test]
+fn timer_events_arrive_as_upcalls_while_the_guest_computes() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "upcall", "upcall=20");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    assert!(out.contains("callback registered (0)"), "{out}");
+    assert!(out.contains("upcall: 20 timer upcalls"), "{out}");
+    let s = d.stats();
+    assert!(s.upcalls >= 20, "{s:?}");
+    assert_eq!(
+        s.blocks, 0,
+        "the guest never blocked: the upcalls came into running code"
+    );
+}
+
+#[test]
+fn an_upcall_onto_an_unwritable_stack_stops_the_guest_with_a_report() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "badstack", "upcall-bad-stack");
+    let DomainExit::Crashed(report) = finish(&mut d) else {
+        panic!("not stopped")
+    };
+    let CrashKind::Failsafe(why) = &report.kind else {
+        panic!("{report}")
+    };
+    assert!(why.contains("stack pointer 0x1000"), "{report}");
+    assert_eq!(report.rsp, 0x1000);
+}

@@ -12,6 +12,8 @@
 //! - `wait-event[=DOM]`: offers a port to domain DOM (default 0), blocks until an event arrives on it, then
 //!   powers off; `send-event=DOM,PORT`: binds to that port of domain DOM and sends an event;
 //! - `evtchn-selftest`: exercises the event-channel operations on itself and prints what they returned;
+//! - `upcall=N`: registers an event callback and computes while N timer events (10 ms apart) arrive as
+//!   upcalls into it;
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -21,6 +23,7 @@ mod platform;
 
 use core::arch::global_asm;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use platform::{Platform, hypercall};
 use xen_abi::event_channel as ev;
@@ -41,6 +44,33 @@ _start:
     call guest_main
 1:  ud2
     jmp 1b
+
+    .section .text
+    .global upcall_entry
+upcall_entry:
+    pop %rcx
+    pop %r11
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    cld
+    call upcall_handler
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
 
     .section .hypercall_page, "ax"
     .balign 4096
@@ -157,6 +187,31 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         "wait-event" => wait_event(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(0)),
         "send-event" => send_event(&p, arg.unwrap_or("")),
         "evtchn-selftest" => evtchn_selftest(&p),
+        "upcall" => upcall(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(20)),
+        "upcall-bad-stack" => {
+            let port = p.timer_port();
+            let mut cb = [0u64; 2];
+            cb[1] = upcall_entry as *const () as u64;
+            // SAFETY: CALLBACKOP_register with a struct callback_register.
+            unsafe {
+                hypercall(
+                    hc::__HYPERVISOR_callback_op,
+                    0,
+                    cb.as_mut_ptr() as u64,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            println!(
+                &p,
+                "upcall-bad-stack: timer on port {port}; spinning with rsp in the system area"
+            );
+            p.set_timer(p.time_ns() + 10_000_000);
+            // SAFETY: deliberately breaks the stack: the loop uses no memory, and the hypervisor cannot
+            // push the upcall frame there.
+            unsafe { core::arch::asm!("mov rsp, 0x1000", "2:", "jmp 2b", options(noreturn)) }
+        }
         "fault" => {
             println!(&p, "fault: reading address 0");
             // SAFETY: deliberately not: page 0 is unmapped, so this faults (the point of the workload).
@@ -254,6 +309,88 @@ fn timer(p: &mut Platform, n: u32) -> ! {
     }
     let ms = (p.time_ns() - t0) / 1_000_000;
     println!(p, "timer: {woken}/{n} wake-ups on time in {ms} ms");
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
+static TICKS: AtomicU32 = AtomicU32::new(0);
+static TICKS_WANTED: AtomicU32 = AtomicU32::new(0);
+static UPCALLS: AtomicU32 = AtomicU32::new(0);
+
+unsafe extern "C" {
+    fn upcall_entry();
+}
+
+/// The event callback's body: takes the pending events, counts timer ticks and re-arms the timer, then
+/// unmasks upcalls (the hypervisor masked them when it delivered this one).
+#[unsafe(no_mangle)]
+extern "C" fn upcall_handler() {
+    // SAFETY: START_INFO was set at entry, before the callback was registered.
+    let p = unsafe { Platform::new(START_INFO) };
+    UPCALLS.fetch_add(1, Ordering::SeqCst);
+    let port = TIMER_PORT.load(Ordering::SeqCst);
+    let events = p.events();
+    let mut timer = false;
+    for q in events.scan(p.vcpu_events(), 64) {
+        timer |= q == port;
+    }
+    if timer {
+        let n = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
+        if n < TICKS_WANTED.load(Ordering::SeqCst) {
+            p.set_timer(p.time_ns() + 10_000_000);
+        }
+    }
+    p.vcpu_events();
+    // SAFETY: vcpu_info[0].evtchn_upcall_mask, a byte the hypervisor reads atomically.
+    let mask = unsafe {
+        &*(&raw const (*(p.start_info.shared_info as *const xen_abi::xen::SharedInfo)).vcpu_info[0]
+            .evtchn_upcall_mask as *const AtomicU8)
+    };
+    mask.store(0, Ordering::SeqCst);
+}
+
+fn upcall(p: &mut Platform, n: u32) -> ! {
+    TICKS_WANTED.store(n, Ordering::SeqCst);
+    TIMER_PORT.store(p.timer_port(), Ordering::SeqCst);
+    // struct callback_register { type = CALLBACKTYPE_event, flags = 0, address }.
+    let mut cb = [0u64; 2];
+    cb[1] = upcall_entry as *const () as u64;
+    // SAFETY: CALLBACKOP_register with a struct callback_register.
+    let r = unsafe {
+        hypercall(
+            hc::__HYPERVISOR_callback_op,
+            0,
+            cb.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    println!(
+        p,
+        "upcall: callback registered ({r}), computing until {n} timer upcalls"
+    );
+    let t0 = p.time_ns();
+    p.set_timer(t0 + 10_000_000);
+    let mut x: u64 = 1;
+    let mut spins: u64 = 0;
+    while TICKS.load(Ordering::SeqCst) < n && p.time_ns() - t0 < 10_000_000_000 {
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x = core::hint::black_box(x);
+        spins += 1;
+    }
+    let ms = (p.time_ns() - t0) / 1_000_000;
+    println!(
+        p,
+        "upcall: {} timer upcalls ({} upcalls) in {ms} ms while computing ({spins} x 10k steps, checksum {:#x})",
+        TICKS.load(Ordering::SeqCst),
+        UPCALLS.load(Ordering::SeqCst),
+        x
+    );
     p.shutdown(ShutdownReason::Poweroff)
 }
 
