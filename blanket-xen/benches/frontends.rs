@@ -26,6 +26,7 @@ fn frontends(c: &mut Criterion) {
     let config = BlkConfig {
         pages_per_request: 32,
         timeout_ns: 10 * SECOND,
+        ..BlkConfig::default()
     };
     let mut blk = BlkFront::connect(
         Arc::clone(&xs.xen),

@@ -45,10 +45,15 @@ use zerocopy::IntoBytes;
 
 use crate::platform::{Platform, PlatformError};
 use crate::shmem;
-use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XenBusError, fmt_decimal, parse_u64};
+use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XenBusError, XsPath, fmt_decimal, parse_u64};
 
 /// The slots of a one-page blkif ring: 32.
 pub const BLK_RING_SIZE: usize = ring_entries::<Blkif>(XEN_PAGE_SIZE) as usize;
+/// The largest `ring-page-order` this driver uses (`XENBUS_MAX_RING_GRANT_ORDER` of Linux): 16 pages.
+pub const MAX_RING_PAGE_ORDER: u32 = 4;
+/// The most requests in flight at once (a ring of order 2 or more is capped here, to keep the driver's
+/// state small for a `no_std` guest).
+pub const MAX_SLOTS: usize = 128;
 /// The most data pages one request may use (128 KiB).
 pub const MAX_PAGES_PER_REQUEST: usize = 32;
 /// How often the handshake's transaction is retried on `EAGAIN`.
@@ -93,6 +98,16 @@ pub enum BlkError {
         pages: usize,
         /// Pages one request needs.
         per_request: usize,
+    },
+    /// Ring memory that does not hold `2^ring_page_order` pages, or an order above 4.
+    #[error(
+        "ring memory of {len} bytes cannot hold a ring of order {order} (2^order pages, order at most 4, page-aligned)"
+    )]
+    BadRingMemory {
+        /// Its length.
+        len: usize,
+        /// The order asked for.
+        order: u32,
     },
     /// A configuration value out of range.
     #[error("pages_per_request {pages} is not between 1 and {max}")]
@@ -222,6 +237,9 @@ pub struct BlkConfig {
     pub pages_per_request: usize,
     /// Timeout of every handshake step and blocking request, in nanoseconds.
     pub timeout_ns: u64,
+    /// The `ring-page-order` wanted (0 to [`MAX_RING_PAGE_ORDER`]); the ring memory given to `connect` must
+    /// hold `2^order` pages. The back-end's `max-ring-page-order` lowers it.
+    pub ring_page_order: u32,
 }
 
 impl Default for BlkConfig {
@@ -229,7 +247,29 @@ impl Default for BlkConfig {
         Self {
             pages_per_request: BLKIF_MAX_SEGMENTS_PER_REQUEST as usize,
             timeout_ns: 5_000_000_000,
+            ring_page_order: 0,
         }
+    }
+}
+
+/// The first `len` bytes of the caller's ring memory: the pages of the order actually used.
+#[derive(Debug)]
+pub struct RingPrefix<M> {
+    mem: M,
+    len: usize,
+}
+
+// SAFETY: a prefix of memory that `M` promises valid for atomic and volatile access; the pointer is `M`'s,
+// and `len` never exceeds `M`'s length (checked in `BlkFront::connect`).
+unsafe impl<M: RingMemory> RingMemory for RingPrefix<M> {
+    fn as_ptr(&self) -> *mut u8 {
+        self.mem.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.len.min(self.mem.len())
+    }
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        self.mem.mark_dirty(offset, len);
     }
 }
 
@@ -312,8 +352,9 @@ const FREE_SLOT: Slot = Slot {
 /// A connected blkfront.
 pub struct BlkFront<P, M, B> {
     platform: P,
-    ring: FrontRing<M, Blkif>,
-    ring_ref: GrantRef,
+    ring: FrontRing<RingPrefix<M>, Blkif>,
+    ring_refs: [GrantRef; 1 << MAX_RING_PAGE_ORDER],
+    ring_order: u32,
     port: EvtchnPort,
     device: FrontendDevice,
     handle: u16,
@@ -323,7 +364,7 @@ pub struct BlkFront<P, M, B> {
     max_segments: usize,
     indirect: bool,
     nr_slots: usize,
-    slots: [Slot; BLK_RING_SIZE],
+    slots: [Slot; MAX_SLOTS],
     timeout_ns: u64,
     stopped: bool,
 }
@@ -333,7 +374,7 @@ impl<P, M, B> core::fmt::Debug for BlkFront<P, M, B> {
         f.debug_struct("BlkFront")
             .field("device", &self.device)
             .field("info", &self.info)
-            .field("ring_ref", &self.ring_ref)
+            .field("ring_refs", &&self.ring_refs[..1 << self.ring_order])
             .field("port", &self.port)
             .field("nr_slots", &self.nr_slots)
             .field("max_segments", &self.max_segments)
@@ -393,6 +434,16 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
                 max: MAX_PAGES_PER_REQUEST,
             });
         }
+        let want_order = config.ring_page_order;
+        if want_order > MAX_RING_PAGE_ORDER
+            || ring_page.len() < XEN_PAGE_SIZE << want_order
+            || (ring_page.as_ptr() as usize) % XEN_PAGE_SIZE != 0
+        {
+            return Err(BlkError::BadRingMemory {
+                len: ring_page.len(),
+                order: want_order,
+            });
+        }
         let timeout = config.timeout_ns;
         let mut dev = FrontendDevice::probe(xb, node)?;
         let handle = node
@@ -439,27 +490,46 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
             });
         }
 
-        // 3. The ring, its grant and event channel, published in one transaction.
-        let ring = FrontRing::<M, Blkif>::new(ring_page)?;
-        let frame = platform.frame_of(ring.memory().as_ptr() as usize)?;
-        let ring_ref = platform.grant_access(backend_id, frame, false)?;
-        let port = match platform.alloc_unbound(backend_id) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = platform.end_access(ring_ref);
-                return Err(e.into());
+        // 3. The ring, its grants and event channel, published in one transaction.
+        let order = want_order.min(max_ring_page_order);
+        let ring = FrontRing::<RingPrefix<M>, Blkif>::new(RingPrefix {
+            mem: ring_page,
+            len: XEN_PAGE_SIZE << order,
+        })?;
+        let nr_ring_pages = 1usize << order;
+        let mut ring_refs = [0; 1 << MAX_RING_PAGE_ORDER];
+        let base = ring.memory().as_ptr() as usize;
+        let mut granted = 0;
+        let mut port = None;
+        let setup = (|| -> Result<(), BlkError> {
+            for (i, r) in ring_refs.iter_mut().take(nr_ring_pages).enumerate() {
+                let frame = platform.frame_of(base + i * XEN_PAGE_SIZE)?;
+                *r = platform.grant_access(backend_id, frame, false)?;
+                granted += 1;
+            }
+            port = Some(platform.alloc_unbound(backend_id)?);
+            Ok(())
+        })();
+        let cleanup = |platform: &P, port: Option<EvtchnPort>, refs: &[GrantRef]| {
+            if let Some(p) = port {
+                let _ = platform.close(p);
+            }
+            for r in refs {
+                let _ = platform.end_access(*r);
             }
         };
-        let cleanup = |platform: &P| {
-            let _ = platform.close(port);
-            let _ = platform.end_access(ring_ref);
-        };
-        if let Err(e) = Self::publish(xb, &dev, ring_ref, port) {
-            cleanup(&platform);
+        if let Err(e) = setup {
+            cleanup(&platform, port, &ring_refs[..granted]);
+            return Err(e);
+        }
+        let port = port.unwrap_or(0);
+        let refs = &ring_refs[..nr_ring_pages];
+        if let Err(e) = Self::publish(xb, &dev, refs, order, port) {
+            cleanup(&platform, Some(port), refs);
             return Err(e);
         }
         if let Err(e) = dev.switch_state(xb, XBT_NIL, XenbusState::Initialised) {
-            cleanup(&platform);
+            cleanup(&platform, Some(port), refs);
             return Err(e.into());
         }
 
@@ -492,7 +562,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
             Ok(info) => info,
             Err(e) => {
                 let _ = dev.switch_state(xb, XBT_NIL, XenbusState::Closing);
-                cleanup(&platform);
+                cleanup(&platform, Some(port), refs);
                 return Err(e);
             }
         };
@@ -511,23 +581,26 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         };
         let pages_per_slot = max_segments + usize::from(indirect);
         let pool_pages = pool.len() / XEN_PAGE_SIZE;
-        let nr_slots = (pool_pages / pages_per_slot).min(BLK_RING_SIZE);
+        let nr_slots = (pool_pages / pages_per_slot)
+            .min(ring.size() as usize)
+            .min(MAX_SLOTS);
         if nr_slots == 0 || (pool.as_ptr() as usize) % XEN_PAGE_SIZE != 0 {
             let _ = dev.switch_state(xb, XBT_NIL, XenbusState::Closing);
-            cleanup(&platform);
+            cleanup(&platform, Some(port), refs);
             return Err(BlkError::PoolTooSmall {
                 pages: pool_pages,
                 per_request: pages_per_slot,
             });
         }
         if let Err(e) = dev.switch_state(xb, XBT_NIL, XenbusState::Connected) {
-            cleanup(&platform);
+            cleanup(&platform, Some(port), refs);
             return Err(e.into());
         }
         Ok(Self {
             platform,
             ring,
-            ring_ref,
+            ring_refs,
+            ring_order: order,
             port,
             device: dev,
             handle,
@@ -537,7 +610,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
             max_segments,
             indirect,
             nr_slots,
-            slots: [FREE_SLOT; BLK_RING_SIZE],
+            slots: [FREE_SLOT; MAX_SLOTS],
             timeout_ns: timeout,
             stopped: false,
         })
@@ -546,24 +619,40 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
     fn publish<XM: RingMemory>(
         xb: &mut XenBus<P, XM>,
         dev: &FrontendDevice,
-        ring_ref: GrantRef,
+        ring_refs: &[GrantRef],
+        order: u32,
         port: EvtchnPort,
     ) -> Result<(), BlkError> {
         let node = dev.node();
-        let (rr, ec, proto, pers) = (
-            node.join(b"ring-ref")?,
+        let (ec, proto, pers, ord) = (
             node.join(b"event-channel")?,
             node.join(b"protocol")?,
             node.join(b"feature-persistent")?,
+            node.join(b"ring-page-order")?,
         );
-        let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
-        let ring_ref_s = fmt_decimal(u64::from(ring_ref), &mut a);
+        let mut b = [0u8; 20];
         let port_s = fmt_decimal(u64::from(port), &mut b);
         // Bounded: a few retries when the transaction conflicts.
         for _ in 0..TX_RETRIES {
             let tx = xb.transaction_start()?;
             let writes = (|| {
-                xb.write(tx, rr.as_bytes(), ring_ref_s)?;
+                if order == 0 {
+                    let mut a = [0u8; 20];
+                    let r = fmt_decimal(u64::from(ring_refs[0]), &mut a);
+                    xb.write(tx, node.join(b"ring-ref")?.as_bytes(), r)?;
+                } else {
+                    let mut o = [0u8; 20];
+                    xb.write(tx, ord.as_bytes(), fmt_decimal(u64::from(order), &mut o))?;
+                    for (i, gref) in ring_refs.iter().enumerate() {
+                        let (mut a, mut k) = ([0u8; 20], [0u8; 20]);
+                        let key = XsPath::<32>::from_parts(&[
+                            b"ring-ref",
+                            fmt_decimal(i as u64, &mut k),
+                        ])?;
+                        let r = fmt_decimal(u64::from(*gref), &mut a);
+                        xb.write(tx, node.join(key.as_bytes())?.as_bytes(), r)?;
+                    }
+                }
                 xb.write(tx, ec.as_bytes(), port_s)?;
                 xb.write(tx, proto.as_bytes(), XEN_IO_PROTO_ABI_NATIVE.as_bytes())?;
                 xb.write(tx, pers.as_bytes(), b"0")
@@ -658,9 +747,24 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         self.nr_slots
     }
 
-    /// The ring's grant reference and event channel.
+    /// The ring's (first) grant reference and the event channel.
     pub fn ring_ref_and_port(&self) -> (GrantRef, EvtchnPort) {
-        (self.ring_ref, self.port)
+        (self.ring_refs[0], self.port)
+    }
+
+    /// The grant references of the ring's pages.
+    pub fn ring_refs(&self) -> &[GrantRef] {
+        &self.ring_refs[..1 << self.ring_order]
+    }
+
+    /// The `ring-page-order` in use.
+    pub fn ring_page_order(&self) -> u32 {
+        self.ring_order
+    }
+
+    /// The ring's slots.
+    pub fn ring_size(&self) -> u32 {
+        self.ring.size()
     }
 
     /// Requests in flight.
@@ -1121,7 +1225,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         );
         self.device.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
         self.platform.close(self.port)?;
-        self.platform.end_access(self.ring_ref)?;
+        for r in &self.ring_refs[..1 << self.ring_order] {
+            self.platform.end_access(*r)?;
+        }
         Ok(())
     }
 }

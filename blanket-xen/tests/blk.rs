@@ -143,6 +143,7 @@ fn indirect_requests_when_the_backend_offers_them() {
         BlkConfig {
             pages_per_request: 32,
             timeout_ns: SECOND,
+            ..BlkConfig::default()
         },
     )
     .unwrap();
@@ -175,6 +176,7 @@ fn without_indirect_support_requests_stay_at_eleven_segments() {
         BlkConfig {
             pages_per_request: 32,
             timeout_ns: SECOND,
+            ..BlkConfig::default()
         },
     )
     .unwrap();
@@ -707,6 +709,7 @@ fn max_indirect_segments_above_what_the_pool_allows() {
         BlkConfig {
             pages_per_request: 20,
             timeout_ns: SECOND,
+            ..BlkConfig::default()
         },
     )
     .unwrap();
@@ -716,6 +719,73 @@ fn max_indirect_segments_above_what_the_pool_allows() {
     let mut back = vec![0u8; data.len()];
     blk.read(0, &mut back).unwrap();
     assert_eq!(back, data);
+}
+
+#[test]
+fn ring_page_order_is_lowered_to_what_the_backend_offers() {
+    // The test back-end offers max-ring-page-order 0.
+    let mut r = rig(Opts::default());
+    let ring = r.xs.xen.alloc_pages(4).unwrap();
+    let pool = r.xs.xen.alloc_pages(64).unwrap();
+    let config = BlkConfig {
+        ring_page_order: 2,
+        ..quick()
+    };
+    let mut blk = BlkFront::connect(
+        Arc::clone(&r.xs.xen),
+        &mut r.xb,
+        b"device/vbd/768",
+        ring,
+        pool,
+        config,
+    )
+    .unwrap();
+    assert_eq!((blk.ring_page_order(), blk.ring_size()), (0, 32));
+    assert_eq!(r.xs.read(&format!("{FE}/ring-page-order")), None);
+    blk.write(0, &[7u8; 512]).unwrap();
+}
+
+#[test]
+fn ring_memory_too_small_for_the_order() {
+    let mut r = rig(Opts::default());
+    let ring = r.xs.xen.alloc_pages(2).unwrap();
+    let pool = r.xs.xen.alloc_pages(64).unwrap();
+    let config = BlkConfig {
+        ring_page_order: 2,
+        ..quick()
+    };
+    let e = BlkFront::connect(
+        Arc::clone(&r.xs.xen),
+        &mut r.xb,
+        b"device/vbd/768",
+        ring,
+        pool,
+        config,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        BlkError::BadRingMemory {
+            len: 8192,
+            order: 2
+        }
+    );
+    let ring = r.xs.xen.alloc_pages(1).unwrap();
+    let pool = r.xs.xen.alloc_pages(64).unwrap();
+    let config = BlkConfig {
+        ring_page_order: 5,
+        ..quick()
+    };
+    let e = BlkFront::connect(
+        Arc::clone(&r.xs.xen),
+        &mut r.xb,
+        b"device/vbd/768",
+        ring,
+        pool,
+        config,
+    )
+    .unwrap_err();
+    assert!(matches!(e, BlkError::BadRingMemory { order: 5, .. }));
 }
 
 #[test]

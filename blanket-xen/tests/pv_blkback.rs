@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use blanket_xen::blk::{BlkConfig, BlkFront};
-use common::pv::{BE, PvBlkback};
+use common::pv::{BE, FE, PvBlkback};
 use common::{SECOND, Xenstored};
 use xen_abi::xenbus::XenbusState;
 
@@ -22,6 +22,7 @@ fn blkfront_drives_pv_backends_blkback() {
     let config = BlkConfig {
         pages_per_request: 32,
         timeout_ns: 5 * SECOND,
+        ..BlkConfig::default()
     };
     let mut front = BlkFront::connect(
         Arc::clone(&xs.xen),
@@ -87,5 +88,60 @@ fn blkfront_drives_pv_backends_blkback() {
     // Every data grant was ended: only the ring's is left.
     assert_eq!(xs.xen.grant_table().granted(), 1);
     assert_eq!(front.device().state(), XenbusState::Connected);
+    drop(be);
+}
+
+#[test]
+fn multi_page_ring_with_more_requests_in_flight_than_one_page_holds() {
+    let xs = Xenstored::start(1600);
+    let be = PvBlkback::start(&xs, 8 << 20);
+    let mut xb = xs.client();
+    let ring = xs.xen.alloc_pages(4).unwrap();
+    let pool = xs.xen.alloc_pages(11 * 64).unwrap();
+    let config = BlkConfig {
+        ring_page_order: 2,
+        timeout_ns: 5 * SECOND,
+        ..BlkConfig::default()
+    };
+    let mut front = BlkFront::connect(
+        Arc::clone(&xs.xen),
+        &mut xb,
+        b"device/vbd/51712",
+        ring,
+        pool,
+        config,
+    )
+    .unwrap();
+    assert_eq!(front.ring_page_order(), 2);
+    assert_eq!(front.ring_size(), 128);
+    assert_eq!(front.nr_slots(), 64);
+    assert_eq!(
+        xs.read(&format!("{FE}/ring-page-order")).as_deref(),
+        Some("2")
+    );
+    for (i, r) in front.ring_refs().iter().enumerate() {
+        assert_eq!(xs.read(&format!("{FE}/ring-ref{i}")), Some(r.to_string()));
+    }
+    assert_eq!(xs.read(&format!("{FE}/ring-ref")), None);
+    for round in 0..5u8 {
+        let ids: Vec<_> = (0..64u64)
+            .map(|i| {
+                front
+                    .submit_write(i * 16, &vec![round ^ i as u8; 4096])
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(front.in_flight(), 64, "more than a one-page ring's 32");
+        for id in ids {
+            front.wait_for(id).unwrap();
+            front.take_completion(id, &mut []).unwrap();
+        }
+        for i in 0..64u64 {
+            assert_eq!(
+                be.dev.read_bytes(i * 16 * 512, 4096),
+                vec![round ^ i as u8; 4096]
+            );
+        }
+    }
     drop(be);
 }
