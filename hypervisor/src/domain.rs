@@ -264,10 +264,12 @@ pub struct Stats {
     pub hypercalls: AtomicU64,
     /// Times the vCPU slept in `SCHEDOP_block` or `SCHEDOP_poll`.
     pub blocks: AtomicU64,
-    /// Bytes written to the console.
+    /// Bytes written to the console (accepted by the rate limit).
     pub console_bytes: AtomicU64,
     /// Event upcalls delivered into the guest's callback.
     pub upcalls: AtomicU64,
+    /// Console bytes dropped by the rate limit.
+    pub console_dropped: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] and timings.
@@ -283,6 +285,8 @@ pub struct StatsSnapshot {
     pub console_bytes: u64,
     /// Event upcalls delivered.
     pub upcalls: u64,
+    /// Console bytes dropped by the rate limit.
+    pub console_dropped: u64,
     /// CPU time the vCPU thread used, in nanoseconds (its thread CPU clock).
     pub cpu_ns: u64,
     /// Wall time from start to end (or to now).
@@ -306,7 +310,29 @@ pub const CONSOLE_KEEP: usize = 64 << 10;
 pub(crate) struct Console {
     line: Vec<u8>,
     kept: Vec<u8>,
+    /// Token bucket of the rate limit, in bytes.
+    tokens: u64,
+    last_refill: Instant,
+    /// Bytes dropped since the limit last started to bite.
+    dropped: u64,
 }
+
+impl Console {
+    fn new() -> Self {
+        Self {
+            line: Vec::new(),
+            kept: Vec::new(),
+            tokens: CONSOLE_BURST,
+            last_refill: Instant::now(),
+            dropped: 0,
+        }
+    }
+}
+
+/// The console rate limit, as xenconsoled has one: a guest may print this many bytes a second...
+pub const CONSOLE_RATE: u64 = 256 << 10;
+/// ...after a burst of this many.
+pub const CONSOLE_BURST: u64 = 1 << 20;
 
 pub(crate) struct Clock {
     pub(crate) scale: PvClockScale,
@@ -392,11 +418,46 @@ impl DomainCore {
     }
 
     /// Appends console bytes: whole lines go to the sink; everything (up to [`CONSOLE_KEEP`]) is kept.
+    /// Output beyond [`CONSOLE_RATE`] (after a [`CONSOLE_BURST`]) is dropped and counted, with one line
+    /// saying so when it starts and one saying how much was lost when it ends.
     pub(crate) fn console_write(&self, bytes: &[u8]) {
+        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill =
+            now.duration_since(c.last_refill).as_micros() as u64 * CONSOLE_RATE / 1_000_000;
+        if refill > 0 {
+            c.tokens = (c.tokens + refill).min(CONSOLE_BURST);
+            c.last_refill = now;
+        }
+        let take = (bytes.len() as u64).min(c.tokens) as usize;
+        c.tokens -= take as u64;
+        let dropped = bytes.len() - take;
+        if dropped > 0 {
+            if c.dropped == 0
+                && let Some(sink) = &self.sink
+            {
+                sink(
+                    &self.name,
+                    &format!("[console output over {CONSOLE_RATE} bytes/s: dropping]"),
+                );
+            }
+            c.dropped += dropped as u64;
+            self.stats
+                .console_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        } else if c.dropped > 0 {
+            if let Some(sink) = &self.sink {
+                sink(
+                    &self.name,
+                    &format!("[console: {} bytes dropped]", c.dropped),
+                );
+            }
+            c.dropped = 0;
+        }
+        let bytes = &bytes[..take];
         self.stats
             .console_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
         let room = CONSOLE_KEEP.saturating_sub(c.kept.len());
         c.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
         for &b in bytes {
@@ -649,10 +710,7 @@ impl Hypervisor {
             cv: Condvar::new(),
             kick_thread: Mutex::new(None),
             stats: Stats::default(),
-            console: Mutex::new(Console {
-                line: Vec::new(),
-                kept: Vec::new(),
-            }),
+            console: Mutex::new(Console::new()),
             sink: config.console.clone(),
             created: Instant::now(),
             clock: Mutex::new(Some(Clock {
@@ -843,6 +901,7 @@ impl Domain {
             blocks: s.blocks.load(Ordering::Relaxed),
             console_bytes: s.console_bytes.load(Ordering::Relaxed),
             upcalls: s.upcalls.load(Ordering::Relaxed),
+            console_dropped: s.console_dropped.load(Ordering::Relaxed),
             cpu_ns,
             run_ns,
         }

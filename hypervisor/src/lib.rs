@@ -50,7 +50,7 @@
 //!
 //! | hypercall | what |
 //! |---|---|
-//! | `console_io` | `CONSOLEIO_write` (at most 64 KiB a call, else `-EINVAL`); `CONSOLEIO_read` returns 0 |
+//! | `console_io` | `CONSOLEIO_write` (at most 64 KiB a call, else `-EINVAL`; beyond 256 KiB/s after a 1 MiB burst, output is dropped and counted, as xenconsoled rate-limits); `CONSOLEIO_read` returns 0 |
 //! | `xen_version` | version (4.17), extraversion, compile_info, capabilities, changeset, platform_parameters, get_features (none), pagesize, guest_handle; commandline and build_id are `-EPERM` |
 //! | `sched_op` | yield, block, poll (up to 128 ports, with timeout), shutdown (poweroff, reboot, suspend, crash, watchdog, soft_reset; another reason is `-EINVAL`), shutdown_code; remote_shutdown is `-EPERM` |
 //! | `set_timer_op` | a one-shot timer at an absolute system time (0 cancels), delivered on `VIRQ_TIMER` |

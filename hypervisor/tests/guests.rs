@@ -450,3 +450,32 @@ fn an_upcall_onto_an_unwritable_stack_stops_the_guest_with_a_report() {
     assert!(why.contains("stack pointer 0x1000"), "{report}");
     assert_eq!(report.rsp, 0x1000);
 }
+
+#[test]
+fn a_console_flood_is_rate_limited_and_the_guest_goes_on() {
+    let hv = Hypervisor::new().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink_lines = lines.clone();
+    let mut c = config("flood", "flood=100");
+    c.console = Some(Arc::new(move |_: &str, line: &str| {
+        if line.starts_with('[') {
+            sink_lines.lock().unwrap().push(line.to_string());
+        }
+    }));
+    let t0 = Instant::now();
+    let mut d = hv.create_domain(c).unwrap();
+    d.start().unwrap();
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let s = d.stats();
+    let limit = blanket_hypervisor::domain::CONSOLE_BURST as f64
+        + blanket_hypervisor::domain::CONSOLE_RATE as f64 * (secs + 0.1);
+    assert!((s.console_bytes as f64) <= limit, "{s:?} in {secs} s");
+    assert!(s.console_dropped > 4 << 20, "6.4 MiB offered: {s:?}");
+    assert!(d.console_output().len() <= blanket_hypervisor::domain::CONSOLE_KEEP);
+    let lines = lines.lock().unwrap();
+    assert!(lines.iter().any(|l| l.contains("dropping")), "{lines:?}");
+}

@@ -14,6 +14,7 @@
 //! - `evtchn-selftest`: exercises the event-channel operations on itself and prints what they returned;
 //! - `upcall=N`: registers an event callback and computes while N timer events (10 ms apart) arrive as
 //!   upcalls into it;
+//! - `flood=N`: writes N x 64 KiB to the console as fast as it can;
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -183,6 +184,16 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         "timer" => timer(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(10)),
         "shutdown" => shutdown(&p, arg.unwrap_or("poweroff")),
         "bad-hypercall" => bad_hypercall(&p),
+        "flood" => {
+            let n: u32 = arg.and_then(|a| a.parse().ok()).unwrap_or(100);
+            static CHUNK: [u8; 65536] = [b'x'; 65536];
+            let mut r = 0;
+            for _ in 0..n {
+                r |= p.console_write(&CHUNK);
+            }
+            println!(&p, "\nflood: {n} x 64 KiB written ({r})");
+            p.shutdown(ShutdownReason::Poweroff)
+        }
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),
         "wait-event" => wait_event(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(0)),
         "send-event" => send_event(&p, arg.unwrap_or("")),
