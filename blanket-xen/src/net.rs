@@ -891,6 +891,36 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         }
     }
 
+    /// Closes the interface: `state` Closing, the back-end followed to Closing or Closed (within the
+    /// timeout), `state` Closed, the event channel closed, and every grant ended. A grant the back-end still
+    /// maps is reported ([`PlatformError::GrantInUse`]) after the others are ended; its page must not be
+    /// reused.
+    pub fn close<XM: RingMemory>(mut self, xb: &mut XenBus<P, XM>) -> Result<(), NetError> {
+        self.device
+            .switch_state(xb, XBT_NIL, XenbusState::Closing)?;
+        let _ = self.device.wait_for_backend(
+            xb,
+            |s| s.is_closing_or_closed(),
+            |_| false,
+            self.timeout_ns,
+        );
+        self.device.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
+        self.platform.close(self.port)?;
+        let mut first = Ok(());
+        let pages = self.rx_grefs[..self.nrx]
+            .iter()
+            .chain(&self.tx_grefs[..self.ntx])
+            .chain([&self.tx_ref, &self.rx_ref]);
+        for gref in pages {
+            if let Err(e) = self.platform.end_access(*gref)
+                && first.is_ok()
+            {
+                first = Err(e.into());
+            }
+        }
+        first
+    }
+
     /// TX slots in flight.
     pub fn tx_in_flight(&self) -> usize {
         self.tx_busy[..self.ntx].iter().filter(|b| **b).count()

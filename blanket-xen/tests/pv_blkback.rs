@@ -88,6 +88,14 @@ fn blkfront_drives_pv_backends_blkback() {
     // Every data grant was ended: only the ring's is left.
     assert_eq!(xs.xen.grant_table().granted(), 1);
     assert_eq!(front.device().state(), XenbusState::Connected);
+    // Closing: blkback disconnects and unmaps the ring, so its grant ends too.
+    front.close(&mut xb).unwrap();
+    assert_eq!(xs.read(&format!("{FE}/state")).as_deref(), Some("6"));
+    assert!(matches!(
+        xs.read(&format!("{BE}/state")).as_deref(),
+        Some("5" | "6")
+    ));
+    assert_eq!(xs.xen.grant_table().granted(), 0);
     drop(be);
 }
 

@@ -142,6 +142,14 @@ fn netfront_drives_pv_backends_netback_through_its_switch() {
     }
     assert_eq!(net.stats().rx_dropped, 0);
     net.reap_tx().unwrap();
+    // Closing: netback disconnects and unmaps the rings, so every grant ends.
+    net.close(&mut xb).unwrap();
+    assert_eq!(xs.read(&format!("{FE}/state")).as_deref(), Some("6"));
+    assert!(matches!(
+        xs.read(&format!("{BE}/state")).as_deref(),
+        Some("5" | "6")
+    ));
+    assert_eq!(xs.xen.grant_table().granted(), 0);
     stop.store(true, Ordering::Relaxed);
     thread.join().unwrap();
 }
