@@ -212,19 +212,24 @@ impl<T: Transport> NetDriver<T> {
             return Err(Error::NotVersion1(offered));
         }
         let mut wanted = 1u64 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_NET_F_MAC
-            | 1 << VIRTIO_NET_F_STATUS
-            | 1 << VIRTIO_NET_F_MTU
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        // MAC, STATUS and MTU are fields of the config space: without one (a vhost-user
+        // back-end without CONFIG) they are the front-end's, and not negotiated.
+        let config_space = transport.has_config_space();
+        if config_space {
+            wanted |= 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS | 1 << VIRTIO_NET_F_MTU;
+        }
         if options.packed_ring {
             wanted |= 1 << VIRTIO_F_RING_PACKED;
         }
         let features = offered & wanted;
         transport.set_driver_features(features)?;
         let mut raw = [0u8; CONFIG_BYTES];
-        transport.read_config(0, &mut raw)?;
+        if config_space {
+            transport.read_config(0, &mut raw)?;
+        }
         let config = NetConfig::parse(&raw, features)?;
         let mergeable = bit(features, VIRTIO_NET_F_MRG_RXBUF);
         if !mergeable && config.max_frame() + HDR_BYTES > RX_BUFFER_BYTES as usize {

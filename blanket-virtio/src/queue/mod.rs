@@ -124,6 +124,9 @@ pub struct QueueLayout {
     pub avail_ring: GuestAddress,
     /// Used ring (4-byte aligned).
     pub used_ring: GuestAddress,
+    /// The packed layout (`VIRTIO_F_RING_PACKED`). Transports need it: vhost-user's
+    /// `SET_VRING_BASE` carries a packed ring's wrap counters in bit 15.
+    pub packed: bool,
 }
 
 impl QueueLayout {

@@ -115,6 +115,7 @@ impl PackedQueue<GuestMemoryMmap> {
             desc_table,
             avail_ring,
             used_ring,
+            packed: true,
         };
         Self::new(dma.guest_memory().clone(), layout, features, indirect)
     }
@@ -136,7 +137,10 @@ impl<M: GuestMemory> PackedQueue<M> {
         }
         let mut q = PackedQueue {
             mem,
-            layout,
+            layout: QueueLayout {
+                packed: true,
+                ..layout
+            },
             features,
             indirect_tables,
             max_indirect: if features.indirect_desc {
@@ -353,6 +357,10 @@ impl<M: GuestMemory> PackedQueue<M> {
             IdState::Completed => return Err(Error::UsedIdDuplicate(id)),
             IdState::Free => return Err(Error::UsedIdNotOutstanding(id)),
         };
+        // "Element Length is reserved for used descriptors without the VIRTQ_DESC_F_WRITE
+        // flag, and is ignored by drivers" (2.8.4): a buffer the device only reads carries no
+        // length (DPDK's vhost writes the bytes it read there), and reports 0.
+        let len = if writable == 0 { 0 } else { len };
         if u64::from(len) > writable {
             return Err(Error::UsedLenTooLarge { id, len, writable });
         }
@@ -586,6 +594,38 @@ mod tests {
             .unwrap();
         q.add(&[s]).unwrap();
         assert!(!q.publish().unwrap());
+    }
+
+    #[test]
+    fn the_length_of_a_device_readable_buffer_is_ignored() {
+        use crate::transport::inproc::DeviceQueue;
+        let (dma, mut q) = queue(false);
+        let mut dev = DeviceQueue::new_packed(q.layout());
+        let readable = Segment {
+            device_writable: false,
+            ..seg(&dma)
+        };
+        let id = q.add(&[readable]).unwrap();
+        q.publish().unwrap();
+        let chain = dev.pop_avail(dma.guest_memory()).unwrap().unwrap();
+        // Reserved for a buffer without VIRTQ_DESC_F_WRITE: whatever is there is ignored.
+        dev.push_used(dma.guest_memory(), chain.head.into(), 0xdead_beef)
+            .unwrap();
+        assert_eq!(q.pop_used().unwrap(), Some(Completion { head: id, len: 0 }));
+        // A writable buffer's length is still checked.
+        let id = q.add(&[seg(&dma)]).unwrap();
+        q.publish().unwrap();
+        let chain = dev.pop_avail(dma.guest_memory()).unwrap().unwrap();
+        dev.push_used(dma.guest_memory(), chain.head.into(), 513)
+            .unwrap();
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedLenTooLarge {
+                id: i,
+                len: 513,
+                writable: 512
+            }) if i == id
+        ));
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl SplitQueue<GuestMemoryMmap> {
             desc_table,
             avail_ring,
             used_ring,
+            packed: false,
         };
         Self::new(dma.guest_memory().clone(), layout, features, indirect)
     }
@@ -151,7 +152,10 @@ impl<M: GuestMemory> SplitQueue<M> {
         }
         let mut q = SplitQueue {
             mem,
-            layout,
+            layout: QueueLayout {
+                packed: false,
+                ..layout
+            },
             features,
             indirect_tables,
             max_indirect: if features.indirect_desc {

@@ -54,6 +54,13 @@ pub trait Transport {
     /// Reads `buf.len()` bytes of the device's config space at `offset`.
     fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Error>;
 
+    /// Whether the device has a config space the driver can read. A vhost-user back-end
+    /// without the `CONFIG` protocol feature has none (DPDK's vhost-user-net, for one): its
+    /// front-end owns the config, as QEMU does for vhost-user-net.
+    fn has_config_space(&self) -> bool {
+        true
+    }
+
     /// How many queues the device offers (its own limit, before the device-specific config).
     fn max_queues(&mut self) -> Result<u16, Error>;
 

@@ -31,6 +31,13 @@ use super::Transport;
 use crate::memory::DmaMemory;
 use crate::queue::split::QueueLayout;
 
+/// The `SET_VRING_BASE` value for a fresh queue: the next available index, 0. For a packed
+/// ring, bit 15 also carries the driver's wrap counter, which starts at 1 (virtio 1.2, 2.8.1):
+/// a 0 there makes the back-end wait for descriptors of the wrong lap, and nothing moves.
+fn vring_base(layout: &QueueLayout) -> u16 {
+    if layout.packed { 1 << 15 } else { 0 }
+}
+
 const CALL_TOKEN: u64 = 0;
 const SOCKET_TOKEN: u64 = 1;
 
@@ -282,6 +289,10 @@ impl Transport for VhostUserTransport {
         Ok(())
     }
 
+    fn has_config_space(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
+    }
+
     fn max_queues(&mut self) -> Result<u16, super::Error> {
         Ok(self.max_queues)
     }
@@ -315,7 +326,7 @@ impl Transport for VhostUserTransport {
             .set_vring_addr(i, &config)
             .map_err(protocol("SET_VRING_ADDR"))?;
         self.frontend
-            .set_vring_base(i, 0)
+            .set_vring_base(i, vring_base(layout))
             .map_err(protocol("SET_VRING_BASE"))?;
         self.frontend
             .set_vring_call(i, &self.calls[i])
