@@ -900,7 +900,7 @@ impl FrontendDevice {
         Ok(())
     }
 
-    /// Reads the back-end's state; a missing node is Unknown.
+    /// Reads the back-end's state; a missing (or unreadable) node is Unknown.
     pub fn backend_state<P: EventChannels + WaitEvent, M: RingMemory>(
         &self,
         xb: &mut XenBus<P, M>,
@@ -908,7 +908,9 @@ impl FrontendDevice {
         let mut buf = [0u8; 24];
         match xb.read(XBT_NIL, self.backend.join(b"state")?.as_bytes(), &mut buf) {
             Ok(n) => Ok(XenbusState::from_xenstore(&buf[..n])?),
-            Err(XenBusError::Xs(XsErrno::ENOENT)) => Ok(XenbusState::Unknown),
+            // As Linux's `xenbus_read_driver_state`: a node that is gone (or that the toolstack's removal
+            // of its parent made unreadable) is Unknown.
+            Err(XenBusError::Xs(XsErrno::ENOENT | XsErrno::EACCES)) => Ok(XenbusState::Unknown),
             Err(XenBusError::BufferTooSmall { len, .. }) => {
                 Err(XenbusError::TooLong { len }.into())
             }
@@ -923,6 +925,31 @@ impl FrontendDevice {
         key: &[u8],
     ) -> Result<Option<u64>, XenBusError> {
         xb.read_u64(XBT_NIL, self.backend.join(key)?.as_bytes())
+    }
+
+    /// Follows a back-end that is going away, as Linux's front-ends do on a `state` watch: when the
+    /// back-end is Closing, the front-end goes to Closing; when it is Closed (or its `state` node is gone),
+    /// the front-end goes to Closing and then Closed. Returns the back-end's state. A live back-end
+    /// changes nothing.
+    pub fn follow_backend<P: EventChannels + WaitEvent, M: RingMemory>(
+        &mut self,
+        xb: &mut XenBus<P, M>,
+    ) -> Result<XenbusState, XenBusError> {
+        let backend = self.backend_state(xb)?;
+        let front = self.state;
+        match backend {
+            XenbusState::Closing if !front.is_closing_or_closed() => {
+                self.switch_state(xb, XBT_NIL, XenbusState::Closing)?;
+            }
+            XenbusState::Closed | XenbusState::Unknown if front != XenbusState::Closed => {
+                if front != XenbusState::Closing {
+                    self.switch_state(xb, XBT_NIL, XenbusState::Closing)?;
+                }
+                self.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
+            }
+            _ => {}
+        }
+        Ok(backend)
     }
 
     /// Follows the back-end's state with a watch on `<backend>/state` until `done` accepts it, or `fail`

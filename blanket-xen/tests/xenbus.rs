@@ -309,6 +309,45 @@ fn frontend_state_machine_follows_the_backend() {
 }
 
 #[test]
+fn frontend_follows_a_backend_that_closes() {
+    let xs = Xenstored::start(4);
+    let mut xb = xs.client();
+    let be = "/local/domain/0/backend/vbd/1/51712";
+    let fe = "/local/domain/1/device/vbd/51712";
+    xs.let_read(be);
+    xs.write(&format!("{be}/state"), "4");
+    xs.give(fe);
+    xs.write(&format!("{fe}/backend"), be);
+    xs.write(&format!("{fe}/backend-id"), "0");
+    let mut dev = FrontendDevice::probe(&mut xb, b"device/vbd/51712").unwrap();
+    dev.switch_state(&mut xb, XBT_NIL, XenbusState::Initialised)
+        .unwrap();
+    dev.switch_state(&mut xb, XBT_NIL, XenbusState::Connected)
+        .unwrap();
+    // A live back-end changes nothing.
+    assert_eq!(dev.follow_backend(&mut xb).unwrap(), XenbusState::Connected);
+    assert_eq!(dev.state(), XenbusState::Connected);
+    xs.write(&format!("{be}/state"), "5");
+    assert_eq!(dev.follow_backend(&mut xb).unwrap(), XenbusState::Closing);
+    assert_eq!(xs.read(&format!("{fe}/state")).as_deref(), Some("5"));
+    xs.write(&format!("{be}/state"), "6");
+    assert_eq!(dev.follow_backend(&mut xb).unwrap(), XenbusState::Closed);
+    assert_eq!(xs.read(&format!("{fe}/state")).as_deref(), Some("6"));
+    // A back-end whose node disappears (the toolstack removed it) is gone: the front-end closes too.
+    dev.switch_state(&mut xb, XBT_NIL, XenbusState::Initialising)
+        .unwrap();
+    lock_rm(&xs, be);
+    assert_eq!(dev.follow_backend(&mut xb).unwrap(), XenbusState::Unknown);
+    assert_eq!(dev.state(), XenbusState::Closed);
+}
+
+fn lock_rm(xs: &Xenstored, path: &str) {
+    pv_backend::xenstore::server::lock(&xs.store)
+        .rm(xs.dom0, 0, path.as_bytes())
+        .unwrap();
+}
+
+#[test]
 fn probe_rejects_missing_or_garbage_backend_nodes() {
     let xs = Xenstored::start(4);
     let mut xb = xs.client();
