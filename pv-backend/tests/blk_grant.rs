@@ -224,3 +224,27 @@ fn a_table_in_memory_given_by_the_vmm() {
     assert_eq!(words[40].load(Ordering::Acquire) as u16, GTF_permit_access);
     drop(t);
 }
+
+#[test]
+fn pages_written_through_a_writable_mapping_are_marked_dirty() {
+    use vm_memory::bitmap::AtomicBitmap;
+    use vm_memory::bitmap::Bitmap;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let mem: GuestMemoryMmap<AtomicBitmap> =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * 4096)]).unwrap();
+    let t = GrantTableV1::new(5, 0, 1, mem);
+    t.grant(8, 0, 3, false).unwrap();
+    t.grant(9, 0, 4, true).unwrap();
+    let region = t.memory().iter().next().unwrap();
+    let dirty = |page: usize| region.bitmap().dirty_at(page * 4096);
+    assert!(!dirty(3) && !dirty(4));
+    let w = t.map(5, 8, GrantAccessMode::ReadWrite).unwrap();
+    let r = t.map(5, 9, GrantAccessMode::ReadOnly).unwrap();
+    w.write_from(0, b"data");
+    drop((w, r));
+    assert!(
+        dirty(3),
+        "the back end wrote frame 3: live migration must resend it"
+    );
+    assert!(!dirty(4), "a read-only mapping dirties nothing");
+}

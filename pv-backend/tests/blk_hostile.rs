@@ -954,3 +954,43 @@ fn a_front_end_that_never_consumes_responses() {
     }
     t.others_keep_working();
 }
+
+#[test]
+fn an_io_error_of_the_device_is_an_error_response() {
+    let dir = std::env::temp_dir().join(format!("blkback-eio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("disk.img");
+    std::fs::write(&path, vec![0x77u8; 8 * MIB as usize]).unwrap();
+    let dev =
+        pv_backend::blk::FileDevice::open(&path, pv_backend::blk::FileOptions::default()).unwrap();
+    let env = Env::new();
+    let mut v = env.vbd(
+        1,
+        2048,
+        Arc::new(dev),
+        BlkConfig::default(),
+        no_persistent(),
+    );
+    let mut good = env.vbd(
+        2,
+        2048,
+        Arc::new(MemDevice::new(8 * MIB, 512)),
+        BlkConfig::default(),
+        FrontOptions::default(),
+    );
+    // The image shrinks under the back end: reads past the new end fail in the device.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    assert_eq!(v.front.read(6 * MIB / 512, &mut buf), vec![BLKIF_RSP_ERROR]);
+    assert_eq!(v.front.read(0, &mut buf), vec![BLKIF_RSP_OKAY]);
+    assert_eq!(buf, vec![0x77; 4096]);
+    assert_eq!(v.front.backend_state(), XenbusState::Connected);
+    assert_serves(&mut good.front, 9);
+    drop(v);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
