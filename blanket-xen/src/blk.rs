@@ -420,6 +420,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
     /// Connects to the back-end of the vbd at `node` (for example `device/vbd/768`), with `ring_page` (one
     /// page of this domain's memory) as the shared ring and `pool` (pages of this domain's memory) as bounce
     /// pages: `pages_per_request` pages per request slot, plus one for indirect segments when needed.
+    ///
+    /// On an error after the ring was published, its grants are ended where the back-end let go; a page it
+    /// still maps stays granted and must not be reused (treat the ring memory as lost to the back-end).
     pub fn connect<XM: RingMemory>(
         platform: P,
         xb: &mut XenBus<P, XM>,

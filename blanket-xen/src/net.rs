@@ -222,6 +222,8 @@ pub struct NetStats {
     pub rx_packets: u64,
     /// Received packets dropped (error status, runt, too large, hostile).
     pub rx_dropped: u64,
+    /// TX responses refused as hostile (an id not in flight, an unknown status).
+    pub tx_bad_responses: u64,
 }
 
 fn parse_mac(v: &[u8]) -> Option<MacAddr> {
@@ -309,6 +311,10 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
     /// Connects to the back-end of the vif at `node` (for example `device/vif/0`), with `tx_page` and
     /// `rx_page` as the rings and `pool` (page-aligned memory of this domain) holding
     /// `rx_buffers + tx_buffers` pages.
+    ///
+    /// On an error after the rings were published, the grants are ended where the back-end let go; a page
+    /// it still maps stays granted and must not be reused (the error does not say which: treat the ring and
+    /// pool memory as lost to the back-end).
     pub fn connect<XM: RingMemory>(
         platform: P,
         xb: &mut XenBus<P, XM>,
@@ -637,6 +643,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
             let id = rsp.id;
             let b = usize::from(id);
             if b >= self.ntx || !self.tx_busy[b] {
+                self.stats.tx_bad_responses += 1;
                 first_err.get_or_insert(NetError::BadTxId { id });
                 continue;
             }
@@ -645,6 +652,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
                 NETIF_RSP_ERROR | NETIF_RSP_DROPPED => self.stats.tx_errors += 1,
                 status => {
                     self.stats.tx_errors += 1;
+                    self.stats.tx_bad_responses += 1;
                     first_err.get_or_insert(NetError::BadTxStatus { id, status });
                 }
             }
@@ -657,7 +665,8 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         }
     }
 
-    /// Sends one Ethernet frame (copied into TX pages now). Reaps TX completions first.
+    /// Sends one Ethernet frame (copied into TX pages now). Reaps TX completions first; hostile TX
+    /// responses met there are counted in [`NetStats::tx_bad_responses`] and do not stop the send.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
         let reaped = self.reap_tx();
         if let Err(NetError::Stopped | NetError::Ring(_)) = reaped {

@@ -502,6 +502,17 @@ fn reap_error(r: &mut Rig) -> NetError {
 fn tx_response_id_not_in_flight() {
     let mut r = tx_hostile(|_, rsp| NetifTxResponse::new(rsp.id + 7, 0));
     assert!(matches!(reap_error(&mut r), NetError::BadTxId { .. }));
+    // Met while sending, the hostile response is counted and the send goes on.
+    let mut r = tx_hostile(|_, rsp| NetifTxResponse::new(rsp.id + 7, 0));
+    let mut net = connect(&mut r, quick()).unwrap();
+    net.send(&frame(60, 0)).unwrap();
+    wait_outbox(&r, 1);
+    let t0 = Instant::now();
+    while net.stats().tx_bad_responses == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1));
+        net.send(&frame(60, 1)).unwrap();
+    }
 }
 
 #[test]
