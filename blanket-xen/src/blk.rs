@@ -725,6 +725,11 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         })
     }
 
+    /// Sets the timeout of the blocking calls from now on, in nanoseconds.
+    pub fn set_timeout_ns(&mut self, timeout_ns: u64) {
+        self.timeout_ns = timeout_ns;
+    }
+
     /// What the back-end offers.
     pub fn info(&self) -> &BlkInfo {
         &self.info

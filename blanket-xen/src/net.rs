@@ -558,6 +558,11 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         Err(XenBusError::Xs(XsErrno::EAGAIN).into())
     }
 
+    /// Sets the timeout of the blocking calls from now on, in nanoseconds.
+    pub fn set_timeout_ns(&mut self, timeout_ns: u64) {
+        self.timeout_ns = timeout_ns;
+    }
+
     /// What the back-end offers.
     pub fn info(&self) -> &NetInfo {
         &self.info
