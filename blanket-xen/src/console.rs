@@ -56,6 +56,12 @@ pub enum ConsoleFrontError {
         /// What it needs.
         need: usize,
     },
+    /// The page is not 4-byte aligned (its indices are `u32`).
+    #[error("console page at {addr:#x} is not 4-byte aligned")]
+    PageMisaligned {
+        /// Its address.
+        addr: usize,
+    },
     /// The event channel failed.
     #[error(transparent)]
     Platform(#[from] PlatformError),
@@ -95,6 +101,10 @@ impl<P: EventChannels + WaitEvent, M: RingMemory> ConsoleFront<P, M> {
                 len: page.len(),
                 need: PAGE_NEED,
             });
+        }
+        let addr = page.as_ptr() as usize;
+        if addr % 4 != 0 {
+            return Err(ConsoleFrontError::PageMisaligned { addr });
         }
         let out_prod = shmem::atomic_u32(&page, OUT_PROD).load(Ordering::Acquire);
         let in_cons = shmem::atomic_u32(&page, IN_CONS).load(Ordering::Acquire);

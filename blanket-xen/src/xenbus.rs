@@ -144,6 +144,12 @@ pub enum XenBusError {
         /// What it needs.
         need: usize,
     },
+    /// The page given is not 4-byte aligned (its indices are `u32`).
+    #[error("XenStore page at {addr:#x} is not 4-byte aligned")]
+    PageMisaligned {
+        /// Its address.
+        addr: usize,
+    },
     /// The platform failed (event channel).
     #[error(transparent)]
     Platform(#[from] PlatformError),
@@ -320,6 +326,10 @@ impl<P: EventChannels + WaitEvent, M: RingMemory> XenBus<P, M> {
                 len: page.len(),
                 need: PAGE_NEED,
             });
+        }
+        let addr = page.as_ptr() as usize;
+        if addr % 4 != 0 {
+            return Err(XenBusError::PageMisaligned { addr });
         }
         let req_prod = shmem::atomic_u32(&page, REQ_PROD).load(Ordering::Acquire);
         let rsp_cons = shmem::atomic_u32(&page, RSP_CONS).load(Ordering::Acquire);

@@ -229,3 +229,27 @@ fn event_flood_without_input() {
     let mut buf = [0u8; 16];
     assert_eq!(con.read_wait(&mut buf, 50_000_000).unwrap(), 0);
 }
+
+#[test]
+fn page_too_small_or_misaligned() {
+    let s = setup(0);
+    let pages = s.xen.alloc_pages(1).unwrap();
+    // SAFETY: a sub-range of guest memory of `s.xen`, alive for the test.
+    let small =
+        unsafe { RawRingMemory::new(std::ptr::NonNull::new(pages.as_ptr()).unwrap(), 3000) };
+    assert!(matches!(
+        ConsoleFront::new(Arc::clone(&s.xen), small, s.port, 1),
+        Err(ConsoleFrontError::PageTooSmall { len: 3000, .. })
+    ));
+    // SAFETY: as above, one byte in.
+    let odd =
+        unsafe { RawRingMemory::new(std::ptr::NonNull::new(pages.as_ptr().add(1)).unwrap(), 4095) };
+    assert!(matches!(
+        ConsoleFront::new(Arc::clone(&s.xen), odd, s.port, 1),
+        Err(ConsoleFrontError::PageMisaligned { .. })
+    ));
+    assert!(matches!(
+        blanket_xen::xenbus::XenBus::new(Arc::clone(&s.xen), odd, s.port, 1),
+        Err(blanket_xen::xenbus::XenBusError::PageMisaligned { .. })
+    ));
+}
