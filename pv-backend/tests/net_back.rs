@@ -957,6 +957,8 @@ mod handshake {
 
     struct Vif {
         front: Front,
+        ctrl: FrontRing<RawRingMemory, xen_abi::netif::NetifCtrl>,
+        ctrl_port: u32,
         port: u32,
         bell: Arc<pv_backend::backend::Doorbell>,
         be: String,
@@ -1021,7 +1023,13 @@ mod handshake {
             b"1"
         );
         let (port, bell) = evtchns.alloc(domid);
+        let cf = front.guest.alloc_pages(1);
+        let ctrl = FrontRing::new(ring_memory(&front.guest, cf)).unwrap();
+        let ctrl_ref = front.guest.grant(cf, false);
+        let (ctrl_port, _) = evtchns.alloc(domid);
         let mut keys = vec![
+            ("ctrl-ring-ref", ctrl_ref.to_string()),
+            ("event-channel-ctrl", ctrl_port.to_string()),
             ("tx-ring-ref", front.tx_ref.to_string()),
             ("rx-ring-ref", front.rx_ref.to_string()),
             ("event-channel", port.to_string()),
@@ -1037,6 +1045,8 @@ mod handshake {
         xs.write(&format!("{fe}/state"), b"3").unwrap();
         Vif {
             front,
+            ctrl,
+            ctrl_port,
             port,
             bell,
             be,
@@ -1094,6 +1104,24 @@ mod handshake {
             got.extend(b.front.received().into_iter().map(|r| r.data));
         }
         assert!(got == frames, "B's frames differ");
+        // A's control ring is served too.
+        let req = xen_abi::netif::XenNetifCtrlRequest::new(
+            7,
+            xen_abi::netif::XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE,
+            [0; 3],
+        );
+        a.ctrl.put_request(&req).unwrap();
+        a.ctrl.push_requests();
+        evtchns.send(1, a.ctrl_port);
+        let t0 = Instant::now();
+        let rsp = loop {
+            if let Some(r) = a.ctrl.pop_response().unwrap() {
+                break r;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "no control response");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!((rsp.id, rsp.status, rsp.data), (7, 0, 128));
     }
 
     /// A front end without `request-rx-copy`: the back end refuses with a clear error in its
@@ -1120,5 +1148,227 @@ mod handshake {
                 .unwrap_or_default();
         let err = String::from_utf8_lossy(&err);
         assert!(err.contains("request-rx-copy"), "{err}");
+    }
+}
+
+// --- The control ring -----------------------------------------------------------------------------
+
+mod control_ring {
+    use super::*;
+    use pv_backend::net::ctrl::CtrlRing;
+    use xen_abi::netif::{
+        _XEN_NETIF_CTRL_HASH_TYPE_IPV4, _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP, NetifCtrl,
+        XEN_NETIF_CTRL_HASH_TYPE_IPV4, XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP,
+        XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW, XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER,
+        XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED, XEN_NETIF_CTRL_STATUS_SUCCESS,
+        XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING, XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS,
+        XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM,
+        XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY,
+        XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE,
+        XenNetifCtrlRequest,
+    };
+
+    /// The key of Microsoft's RSS verification suite.
+    const RSS_KEY: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
+        0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
+        0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
+
+    struct Ctrl {
+        ring: FrontRing<RawRingMemory, NetifCtrl>,
+        /// A page the front end writes keys and mapping tables into: (frame, gref).
+        data: (u32, u32),
+        next_id: u16,
+    }
+
+    impl Ctrl {
+        /// Sends one request and returns (status, data) once the queue answered it.
+        fn call(
+            &mut self,
+            q: &mut NetQueue<GrantedRing, SwitchPort>,
+            ty: u16,
+            data: [u32; 3],
+        ) -> (u32, u32) {
+            self.next_id += 1;
+            self.ring
+                .put_request(&XenNetifCtrlRequest::new(self.next_id, ty, data))
+                .unwrap();
+            self.ring.push_requests();
+            q.process(Instant::now()).unwrap();
+            let r = self
+                .ring
+                .pop_response()
+                .unwrap()
+                .expect("no control response");
+            assert_eq!((r.id, r.r#type), (self.next_id, ty));
+            (r.status, r.data)
+        }
+    }
+
+    /// A pair whose guest A also has a control ring.
+    fn setup() -> (Pair, Ctrl) {
+        let mut p = pair(NetQueueConfig::default());
+        let g = &p.a.guest;
+        let f = g.alloc_pages(1);
+        let ring = FrontRing::new(ring_memory(g, f)).unwrap();
+        let ring_ref = g.grant(f, false);
+        let df = g.alloc_pages(1);
+        let data = (df, g.grant(df, true));
+        let grants: Arc<dyn GrantAccess> = Arc::new(g.grants.clone());
+        let mem = GrantedRing::map(&*grants, 1, &[ring_ref]).unwrap();
+        let ev: Arc<dyn EventChannel> = Arc::new(Counter::default());
+        let ctrl = CtrlRing::new(1, grants, mem, ev, 1).unwrap();
+        p.qa.attach_ctrl(ctrl);
+        (
+            p,
+            Ctrl {
+                ring,
+                data,
+                next_id: 0,
+            },
+        )
+    }
+
+    /// Microsoft's first RSS vector: 66.9.149.187:2794 to 161.142.100.80:1766.
+    fn rss_frame() -> Vec<u8> {
+        let mut f = tcp4_frame(mac(1), mac(2), 100);
+        f[26..30].copy_from_slice(&[66, 9, 149, 187]);
+        f[30..34].copy_from_slice(&[161, 142, 100, 80]);
+        f[34..36].copy_from_slice(&2794u16.to_be_bytes());
+        f[36..38].copy_from_slice(&1766u16.to_be_bytes());
+        f
+    }
+
+    fn configure(p: &mut Pair, c: &mut Ctrl, flags: u32) {
+        let ok = XEN_NETIF_CTRL_STATUS_SUCCESS;
+        assert_eq!(
+            c.call(&mut p.qa, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, [1, 0, 0])
+                .0,
+            ok
+        );
+        let (st, supported) = c.call(&mut p.qa, XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS, [0; 3]);
+        assert_eq!((st, supported & flags), (ok, flags));
+        assert_eq!(
+            c.call(&mut p.qa, XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, [flags, 0, 0])
+                .0,
+            ok
+        );
+        p.a.guest.write(c.data.0, 0, &RSS_KEY);
+        let key = [c.data.1, 40, 0];
+        assert_eq!(
+            c.call(&mut p.qa, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, key).0,
+            ok
+        );
+    }
+
+    /// B sends the RSS vector's frame to A and returns the hash extra A receives.
+    fn received_hash(p: &mut Pair) -> Option<(u32, u8)> {
+        p.b.send(&rss_frame(), 4096, 0, NetTxFlags::empty(), &[]);
+        run(&mut p.qb);
+        run(&mut p.qa);
+        // Read the raw slots: the first response, then its extra.
+        let first = p.a.rx.pop_response().unwrap().expect("A received nothing");
+        if !first.rx_flags().contains(NetRxFlags::EXTRA_INFO) {
+            return None;
+        }
+        let e = p.a.rx.pop_response().unwrap().unwrap().as_extra_info();
+        assert_eq!(e.r#type, xen_abi::netif::XEN_NETIF_EXTRA_TYPE_HASH);
+        let h = e.u.hash();
+        p.a.post_rx(2);
+        Some((u32::from_le_bytes(h.value), h.r#type))
+    }
+
+    #[test]
+    fn toeplitz_hash_of_received_frames_matches_the_rss_verification_vectors() {
+        let (mut p, mut c) = setup();
+        configure(&mut p, &mut c, XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP);
+        let (value, ty) = received_hash(&mut p).expect("no hash extra");
+        assert_eq!(value, 0x51cc_c178, "IPv4 with TCP ports");
+        assert_eq!(ty, _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP);
+        let (mut p, mut c) = setup();
+        configure(&mut p, &mut c, XEN_NETIF_CTRL_HASH_TYPE_IPV4);
+        let (value, ty) = received_hash(&mut p).expect("no hash extra");
+        assert_eq!(value, 0x323e_8fc2, "IPv4 addresses only");
+        assert_eq!(ty, _XEN_NETIF_CTRL_HASH_TYPE_IPV4);
+        // Hashing off: no extra.
+        assert_eq!(
+            c.call(&mut p.qa, XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, [0; 3])
+                .0,
+            XEN_NETIF_CTRL_STATUS_SUCCESS
+        );
+        assert_eq!(received_hash(&mut p), None);
+    }
+
+    #[test]
+    fn hostile_control_requests_are_answered_with_their_status_and_change_nothing() {
+        let (mut p, mut c) = setup();
+        let (ok, inval) = (
+            XEN_NETIF_CTRL_STATUS_SUCCESS,
+            XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER,
+        );
+        configure(&mut p, &mut c, XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP);
+        let q = &mut p.qa;
+        let (st, max) = c.call(q, XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE, [0; 3]);
+        assert_eq!((st, max), (ok, 128));
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, [8, 0, 0])
+                .0,
+            ok
+        );
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, [129, 0, 0])
+                .0,
+            inval
+        );
+        // off + len overflowing.
+        let g = c.data.1;
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, [g, 2, u32::MAX])
+                .0,
+            inval
+        );
+        // len above 1024 (one page of entries), and a mapping past the table's 8 entries.
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, [g, 1025, 0])
+                .0,
+            inval
+        );
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, [g, 4, 6]).0,
+            inval
+        );
+        // A mapping value of at least num_queues (1).
+        p.a.guest.write(c.data.0, 0, &[0, 0, 0, 0, 1, 0, 0, 0]);
+        let q = &mut p.qa;
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, [g, 2, 0]).0,
+            inval
+        );
+        assert!(q.ctrl().unwrap().hash().mapping.iter().all(|&m| m == 0));
+        // An unknown type, type 0, and the grant-mapping requests.
+        assert_eq!(c.call(q, 99, [0; 3]).0, XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED);
+        assert_eq!(c.call(q, 0, [0; 3]).0, XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED);
+        let add = XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING;
+        assert_eq!(
+            c.call(q, add, [0, g, 1]).0,
+            XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED
+        );
+        // A key above 40 bytes; a key in a grant that does not map.
+        let key = XEN_NETIF_CTRL_TYPE_SET_HASH_KEY;
+        assert_eq!(
+            c.call(q, key, [g, 41, 0]).0,
+            XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW
+        );
+        assert_eq!(c.call(q, key, [3999, 40, 0]).0, inval);
+        assert_eq!(
+            q.ctrl().unwrap().hash().key,
+            RSS_KEY.to_vec(),
+            "the key changed"
+        );
+        assert!(q.ctrl().unwrap().errors() >= 9);
+        assert!(!q.is_disconnected());
+        // The configuration still works.
+        assert_eq!(received_hash(&mut p).map(|h| h.0), Some(0x51cc_c178));
     }
 }

@@ -31,13 +31,15 @@ use tracing::warn;
 use xen_abi::DomId;
 use xen_abi::XEN_PAGE_SIZE;
 use xen_abi::netif::{
-    ExtraFlags, GsoType, MulticastFilter, NetRxFlags, NetTxFlags, NetifError, NetifExtraInfo,
-    NetifExtraInfoGso, NetifRspStatus, NetifRx, NetifRxResponse, NetifTx, NetifTxRequest,
-    NetifTxResponse, TxConfig, TxPacket, TxPacketParser, TxParsed, XEN_NETIF_GSO_TYPE_TCPV4,
+    ExtraFlags, GsoType, HashType, MulticastFilter, NetRxFlags, NetTxFlags, NetifError,
+    NetifExtraInfo, NetifExtraInfoGso, NetifExtraInfoHash, NetifRspStatus, NetifRx,
+    NetifRxResponse, NetifTx, NetifTxRequest, NetifTxResponse, TxConfig, TxPacket, TxPacketParser,
+    TxParsed, XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ, XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6, rx_slots_needed,
 };
 use xen_abi::ring::{BackRing, RingError, RingMemory};
 
+use super::ctrl::CtrlRing;
 use super::{Checksum, ETH_HLEN, FrameMeta, Gso, NetDevice, NetError, is_multicast};
 use crate::backend::{EventChannel, GrantAccess, GrantAccessMode};
 
@@ -165,6 +167,7 @@ pub struct NetQueue<M: RingMemory, D> {
     rx_buf: Vec<u8>,
     stalled: Option<StalledTx>,
     mcast: MulticastFilter,
+    ctrl: Option<CtrlRing<M>>,
     stats: NetQueueStats,
     disconnected: bool,
 }
@@ -219,9 +222,21 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             rx_buf: vec![0; max],
             stalled: None,
             mcast: MulticastFilter::new(),
+            ctrl: None,
             stats: NetQueueStats::default(),
             disconnected: false,
         })
+    }
+
+    /// Serves the front end's control ring too (`feature-ctrl-ring`): its hash settings add a hash
+    /// extra to every received frame they apply to.
+    pub fn attach_ctrl(&mut self, ctrl: CtrlRing<M>) {
+        self.ctrl = Some(ctrl);
+    }
+
+    /// The control ring, if one is attached.
+    pub fn ctrl(&self) -> Option<&CtrlRing<M>> {
+        self.ctrl.as_ref()
     }
 
     /// The counters.
@@ -288,9 +303,26 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
     /// ring. Returns whether anything moved. Call it when either event channel fires or the device
     /// has frames, and again while it returns `true`.
     pub fn process(&mut self, now: Instant) -> Result<bool, NetbackError> {
+        let c = self.process_ctrl()?;
         let tx = self.process_tx()?;
         let rx = self.process_rx(now)?;
-        Ok(tx + rx > 0)
+        Ok(c + tx + rx > 0)
+    }
+
+    /// Answers the control ring's requests, if one is attached; returns how many.
+    pub fn process_ctrl(&mut self) -> Result<usize, NetbackError> {
+        self.check()?;
+        let d = self.domid;
+        let r = match &mut self.ctrl {
+            None => Ok(0),
+            Some(c) => c.process().map_err(ring_err(d, "ctrl")),
+        };
+        self.fatal(r)
+    }
+
+    /// The hash extra a frame gets, if the control ring enabled hashing for its type.
+    fn rx_hash(&self, data: &[u8]) -> Option<(u32, HashType)> {
+        self.ctrl.as_ref().and_then(|c| c.hash().hash(data))
     }
 
     /// Whether there is nothing to do: no TX requests (the event index is set, so the front end's
@@ -308,10 +340,13 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             .tx
             .final_check_for_requests()
             .map_err(ring_err(d, "tx"))?;
-        let rx_ready = match self.rx_queue.front() {
+        let need = self.rx_queue.front().map(|f| {
+            let hash = self.rx_hash(&f.data).is_some();
+            rx_slots_needed(f.data.len(), f.meta.gso.is_some(), hash)
+        });
+        let rx_ready = match need {
             None => false,
-            Some(f) => {
-                let need = rx_slots_needed(f.data.len(), f.meta.gso.is_some(), false);
+            Some(need) => {
                 // Ask for an event when the front end posts buffers, then look again.
                 self.rx
                     .final_check_for_requests()
@@ -543,7 +578,8 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
         let mut done = 0;
         let d = self.domid;
         while let Some(f) = self.rx_queue.front() {
-            let need = rx_slots_needed(f.data.len(), f.meta.gso.is_some(), false);
+            let hash = self.rx_hash(&f.data).is_some();
+            let need = rx_slots_needed(f.data.len(), f.meta.gso.is_some(), hash);
             let avail = self.rx.unconsumed_requests().map_err(ring_err(d, "rx"))? as usize;
             if avail < need {
                 break;
@@ -587,6 +623,34 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             Checksum::Validated => csum_flags = NetRxFlags::DATA_VALIDATED,
             Checksum::None => {}
         }
+        let hash = self.rx_hash(&f.data);
+        let mut extras: Vec<NetifExtraInfo> = Vec::with_capacity(2);
+        if let Some(g) = f.meta.gso {
+            let gso_type = match g.gso_type {
+                GsoType::TcpV6 => XEN_NETIF_GSO_TYPE_TCPV6,
+                _ => XEN_NETIF_GSO_TYPE_TCPV4,
+            };
+            extras.push(NetifExtraInfo::gso(
+                NetifExtraInfoGso::new(g.size, gso_type, 0),
+                ExtraFlags::empty(),
+            ));
+        }
+        if let Some((value, ty)) = hash {
+            extras.push(NetifExtraInfo::hash(
+                NetifExtraInfoHash::new(
+                    ty as u8,
+                    XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ as u8,
+                    value,
+                ),
+                ExtraFlags::empty(),
+            ));
+        }
+        let nextras = extras.len();
+        for (k, e) in extras.iter_mut().enumerate() {
+            if k + 1 < nextras {
+                e.flags |= ExtraFlags::MORE.bits();
+            }
+        }
         let mut failed = false;
         for i in 0..pieces {
             let Some(req) = self.rx.pop_request().map_err(ring_err(d, "rx"))? else {
@@ -596,7 +660,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             let mut flags = NetRxFlags::empty();
             if i == 0 {
                 flags |= csum_flags;
-                if f.meta.gso.is_some() {
+                if !extras.is_empty() {
                     flags |= NetRxFlags::EXTRA_INFO;
                 }
             }
@@ -621,24 +685,16 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
                 NetifRxResponse::error(req.id, NetifRspStatus::Error)
             };
             self.rx.put_response(&rsp).map_err(ring_err(d, "rx"))?;
-            if i == 0
-                && let Some(g) = f.meta.gso
-            {
-                // The GSO extra takes the next slot (its request's buffer is not used).
-                let Some(_) = self.rx.pop_request().map_err(ring_err(d, "rx"))? else {
-                    break;
-                };
-                let gso_type = match g.gso_type {
-                    GsoType::TcpV6 => XEN_NETIF_GSO_TYPE_TCPV6,
-                    _ => XEN_NETIF_GSO_TYPE_TCPV4,
-                };
-                let extra = NetifExtraInfo::gso(
-                    NetifExtraInfoGso::new(g.size, gso_type, 0),
-                    ExtraFlags::empty(),
-                );
-                self.rx
-                    .put_response(&NetifRxResponse::from_extra_info(&extra))
-                    .map_err(ring_err(d, "rx"))?;
+            if i == 0 {
+                // The extras take the next slots (their requests' buffers are not used).
+                for e in &extras {
+                    let Some(_) = self.rx.pop_request().map_err(ring_err(d, "rx"))? else {
+                        break;
+                    };
+                    self.rx
+                        .put_response(&NetifRxResponse::from_extra_info(e))
+                        .map_err(ring_err(d, "rx"))?;
+                }
             }
         }
         if failed {

@@ -17,6 +17,7 @@
 //! GSO extra) that the receiver segments.
 
 pub mod back;
+pub mod ctrl;
 pub mod switch;
 pub mod tap;
 pub mod xenbus;

@@ -1,6 +1,7 @@
 //! netback as a [`XenbusDevice`]: the features it offers in InitWait, the front end's rings and event
 //! channels it connects (`tx-ring-ref`, `rx-ring-ref`, `event-channel` or `event-channel-tx` and
-//! `-rx`), and one thread serving the [`NetQueue`].
+//! `-rx`, and the control ring's `ctrl-ring-ref` and `event-channel-ctrl` if given), and one thread
+//! serving the [`NetQueue`].
 //!
 //! One queue: `multi-queue-max-queues` is not offered (the bottom is one [`NetDevice`]). The thread
 //! keeps serving while there is work and otherwise sleeps on the queue's doorbell for at most
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::NetDevice;
 use super::back::{NetQueue, NetQueueConfig, NetQueueStats};
+use super::ctrl::CtrlRing;
 use crate::backend::{
     Doorbell, EventChannels, FrontendView, GrantAccess, GrantedRing, HandshakeError, XenbusDevice,
     XsHandle,
@@ -63,6 +65,9 @@ pub enum NetConnectError {
     /// An event channel could not be bound.
     #[error(transparent)]
     EventChannel(#[from] crate::backend::EventChannelError),
+    /// The control ring's indices are broken.
+    #[error("control ring: {0}")]
+    CtrlRing(#[source] xen_abi::ring::RingError),
     /// The device is still held by a previous connection.
     #[error("the network device is still in use by a previous connection")]
     DeviceBusy,
@@ -173,8 +178,32 @@ impl<D: NetDevice + 'static> NetBack<D> {
             .device
             .take()
             .ok_or_else(|| dev(NetConnectError::DeviceBusy))?;
+        // The control ring, if the front end set one up (`feature-ctrl-ring`).
+        let ctrl = match front.read_u32("", "ctrl-ring-ref")? {
+            None => None,
+            Some(cref) => {
+                let port = front.require_u32("", "event-channel-ctrl")?;
+                let mem = GrantedRing::map(&*self.grants, domid, &[cref]).map_err(|source| {
+                    dev(NetConnectError::Ring {
+                        ring: "ctrl",
+                        source,
+                    })
+                })?;
+                let ev = self
+                    .evtchns
+                    .bind(domid, port, doorbell.clone())
+                    .map_err(|e| dev(e.into()))?;
+                Some(
+                    CtrlRing::new(domid, self.grants.clone(), mem, ev, 1)
+                        .map_err(|e| dev(NetConnectError::CtrlRing(e)))?,
+                )
+            }
+        };
         let mut queue = NetQueue::new(domid, self.grants.clone(), tx, rx, tx_ev, rx_ev, device, qc)
             .map_err(|e| dev(e.into()))?;
+        if let Some(c) = ctrl {
+            queue.attach_ctrl(c);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let (s, bell, stats, fatal) = (
             stop.clone(),
@@ -237,6 +266,7 @@ impl<D: NetDevice + 'static> XenbusDevice for NetBack<D> {
             ("feature-rx-flip", "0"),
             ("feature-multicast-control", "1"),
             ("feature-split-event-channels", "1"),
+            ("feature-ctrl-ring", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
