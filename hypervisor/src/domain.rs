@@ -338,6 +338,8 @@ pub(crate) struct Clock {
     pub(crate) scale: PvClockScale,
     /// Guest TSC minus host TSC.
     pub(crate) tsc_offset: u64,
+    /// The guest TSC at system time 0 (the domain's creation).
+    pub(crate) tsc0: u64,
 }
 
 /// The state of one domain shared by its vCPU thread, its handle and other domains.
@@ -354,9 +356,10 @@ pub(crate) struct DomainCore {
     pub(crate) stats: Stats,
     pub(crate) console: Mutex<Console>,
     pub(crate) sink: Option<ConsoleSink>,
-    pub(crate) created: Instant,
-    pub(crate) clock: Mutex<Option<Clock>>,
+    pub(crate) clock: Clock,
     pub(crate) grant_frames: AtomicU64,
+    /// Frames the guest gave back (`XENMEM_decrease_reservation`), their memory returned to the host.
+    pub(crate) ballooned: Mutex<std::collections::BTreeSet<u64>>,
     /// The event callback's address (`CALLBACKTYPE_event`), 0 if none.
     pub(crate) event_callback: AtomicU64,
 }
@@ -367,8 +370,12 @@ impl DomainCore {
     }
 
     /// The domain's system time: nanoseconds since it was created.
+    ///
+    /// Computed from the TSC exactly as the guest computes it from its time record (one snapshot taken at
+    /// creation, never moved), so the two views agree and neither goes backwards.
     pub(crate) fn system_time(&self) -> u64 {
-        self.created.elapsed().as_nanos() as u64
+        let tsc = host_tsc().wrapping_add(self.clock.tsc_offset);
+        self.clock.scale.scale(tsc.saturating_sub(self.clock.tsc0))
     }
 
     /// Wakes the vCPU: out of a block (condvar) and out of `KVM_RUN` (a signal).
@@ -408,6 +415,19 @@ impl DomainCore {
     pub(crate) fn timer_expired(&self, deadline: u64) {
         let mut c = self.lock();
         if c.timer != Some(deadline) {
+            return;
+        }
+        let now = self.system_time();
+        if now < deadline {
+            // The host's monotonic clock and the TSC disagree slightly: come back when it is due.
+            drop(c);
+            if let Some(host) = self.host.upgrade() {
+                host.timers.add(
+                    Instant::now() + Duration::from_nanos(deadline - now),
+                    self.domid,
+                    deadline,
+                );
+            }
             return;
         }
         let n = self.fire_timer_if_due(&mut c);
@@ -486,11 +506,7 @@ impl DomainCore {
 
     /// Publishes vCPU 0's time record from the host TSC.
     pub(crate) fn update_time(&self) {
-        if let Some(clock) = &*self.clock.lock().unwrap_or_else(|e| e.into_inner()) {
-            let now = self.system_time();
-            let tsc = host_tsc().wrapping_add(clock.tsc_offset);
-            self.shared.write_time(tsc, now, clock.scale);
-        }
+        self.shared.write_time(self.clock.tsc0, 0, self.clock.scale);
     }
 
     /// Fires the one-shot timer if it is due: VIRQ_TIMER becomes pending (the caller, holding the lock,
@@ -521,8 +537,8 @@ impl DomainCore {
     pub(crate) fn set_timer(&self, deadline: Option<u64>) {
         self.lock().timer = deadline;
         if let (Some(d), Some(host)) = (deadline, self.host.upgrade()) {
-            host.timers
-                .add(self.created + Duration::from_nanos(d), self.domid, d);
+            let wait = Duration::from_nanos(d.saturating_sub(self.system_time()));
+            host.timers.add(Instant::now() + wait, self.domid, d);
         }
     }
 }
@@ -712,13 +728,14 @@ impl Hypervisor {
             stats: Stats::default(),
             console: Mutex::new(Console::new()),
             sink: config.console.clone(),
-            created: Instant::now(),
-            clock: Mutex::new(Some(Clock {
+            clock: Clock {
                 scale,
                 tsc_offset: guest_tsc.wrapping_sub(host_now),
-            })),
+                tsc0: guest_tsc,
+            },
             grant_frames: AtomicU64::new(0),
             event_callback: AtomicU64::new(0),
+            ballooned: Mutex::new(std::collections::BTreeSet::new()),
         });
         core.update_time();
         if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {

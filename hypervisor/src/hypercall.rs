@@ -554,6 +554,9 @@ fn grant_table_op(core: &DomainCore, cmd: u64, uop: u64, count: u64) -> R {
     }
 }
 
+/// The most extents one `decrease_reservation` or `populate_physmap` call handles (order 0 only).
+pub const MAX_BALLOON_EXTENTS: u64 = 512;
+
 fn memory_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
     use xen_abi::memory::*;
     // MEMOP_CMD_MASK: the low 6 bits are the command, the rest a continuation start extent.
@@ -563,9 +566,59 @@ fn memory_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
             if !core.is_self(dom) {
                 return Err(EPERM);
             }
-            Ok(core.ram.nr_pages() as i64)
+            if (cmd & 0x3f) as u32 == XENMEM_maximum_reservation {
+                return Ok(core.ram.nr_pages() as i64);
+            }
+            let ballooned = core
+                .ballooned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64;
+            Ok((core.ram.nr_pages() - ballooned) as i64)
         }
         XENMEM_maximum_ram_page => Ok(core.ram.nr_pages() as i64),
+        op @ (XENMEM_decrease_reservation | XENMEM_populate_physmap) => {
+            let r: XenMemoryReservation = core.copy_in(arg)?;
+            let limits = ReservationLimits {
+                max_extent_order: 0,
+                max_nr_extents: MAX_BALLOON_EXTENTS,
+            };
+            let res = r.validate(&limits).map_err(|_| EINVAL)?;
+            if !core.is_self(res.domid) {
+                return Err(EPERM);
+            }
+            let list_len = res.nr_extents * 8;
+            let readable = core
+                .layout
+                .guest_readable(&core.ram, res.extent_start, list_len);
+            if res.nr_extents > 0 && !readable {
+                return Err(EFAULT);
+            }
+            let mut pfns = vec![0u64; res.nr_extents as usize];
+            core.ram
+                .read(res.extent_start, pfns.as_mut_bytes())
+                .map_err(|_| EFAULT)?;
+            let first_free = core.layout.free_start / PAGE_SIZE;
+            let mut set = core.ballooned.lock().unwrap_or_else(|e| e.into_inner());
+            let mut done = 0i64;
+            for pfn in pfns {
+                if op == XENMEM_decrease_reservation {
+                    // Only the guest's free memory can go back: not the kernel, boot structures or tables.
+                    if pfn < first_free || pfn >= core.ram.nr_pages() || set.contains(&pfn) {
+                        break;
+                    }
+                    if core.ram.discard(pfn * PAGE_SIZE, PAGE_SIZE).is_err() {
+                        break;
+                    }
+                    set.insert(pfn);
+                } else if !set.remove(&pfn) {
+                    // populate_physmap: only frames given back before come back (their mfn is their pfn).
+                    break;
+                }
+                done += 1;
+            }
+            Ok(done)
+        }
         _ => Err(ENOSYS),
     }
 }

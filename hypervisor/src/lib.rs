@@ -56,7 +56,7 @@
 //! | `set_timer_op` | a one-shot timer at an absolute system time (0 cancels), delivered on `VIRQ_TIMER` |
 //! | `event_channel_op` | alloc_unbound, bind_interdomain (other domains of this hypervisor, or itself), bind_virq (vCPU 0), bind_ipi, send, close, status, unmask, bind_vcpu (vCPU 0), reset; 1024 ports |
 //! | `grant_table_op` | setup_table (up to 4 frames, reserved by the builder), query_size, set_version (1 only; 2 is `-EOPNOTSUPP`) |
-//! | `memory_op` | current_reservation, maximum_reservation, maximum_ram_page |
+//! | `memory_op` | current_reservation (less what was given back), maximum_reservation, maximum_ram_page; decrease_reservation and populate_physmap for ballooning (order 0, up to 512 frames a call, only frames above the boot structures): a frame given back is punched out of the memfd, so its memory returns to the host, and reads as zero |
 //! | `vcpu_op` | is_up (vCPU 0) |
 //! | `set_callbacks`, `callback_op` | the event callback (`CALLBACKTYPE_event`, register and unregister); a failsafe callback is accepted and unused |
 //!
@@ -67,8 +67,9 @@
 //! `evtchn_pending_sel` and `evtchn_upcall_pending`), set with atomics as Xen does. `SCHEDOP_block` clears
 //! `evtchn_upcall_mask` and returns once an upcall is pending (the vCPU thread sleeps on a condvar
 //! meanwhile, using no CPU); spurious returns are possible, as in Xen. vCPU 0's `vcpu_time_info` gives system
-//! time (nanoseconds since the domain was created) from the TSC; it is refreshed whenever the vCPU wakes
-//! from a block and when the timer fires. The wall clock in `shared_info` is set at creation.
+//! time (nanoseconds since the domain was created) from the TSC: one record, written at creation and never
+//! moved, so time never goes backwards; the hypervisor computes the domain's system time from the TSC the
+//! same way, so timer deadlines mean the same to both. The wall clock in `shared_info` is set at creation.
 //!
 //! **Upcalls.** With an event callback registered, an upcall that is pending and not masked is delivered
 //! when the vCPU next enters the guest; a vCPU running guest code is kicked out of it (a signal) when an
@@ -77,7 +78,11 @@
 //! r11, rip, cs, rflags, rsp, ss` (lowest address first; `cs` carries the saved upcall mask in bits 32-39,
 //! always 0 here), then `rip` = the callback, `rsp` = the frame, and `evtchn_upcall_mask` = 1. The callback
 //! pops `rcx` and `r11`, handles the events, clears the mask and returns with `iretq` (legal at CPL 3 to
-//! CPL 3). A stack the frame cannot be written to stops the domain ([`CrashKind::Failsafe`]).
+//! CPL 3). A stack the frame cannot be written to stops the domain ([`CrashKind::Failsafe`]). As under
+//! Xen, an event that arrives while the upcall is masked is not delivered by itself when the guest unmasks:
+//! the guest looks at `evtchn_upcall_pending` after unmasking (or makes any hypercall, which delivers it).
+//! The callback interrupts arbitrary code, so it must preserve every register it uses, SSE ones included
+//! (the example guest does `fxsave`/`fxrstor`).
 //!
 //! **Faults.** An exception reaches the hypervisor's ring-0 stubs, which report it; the domain is stopped
 //! with a [`CrashReport`] (vector, error code, CR2, rip, rsp, rflags). A triple fault, an unexpected exit or
@@ -87,7 +92,7 @@
 //!
 //! `HYPERVISOR_iret` is not served (`-ENOSYS`): guests return from upcalls with `iretq`. Also missing: more
 //! than one vCPU (`VCPUOP_up`), `mmu_update`, `update_va_mapping`, `set_trap_table` (exception bounces),
-//! grant mapping by back-ends, and ballooning. The design leaves room for them: the page tables are the
+//! and grant mapping by back-ends. The design leaves room for them: the page tables are the
 //! guest's (read-only, Xen-style), the selectors are Xen's, and exceptions already arrive in the VMM with
 //! their frame, ready to be bounced to a guest handler.
 //!

@@ -197,6 +197,36 @@ impl GuestRam {
         self.write(addr, &value.to_le_bytes())
     }
 
+    /// Gives the memory of `addr..addr+len` back to the host (`fallocate(PUNCH_HOLE)` on the memfd): it
+    /// reads as zero afterwards and costs nothing until written again. Page-aligned ranges only.
+    pub fn discard(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        self.check_range(addr, len)?;
+        if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(MemoryError::OutOfRange {
+                addr,
+                len,
+                size: self.size,
+            });
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate on our own memfd, inside its size (checked); no memory is accessed here.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                addr as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(MemoryError::Memfd {
+                size: self.size,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// A raw host pointer to `len` bytes at guest-physical `addr`, after a bounds check. Used for the
     /// shared_info page, whose fields the hypervisor and the guest update with atomics.
     pub fn host_ptr(&self, addr: u64, len: u64) -> Result<*mut u8, MemoryError> {

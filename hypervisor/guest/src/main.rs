@@ -15,6 +15,8 @@
 //! - `upcall=N`: registers an event callback and computes while N timer events (10 ms apart) arrive as
 //!   upcalls into it;
 //! - `flood=N`: writes N x 64 KiB to the console as fast as it can;
+//! - `balloon=MIB`: touches MIB MiB at the top of its memory, gives it back (`decrease_reservation`),
+//!   takes it again (`populate_physmap`), pausing 300 ms between steps;
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -60,8 +62,12 @@ upcall_entry:
     push %r9
     push %r10
     push %r11
+    sub $512, %rsp
+    fxsave (%rsp)
     cld
     call upcall_handler
+    fxrstor (%rsp)
+    add $512, %rsp
     pop %r11
     pop %r10
     pop %r9
@@ -194,6 +200,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             println!(&p, "\nflood: {n} x 64 KiB written ({r})");
             p.shutdown(ShutdownReason::Poweroff)
         }
+        "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),
         "wait-event" => wait_event(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(0)),
         "send-event" => send_event(&p, arg.unwrap_or("")),
@@ -340,24 +347,33 @@ extern "C" fn upcall_handler() {
     let p = unsafe { Platform::new(START_INFO) };
     UPCALLS.fetch_add(1, Ordering::SeqCst);
     let port = TIMER_PORT.load(Ordering::SeqCst);
-    let events = p.events();
-    let mut timer = false;
-    for q in events.scan(p.vcpu_events(), 64) {
-        timer |= q == port;
-    }
-    if timer {
-        let n = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
-        if n < TICKS_WANTED.load(Ordering::SeqCst) {
-            p.set_timer(p.time_ns() + 10_000_000);
-        }
-    }
-    p.vcpu_events();
     // SAFETY: vcpu_info[0].evtchn_upcall_mask, a byte the hypervisor reads atomically.
     let mask = unsafe {
         &*(&raw const (*(p.start_info.shared_info as *const xen_abi::xen::SharedInfo)).vcpu_info[0]
             .evtchn_upcall_mask as *const AtomicU8)
     };
+    // Events that arrive while the upcall is masked are taken here: after unmasking, look again (as Xen
+    // guests do, or force a callback with a hypercall).
+    for _ in 0..16 {
+        let mut timer = false;
+        for q in p.events().scan(p.vcpu_events(), 64) {
+            timer |= q == port;
+        }
+        if timer {
+            let n = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
+            if n < TICKS_WANTED.load(Ordering::SeqCst) {
+                p.set_timer(p.time_ns() + 10_000_000);
+            }
+        }
+        mask.store(0, Ordering::SeqCst);
+        if p.vcpu_events().upcall_pending.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        mask.store(1, Ordering::SeqCst);
+    }
     mask.store(0, Ordering::SeqCst);
+    // Still pending after 16 rounds: a hypercall lets the hypervisor deliver it as a fresh upcall.
+    p.xen_version();
 }
 
 fn upcall(p: &mut Platform, n: u32) -> ! {
@@ -402,6 +418,104 @@ fn upcall(p: &mut Platform, n: u32) -> ! {
         UPCALLS.load(Ordering::SeqCst),
         x
     );
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn sleep_ms(p: &mut Platform, ms: u64) {
+    let port = p.timer_port();
+    let deadline = p.time_ns() + ms * 1_000_000;
+    p.set_timer(deadline);
+    let mut tries = 0;
+    while p.time_ns() < deadline && tries < 10_000 {
+        p.block();
+        p.take_event(port);
+        tries += 1;
+    }
+}
+
+fn memory_op_pfns(op: u64, pfns: &mut [u64]) -> i64 {
+    // struct xen_memory_reservation: extent_start, nr_extents, extent_order, mem_flags, domid, pad.
+    let mut r = [0u64; 4];
+    r[0] = pfns.as_mut_ptr() as u64;
+    r[1] = pfns.len() as u64;
+    r[3] = u64::from(DOMID_SELF);
+    // SAFETY: a reservation naming our own array of frames.
+    unsafe {
+        hypercall(
+            hc::__HYPERVISOR_memory_op,
+            op,
+            r.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
+fn balloon(p: &mut Platform, mib: u64) -> ! {
+    let nr = p.start_info.nr_pages;
+    let first = nr - mib * 256;
+    for pfn in first..nr {
+        // SAFETY: the top of guest memory is free (the kernel and boot structures are at the bottom).
+        unsafe { core::ptr::write_volatile((pfn * 4096) as *mut u64, pfn) };
+    }
+    println!(p, "balloon: touched {mib} MiB");
+    sleep_ms(p, 300);
+    let mut released = 0;
+    let mut pfns = [0u64; 256];
+    for chunk in (first..nr).step_by(256) {
+        for (i, f) in pfns.iter_mut().enumerate() {
+            *f = chunk + i as u64;
+        }
+        released += memory_op_pfns(1, &mut pfns); // XENMEM_decrease_reservation
+    }
+    let dom = DOMID_SELF;
+    // SAFETY: XENMEM_current_reservation takes a pointer to a domid_t.
+    let cur = unsafe {
+        hypercall(
+            hc::__HYPERVISOR_memory_op,
+            3,
+            &raw const dom as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    // The frames read as zero now.
+    // SAFETY: as above.
+    let zero = unsafe { core::ptr::read_volatile((first * 4096) as *const u64) };
+    // Giving the kernel's own frames back is refused (0 extents done).
+    let mut kernel = [0x200u64];
+    let refused = memory_op_pfns(1, &mut kernel);
+    println!(
+        p,
+        "balloon: released {released} pages, reservation {cur}, reads {zero}, kernel frame {refused}"
+    );
+    sleep_ms(p, 300);
+    let mut back = 0;
+    for chunk in (first..nr).step_by(256) {
+        for (i, f) in pfns.iter_mut().enumerate() {
+            *f = chunk + i as u64;
+        }
+        back += memory_op_pfns(6, &mut pfns); // XENMEM_populate_physmap
+    }
+    for pfn in first..nr {
+        // SAFETY: populated again.
+        unsafe { core::ptr::write_volatile((pfn * 4096) as *mut u64, pfn) };
+    }
+    // SAFETY: as above.
+    let cur2 = unsafe {
+        hypercall(
+            hc::__HYPERVISOR_memory_op,
+            3,
+            &raw const dom as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    println!(p, "balloon: populated {back} pages, reservation {cur2}");
+    sleep_ms(p, 300);
     p.shutdown(ShutdownReason::Poweroff)
 }
 
