@@ -465,3 +465,131 @@ fn tap_refuses_what_it_cannot_carry() {
         Err(NetError::Unsupported { .. })
     ));
 }
+
+/// `PACKET_VNET_HDR` (`linux/if_packet.h`): the packet socket reads and writes a `virtio_net_hdr` in
+/// front of each frame, so GSO frames pass whole with their segmentation metadata.
+const PACKET_VNET_HDR: libc::c_int = 15;
+
+/// A TCPv4 frame of `len` bytes from `src` to `dst`, with the TCP checksum field holding the folded
+/// pseudo-header sum (what a partial checksum carries).
+fn tcp4_gso_frame(dst: [u8; 6], src: [u8; 6], from: Ipv4Addr, to: Ipv4Addr, len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i * 13 + 7) as u8).collect();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = len - 14;
+    let mut iph = [0u8; 20];
+    iph[0] = 0x45;
+    iph[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    iph[6] = 0x40;
+    iph[8] = 64;
+    iph[9] = 6;
+    iph[12..16].copy_from_slice(&from.octets());
+    iph[16..20].copy_from_slice(&to.octets());
+    let c = !csum_fold(csum_add(&iph, 0));
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    f[14..34].copy_from_slice(&iph);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5001u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18; // PSH ACK
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&from.octets());
+    pseudo.extend_from_slice(&to.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((ip_len - 20) as u16).to_be_bytes());
+    tcp[16..18].copy_from_slice(&csum_fold(csum_add(&pseudo, 0)).to_be_bytes());
+    f[34..54].copy_from_slice(&tcp);
+    f
+}
+
+/// GSO both ways through the vnet header: a 20 000-byte TCPv4 super-frame sent to the TAP device
+/// arrives whole in the namespace with its GSO type and size (a packet socket with
+/// `PACKET_VNET_HDR` sees the kernel's skb metadata), and one sent from the namespace comes out of
+/// the TAP device whole, as `Gso { TcpV4, 1448 }` with a partial checksum.
+#[test]
+fn gso_super_frames_cross_the_tap_whole_both_ways() {
+    use pv_backend::net::{Gso, GsoType};
+    let (ns, mut tap) = tap_in_netns(TapOptions {
+        vnet_hdr: true,
+        rx_offloads: Offloads::ALL,
+        ..TapOptions::default()
+    });
+    let name = tap.name().to_string();
+    let sock = ns.run(|| {
+        let (fd, _) = packet_socket(&name);
+        let one: libc::c_int = 1;
+        // SAFETY: PACKET_VNET_HDR takes an int of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "PACKET_VNET_HDR: {}",
+            std::io::Error::last_os_error()
+        );
+        fd
+    });
+    let meta = FrameMeta {
+        checksum: Checksum::Partial {
+            start: 34,
+            offset: 16,
+        },
+        gso: Some(Gso {
+            gso_type: GsoType::TcpV4,
+            size: 1448,
+            hdr_len: 54,
+        }),
+    };
+    // Guest to namespace.
+    let f = tcp4_gso_frame(NS_MAC, GUEST_MAC, GUEST_IP, NS_IP, 20_000);
+    tap.send(&f, &meta).unwrap();
+    let mut buf = vec![0u8; MAX_FRAME_LEN + 10];
+    let got = loop {
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
+        let p = &buf[..n as usize];
+        if p.len() > 10 + 54 && p[10 + 12..10 + 14] == [0x08, 0x00] && p[10 + 23] == 6 {
+            break p.to_vec();
+        }
+    };
+    let (hdr, frame) = got.split_at(10);
+    assert_eq!(hdr[0] & 1, 1, "NEEDS_CSUM");
+    assert_eq!(hdr[1], 1, "gso_type TCPV4 (the kernel did not segment)");
+    assert_eq!(u16::from_ne_bytes([hdr[4], hdr[5]]), 1448, "gso_size");
+    assert_eq!(frame, &f[..], "the super-frame differs");
+    // Namespace to guest.
+    let f = tcp4_gso_frame(GUEST_MAC, NS_MAC, NS_IP, GUEST_IP, 30_000);
+    let mut out = vec![1u8, 1];
+    for v in [54u16, 1448, 34, 16] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    out.extend_from_slice(&f);
+    packet_send(&sock, &out);
+    let (got, meta) = tap_recv(&mut tap, |p| {
+        p.len() > 54 && p[12..14] == [0x08, 0x00] && p[23] == 6 && p[30..34] == GUEST_IP.octets()
+    });
+    assert_eq!(got, f, "the super-frame from the namespace differs");
+    assert_eq!(
+        meta.gso.map(|g| (g.gso_type, g.size)),
+        Some((GsoType::TcpV4, 1448))
+    );
+    assert_eq!(
+        meta.checksum,
+        Checksum::Partial {
+            start: 34,
+            offset: 16
+        }
+    );
+}
