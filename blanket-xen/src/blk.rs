@@ -23,9 +23,11 @@
 //! matches, and the status is a `BLKIF_RSP_*` value. Anything else is a typed [`BlkError`], and a ring whose
 //! `rsp_prod` overflows ([`RingError::ResponseProdOverflow`]) stops the device.
 //!
-//! One ring page and one queue are used (the back-end's `max-ring-page-order` and
-//! `multi-queue-max-queues` are read and checked, not used); persistent grants are not used (we write
-//! `feature-persistent` 0).
+//! Rings of up to 16 pages are used (`ring-page-order`, lowered to the back-end's `max-ring-page-order`),
+//! one queue (`multi-queue-max-queues` is read and checked, not used). Persistent grants
+//! (`feature-persistent`) are used when [`BlkConfig::persistent_grants`] asks for them and the back-end
+//! offers them: each bounce page is then granted once, writable, and kept granted until
+//! [`BlkFront::close`]; otherwise every grant ends with its request.
 
 use xen_abi::DomId;
 use xen_abi::blkif::{
@@ -240,6 +242,9 @@ pub struct BlkConfig {
     /// The `ring-page-order` wanted (0 to [`MAX_RING_PAGE_ORDER`]); the ring memory given to `connect` must
     /// hold `2^order` pages. The back-end's `max-ring-page-order` lowers it.
     pub ring_page_order: u32,
+    /// Ask for persistent grants (`feature-persistent` 1): used when the back-end offers them too. Off by
+    /// default, so that every grant ends with its request.
+    pub persistent_grants: bool,
 }
 
 impl Default for BlkConfig {
@@ -248,6 +253,7 @@ impl Default for BlkConfig {
             pages_per_request: BLKIF_MAX_SEGMENTS_PER_REQUEST as usize,
             timeout_ns: 5_000_000_000,
             ring_page_order: 0,
+            persistent_grants: false,
         }
     }
 }
@@ -338,6 +344,8 @@ struct Slot {
     bytes: usize,
     grefs: [GrantRef; MAX_PAGES_PER_REQUEST + 1],
     ngrefs: usize,
+    /// With persistent grants: bit `i` set when page `i` of the slot is granted (its ref in `grefs[i]`).
+    persistent: u64,
 }
 
 const FREE_SLOT: Slot = Slot {
@@ -347,6 +355,7 @@ const FREE_SLOT: Slot = Slot {
     bytes: 0,
     grefs: [0; MAX_PAGES_PER_REQUEST + 1],
     ngrefs: 0,
+    persistent: 0,
 };
 
 /// A connected blkfront.
@@ -367,6 +376,7 @@ pub struct BlkFront<P, M, B> {
     slots: [Slot; MAX_SLOTS],
     timeout_ns: u64,
     stopped: bool,
+    persistent: bool,
 }
 
 impl<P, M, B> core::fmt::Debug for BlkFront<P, M, B> {
@@ -527,7 +537,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         }
         let port = port.unwrap_or(0);
         let refs = &ring_refs[..nr_ring_pages];
-        if let Err(e) = Self::publish(xb, &dev, refs, order, port) {
+        if let Err(e) = Self::publish(xb, &dev, refs, order, port, config.persistent_grants) {
             cleanup(&platform, Some(port), refs);
             return Err(e);
         }
@@ -616,6 +626,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
             slots: [FREE_SLOT; MAX_SLOTS],
             timeout_ns: timeout,
             stopped: false,
+            persistent: config.persistent_grants && info.persistent,
         })
     }
 
@@ -625,6 +636,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         ring_refs: &[GrantRef],
         order: u32,
         port: EvtchnPort,
+        persistent: bool,
     ) -> Result<(), BlkError> {
         let node = dev.node();
         let (ec, proto, pers, ord) = (
@@ -658,7 +670,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
                 }
                 xb.write(tx, ec.as_bytes(), port_s)?;
                 xb.write(tx, proto.as_bytes(), XEN_IO_PROTO_ABI_NATIVE.as_bytes())?;
-                xb.write(tx, pers.as_bytes(), b"0")
+                xb.write(tx, pers.as_bytes(), if persistent { b"1" } else { b"0" })
             })();
             if let Err(e) = writes {
                 if !e.is_fatal() {
@@ -770,6 +782,11 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         self.ring_order
     }
 
+    /// Whether persistent grants are in use.
+    pub fn uses_persistent_grants(&self) -> bool {
+        self.persistent
+    }
+
     /// The ring's slots.
     pub fn ring_size(&self) -> u32 {
         self.ring.size()
@@ -831,6 +848,12 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
 
     /// Grants the slot's first `n` pages (and records the refs); on failure ends what was granted.
     fn grant_pages(&mut self, slot: usize, n: usize, readonly: bool) -> Result<(), BlkError> {
+        if self.persistent {
+            for page in 0..n {
+                self.persistent_page(slot, page)?;
+            }
+            return Ok(());
+        }
         let backend = self.device.backend_id();
         self.slots[slot].ngrefs = 0;
         for page in 0..n {
@@ -854,8 +877,30 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         Ok(())
     }
 
+    /// With persistent grants: the ref of page `page` of the slot, granted (writable) the first time.
+    fn persistent_page(&mut self, slot: usize, page: usize) -> Result<GrantRef, BlkError> {
+        let s = self.slots[slot];
+        if s.persistent & (1 << page) != 0 {
+            return Ok(s.grefs[page]);
+        }
+        let addr = self.pool.as_ptr() as usize + self.page_offset(slot, page);
+        let backend = self.device.backend_id();
+        let gref = self
+            .platform
+            .frame_of(addr)
+            .and_then(|f| self.platform.grant_access(backend, f, false))?;
+        let s = &mut self.slots[slot];
+        s.grefs[page] = gref;
+        s.persistent |= 1 << page;
+        Ok(gref)
+    }
+
     /// Ends every grant of the slot; false if some page is still mapped (those refs are kept).
     fn end_grants(&mut self, slot: usize) -> bool {
+        if self.persistent {
+            // Kept for the next request; ended by `close`.
+            return true;
+        }
         let s = &mut self.slots[slot];
         let mut kept = 0;
         for i in 0..s.ngrefs {
@@ -946,22 +991,27 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
                 self.page_offset(slot, ind),
                 segs[..npages].as_bytes(),
             );
-            let addr = self.pool.as_ptr() as usize + self.page_offset(slot, ind);
-            let backend = self.device.backend_id();
-            let gref = match self
-                .platform
-                .frame_of(addr)
-                .and_then(|f| self.platform.grant_access(backend, f, true))
-            {
-                Ok(g) => g,
-                Err(e) => {
-                    self.end_grants(slot);
-                    return Err(e.into());
-                }
+            let gref = if self.persistent {
+                self.persistent_page(slot, ind)?
+            } else {
+                let addr = self.pool.as_ptr() as usize + self.page_offset(slot, ind);
+                let backend = self.device.backend_id();
+                let gref = match self
+                    .platform
+                    .frame_of(addr)
+                    .and_then(|f| self.platform.grant_access(backend, f, true))
+                {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.end_grants(slot);
+                        return Err(e.into());
+                    }
+                };
+                let s = &mut self.slots[slot];
+                s.grefs[s.ngrefs] = gref;
+                s.ngrefs += 1;
+                gref
             };
-            let s = &mut self.slots[slot];
-            s.grefs[s.ngrefs] = gref;
-            s.ngrefs += 1;
             let mut grefs = [0; 8];
             grefs[0] = gref;
             BlkifRequestIndirect::new(op, npages as u16, self.handle, 0, sector, grefs).to_request()
@@ -994,7 +1044,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
             });
         }
         let slot = self.free_slot()?;
-        self.slots[slot].ngrefs = 0;
+        if !self.persistent {
+            self.slots[slot].ngrefs = 0;
+        }
         let req = BlkifRequest::new(BLKIF_OP_FLUSH_DISKCACHE, self.handle, 0, 0);
         self.push(slot, &req, BLKIF_OP_FLUSH_DISKCACHE, 0)
     }
@@ -1022,7 +1074,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         }
         self.check_range(sector, nr_sectors)?;
         let slot = self.free_slot()?;
-        self.slots[slot].ngrefs = 0;
+        if !self.persistent {
+            self.slots[slot].ngrefs = 0;
+        }
         let flag = if secure { BLKIF_DISCARD_SECURE } else { 0 };
         let req = BlkifRequestDiscard::new(self.handle, 0, sector, nr_sectors, flag).to_request();
         self.push(slot, &req, BLKIF_OP_DISCARD, 0)
@@ -1219,9 +1273,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         self.finish(id, &mut []).map(|_| ())
     }
 
-    /// Closes the device: `state` Closing, then Closed, the event channel closed and the ring's grant ended
-    /// (if the back-end still maps the ring, the grant error is returned and the ring page must not be
-    /// reused).
+    /// Closes the device: `state` Closing, then Closed, the event channel closed, and the ring's grants and
+    /// any persistent grants ended (if the back-end still maps one of them, the grant error is returned and
+    /// that memory must not be reused).
     pub fn close<XM: RingMemory>(mut self, xb: &mut XenBus<P, XM>) -> Result<(), BlkError> {
         self.device
             .switch_state(xb, XBT_NIL, XenbusState::Closing)?;
@@ -1233,9 +1287,21 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         );
         self.device.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
         self.platform.close(self.port)?;
+        let mut first = Ok(());
+        for slot in 0..self.nr_slots {
+            let s = self.slots[slot];
+            for page in 0..self.pages_per_slot {
+                if s.persistent & (1 << page) != 0
+                    && let Err(e) = self.platform.end_access(s.grefs[page])
+                    && first.is_ok()
+                {
+                    first = Err(e.into());
+                }
+            }
+        }
         for r in &self.ring_refs[..1 << self.ring_order] {
             self.platform.end_access(*r)?;
         }
-        Ok(())
+        first
     }
 }

@@ -746,6 +746,27 @@ fn ring_page_order_is_lowered_to_what_the_backend_offers() {
 }
 
 #[test]
+fn persistent_grants_asked_for_but_not_offered() {
+    let mut r = rig(Opts::default());
+    let config = BlkConfig {
+        persistent_grants: true,
+        ..quick()
+    };
+    let mut blk = connect(&mut r, config).unwrap();
+    assert_eq!(
+        r.xs.read(&format!("{FE}/feature-persistent")).as_deref(),
+        Some("1")
+    );
+    assert!(!blk.info().persistent && !blk.uses_persistent_grants());
+    blk.write(0, &[1u8; 4096]).unwrap();
+    assert_eq!(
+        r.xs.xen.grant_table().granted(),
+        1,
+        "every grant ended with its request"
+    );
+}
+
+#[test]
 fn ring_memory_too_small_for_the_order() {
     let mut r = rig(Opts::default());
     let ring = r.xs.xen.alloc_pages(2).unwrap();

@@ -153,3 +153,68 @@ fn multi_page_ring_with_more_requests_in_flight_than_one_page_holds() {
     }
     drop(be);
 }
+
+#[test]
+fn persistent_grants_with_pv_backends_blkback() {
+    let xs = Xenstored::start(600);
+    let be = PvBlkback::start(&xs, 8 << 20);
+    let mut xb = xs.client();
+    let ring = xs.xen.alloc_pages(1).unwrap();
+    let pool = xs.xen.alloc_pages(33 * 8).unwrap();
+    let config = BlkConfig {
+        pages_per_request: 32,
+        persistent_grants: true,
+        timeout_ns: 5 * SECOND,
+        ..BlkConfig::default()
+    };
+    let mut front = BlkFront::connect(
+        Arc::clone(&xs.xen),
+        &mut xb,
+        b"device/vbd/51712",
+        ring,
+        pool,
+        config,
+    )
+    .unwrap();
+    assert!(
+        front.info().persistent,
+        "pv-backend offers feature-persistent"
+    );
+    assert!(front.uses_persistent_grants());
+    assert_eq!(
+        xs.read(&format!("{FE}/feature-persistent")).as_deref(),
+        Some("1")
+    );
+    let mut granted_after_first = 0;
+    for round in 0..4u8 {
+        for (i, len) in [4096usize, 11 * 4096, 32 * 4096].into_iter().enumerate() {
+            let sector = 1000 * i as u64;
+            let data: Vec<u8> = (0..len)
+                .map(|j| (j as u8) ^ round.wrapping_mul(17))
+                .collect();
+            front.write(sector, &data).unwrap();
+            assert_eq!(be.dev.read_bytes(sector * 512, len), data);
+            let mut back = vec![0u8; len];
+            front.read(sector, &mut back).unwrap();
+            assert_eq!(back, data);
+        }
+        // The same pages are used again, with the grants they already have.
+        let granted = xs.xen.grant_table().granted();
+        if round == 0 {
+            granted_after_first = granted;
+            assert!(granted > 1);
+        } else {
+            assert_eq!(
+                granted, granted_after_first,
+                "no grant is made twice for a page"
+            );
+        }
+    }
+    front.close(&mut xb).unwrap();
+    assert_eq!(
+        xs.xen.grant_table().granted(),
+        0,
+        "close ends the persistent grants"
+    );
+    drop(be);
+}
