@@ -270,6 +270,8 @@ pub struct Stats {
     pub upcalls: AtomicU64,
     /// Console bytes dropped by the rate limit.
     pub console_dropped: AtomicU64,
+    /// Exceptions bounced to the guest's handlers.
+    pub bounces: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] and timings.
@@ -287,6 +289,8 @@ pub struct StatsSnapshot {
     pub upcalls: u64,
     /// Console bytes dropped by the rate limit.
     pub console_dropped: u64,
+    /// Exceptions bounced to the guest's handlers.
+    pub bounces: u64,
     /// CPU time the vCPU thread used, in nanoseconds (its thread CPU clock).
     pub cpu_ns: u64,
     /// Wall time from start to end (or to now).
@@ -358,6 +362,8 @@ pub(crate) struct DomainCore {
     pub(crate) sink: Option<ConsoleSink>,
     pub(crate) clock: Clock,
     pub(crate) grant_frames: AtomicU64,
+    /// The guest's virtual IDT (`set_trap_table`): per vector, the handler and the `trap_info` flags.
+    pub(crate) traps: Mutex<[Option<(u64, u8)>; 256]>,
     /// Frames the guest gave back (`XENMEM_decrease_reservation`), their memory returned to the host.
     pub(crate) ballooned: Mutex<std::collections::BTreeSet<u64>>,
     /// The event callback's address (`CALLBACKTYPE_event`), 0 if none.
@@ -736,6 +742,7 @@ impl Hypervisor {
             grant_frames: AtomicU64::new(0),
             event_callback: AtomicU64::new(0),
             ballooned: Mutex::new(std::collections::BTreeSet::new()),
+            traps: Mutex::new([None; 256]),
         });
         core.update_time();
         if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -919,6 +926,7 @@ impl Domain {
             console_bytes: s.console_bytes.load(Ordering::Relaxed),
             upcalls: s.upcalls.load(Ordering::Relaxed),
             console_dropped: s.console_dropped.load(Ordering::Relaxed),
+            bounces: s.bounces.load(Ordering::Relaxed),
             cpu_ns,
             run_ns,
         }

@@ -90,6 +90,7 @@ pub(crate) fn dispatch(core: &DomainCore, regs: &HypercallRegs) -> Outcome {
         Hypercall::MemoryOp => memory_op(core, a1, a2),
         Hypercall::VcpuOp => vcpu_op(a1, a2),
         Hypercall::SetCallbacks => set_callbacks(core, a1),
+        Hypercall::SetTrapTable => set_trap_table(core, a1),
         Hypercall::CallbackOp => callback_op(core, a1, a2),
         _ => Err(ENOSYS),
     };
@@ -280,6 +281,33 @@ fn block(core: &DomainCore, poll: Option<(&[u32], Option<u64>)>) {
 fn set_timer_op(core: &DomainCore, timeout: u64) -> R {
     core.set_timer(if timeout == 0 { None } else { Some(timeout) });
     Ok(0)
+}
+
+/// `HYPERVISOR_set_trap_table`: installs entries of the guest's virtual IDT, up to the terminating entry
+/// (at most 256 are read); a null table clears it. Exceptions whose vector has an entry are bounced to the
+/// handler instead of stopping the domain.
+fn set_trap_table(core: &DomainCore, table: u64) -> R {
+    use xen_abi::hypercall::TrapInfo;
+    let mut traps = core.traps.lock().unwrap_or_else(|e| e.into_inner());
+    if table == 0 {
+        *traps = [None; 256];
+        return Ok(0);
+    }
+    let size = size_of::<TrapInfo>() as u64;
+    for i in 0..=256u64 {
+        let t: TrapInfo = core.copy_in(table + i * size)?;
+        if t.is_terminator() {
+            return Ok(0);
+        }
+        t.validate().map_err(|_| EINVAL)?;
+        if t.cs != crate::x86::FLAT_RING3_CS64
+            || !core.layout.guest_readable(&core.ram, t.address, 1)
+        {
+            return Err(EINVAL);
+        }
+        traps[usize::from(t.vector)] = Some((t.address, t.flags));
+    }
+    Err(EINVAL)
 }
 
 /// `CALLBACKTYPE_event` in `callback.h`.

@@ -58,6 +58,7 @@
 //! | `grant_table_op` | setup_table (up to 4 frames, reserved by the builder), query_size, set_version (1 only; 2 is `-EOPNOTSUPP`) |
 //! | `memory_op` | current_reservation (less what was given back), maximum_reservation, maximum_ram_page; decrease_reservation and populate_physmap for ballooning (order 0, up to 512 frames a call, only frames above the boot structures): a frame given back is punched out of the memfd, so its memory returns to the host, and reads as zero |
 //! | `vcpu_op` | is_up (vCPU 0) |
+//! | `set_trap_table` | the guest's virtual IDT: handlers (code selector `FLAT_RING3_CS64`, in guest memory) for exceptions 0-31; a null table clears it; an unterminated table (more than 256 entries) is `-EINVAL` |
 //! | `set_callbacks`, `callback_op` | the event callback (`CALLBACKTYPE_event`, register and unregister); a failsafe callback is accepted and unused |
 //!
 //! Anything else returns `-ENOSYS`. Every pointer a guest passes is checked before use: outside guest
@@ -84,17 +85,21 @@
 //! The callback interrupts arbitrary code, so it must preserve every register it uses, SSE ones included
 //! (the example guest does `fxsave`/`fxrstor`).
 //!
-//! **Faults.** An exception reaches the hypervisor's ring-0 stubs, which report it; the domain is stopped
-//! with a [`CrashReport`] (vector, error code, CR2, rip, rsp, rflags). A triple fault, an unexpected exit or
+//! **Faults.** An exception reaches the hypervisor's ring-0 stubs, which report it to the VMM. If the guest
+//! installed a handler for the vector with `set_trap_table`, the exception is bounced to it as Xen does:
+//! Xen's x86-64 frame `rcx, r11, [error code], rip, cs, rflags, rsp, ss` on the guest's stack (16-byte
+//! aligned), CR2 in `vcpu_info.arch.cr2` for a page fault, events masked if the entry's flags ask; the
+//! handler pops `rcx` and `r11` (and the error code) and returns with `iretq`. Without a handler the domain
+//! is stopped with a [`CrashReport`] (vector, error code, CR2, rip, rsp, rflags). A triple fault, an unexpected exit or
 //! a KVM error stops it likewise. Only that domain is affected.
 //!
 //! # Not yet
 //!
 //! `HYPERVISOR_iret` is not served (`-ENOSYS`): guests return from upcalls with `iretq`. Also missing: more
-//! than one vCPU (`VCPUOP_up`), `mmu_update`, `update_va_mapping`, `set_trap_table` (exception bounces),
-//! and grant mapping by back-ends. The design leaves room for them: the page tables are the
-//! guest's (read-only, Xen-style), the selectors are Xen's, and exceptions already arrive in the VMM with
-//! their frame, ready to be bounced to a guest handler.
+//! than one vCPU (`VCPUOP_up`), `mmu_update` and `update_va_mapping` (guests keep the initial page
+//! tables), software interrupts (`int n` through a DPL-3 trap entry), and grant mapping by back-ends. The
+//! design leaves room for them: the page tables are the guest's (read-only, Xen-style), the selectors are
+//! Xen's, and exceptions arrive in the VMM with their frame.
 //!
 //! # Why the hypercall trap is an `out` through the TSS I/O bitmap
 //!

@@ -68,6 +68,12 @@ impl SharedInfoView {
         }
     }
 
+    /// Sets vCPU 0's `arch.cr2` (the faulting address of a page fault bounced to the guest).
+    pub fn set_cr2(&self, cr2: u64) {
+        let off = VCPU0 + offset_of!(VcpuInfo, arch) + offset_of!(xen_abi::xen::ArchVcpuInfo, cr2);
+        self.atomic_u64(off).store(cr2, Ordering::SeqCst);
+    }
+
     /// vCPU 0's `evtchn_upcall_pending`.
     pub fn upcall_pending(&self) -> bool {
         self.atomic_u8(VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_pending))

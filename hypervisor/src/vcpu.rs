@@ -95,6 +95,62 @@ fn bounce_upcall(core: &DomainCore, vcpu: &mut VcpuFd) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Bounces an exception to the guest's handler from `set_trap_table`, as Xen does for PV guests: Xen's
+/// x86-64 frame `rcx, r11, [error code], rip, cs, rflags, rsp, ss` goes on the guest's stack (16-byte
+/// aligned), CR2 into `vcpu_info.arch.cr2` for a page fault, events are masked if the entry says so, and the
+/// ring-0 stub's own frame is rewritten so that its `iretq` lands on the handler. `Ok(false)`: no handler
+/// (or the fault did not come from the guest's ring 3), so the caller stops the domain.
+fn bounce_exception(
+    core: &DomainCore,
+    regs: &kvm_bindings::kvm_regs,
+    stub_rsp: u64,
+    frame: [u64; 7],
+    cr2: u64,
+) -> Result<bool, String> {
+    let [vector, error_code, rip, cs, rflags, rsp, ss] = frame;
+    let Some((handler, flags)) =
+        core.traps.lock().unwrap_or_else(|e| e.into_inner())[(vector & 0xff) as usize]
+    else {
+        return Ok(false);
+    };
+    if cs != u64::from(crate::x86::FLAT_RING3_CS64) || vector > 31 {
+        return Ok(false);
+    }
+    let mut words = vec![regs.rcx, regs.r11];
+    if crate::x86::vector_has_error_code(vector as u8) {
+        words.push(error_code);
+    }
+    words.extend_from_slice(&[rip, cs, rflags, rsp, ss]);
+    let len = words.len() as u64 * 8;
+    let top = rsp & !0xf;
+    let at = top.wrapping_sub(len);
+    if top < len || !core.layout.guest_writable(&core.ram, at, len) {
+        return Err(format!(
+            "cannot bounce exception {vector} to the guest's handler {handler:#x}: its stack pointer {rsp:#x} is not writable guest memory"
+        ));
+    }
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    core.ram.write(at, &bytes).map_err(|e| e.to_string())?;
+    if vector == 14 {
+        core.shared.set_cr2(cr2);
+    }
+    if flags & 4 != 0 {
+        core.shared.upcall_mask().store(1, Ordering::SeqCst);
+    }
+    // The stub's iretq frame: [rip, cs, rflags, rsp, ss] above the two words it pushed.
+    core.ram
+        .write_u64(stub_rsp + 16, handler)
+        .map_err(|e| e.to_string())?;
+    core.ram
+        .write_u64(stub_rsp + 32, rflags & !(1 << 8))
+        .map_err(|e| e.to_string())?;
+    core.ram
+        .write_u64(stub_rsp + 40, at)
+        .map_err(|e| e.to_string())?;
+    core.stats.bounces.fetch_add(1, Ordering::Relaxed);
+    Ok(true)
+}
+
 fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
     // Whether the last exit was a hypercall's `out`, which KVM completes (moving rip past it) on the next
     // KVM_RUN.
@@ -211,17 +267,31 @@ fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
                     }
                 };
                 let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
-                let vector = word(0) as u8;
+                let frame = [
+                    word(0),
+                    word(1),
+                    word(2),
+                    word(3),
+                    word(4),
+                    word(5),
+                    word(6),
+                ];
+                let vector = frame[0] as u8;
+                match bounce_exception(core, &r, r.rsp, frame, cr2) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(why) => return crash(vcpu, CrashKind::Failsafe(why)),
+                }
                 return DomainExit::Crashed(CrashReport {
                     kind: CrashKind::Exception {
                         vector,
-                        error_code: word(1),
+                        error_code: frame[1],
                         cr2,
                     },
-                    rip: word(2),
-                    cs: word(3),
-                    rflags: word(4),
-                    rsp: word(5),
+                    rip: frame[2],
+                    cs: frame[3],
+                    rflags: frame[4],
+                    rsp: frame[5],
                     rax: r.rax,
                 });
             }

@@ -124,7 +124,9 @@ pub fn write_idt(ram: &GuestRam, idt: u64, stubs: u64) -> Result<(), MemoryError
 pub const STUB_SIZE: u64 = 16;
 
 /// Writes the ring-0 exception stubs at `stubs`: each pushes a zero error code if the CPU pushed none, then
-/// the vector, and reports to the VMM with `out %al, $port`; the VMM finds the frame at RSP.
+/// the vector, and reports to the VMM with `out %al, $port`; the VMM finds the frame at RSP. If the VMM lets
+/// the vCPU go on (it bounced the exception to the guest's handler by rewriting the frame's `rip` and
+/// `rsp`), the stub drops the two words and returns with `iretq`.
 pub fn write_exception_stubs(ram: &GuestRam, stubs: u64, port: u8) -> Result<(), MemoryError> {
     for v in 0..=255u8 {
         let mut code = Vec::with_capacity(STUB_SIZE as usize);
@@ -134,7 +136,8 @@ pub fn write_exception_stubs(ram: &GuestRam, stubs: u64, port: u8) -> Result<(),
         code.extend_from_slice(&[0x68]); // push imm32 (the vector)
         code.extend_from_slice(&u32::from(v).to_le_bytes());
         code.extend_from_slice(&[0xe6, port]); // out %al, $port
-        code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+        code.extend_from_slice(&[0x48, 0x83, 0xc4, 0x10]); // add $16, %rsp
+        code.extend_from_slice(&[0x48, 0xcf]); // iretq
         code.resize(STUB_SIZE as usize, 0xcc);
         ram.write(stubs + u64::from(v) * STUB_SIZE, &code)?;
     }

@@ -524,3 +524,20 @@ fn ballooned_memory_goes_back_to_the_host_and_returns() {
         "and came back when touched: {released} -> {populated}"
     );
 }
+
+#[test]
+fn exceptions_are_bounced_to_the_guests_trap_table_handlers() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "trap", "trap");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    assert!(
+        out.contains("trap: bad handler -22, bad table -14, set_trap_table 0; #UD 3, #PF 2 (err 0x4 cr2 0x0; err 0x7 cr2"),
+        "{out}"
+    );
+    assert!(out.contains("= pt_base true)"), "{out}");
+    assert_eq!(d.stats().bounces, 5, "{:?}", d.stats());
+}

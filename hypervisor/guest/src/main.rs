@@ -17,6 +17,8 @@
 //! - `flood=N`: writes N x 64 KiB to the console as fast as it can;
 //! - `balloon=MIB`: touches MIB MiB at the top of its memory, gives it back (`decrease_reservation`),
 //!   takes it again (`populate_physmap`), pausing 300 ms between steps;
+//! - `trap`: installs #UD and #PF handlers with `set_trap_table`, takes both (the handlers skip the
+//!   faulting instruction), prints what they saw;
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -26,7 +28,7 @@ mod platform;
 
 use core::arch::global_asm;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use platform::{Platform, hypercall};
 use xen_abi::event_channel as ev;
@@ -77,6 +79,27 @@ upcall_entry:
     pop %rdx
     pop %rcx
     pop %rax
+    iretq
+
+    .global ud_entry
+ud_entry:
+    pop %rcx
+    pop %r11
+    addq $2, (%rsp)
+    lock incl UD_COUNT(%rip)
+    iretq
+
+    .global pf_entry
+pf_entry:
+    pop %rcx
+    pop %r11
+    push %rax
+    mov 8(%rsp), %rax
+    mov %rax, PF_ERR(%rip)
+    pop %rax
+    add $8, %rsp
+    addq $3, (%rsp)
+    lock incl PF_COUNT(%rip)
     iretq
 
     .section .hypercall_page, "ax"
@@ -201,6 +224,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             p.shutdown(ShutdownReason::Poweroff)
         }
         "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
+        "trap" => trap(&p),
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),
         "wait-event" => wait_event(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(0)),
         "send-event" => send_event(&p, arg.unwrap_or("")),
@@ -417,6 +441,64 @@ fn upcall(p: &mut Platform, n: u32) -> ! {
         TICKS.load(Ordering::SeqCst),
         UPCALLS.load(Ordering::SeqCst),
         x
+    );
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+#[unsafe(no_mangle)]
+static UD_COUNT: AtomicU32 = AtomicU32::new(0);
+#[unsafe(no_mangle)]
+static PF_COUNT: AtomicU32 = AtomicU32::new(0);
+#[unsafe(no_mangle)]
+static PF_ERR: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" {
+    fn ud_entry();
+    fn pf_entry();
+}
+
+fn set_trap_table(table: u64) -> i64 {
+    // SAFETY: `table` is a trap table (or a deliberately bad pointer the hypervisor must refuse).
+    unsafe { hypercall(hc::__HYPERVISOR_set_trap_table, table, 0, 0, 0, 0) }
+}
+
+fn cr2(p: &Platform) -> u64 {
+    let si = p.start_info.shared_info as *const xen_abi::xen::SharedInfo;
+    // SAFETY: vcpu_info[0].arch.cr2 of the shared_info page, written by the hypervisor before the bounce.
+    unsafe { core::ptr::read_volatile(&raw const (*si).vcpu_info[0].arch.cr2) }
+}
+
+fn trap(p: &Platform) -> ! {
+    use xen_abi::hypercall::TrapInfo;
+    let cs = 0xe033;
+    let bad = [TrapInfo::new(6, 0, cs, 0x1000), TrapInfo::new(0, 0, 0, 0)];
+    let r_bad_handler = set_trap_table(bad.as_ptr() as u64);
+    let r_bad_table = set_trap_table(0xdead_0000_0000);
+    let table = [
+        TrapInfo::new(6, 0, cs, ud_entry as *const () as u64),
+        TrapInfo::new(14, 0, cs, pf_entry as *const () as u64),
+        TrapInfo::new(0, 0, 0, 0),
+    ];
+    let r = set_trap_table(table.as_ptr() as u64);
+    for _ in 0..3 {
+        // SAFETY: raises #UD; the handler skips the 2-byte instruction.
+        unsafe { core::arch::asm!("ud2") };
+    }
+    // SAFETY: reads page 0 (#PF, not present); the handler skips the 3-byte `mov rax, [rax]`.
+    unsafe { core::arch::asm!("mov rax, qword ptr [rax]", inout("rax") 0u64 => _) };
+    let (err1, cr2_1) = (PF_ERR.load(Ordering::SeqCst), cr2(p));
+    // SAFETY: writes the read-only page tables (#PF, protection); the handler skips `mov [rax], rcx`.
+    unsafe {
+        core::arch::asm!("mov qword ptr [rax], rcx", in("rax") p.start_info.pt_base, in("rcx") 0u64)
+    };
+    let (err2, cr2_2) = (PF_ERR.load(Ordering::SeqCst), cr2(p));
+    println!(
+        p,
+        "trap: bad handler {r_bad_handler}, bad table {r_bad_table}, set_trap_table {r}; #UD {}, #PF {} (err {err1:#x} cr2 {cr2_1:#x}; err {err2:#x} cr2 {:#x} = pt_base {})",
+        UD_COUNT.load(Ordering::SeqCst),
+        PF_COUNT.load(Ordering::SeqCst),
+        cr2_2,
+        cr2_2 == p.start_info.pt_base
     );
     p.shutdown(ShutdownReason::Poweroff)
 }
