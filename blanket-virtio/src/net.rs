@@ -1,9 +1,13 @@
-//! A minimal virtio-net driver (virtio 1.2, section 5.1) over any [`Transport`]: one receive and
-//! one transmit queue, mergeable receive buffers, no offloads.
+//! A virtio-net driver (virtio 1.2, section 5.1) over any [`Transport`]: one receive and one
+//! transmit queue, mergeable receive buffers, and (with [`NetOptions::offloads`]) checksum and
+//! TCP segmentation offload headers both ways.
 //!
-//! Every frame carries a 12-byte `virtio_net_hdr_v1` in front. Transmit copies the frame into a
-//! per-descriptor slot in shared memory (header zeroed: no checksum or GSO offload is
-//! negotiated). Receive keeps the receive queue filled with fixed-size buffers; with
+//! Every frame carries a 12-byte `virtio_net_hdr_v1` in front, whose offload fields are a
+//! [`NetHdr`]. Transmit copies the frame into a per-descriptor slot in shared memory, or, for a
+//! GSO frame above the MTU, into one of [`GSO_TX_SLOTS`] 64 KiB slots; the header the caller
+//! gives is checked against the negotiated features first (5.1.6.2.1). What the device writes
+//! in a receive header is checked the same way (5.1.6.4.1): flags, GSO type and checksum offsets
+//! it may not use, or that point outside the frame, are typed errors. Receive keeps the receive queue filled with fixed-size buffers; with
 //! `VIRTIO_NET_F_MRG_RXBUF` a frame may span `num_buffers` of them. What the device writes is
 //! validated: a used length of at least the header and at most the buffer (checked by the
 //! queue), `num_buffers` between 1 and the buffers it may use, the buffers of a frame all
@@ -15,8 +19,12 @@ use std::time::Duration;
 
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP, virtio_net_config, virtio_net_hdr_v1,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_ANNOUNCE,
+    VIRTIO_NET_S_LINK_UP, virtio_net_config, virtio_net_hdr_v1,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -33,6 +41,10 @@ pub const HDR_BYTES: usize = size_of::<virtio_net_hdr_v1>();
 pub const RX_BUFFER_BYTES: u32 = 2048;
 /// The smallest Ethernet frame accepted (the header alone).
 pub const MIN_FRAME: usize = 14;
+/// The longest frame with segmentation offload: a 64 KiB IP datagram behind an Ethernet header.
+pub const MAX_GSO_FRAME: usize = MIN_FRAME + 65535;
+/// How many GSO frames above the MTU may be in flight on the transmit queue at once.
+pub const GSO_TX_SLOTS: usize = 16;
 /// Bytes of config space read: up to and with `mtu`.
 pub const CONFIG_BYTES: usize = offset_of!(virtio_net_config, speed);
 
@@ -104,6 +116,233 @@ pub enum Error {
     /// The transmit queue is full.
     #[error("transmit queue full")]
     TxFull,
+    /// A header to send that the negotiated features do not allow, or that does not fit the
+    /// frame (5.1.6.2.1).
+    #[error("transmit header {hdr:?} refused for a {len}-byte frame: {why}")]
+    BadTxHeader {
+        /// The header.
+        hdr: NetHdr,
+        /// The frame's length.
+        len: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A receive header the device may not write under the negotiated features, or that does
+    /// not fit the frame (5.1.6.4.1).
+    #[error("device wrote receive header {hdr:?} for a {len}-byte frame: {why}")]
+    BadRxHeader {
+        /// The header (its copy).
+        hdr: NetHdr,
+        /// The frame's length.
+        len: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// The offload fields of `virtio_net_hdr_v1` (5.1.6): everything but `num_buffers`.
+///
+/// To send a frame whose TCP or UDP checksum the device completes, set
+/// [`NetHdr::NEEDS_CSUM`] with `csum_start` (where checksumming starts, the transport header)
+/// and `csum_offset` (where in it the checksum goes), the checksum field holding the
+/// pseudo-header sum. For segmentation, also set `gso_type` and `gso_size` (the MSS) and
+/// `hdr_len` (the headers' length).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetHdr {
+    /// `VIRTIO_NET_HDR_F_*`.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*`.
+    pub gso_type: u8,
+    /// Length of the headers (Ethernet, IP, TCP) in a GSO frame.
+    pub hdr_len: u16,
+    /// The MSS of a GSO frame.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl NetHdr {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum is partial, to be completed.
+    pub const NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`: the device checked the checksum (receive only).
+    pub const DATA_VALID: u8 = VIRTIO_NET_HDR_F_DATA_VALID as u8;
+    /// `VIRTIO_NET_HDR_GSO_NONE`.
+    pub const GSO_NONE: u8 = VIRTIO_NET_HDR_GSO_NONE as u8;
+    /// `VIRTIO_NET_HDR_GSO_TCPV4`.
+    pub const GSO_TCPV4: u8 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    /// `VIRTIO_NET_HDR_GSO_TCPV6`.
+    pub const GSO_TCPV6: u8 = VIRTIO_NET_HDR_GSO_TCPV6 as u8;
+    /// `VIRTIO_NET_HDR_GSO_ECN`, or-ed into `gso_type`.
+    pub const GSO_ECN: u8 = VIRTIO_NET_HDR_GSO_ECN as u8;
+
+    /// A header asking the device to complete a checksum.
+    pub fn partial_csum(csum_start: u16, csum_offset: u16) -> Self {
+        NetHdr {
+            flags: Self::NEEDS_CSUM,
+            csum_start,
+            csum_offset,
+            ..NetHdr::default()
+        }
+    }
+
+    /// The header as the device sees it (`num_buffers` 0).
+    pub fn to_bytes(&self) -> [u8; HDR_BYTES] {
+        let mut b = [0u8; HDR_BYTES];
+        b[offset_of!(virtio_net_hdr_v1, flags)] = self.flags;
+        b[offset_of!(virtio_net_hdr_v1, gso_type)] = self.gso_type;
+        let mut put = |off: usize, v: u16| b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+        put(offset_of!(virtio_net_hdr_v1, hdr_len), self.hdr_len);
+        put(offset_of!(virtio_net_hdr_v1, gso_size), self.gso_size);
+        put(
+            offset_of!(virtio_net_hdr_v1, __bindgen_anon_1),
+            self.csum_start,
+        );
+        put(
+            offset_of!(virtio_net_hdr_v1, __bindgen_anon_1) + 2,
+            self.csum_offset,
+        );
+        b
+    }
+
+    /// The offload fields of a header copy.
+    pub fn from_bytes(b: &[u8; HDR_BYTES]) -> Self {
+        let get = |off: usize| u16::from_le_bytes([b[off], b[off + 1]]);
+        NetHdr {
+            flags: b[offset_of!(virtio_net_hdr_v1, flags)],
+            gso_type: b[offset_of!(virtio_net_hdr_v1, gso_type)],
+            hdr_len: get(offset_of!(virtio_net_hdr_v1, hdr_len)),
+            gso_size: get(offset_of!(virtio_net_hdr_v1, gso_size)),
+            csum_start: get(offset_of!(virtio_net_hdr_v1, __bindgen_anon_1)),
+            csum_offset: get(offset_of!(virtio_net_hdr_v1, __bindgen_anon_1) + 2),
+        }
+    }
+
+    /// Whether the checksum field (two bytes at `csum_start + csum_offset`) lies in a frame of
+    /// `len` bytes.
+    fn csum_fits(&self, len: usize) -> bool {
+        usize::from(self.csum_start) + usize::from(self.csum_offset) + 2 <= len
+    }
+}
+
+/// The offloads negotiated, as the header checks need them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Offloads {
+    csum: bool,
+    guest_csum: bool,
+    host_tso4: bool,
+    host_tso6: bool,
+    guest_tso4: bool,
+    guest_tso6: bool,
+}
+
+impl Offloads {
+    fn new(features: u64) -> Self {
+        Offloads {
+            csum: bit(features, VIRTIO_NET_F_CSUM),
+            guest_csum: bit(features, VIRTIO_NET_F_GUEST_CSUM),
+            host_tso4: bit(features, VIRTIO_NET_F_HOST_TSO4),
+            host_tso6: bit(features, VIRTIO_NET_F_HOST_TSO6),
+            guest_tso4: bit(features, VIRTIO_NET_F_GUEST_TSO4),
+            guest_tso6: bit(features, VIRTIO_NET_F_GUEST_TSO6),
+        }
+    }
+
+    /// Checks a header the driver is to send with a `len`-byte frame (5.1.6.2.1).
+    fn check_tx(&self, hdr: &NetHdr, len: usize, max_frame: usize) -> Result<(), Error> {
+        let refuse = |why| Error::BadTxHeader {
+            hdr: *hdr,
+            len,
+            why,
+        };
+        if hdr.flags & !NetHdr::NEEDS_CSUM != 0 {
+            return Err(refuse("only NEEDS_CSUM may be set by the driver"));
+        }
+        if hdr.flags & NetHdr::NEEDS_CSUM != 0 {
+            if !self.csum {
+                return Err(refuse("VIRTIO_NET_F_CSUM was not negotiated"));
+            }
+            if !hdr.csum_fits(len) {
+                return Err(refuse("the checksum field is outside the frame"));
+            }
+        }
+        match hdr.gso_type {
+            NetHdr::GSO_NONE => {
+                if len > max_frame {
+                    return Err(Error::BadFrameLength {
+                        len,
+                        min: MIN_FRAME,
+                        max: max_frame,
+                    });
+                }
+                return Ok(());
+            }
+            NetHdr::GSO_TCPV4 if !self.host_tso4 => {
+                return Err(refuse("VIRTIO_NET_F_HOST_TSO4 was not negotiated"));
+            }
+            NetHdr::GSO_TCPV6 if !self.host_tso6 => {
+                return Err(refuse("VIRTIO_NET_F_HOST_TSO6 was not negotiated"));
+            }
+            NetHdr::GSO_TCPV4 | NetHdr::GSO_TCPV6 => {}
+            _ => {
+                return Err(refuse(
+                    "GSO type not negotiated (UDP, ECN and others are not)",
+                ));
+            }
+        }
+        if hdr.flags & NetHdr::NEEDS_CSUM == 0 {
+            return Err(refuse("a GSO frame needs NEEDS_CSUM"));
+        }
+        if hdr.gso_size == 0 {
+            return Err(refuse("a GSO frame needs a gso_size (the MSS)"));
+        }
+        if usize::from(hdr.hdr_len) > len {
+            return Err(refuse("hdr_len is longer than the frame"));
+        }
+        if len > MAX_GSO_FRAME {
+            return Err(Error::BadFrameLength {
+                len,
+                min: MIN_FRAME,
+                max: MAX_GSO_FRAME,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a header the device wrote for a received `len`-byte frame (5.1.6.4.1).
+    fn check_rx(&self, hdr: &NetHdr, len: usize) -> Result<(), Error> {
+        let bad = |why| Error::BadRxHeader {
+            hdr: *hdr,
+            len,
+            why,
+        };
+        if hdr.flags & !(NetHdr::NEEDS_CSUM | NetHdr::DATA_VALID) != 0 {
+            return Err(bad("unknown or unnegotiated flags"));
+        }
+        if hdr.flags != 0 && !self.guest_csum {
+            return Err(bad("checksum flags without VIRTIO_NET_F_GUEST_CSUM"));
+        }
+        if hdr.flags & NetHdr::NEEDS_CSUM != 0 && !hdr.csum_fits(len) {
+            return Err(bad("the checksum field is outside the frame"));
+        }
+        let allowed = match hdr.gso_type {
+            NetHdr::GSO_NONE => return Ok(()),
+            NetHdr::GSO_TCPV4 => self.guest_tso4,
+            NetHdr::GSO_TCPV6 => self.guest_tso6,
+            _ => false,
+        };
+        if !allowed {
+            return Err(bad("GSO type not negotiated"));
+        }
+        if hdr.flags & NetHdr::NEEDS_CSUM == 0 {
+            return Err(bad("a GSO frame without NEEDS_CSUM"));
+        }
+        if hdr.gso_size == 0 {
+            return Err(bad("a GSO frame with gso_size 0"));
+        }
+        Ok(())
+    }
 }
 
 /// The validated config of a virtio-net device (section 5.1.4).
@@ -174,6 +413,10 @@ pub struct NetOptions {
     pub timeout: Duration,
     /// Use packed rings when offered.
     pub packed_ring: bool,
+    /// Negotiate checksum and TCP segmentation offloads when offered: `CSUM`, `GUEST_CSUM`,
+    /// `HOST_TSO4`/`6`, and `GUEST_TSO4`/`6` (those with mergeable receive buffers only).
+    /// Received frames then carry a [`NetHdr`] to read with [`NetDriver::recv_with_hdr`].
+    pub offloads: bool,
 }
 
 impl Default for NetOptions {
@@ -182,6 +425,7 @@ impl Default for NetOptions {
             queue_size: 256,
             timeout: Duration::from_secs(5),
             packed_ring: true,
+            offloads: false,
         }
     }
 }
@@ -198,7 +442,13 @@ pub struct NetDriver<T: Transport> {
     rx_buffers: GuestAddress,
     tx_slots: GuestAddress,
     tx_slot_bytes: u64,
+    /// 64 KiB transmit slots for GSO frames above the MTU (none without `HOST_TSO*`).
+    gso_slots: Vec<GuestAddress>,
+    gso_free: Vec<usize>,
+    /// Per transmit id, the GSO slot its frame is in.
+    gso_of_id: Vec<Option<usize>>,
     mergeable: bool,
+    offloads: Offloads,
     timeout: Duration,
 }
 
@@ -224,7 +474,24 @@ impl<T: Transport> NetDriver<T> {
         if options.packed_ring {
             wanted |= 1 << VIRTIO_F_RING_PACKED;
         }
-        let features = offered & wanted;
+        if options.offloads {
+            wanted |= 1 << VIRTIO_NET_F_CSUM
+                | 1 << VIRTIO_NET_F_GUEST_CSUM
+                | 1 << VIRTIO_NET_F_HOST_TSO4
+                | 1 << VIRTIO_NET_F_HOST_TSO6;
+            // 64 KiB frames need mergeable buffers (no "big packets" mode here).
+            if bit(offered, VIRTIO_NET_F_MRG_RXBUF) {
+                wanted |= 1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6;
+            }
+        }
+        let mut features = offered & wanted;
+        // Dependencies (5.1.3.1): TSO needs the checksum feature on the same side.
+        if !bit(features, VIRTIO_NET_F_CSUM) {
+            features &= !(1 << VIRTIO_NET_F_HOST_TSO4 | 1 << VIRTIO_NET_F_HOST_TSO6);
+        }
+        if !bit(features, VIRTIO_NET_F_GUEST_CSUM) {
+            features &= !(1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6);
+        }
         transport.set_driver_features(features)?;
         let mut raw = [0u8; CONFIG_BYTES];
         if config_space {
@@ -260,6 +527,16 @@ impl<T: Transport> NetDriver<T> {
         let rx_buffers = mem.alloc(u64::from(size) * u64::from(RX_BUFFER_BYTES))?;
         let tx_slot_bytes = ((config.max_frame() + HDR_BYTES) as u64).next_multiple_of(64);
         let tx_slots = mem.alloc(u64::from(size) * tx_slot_bytes)?;
+        let offloads = Offloads::new(features);
+        let gso_bytes = ((MAX_GSO_FRAME + HDR_BYTES) as u64).next_multiple_of(4096);
+        let gso_slots = if offloads.host_tso4 || offloads.host_tso6 {
+            let base = mem.alloc(GSO_TX_SLOTS as u64 * gso_bytes)?;
+            (0..GSO_TX_SLOTS as u64)
+                .map(|i| base.unchecked_add(i * gso_bytes))
+                .collect()
+        } else {
+            Vec::new()
+        };
         transport.activate()?;
         let mut d = NetDriver {
             transport,
@@ -271,7 +548,11 @@ impl<T: Transport> NetDriver<T> {
             rx_buffers,
             tx_slots,
             tx_slot_bytes,
+            gso_free: (0..gso_slots.len()).rev().collect(),
+            gso_slots,
+            gso_of_id: vec![None; usize::from(size)],
             mergeable,
+            offloads,
             timeout: options.timeout,
         };
         d.refill()?;
@@ -322,44 +603,97 @@ impl<T: Transport> NetDriver<T> {
         Ok(())
     }
 
-    /// Sends one Ethernet frame (without the virtio-net header).
+    /// Sends one Ethernet frame (without the virtio-net header), with no offload.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.send_with_hdr(frame, &NetHdr::default())
+    }
+
+    /// Sends one Ethernet frame with offload header `hdr` (a partial checksum for the device to
+    /// complete, a GSO frame for it to segment), checked against the negotiated features.
+    pub fn send_with_hdr(&mut self, frame: &[u8], hdr: &NetHdr) -> Result<(), Error> {
         let max = self.config.max_frame();
-        if frame.len() < MIN_FRAME || frame.len() > max {
+        if frame.len() < MIN_FRAME {
             return Err(Error::BadFrameLength {
                 len: frame.len(),
                 min: MIN_FRAME,
                 max,
             });
         }
+        self.offloads.check_tx(hdr, frame.len(), max)?;
         // Reclaim finished transmissions first (their length is validated by the queue).
-        while self.tx.pop_used()?.is_some() {}
+        while let Some(c) = self.tx.pop_used()? {
+            if let Some(g) = self
+                .gso_of_id
+                .get_mut(usize::from(c.head))
+                .and_then(Option::take)
+            {
+                self.gso_free.push(g);
+            }
+        }
         let head = match self.tx.next_head() {
             Some(h) if self.tx.has_room_for(1) => h,
             _ => return Err(Error::TxFull),
         };
-        let slot = self
-            .tx_slots
-            .unchecked_add(u64::from(head) * self.tx_slot_bytes);
-        let mut bytes = vec![0u8; HDR_BYTES + frame.len()];
-        bytes[HDR_BYTES..].copy_from_slice(frame);
-        self.mem
+        let (slot, gso) = if frame.len() > max {
+            // A GSO frame above the MTU goes in a 64 KiB slot.
+            let g = self.gso_free.pop().ok_or(Error::TxFull)?;
+            (self.gso_slots[g], Some(g))
+        } else {
+            let slot = self
+                .tx_slots
+                .unchecked_add(u64::from(head) * self.tx_slot_bytes);
+            (slot, None)
+        };
+        let mut bytes = Vec::with_capacity(HDR_BYTES + frame.len());
+        bytes.extend_from_slice(&hdr.to_bytes());
+        bytes.extend_from_slice(frame);
+        let written = self
+            .mem
             .guest_memory()
             .write_slice(&bytes, slot)
-            .map_err(Error::Access)?;
-        self.tx.add(&[Segment {
-            addr: slot,
-            len: bytes.len() as u32,
-            device_writable: false,
-        }])?;
+            .map_err(Error::Access);
+        let added = written.and_then(|()| {
+            self.tx
+                .add(&[Segment {
+                    addr: slot,
+                    len: bytes.len() as u32,
+                    device_writable: false,
+                }])
+                .map_err(Error::from)
+        });
+        match added {
+            Ok(id) => self.gso_of_id[usize::from(id)] = gso,
+            Err(e) => {
+                if let Some(g) = gso {
+                    self.gso_free.push(g);
+                }
+                return Err(e);
+            }
+        }
         if self.tx.publish()? {
             self.transport.notify(TX_QUEUE)?;
         }
         Ok(())
     }
 
-    /// The next received frame, if one is complete.
+    /// The next received frame, if one is complete, without its header. With offloads
+    /// negotiated, use [`Self::recv_with_hdr`]: a frame may carry a partial checksum.
     pub fn recv(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.recv_with_hdr()?.map(|(_, f)| f))
+    }
+
+    /// The longest frame the device may deliver: the MTU's, or a GSO frame's with
+    /// `GUEST_TSO4`/`6`.
+    fn max_rx_frame(&self) -> usize {
+        if self.offloads.guest_tso4 || self.offloads.guest_tso6 {
+            MAX_GSO_FRAME
+        } else {
+            self.config.max_frame()
+        }
+    }
+
+    /// The next received frame and its validated offload header, if one is complete.
+    pub fn recv_with_hdr(&mut self) -> Result<Option<(NetHdr, Vec<u8>)>, Error> {
         let Some(first) = self.rx.pop_used()? else {
             return Ok(None);
         };
@@ -370,13 +704,14 @@ impl<T: Transport> NetDriver<T> {
                 len: first.len,
             });
         }
-        let mut hdr = [0u8; HDR_BYTES];
+        // One copy of the header; only the copy is looked at.
+        let mut raw = [0u8; HDR_BYTES];
         self.mem
             .guest_memory()
-            .read_slice(&mut hdr, self.rx_buffer(first.head))
+            .read_slice(&mut raw, self.rx_buffer(first.head))
             .map_err(Error::Access)?;
         let off = offset_of!(virtio_net_hdr_v1, num_buffers);
-        let num_buffers = u16::from_le_bytes([hdr[off], hdr[off + 1]]);
+        let num_buffers = u16::from_le_bytes([raw[off], raw[off + 1]]);
         let num_buffers = if self.mergeable { num_buffers } else { 1 };
         let size = self.rx.layout().size;
         if num_buffers == 0 || num_buffers > size {
@@ -385,7 +720,7 @@ impl<T: Transport> NetDriver<T> {
                 available: 1,
             });
         }
-        let max = self.config.max_frame();
+        let max = self.max_rx_frame();
         let mut frame = vec![0u8; len - HDR_BYTES];
         self.mem
             .guest_memory()
@@ -416,20 +751,28 @@ impl<T: Transport> NetDriver<T> {
                 .read_slice(&mut frame[start..], self.rx_buffer(c.head))
                 .map_err(Error::Access)?;
         }
-        if frame.len() > max {
+        // A frame above the MTU is only allowed as a GSO frame.
+        let hdr = NetHdr::from_bytes(&raw);
+        let limit = if hdr.gso_type == NetHdr::GSO_NONE {
+            self.config.max_frame()
+        } else {
+            max
+        };
+        if frame.len() > limit {
             return Err(Error::FrameTooLong {
                 len: frame.len(),
-                max,
+                max: limit,
             });
         }
+        self.offloads.check_rx(&hdr, frame.len())?;
         self.refill()?;
-        Ok(Some(frame))
+        Ok(Some((hdr, frame)))
     }
 
-    /// Waits (up to the timeout) for a received frame.
-    pub fn recv_wait(&mut self) -> Result<Vec<u8>, Error> {
+    /// Waits (up to the timeout) for a received frame and its header.
+    pub fn recv_wait_with_hdr(&mut self) -> Result<(NetHdr, Vec<u8>), Error> {
         loop {
-            if let Some(f) = self.recv()? {
+            if let Some(f) = self.recv_with_hdr()? {
                 return Ok(f);
             }
             if self.rx.enable_notifications()? {
@@ -437,5 +780,10 @@ impl<T: Transport> NetDriver<T> {
             }
             self.transport.wait(RX_QUEUE, self.timeout)?;
         }
+    }
+
+    /// Waits (up to the timeout) for a received frame, without its header.
+    pub fn recv_wait(&mut self) -> Result<Vec<u8>, Error> {
+        Ok(self.recv_wait_with_hdr()?.1)
     }
 }

@@ -4,7 +4,7 @@ use std::mem::offset_of;
 use std::sync::Arc;
 
 use blanket_virtio::memory::DmaMemory;
-use blanket_virtio::net::{self, NetDriver, NetOptions};
+use blanket_virtio::net::{self, NetDriver, NetHdr, NetOptions};
 use blanket_virtio::transport::inproc::{InProcessTransport, MemNetDevice, NetHostile};
 use virtio_bindings::virtio_net::virtio_net_config;
 
@@ -151,4 +151,293 @@ fn config_space_with_garbage() {
     );
     let e = garbage_config(|c| c.truncate(4));
     assert!(matches!(e, net::Error::Transport(_)), "{e:?}");
+}
+
+// ---- Checksum and segmentation offload headers (5.1.6.2, 5.1.6.4). ----
+
+fn offload_driver(
+    dev: MemNetDevice,
+) -> Result<NetDriver<InProcessTransport<MemNetDevice>>, net::Error> {
+    let mem = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    NetDriver::new(
+        InProcessTransport::new(mem, dev),
+        NetOptions {
+            offloads: true,
+            ..NetOptions::default()
+        },
+    )
+}
+
+fn offload_device() -> MemNetDevice {
+    let mut dev = MemNetDevice::new();
+    dev.offloads = true;
+    dev
+}
+
+/// An IPv4/UDP frame of `len` bytes whose UDP checksum field holds the pseudo-header sum, as a
+/// stack leaves it for the device (`NEEDS_CSUM` at 34, offset 6).
+fn udp_frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = frame(len, seed);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    let udp_len = ip_len - 20;
+    f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    let pseudo = sum16(&f[26..34]) + 17 + u32::from(udp_len);
+    f[40..42].copy_from_slice(&fold(pseudo).to_be_bytes());
+    f
+}
+
+fn sum16(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+#[test]
+fn offloads_are_negotiated_only_when_asked() {
+    use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_TSO4};
+    let d = driver(offload_device()).unwrap();
+    assert_eq!(d.features() & (1 << VIRTIO_NET_F_CSUM), 0);
+    let d = offload_driver(offload_device()).unwrap();
+    assert_ne!(d.features() & (1 << VIRTIO_NET_F_CSUM), 0);
+    assert_ne!(d.features() & (1 << VIRTIO_NET_F_GUEST_TSO4), 0);
+    // Without mergeable buffers, no GUEST_TSO (64 KiB frames would not fit a buffer).
+    let mut dev = offload_device();
+    dev.mergeable = false;
+    let d = offload_driver(dev).unwrap();
+    assert_eq!(d.features() & (1 << VIRTIO_NET_F_GUEST_TSO4), 0);
+    // A device that offers none: a header asking for a checksum is refused.
+    let mut d = offload_driver(MemNetDevice::new()).unwrap();
+    let f = udp_frame(100, 3);
+    assert!(matches!(
+        d.send_with_hdr(&f, &NetHdr::partial_csum(34, 6)),
+        Err(net::Error::BadTxHeader { why, .. }) if why.contains("CSUM")
+    ));
+}
+
+#[test]
+fn partial_checksum_goes_out_and_comes_back_partial() {
+    for packed in [false, true] {
+        let mut dev = offload_device();
+        dev.packed = packed;
+        let mut d = offload_driver(dev).unwrap();
+        let f = udp_frame(300, 5);
+        let hdr = NetHdr::partial_csum(34, 6);
+        d.send_with_hdr(&f, &hdr).unwrap();
+        let (got_hdr, got) = d.recv_wait_with_hdr().unwrap();
+        assert_eq!(got, f);
+        assert_eq!(got_hdr, hdr);
+        assert_eq!(d.transport().device().sent_headers[0], hdr.to_bytes()[..10]);
+        // Completing it as a receiver would gives a valid UDP checksum.
+        let mut done = got.clone();
+        let at = usize::from(hdr.csum_start + hdr.csum_offset);
+        let c = !fold(sum16(&done[usize::from(hdr.csum_start)..]));
+        done[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        let pseudo = sum16(&done[26..34]) + 17 + u32::from(300u16 - 34);
+        assert_eq!(fold(pseudo + sum16(&done[34..])), 0xffff);
+    }
+}
+
+#[test]
+fn gso_frames_of_64k_go_out_and_come_back_over_mergeable_buffers() {
+    let mut d = offload_driver(offload_device()).unwrap();
+    let hdr = NetHdr {
+        flags: NetHdr::NEEDS_CSUM,
+        gso_type: NetHdr::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    // More than the 64 KiB transmit slots, so they are reclaimed and reused.
+    for i in 0..(net::GSO_TX_SLOTS + 4) {
+        let f = frame(net::MAX_GSO_FRAME - i, i as u8 | 1);
+        d.send_with_hdr(&f, &hdr).unwrap();
+        let (h, got) = d.recv_wait_with_hdr().unwrap();
+        assert_eq!(h, hdr);
+        assert_eq!(got, f, "GSO frame {i}");
+    }
+    assert!(matches!(
+        d.send_with_hdr(&frame(net::MAX_GSO_FRAME + 1, 1), &hdr),
+        Err(net::Error::BadFrameLength { .. })
+    ));
+}
+
+#[test]
+fn tx_headers_the_features_or_the_frame_do_not_allow_are_refused() {
+    let mut d = offload_driver(offload_device()).unwrap();
+    let f = udp_frame(200, 9);
+    let gso = NetHdr {
+        flags: NetHdr::NEEDS_CSUM,
+        gso_type: NetHdr::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let cases = [
+        (NetHdr::partial_csum(190, 10), "outside the frame"),
+        (
+            NetHdr {
+                flags: NetHdr::DATA_VALID,
+                ..NetHdr::default()
+            },
+            "only NEEDS_CSUM",
+        ),
+        (NetHdr { flags: 0, ..gso }, "needs NEEDS_CSUM"),
+        (NetHdr { gso_size: 0, ..gso }, "gso_size"),
+        (
+            NetHdr {
+                gso_type: 3, // UDP (UFO), not negotiated
+                ..gso
+            },
+            "GSO type",
+        ),
+        (
+            NetHdr {
+                gso_type: NetHdr::GSO_TCPV4 | NetHdr::GSO_ECN,
+                ..gso
+            },
+            "GSO type",
+        ),
+        (
+            NetHdr {
+                hdr_len: 201,
+                ..gso
+            },
+            "hdr_len",
+        ),
+    ];
+    for (hdr, why) in cases {
+        match d.send_with_hdr(&f, &hdr) {
+            Err(net::Error::BadTxHeader { why: w, .. }) => assert!(w.contains(why), "{w}"),
+            other => panic!("{hdr:?}: expected BadTxHeader ({why}), got {other:?}"),
+        }
+    }
+    // Above the MTU without GSO.
+    assert!(matches!(
+        d.send_with_hdr(&frame(1515, 1), &NetHdr::default()),
+        Err(net::Error::BadFrameLength { len: 1515, .. })
+    ));
+    // Nothing reached the device.
+    assert!(d.transport().device().sent.is_empty());
+}
+
+fn hostile_rx_header(h: NetHdr, offloads: bool, len: usize) -> net::Error {
+    let mut dev = if offloads {
+        offload_device()
+    } else {
+        MemNetDevice::new()
+    };
+    dev.hostile = NetHostile::RxHeader(h.to_bytes()[..10].try_into().unwrap());
+    let mut d = offload_driver(dev).unwrap();
+    let hdr = if len > 1514 {
+        NetHdr {
+            flags: NetHdr::NEEDS_CSUM,
+            gso_type: NetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+    } else {
+        NetHdr::default()
+    };
+    d.send_with_hdr(&frame(len, 7), &hdr).unwrap();
+    d.recv_wait_with_hdr().unwrap_err()
+}
+
+fn rx_why(e: net::Error) -> &'static str {
+    match e {
+        net::Error::BadRxHeader { why, .. } => why,
+        other => panic!("expected BadRxHeader, got {other:?}"),
+    }
+}
+
+#[test]
+fn rx_checksum_flags_without_guest_csum() {
+    let e = hostile_rx_header(NetHdr::partial_csum(34, 6), false, 100);
+    assert!(rx_why(e).contains("GUEST_CSUM"));
+}
+
+#[test]
+fn rx_checksum_field_outside_the_frame() {
+    let e = hostile_rx_header(NetHdr::partial_csum(99, 0), true, 100);
+    assert!(rx_why(e).contains("outside the frame"));
+    let e = hostile_rx_header(NetHdr::partial_csum(u16::MAX, u16::MAX), true, 100);
+    assert!(rx_why(e).contains("outside the frame"));
+}
+
+#[test]
+fn rx_unknown_flags() {
+    let e = hostile_rx_header(
+        NetHdr {
+            flags: 0x80,
+            ..NetHdr::default()
+        },
+        true,
+        100,
+    );
+    assert!(rx_why(e).contains("flags"));
+}
+
+#[test]
+fn rx_gso_type_not_negotiated() {
+    let udp = NetHdr {
+        gso_type: 3,
+        gso_size: 1000,
+        ..NetHdr::partial_csum(34, 6)
+    };
+    assert!(rx_why(hostile_rx_header(udp, true, 100)).contains("GSO type"));
+    let tcp = NetHdr {
+        gso_type: NetHdr::GSO_TCPV4,
+        ..udp
+    };
+    // TSO is not negotiated without the offload features.
+    let e = hostile_rx_header(tcp, false, 100);
+    assert!(matches!(e, net::Error::BadRxHeader { .. }), "{e:?}");
+}
+
+#[test]
+fn rx_gso_without_needs_csum_or_gso_size() {
+    let h = NetHdr {
+        gso_type: NetHdr::GSO_TCPV4,
+        gso_size: 1448,
+        ..NetHdr::default()
+    };
+    assert!(rx_why(hostile_rx_header(h, true, 100)).contains("NEEDS_CSUM"));
+    let h = NetHdr {
+        gso_size: 0,
+        gso_type: NetHdr::GSO_TCPV4,
+        ..NetHdr::partial_csum(34, 16)
+    };
+    assert!(rx_why(hostile_rx_header(h, true, 100)).contains("gso_size"));
+}
+
+#[test]
+fn rx_frame_above_the_mtu_without_gso() {
+    // A 64 KiB frame delivered with a header claiming no segmentation.
+    let e = hostile_rx_header(NetHdr::default(), true, 9000);
+    assert!(
+        matches!(
+            e,
+            net::Error::FrameTooLong {
+                len: 9000,
+                max: 1514
+            }
+        ),
+        "{e:?}"
+    );
 }

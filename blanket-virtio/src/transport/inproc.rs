@@ -857,6 +857,9 @@ pub enum NetHostile {
     NumBuffersTooMany,
     /// Reports this config space instead of its own.
     Config(Vec<u8>),
+    /// Writes these first ten bytes of `virtio_net_hdr_v1` (flags, gso_type, hdr_len,
+    /// gso_size, csum_start, csum_offset) in every receive header.
+    RxHeader([u8; 10]),
 }
 
 /// A virtio-net device that loops transmitted frames back to the receive queue (queue 0 is
@@ -871,11 +874,17 @@ pub struct MemNetDevice {
     pub mergeable: bool,
     /// Offer packed rings.
     pub packed: bool,
+    /// Offer checksum and TCP segmentation offloads (`CSUM`, `GUEST_CSUM`, `HOST_TSO4`/`6`,
+    /// `GUEST_TSO4`/`6`). The loopback hands each frame back with the header it was sent with,
+    /// as a switch between two guests does: a partial checksum stays partial.
+    pub offloads: bool,
     /// How it misbehaves.
     pub hostile: NetHostile,
     /// Every frame transmitted, without its header.
     pub sent: Vec<Vec<u8>>,
-    pending: std::collections::VecDeque<Vec<u8>>,
+    /// The first ten bytes of the header of every frame transmitted (without `num_buffers`).
+    pub sent_headers: Vec<[u8; 10]>,
+    pending: std::collections::VecDeque<([u8; 10], Vec<u8>)>,
 }
 
 impl MemNetDevice {
@@ -886,8 +895,10 @@ impl MemNetDevice {
             mtu: 1500,
             mergeable: true,
             packed: false,
+            offloads: false,
             hostile: NetHostile::None,
             sent: Vec::new(),
+            sent_headers: Vec::new(),
             pending: Default::default(),
         }
     }
@@ -907,7 +918,7 @@ impl MemNetDevice {
     fn deliver(&mut self, mem: &GuestMemoryMmap, rx: &mut DeviceQueue) -> Result<bool, Error> {
         const HDR: usize = 12;
         let mut any = false;
-        while let Some(frame) = self.pending.front() {
+        while let Some((hdr, frame)) = self.pending.front() {
             // Gather enough receive buffers for header and frame.
             let need = HDR + frame.len();
             let mut chains = Vec::new();
@@ -930,6 +941,10 @@ impl MemNetDevice {
                 continue;
             }
             let mut data = vec![0u8; HDR];
+            data[..10].copy_from_slice(hdr);
+            if let NetHostile::RxHeader(h) = &self.hostile {
+                data[..10].copy_from_slice(h);
+            }
             let num_buffers = match self.hostile {
                 NetHostile::NumBuffersZero => 0u16,
                 NetHostile::NumBuffersTooMany => chains.len() as u16 + 5,
@@ -982,6 +997,18 @@ impl DeviceModel for MemNetDevice {
         if self.packed {
             f |= 1 << VIRTIO_F_RING_PACKED;
         }
+        if self.offloads {
+            use virtio_bindings::virtio_net::{
+                VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+                VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+            };
+            f |= 1 << VIRTIO_NET_F_CSUM
+                | 1 << VIRTIO_NET_F_GUEST_CSUM
+                | 1 << VIRTIO_NET_F_HOST_TSO4
+                | 1 << VIRTIO_NET_F_HOST_TSO6
+                | 1 << VIRTIO_NET_F_GUEST_TSO4
+                | 1 << VIRTIO_NET_F_GUEST_TSO6;
+        }
         f
     }
 
@@ -1015,8 +1042,11 @@ impl DeviceModel for MemNetDevice {
                 }
                 if bytes.len() >= 12 {
                     let frame = bytes.split_off(12);
+                    let mut hdr = [0u8; 10];
+                    hdr.copy_from_slice(&bytes[..10]);
                     self.sent.push(frame.clone());
-                    self.pending.push_back(frame);
+                    self.sent_headers.push(hdr);
+                    self.pending.push_back((hdr, frame));
                 }
                 queue.push_used(mem, u32::from(chain.head), 0)?;
                 any = true;
