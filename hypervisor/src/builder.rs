@@ -239,23 +239,37 @@ pub fn build(
 /// The size of one hypercall stub's code: `mov $n, %eax; out %al, $0x99; ret`.
 pub const HYPERCALL_STUB_LEN: u64 = 8;
 
+/// Where the `out` of hypercall `n`'s stub is, from the start of the stub: 5, after `mov $n, %eax`; 9 for
+/// `HYPERVISOR_iret`, whose stub first pushes `rcx`, `r11` and `rax` (Xen's iret stub, which guests jump to
+/// rather than call).
+pub const fn stub_out_offset(n: u64) -> u64 {
+    if n == xen_abi::hypercall::__HYPERVISOR_iret {
+        9
+    } else {
+        5
+    }
+}
+
 /// Fills the hypercall page: entry `n` (at `n * 32`) is `mov $n, %eax; out %al, $HYPERCALL_PORT; ret`, padded
-/// with `int3`.
+/// with `int3`; entry 23 (`iret`) is `push %rcx; push %r11; push %rax; mov $23, %eax; out %al,
+/// $HYPERCALL_PORT; ud2`, as Xen's.
 pub fn write_hypercall_page(ram: &GuestRam, page: u64) -> Result<(), MemoryError> {
     let mut bytes = vec![0xccu8; PAGE_SIZE as usize];
     for n in 0..xen_abi::hypercall::HYPERCALL_PAGE_ENTRIES {
         let at = n * xen_abi::hypercall::HYPERCALL_PAGE_ENTRY_SIZE;
-        let stub = &mut bytes[at..at + HYPERCALL_STUB_LEN as usize];
-        stub[0] = 0xb8;
-        stub[1..5].copy_from_slice(&(n as u32).to_le_bytes());
-        stub[5] = 0xe6;
-        stub[6] = HYPERCALL_PORT as u8;
-        stub[7] = 0xc3;
+        let mut code = Vec::with_capacity(16);
+        if n as u64 == xen_abi::hypercall::__HYPERVISOR_iret {
+            code.extend_from_slice(&[0x51, 0x41, 0x53, 0x50]); // push %rcx; push %r11; push %rax
+        }
+        code.push(0xb8); // mov $n, %eax
+        code.extend_from_slice(&(n as u32).to_le_bytes());
+        code.extend_from_slice(&[0xe6, HYPERCALL_PORT as u8]); // out %al, $port
+        if n as u64 == xen_abi::hypercall::__HYPERVISOR_iret {
+            code.extend_from_slice(&[0x0f, 0x0b]); // ud2: iret does not return here
+        } else {
+            code.push(0xc3); // ret
+        }
+        bytes[at..at + code.len()].copy_from_slice(&code);
     }
     ram.write(page, &bytes)
-}
-
-/// The `rip` of the `out` in hypercall `n`'s stub, after the `out` (where KVM reports the exit).
-pub const fn stub_out_offset() -> u64 {
-    5
 }

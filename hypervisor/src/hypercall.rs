@@ -26,6 +26,22 @@ pub(crate) enum Outcome {
     Return(i64),
     /// The domain ends.
     Exit(DomainExit),
+    /// `HYPERVISOR_iret`: load these registers (the call does not return).
+    Iret(IretFrame),
+    /// The call broke the ABI in a way that stops the guest.
+    Crash(String),
+}
+
+/// What `HYPERVISOR_iret` restores: `struct iret_context` of `arch-x86/xen-x86_64.h` without the segment
+/// selectors (which must be the flat ring-3 ones) and `flags`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IretFrame {
+    pub(crate) rax: u64,
+    pub(crate) r11: u64,
+    pub(crate) rcx: u64,
+    pub(crate) rip: u64,
+    pub(crate) rflags: u64,
+    pub(crate) rsp: u64,
 }
 
 /// The Xen version this hypervisor reports (`XENVER_version`): 4.17, the version of the headers `xen-abi`
@@ -74,12 +90,15 @@ impl DomainCore {
     }
 }
 
-/// Serves one hypercall of `core`'s vCPU.
-pub(crate) fn dispatch(core: &DomainCore, regs: &HypercallRegs) -> Outcome {
+/// Serves one hypercall of `core`'s vCPU (`rsp` is the guest's stack pointer, for `iret`).
+pub(crate) fn dispatch(core: &DomainCore, regs: &HypercallRegs, rsp: u64) -> Outcome {
     let Ok(inv) = regs.decode() else {
         return Outcome::Return(-ENOSYS);
     };
     let [a1, a2, a3, _a4, _a5] = inv.args;
+    if inv.call == Hypercall::Iret {
+        return iret(core, rsp);
+    }
     let r: R = match inv.call {
         Hypercall::ConsoleIo => console_io(core, a1, a2, a3),
         Hypercall::XenVersion => xen_version(core, a1, a2),
@@ -308,6 +327,46 @@ fn set_trap_table(core: &DomainCore, table: u64) -> R {
         traps[usize::from(t.vector)] = Some((t.address, t.flags));
     }
     Err(EINVAL)
+}
+
+/// The RFLAGS bits a guest may set through `iret`: CF, PF, AF, ZF, SF, TF, DF, OF, AC and ID (with IF and
+/// the reserved bit 1 always set; IOPL, NT, RF, VM, VIF and VIP never).
+const IRET_RFLAGS: u64 =
+    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
+
+/// `HYPERVISOR_iret`: pops `struct iret_context` (`rax, r11, rcx, flags, rip, cs, rflags, rsp, ss`) from
+/// the guest's stack, as the iret stub left it, and returns to it; the upcall mask becomes the inverse of
+/// the frame's IF, as in Xen. A frame outside guest memory or with other than the flat ring-3 selectors
+/// stops the domain (Xen crashes it too).
+fn iret(core: &DomainCore, rsp: u64) -> Outcome {
+    let mut words = [0u64; 9];
+    if !core.layout.guest_readable(&core.ram, rsp, 72)
+        || core.ram.read(rsp, words.as_mut_bytes()).is_err()
+    {
+        return Outcome::Crash(format!(
+            "HYPERVISOR_iret: the frame at rsp {rsp:#x} is not readable guest memory"
+        ));
+    }
+    let [rax, r11, rcx, _flags, rip, cs, rflags, new_rsp, ss] = words;
+    let (cs, ss) = (cs & 0xffff, ss & 0xffff);
+    if cs != u64::from(crate::x86::FLAT_RING3_CS64)
+        || (ss != u64::from(crate::x86::FLAT_RING3_SS64) && ss != 0)
+    {
+        return Outcome::Crash(format!(
+            "HYPERVISOR_iret: cs {cs:#x} / ss {ss:#x} are not the flat ring-3 selectors 0xe033 / 0xe02b"
+        ));
+    }
+    core.shared
+        .upcall_mask()
+        .store(u8::from(rflags & (1 << 9) == 0), Ordering::SeqCst);
+    Outcome::Iret(IretFrame {
+        rax,
+        r11,
+        rcx,
+        rip,
+        rflags: (rflags & IRET_RFLAGS) | 0x202,
+        rsp: new_rsp,
+    })
 }
 
 /// `CALLBACKTYPE_event` in `callback.h`.

@@ -58,6 +58,7 @@
 //! | `grant_table_op` | setup_table (up to 4 frames, reserved by the builder), query_size, set_version (1 only; 2 is `-EOPNOTSUPP`) |
 //! | `memory_op` | current_reservation (less what was given back), maximum_reservation, maximum_ram_page; decrease_reservation and populate_physmap for ballooning (order 0, up to 512 frames a call, only frames above the boot structures): a frame given back is punched out of the memfd, so its memory returns to the host, and reads as zero |
 //! | `vcpu_op` | is_up (vCPU 0) |
+//! | `iret` | Xen's iret: jump (do not call) to stub 23 with `flags, rip, cs, rflags, rsp, ss` on the stack; the stub pushes `rcx, r11, rax` and the hypervisor restores all of `struct iret_context` (selectors must be the flat ring-3 ones, else the domain is stopped; IOPL and the like cannot be set); the upcall mask becomes the inverse of the frame's IF |
 //! | `set_trap_table` | the guest's virtual IDT: handlers (code selector `FLAT_RING3_CS64`, in guest memory) for exceptions 0-31; a null table clears it; an unterminated table (more than 256 entries) is `-EINVAL` |
 //! | `set_callbacks`, `callback_op` | the event callback (`CALLBACKTYPE_event`, register and unregister); a failsafe callback is accepted and unused |
 //!
@@ -95,8 +96,7 @@
 //!
 //! # Not yet
 //!
-//! `HYPERVISOR_iret` is not served (`-ENOSYS`): guests return from upcalls with `iretq`. Also missing: more
-//! than one vCPU (`VCPUOP_up`), `mmu_update` and `update_va_mapping` (guests keep the initial page
+//! More than one vCPU (`VCPUOP_up`), `mmu_update` and `update_va_mapping` (guests keep the initial page
 //! tables), software interrupts (`int n` through a DPL-3 trap entry), and grant mapping by back-ends. The
 //! design leaves room for them: the page tables are the guest's (read-only, Xen-style), the selectors are
 //! Xen's, and exceptions arrive in the VMM with their frame.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use xen_abi::hypercall::HypercallRegs;
 
-use crate::builder::{EXCEPTION_PORT, EXCEPTION_STACK_TOP, HYPERCALL_PORT, HYPERCALL_STUB_LEN};
+use crate::builder::{EXCEPTION_PORT, EXCEPTION_STACK_TOP, HYPERCALL_PORT, stub_out_offset};
 use crate::domain::{
     self, CrashKind, CrashReport, DomainCore, DomainExit, RunState, register_kick_target,
     thread_cpu_ns, unregister_kick_target,
@@ -224,10 +224,10 @@ fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
                 // KVM reports the exit at the `out` (or just after it): either way inside the page, at the
                 // stub of the number in rax.
                 let off = r.rip.wrapping_sub(page);
+                let out_at = stub_out_offset(r.rax);
                 let stub_ok = off < 4096
-                    && matches!(off % 32, 5 | 7)
                     && off / 32 == r.rax
-                    && (off % 32) < HYPERCALL_STUB_LEN;
+                    && matches!(off % 32, o if o == out_at || o == out_at + 2);
                 if !stub_ok {
                     return crash(
                         vcpu,
@@ -246,12 +246,29 @@ fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
                     r10: r.r10,
                     r8: r.r8,
                 };
-                match crate::hypercall::dispatch(core, &regs) {
+                match crate::hypercall::dispatch(core, &regs, r.rsp) {
                     Outcome::Return(v) => {
                         vcpu.sync_regs_mut().regs.rax = v as u64;
                         vcpu.set_sync_dirty_reg(SyncReg::Register);
                     }
                     Outcome::Exit(e) => return e,
+                    Outcome::Iret(f) => {
+                        // Complete the `out` first (KVM moves rip past it), then load the frame.
+                        vcpu.set_kvm_immediate_exit(1);
+                        let _ = vcpu.run();
+                        vcpu.set_kvm_immediate_exit(0);
+                        pio_pending = false;
+                        let regs = &mut vcpu.sync_regs_mut().regs;
+                        regs.rax = f.rax;
+                        regs.r11 = f.r11;
+                        regs.rcx = f.rcx;
+                        regs.rip = f.rip;
+                        regs.rsp = f.rsp;
+                        regs.rflags = f.rflags;
+                        vcpu.set_sync_dirty_reg(SyncReg::Register);
+                        continue;
+                    }
+                    Outcome::Crash(why) => return crash(vcpu, CrashKind::BadHypercall(why)),
                 }
             }
             Exit::Exception => {

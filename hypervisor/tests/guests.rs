@@ -541,3 +541,33 @@ fn exceptions_are_bounced_to_the_guests_trap_table_handlers() {
     assert!(out.contains("= pt_base true)"), "{out}");
     assert_eq!(d.stats().bounces, 5, "{:?}", d.stats());
 }
+
+#[test]
+fn hypervisor_iret_restores_the_guests_frame() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "iret", "iret");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert!(
+        d.console_output()
+            .contains("iret: back with rax 0x1111 rcx 0x2222 r11 0x3333"),
+        "{}",
+        d.console_output()
+    );
+}
+
+#[test]
+fn an_iret_into_ring_0_stops_the_guest() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "iret0", "iret-ring0");
+    let DomainExit::Crashed(report) = finish(&mut d) else {
+        panic!("not stopped")
+    };
+    let CrashKind::BadHypercall(why) = &report.kind else {
+        panic!("{report}")
+    };
+    assert!(why.contains("cs 0x8"), "{report}");
+    assert!(!d.console_output().contains("back with"));
+}

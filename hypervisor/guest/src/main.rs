@@ -19,6 +19,8 @@
 //!   takes it again (`populate_physmap`), pausing 300 ms between steps;
 //! - `trap`: installs #UD and #PF handlers with `set_trap_table`, takes both (the handlers skip the
 //!   faulting instruction), prints what they saw;
+//! - `iret`: returns to a label through `HYPERVISOR_iret` with chosen rax, rcx and r11; `iret-ring0` tries
+//!   the same into ring 0 (the hypervisor stops the domain);
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -225,6 +227,8 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
         "trap" => trap(&p),
+        "iret" => iret(&p, 0xe033),
+        "iret-ring0" => iret(&p, 0x08),
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),
         "wait-event" => wait_event(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(0)),
         "send-event" => send_event(&p, arg.unwrap_or("")),
@@ -500,6 +504,40 @@ fn trap(p: &Platform) -> ! {
         cr2_2,
         cr2_2 == p.start_info.pt_base
     );
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn iret(p: &Platform, cs: u64) -> ! {
+    let stub = platform::hypercall_page_addr() + hc::__HYPERVISOR_iret * 32;
+    let (a, c, r): (u64, u64, u64);
+    // SAFETY: builds Xen's iret frame [flags, rip, cs, rflags, rsp, ss] and jumps to the iret stub, which
+    // pushes rcx, r11 and rax; the hypervisor returns to label 2 with the stack as it was before the pushes.
+    unsafe {
+        core::arch::asm!(
+            "lea 2f(%rip), %rdx",
+            "mov %rsp, %rsi",
+            "push $0xe02b",
+            "push %rsi",
+            "pushfq",
+            "push %rdi",
+            "push %rdx",
+            "push $0",
+            "mov $0x1111, %rax",
+            "mov $0x2222, %rcx",
+            "mov $0x3333, %r11",
+            "jmp *%r9",
+            "2:",
+            in("r9") stub,
+            in("rdi") cs,
+            out("rax") a,
+            out("rcx") c,
+            out("r11") r,
+            out("rdx") _,
+            out("rsi") _,
+            options(att_syntax)
+        )
+    };
+    println!(p, "iret: back with rax {a:#x} rcx {c:#x} r11 {r:#x}");
     p.shutdown(ShutdownReason::Poweroff)
 }
 

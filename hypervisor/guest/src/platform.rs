@@ -14,6 +14,11 @@ unsafe extern "C" {
     static hypercall_page: [u8; 4096];
 }
 
+/// The hypercall page's address.
+pub fn hypercall_page_addr() -> u64 {
+    &raw const hypercall_page as u64
+}
+
 /// Makes hypercall `nr` with five arguments, through its stub at `hypercall_page + nr * 32`.
 ///
 /// # Safety
