@@ -39,6 +39,27 @@ fn hypercall_round_trip(c: &mut Criterion) {
             Duration::from_nanos(ns)
         })
     });
+    g.bench_function(
+        "exception bounced to the guest's handler and back (guest-timed)",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut d = hv
+                    .create_domain(config("trapbench", &format!("trapbench={iters}")))
+                    .unwrap();
+                d.start().unwrap();
+                let exit = d.wait();
+                assert!(matches!(exit, DomainExit::Shutdown(_)), "{exit}");
+                let out = d.console_output();
+                let ns: u64 = out
+                    .split("traps in ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no timing in: {out}"));
+                Duration::from_nanos(ns)
+            })
+        },
+    );
     g.finish();
 }
 

@@ -19,6 +19,7 @@
 //!   takes it again (`populate_physmap`), pausing 300 ms between steps;
 //! - `trap`: installs #UD and #PF handlers with `set_trap_table`, takes both (the handlers skip the
 //!   faulting instruction), prints what they saw;
+//! - `trapbench=N`: N `#UD` exceptions bounced to its handler, timed;
 //! - `iret`: returns to a label through `HYPERVISOR_iret` with chosen rax, rcx and r11; `iret-ring0` tries
 //!   the same into ring 0 (the hypervisor stops the domain);
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
@@ -227,6 +228,23 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
         "trap" => trap(&p),
+        "trapbench" => {
+            let n: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(100);
+            use xen_abi::hypercall::TrapInfo;
+            let table = [
+                TrapInfo::new(6, 0, 0xe033, ud_entry as *const () as u64),
+                TrapInfo::new(0, 0, 0, 0),
+            ];
+            set_trap_table(table.as_ptr() as u64);
+            let t0 = p.time_ns();
+            for _ in 0..n {
+                // SAFETY: #UD, bounced to ud_entry, which skips it.
+                unsafe { core::arch::asm!("ud2") };
+            }
+            let ns = p.time_ns() - t0;
+            println!(&p, "trapbench: {n} traps in {ns} ns");
+            p.shutdown(ShutdownReason::Poweroff)
+        }
         "iret" => iret(&p, 0xe033),
         "iret-ring0" => iret(&p, 0x08),
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),
