@@ -3,8 +3,8 @@
 //! [`Doorbell`] that the hypervisor layer rings when the guest kicks the port (and that the bottom device
 //! rings when an I/O completes).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use xen_abi::DomId;
@@ -13,48 +13,109 @@ pub use crate::xenstore::ring::EventChannel;
 
 /// A wake-up that is never lost: [`ring`](Self::ring) sets a flag and wakes the sleeper;
 /// [`wait`](Self::wait) returns at once if the flag is set, and clears it.
-#[derive(Debug, Default)]
+///
+/// It is built on an eventfd, so that the kernel can ring it too: an io_uring registers
+/// [`as_raw_fd`](Self::as_raw_fd) and its completions wake the sleeper directly. [`ring`](Self::ring) only
+/// makes a system call when someone sleeps.
+#[derive(Debug)]
 pub struct Doorbell {
-    rung: Mutex<bool>,
-    cv: Condvar,
+    efd: std::os::fd::OwnedFd,
+    rung: AtomicBool,
+    sleeping: AtomicBool,
     rings: AtomicU64,
+}
+
+impl Default for Doorbell {
+    /// A doorbell that has not been rung (see [`Doorbell::new`]).
+    fn default() -> Self {
+        Self::make()
+    }
 }
 
 impl Doorbell {
     /// A doorbell that has not been rung.
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot make an eventfd (out of file descriptors).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    fn make() -> Self {
+        // SAFETY: eventfd takes integer arguments only; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(
+            fd >= 0,
+            "eventfd for a doorbell: {}",
+            std::io::Error::last_os_error()
+        );
+        Self {
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            efd: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+            rung: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            rings: AtomicU64::new(0),
+        }
+    }
+
+    /// The eventfd behind the doorbell: writing to it rings it (io_uring's `register_eventfd`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.efd)
     }
 
     /// Wakes the sleeper (or makes its next wait return at once).
     pub fn ring(&self) {
         self.rings.fetch_add(1, Ordering::Relaxed);
-        let mut rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
-        if !*rung {
-            *rung = true;
-            self.cv.notify_one();
+        if !self.rung.swap(true, Ordering::SeqCst) && self.sleeping.load(Ordering::SeqCst) {
+            self.kick();
         }
+    }
+
+    fn kick(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a local to our own eventfd (it cannot overflow in practice:
+        // the sleeper drains it).
+        unsafe { libc::write(self.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    fn drain(&self) -> bool {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a local from our own non-blocking eventfd.
+        let n = unsafe { libc::read(self.as_raw_fd(), (&raw mut v).cast(), 8) };
+        n == 8
     }
 
     /// Sleeps until rung or until `timeout` passes; returns whether it was rung, and clears it.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut rung, _) = self
-            .cv
-            .wait_timeout_while(rung, timeout, |r| !*r)
-            .unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *rung, false)
+        if self.rung.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.rung.swap(false, Ordering::SeqCst) {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one pollfd on the stack, for our own descriptor.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        self.sleeping.store(false, Ordering::SeqCst);
+        let kicked = self.drain();
+        self.rung.swap(false, Ordering::SeqCst) || kicked
     }
 
     /// Clears the flag without sleeping; returns whether it was set.
     pub fn take(&self) -> bool {
-        std::mem::replace(
-            &mut *self.rung.lock().unwrap_or_else(|e| e.into_inner()),
-            false,
-        )
+        let kicked = self.drain();
+        self.rung.swap(false, Ordering::SeqCst) || kicked
     }
 
-    /// How many times it was rung since it was made.
+    /// How many times it was rung since it was made (by [`ring`](Self::ring); not counting the kernel's).
     pub fn rings(&self) -> u64 {
         self.rings.load(Ordering::Relaxed)
     }

@@ -1,17 +1,16 @@
 //! The io_uring engine of [`FileDevice`](super::FileDevice) (`FileOptions::io_uring`): one ring per queue,
 //! `IORING_OP_READV`/`WRITEV` on the `O_DIRECT` descriptor, `FSYNC` (datasync) for flushes, `FALLOCATE`
-//! (punch hole) for discards. Completions are reaped from the completion ring without a system call; an
-//! eventfd registered with the ring and a small thread turn them into doorbell rings for a sleeping queue.
+//! (punch hole) for discards. Completions are reaped from the completion ring without a system call; the
+//! queue's doorbell (an eventfd) is registered with the ring, so a completion wakes a sleeping queue
+//! directly.
 //!
 //! A request that the kernel refuses with `EINVAL` (not aligned for `O_DIRECT`) or that transfers less
 //! than asked is done again synchronously on the buffered descriptor, as the thread pool does.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use io_uring::{IoUring, opcode, types};
 
@@ -37,10 +36,7 @@ pub(super) struct UringQueue {
     pending: HashMap<u64, Pending>,
     ready: Vec<IoCompletion>,
     next: u64,
-    doorbell: Arc<Mutex<Option<Arc<Doorbell>>>>,
-    efd: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
-    forwarder: Option<JoinHandle<()>>,
+    doorbell: Option<Arc<Doorbell>>,
 }
 
 impl std::fmt::Debug for UringQueue {
@@ -53,43 +49,13 @@ impl std::fmt::Debug for UringQueue {
 
 impl UringQueue {
     pub(super) fn new(inner: Arc<FileInner>, entries: u32) -> io::Result<Self> {
-        let ring = IoUring::new(entries)?;
-        // SAFETY: eventfd takes integer arguments only; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        ring.submitter().register_eventfd(efd.as_raw_fd())?;
-        let doorbell: Arc<Mutex<Option<Arc<Doorbell>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (e, d, s) = (efd.clone(), doorbell.clone(), stop.clone());
-        let forwarder = std::thread::Builder::new()
-            .name("blk-uring-events".into())
-            .spawn(move || {
-                let mut buf = [0u8; 8];
-                while !s.load(Ordering::Acquire) {
-                    // SAFETY: reading 8 bytes into a local buffer from an eventfd we hold a reference to.
-                    let n = unsafe { libc::read(e.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-                    if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                        return;
-                    }
-                    if let Some(bell) = d.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                        bell.ring();
-                    }
-                }
-            })?;
         Ok(Self {
             inner,
-            ring,
+            ring: IoUring::new(entries)?,
             pending: HashMap::new(),
             ready: Vec::new(),
             next: 1,
-            doorbell,
-            efd,
-            stop,
-            forwarder: Some(forwarder),
+            doorbell: None,
         })
     }
 
@@ -211,7 +177,15 @@ impl UringQueue {
 
 impl BlockQueue for UringQueue {
     fn set_doorbell(&mut self, doorbell: Arc<Doorbell>) {
-        *self.doorbell.lock().unwrap_or_else(|e| e.into_inner()) = Some(doorbell);
+        let sub = self.ring.submitter();
+        if self.doorbell.is_some() {
+            let _ = sub.unregister_eventfd();
+        }
+        if let Err(e) = sub.register_eventfd(doorbell.as_raw_fd()) {
+            tracing::warn!(error = %e, "io_uring: registering the doorbell; completions will be seen by polling only");
+        }
+        // Held so that the eventfd outlives its registration.
+        self.doorbell = Some(doorbell);
     }
 
     fn submit(&mut self, batch: &mut Vec<IoRequest>) {
@@ -244,12 +218,6 @@ impl Drop for UringQueue {
             }
             self.collect();
         }
-        self.stop.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a local to our eventfd, to wake the forwarder.
-        unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if let Some(t) = self.forwarder.take() {
-            let _ = t.join();
-        }
+        let _ = self.ring.submitter().unregister_eventfd();
     }
 }
