@@ -571,3 +571,33 @@ fn an_iret_into_ring_0_stops_the_guest() {
     assert!(why.contains("cs 0x8"), "{report}");
     assert!(!d.console_output().contains("back with"));
 }
+
+#[test]
+fn sched_poll_times_out_returns_on_a_pending_masked_port_and_checks_its_arguments() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "poll", "poll");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    assert!(out.contains("poll: timeout 0 after"), "{out}");
+    assert!(out.contains("(>= 50: true), pending 0 after"), "{out}");
+    assert!(
+        out.contains("too-many -22, bad-pointer -14, bad-port -22"),
+        "{out}"
+    );
+    let quick: u64 = out
+        .split("pending 0 after ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        quick < 1000,
+        "a pending port ends the poll at once, not at its 5 s timeout: {out}"
+    );
+}

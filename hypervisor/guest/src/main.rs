@@ -20,6 +20,7 @@
 //! - `trap`: installs #UD and #PF handlers with `set_trap_table`, takes both (the handlers skip the
 //!   faulting instruction), prints what they saw;
 //! - `trapbench=N`: N `#UD` exceptions bounced to its handler, timed;
+//! - `poll`: `SCHEDOP_poll` with a timeout, on a pending port, and with bad arguments;
 //! - `iret`: returns to a label through `HYPERVISOR_iret` with chosen rax, rcx and r11; `iret-ring0` tries
 //!   the same into ring 0 (the hypervisor stops the domain);
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
@@ -228,6 +229,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
         "trap" => trap(&p),
+        "poll" => poll(&p),
         "trapbench" => {
             let n: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(100);
             use xen_abi::hypercall::TrapInfo;
@@ -556,6 +558,44 @@ fn iret(p: &Platform, cs: u64) -> ! {
         )
     };
     println!(p, "iret: back with rax {a:#x} rcx {c:#x} r11 {r:#x}");
+    p.shutdown(ShutdownReason::Poweroff)
+}
+
+fn sched_poll(ports: &[u32], nr: u32, timeout: u64, ports_ptr: Option<u64>) -> i64 {
+    // struct sched_poll { XEN_GUEST_HANDLE(evtchn_port_t) ports; unsigned int nr_ports; uint64_t timeout; }
+    let arg: [u64; 3] = [
+        ports_ptr.unwrap_or(ports.as_ptr() as u64),
+        u64::from(nr),
+        timeout,
+    ];
+    // SAFETY: SCHEDOP_poll with a sched_poll (or deliberately bad contents the hypervisor must refuse).
+    unsafe { hypercall(hc::__HYPERVISOR_sched_op, 3, arg.as_ptr() as u64, 0, 0, 0) }
+}
+
+fn poll(p: &Platform) -> ! {
+    let a = alloc_unbound(p, DOMID_SELF).unwrap_or(0);
+    let mut bind = ev::EvtchnBindInterdomain::new(DOMID_SELF, a);
+    p.evtchn_op(ev::EVTCHNOP_bind_interdomain, &mut bind);
+    let b = bind.local_port;
+    // Nothing pending: the poll times out after 50 ms.
+    let t0 = p.time_ns();
+    let r1 = sched_poll(&[a], 1, t0 + 50_000_000, None);
+    let waited = (p.time_ns() - t0) / 1_000_000;
+    // Masked and pending: poll returns at once (poll works on masked ports).
+    let _ = p.events().mask(a);
+    let mut send = ev::EvtchnSend { port: b };
+    p.evtchn_op(ev::EVTCHNOP_send, &mut send);
+    let t1 = p.time_ns();
+    let r2 = sched_poll(&[a], 1, t1 + 5_000_000_000, None);
+    let quick = (p.time_ns() - t1) / 1_000_000;
+    let too_many = sched_poll(&[a], 200, 0, None);
+    let bad_ptr = sched_poll(&[a], 4, 0, Some(0x1000));
+    let bad_port = sched_poll(&[5000], 1, 0, None);
+    println!(
+        p,
+        "poll: timeout {r1} after {waited} ms (>= 50: {}), pending {r2} after {quick} ms, too-many {too_many}, bad-pointer {bad_ptr}, bad-port {bad_port}",
+        waited >= 50
+    );
     p.shutdown(ShutdownReason::Poweroff)
 }
 
