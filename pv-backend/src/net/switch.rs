@@ -253,6 +253,7 @@ impl Switch {
             switch: Arc::clone(&self.inner),
             id,
             queue,
+            targets: Vec::new(),
         }
     }
 
@@ -349,6 +350,8 @@ pub struct SwitchPort {
     switch: Arc<Inner>,
     id: PortId,
     queue: Arc<PortQueue>,
+    /// The destination queues of the frame being sent (kept to reuse its allocation).
+    targets: Vec<Arc<PortQueue>>,
 }
 
 impl SwitchPort {
@@ -396,16 +399,17 @@ impl NetDevice for SwitchPort {
         }
         meta.validate(frame.len())?;
         self.switch.config.offloads.allows(meta)?;
-        let mut targets = Vec::new();
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
         self.switch.route(self.id, frame, &mut targets);
         self.queue.tx_frames.fetch_add(1, Ordering::Relaxed);
-        if targets.is_empty() {
-            return Ok(());
+        if !targets.is_empty() {
+            let data: Arc<[u8]> = Arc::from(frame);
+            for q in targets.drain(..) {
+                q.push(&self.switch.config, &data, *meta);
+            }
         }
-        let data: Arc<[u8]> = Arc::from(frame);
-        for q in &targets {
-            q.push(&self.switch.config, &data, *meta);
-        }
+        self.targets = targets;
         Ok(())
     }
 
