@@ -1,6 +1,7 @@
-//! A virtio-net driver (virtio 1.2, section 5.1) over any [`Transport`]: one receive and one
-//! transmit queue, mergeable receive buffers, and (with [`NetOptions::offloads`]) checksum and
-//! TCP segmentation offload headers both ways.
+//! A virtio-net driver (virtio 1.2, section 5.1) over any [`Transport`]: queue pairs
+//! (`VIRTIO_NET_F_MQ`), the control queue (receive modes, MAC, number of pairs), mergeable
+//! receive buffers, and (with [`NetOptions::offloads`]) checksum and TCP segmentation offload
+//! headers both ways. Control commands complete one at a time; the ack is validated.
 //!
 //! Every frame carries a 12-byte `virtio_net_hdr_v1` in front, whose offload fields are a
 //! [`NetHdr`]. Transmit copies the frame into a per-descriptor slot in shared memory, or, for a
@@ -19,12 +20,16 @@ use std::time::Duration;
 
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_ANNOUNCE,
-    VIRTIO_NET_S_LINK_UP, virtio_net_config, virtio_net_hdr_v1,
+    VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_MAC_ADDR,
+    VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_OK,
+    VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP, virtio_net_config, virtio_net_hdr_v1,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -47,9 +52,6 @@ pub const MAX_GSO_FRAME: usize = MIN_FRAME + 65535;
 pub const GSO_TX_SLOTS: usize = 16;
 /// Bytes of config space read: up to and with `mtu`.
 pub const CONFIG_BYTES: usize = offset_of!(virtio_net_config, speed);
-
-const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
 
 /// Errors of the virtio-net driver.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,47 @@ pub enum Error {
         len: usize,
         /// What is wrong.
         why: &'static str,
+    },
+    /// A queue pair that is not set up.
+    #[error("queue pair {pair} is not set up ({pairs} pairs)")]
+    NoSuchPair {
+        /// The pair asked for.
+        pair: u16,
+        /// Pairs set up.
+        pairs: u16,
+    },
+    /// A control command without a control queue (`VIRTIO_NET_F_CTRL_VQ` not negotiated, or
+    /// no config space: a vhost-user back-end, whose front-end owns the control queue).
+    #[error("no control queue: VIRTIO_NET_F_CTRL_VQ not negotiated")]
+    NoControlQueue,
+    /// A control command whose feature was not negotiated.
+    #[error("{0} was not negotiated")]
+    NotNegotiated(&'static str),
+    /// A multicast MAC address given to [`NetDriver::set_mac`].
+    #[error("{0:02x?} is a multicast address, not a station's")]
+    MulticastMac([u8; 6]),
+    /// The device answered a control command with `VIRTIO_NET_ERR`.
+    #[error("the device refused control command class {class} command {command}")]
+    CommandFailed {
+        /// The command's class.
+        class: u8,
+        /// The command.
+        command: u8,
+    },
+    /// The device completed a control command with an ack that is neither `VIRTIO_NET_OK`
+    /// nor `VIRTIO_NET_ERR`, or a used length other than the one ack byte.
+    #[error(
+        "control command class {class} command {command}: ack {ack:#x}, used length {len} (want 0 or 1, length 1)"
+    )]
+    BadAck {
+        /// The command's class.
+        class: u8,
+        /// The command.
+        command: u8,
+        /// The ack byte read.
+        ack: u8,
+        /// The used length.
+        len: u32,
     },
     /// A receive header the device may not write under the negotiated features, or that does
     /// not fit the frame (5.1.6.4.1).
@@ -354,6 +397,8 @@ pub struct NetConfig {
     pub link_up: bool,
     /// The MTU (`VIRTIO_NET_F_MTU`; 1500 without it).
     pub mtu: u16,
+    /// `max_virtqueue_pairs` (`VIRTIO_NET_F_MQ`; 1 without it).
+    pub max_queue_pairs: u16,
 }
 
 fn bit(features: u64, b: u32) -> bool {
@@ -395,7 +440,23 @@ impl NetConfig {
         } else {
             1500
         };
-        Ok(NetConfig { mac, link_up, mtu })
+        let max_queue_pairs = if bit(features, VIRTIO_NET_F_MQ) {
+            let n = u16_at(offset_of!(virtio_net_config, max_virtqueue_pairs));
+            if !(VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN..=VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX)
+                .contains(&u32::from(n))
+            {
+                return Err(invalid("max_virtqueue_pairs", n.into()));
+            }
+            n
+        } else {
+            1
+        };
+        Ok(NetConfig {
+            mac,
+            link_up,
+            mtu,
+            max_queue_pairs,
+        })
     }
 
     /// The longest frame (without the virtio-net header): MTU plus the Ethernet header.
@@ -409,7 +470,7 @@ impl NetConfig {
 pub struct NetOptions {
     /// Queue size wanted (clamped to the device's limit).
     pub queue_size: u16,
-    /// How long [`NetDriver::recv_wait`] waits.
+    /// How long [`NetDriver::recv_wait`] and control commands wait.
     pub timeout: Duration,
     /// Use packed rings when offered.
     pub packed_ring: bool,
@@ -417,6 +478,10 @@ pub struct NetOptions {
     /// `HOST_TSO4`/`6`, and `GUEST_TSO4`/`6` (those with mergeable receive buffers only).
     /// Received frames then carry a [`NetHdr`] to read with [`NetDriver::recv_with_hdr`].
     pub offloads: bool,
+    /// Queue pairs wanted (clamped to the device's `max_virtqueue_pairs`, or without a config
+    /// space to half the transport's queues). More than one needs `VIRTIO_NET_F_MQ`; with a
+    /// control queue the driver then sends `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
+    pub queue_pairs: u16,
 }
 
 impl Default for NetOptions {
@@ -426,27 +491,48 @@ impl Default for NetOptions {
             timeout: Duration::from_secs(5),
             packed_ring: true,
             offloads: false,
+            queue_pairs: 1,
         }
     }
 }
 
-/// A virtio-net driver with one queue pair.
+/// One receive and one transmit queue, with their buffers.
+#[derive(Debug)]
+struct QueuePair {
+    rx: Box<dyn VirtQueue>,
+    tx: Box<dyn VirtQueue>,
+    rx_buffers: GuestAddress,
+    tx_slots: GuestAddress,
+    /// 64 KiB transmit slots for GSO frames above the MTU (none without `HOST_TSO*`).
+    gso_slots: Vec<GuestAddress>,
+    gso_free: Vec<usize>,
+    /// Per transmit id, the GSO slot its frame is in.
+    gso_of_id: Vec<Option<usize>>,
+}
+
+/// The control queue (5.1.6.5) and the slot its commands are built in.
+#[derive(Debug)]
+struct ControlQueue {
+    vq: Box<dyn VirtQueue>,
+    index: u16,
+    slot: GuestAddress,
+}
+
+/// Bytes of the control command slot: class and command, up to 6 bytes of data, the ack.
+const CTRL_SLOT_BYTES: u64 = 64;
+const CTRL_ACK_OFFSET: u64 = 32;
+
+/// A virtio-net driver: queue pairs, and the control queue when the device has one.
 #[derive(Debug)]
 pub struct NetDriver<T: Transport> {
     transport: T,
     mem: Arc<DmaMemory>,
     features: u64,
     config: NetConfig,
-    rx: Box<dyn VirtQueue>,
-    tx: Box<dyn VirtQueue>,
-    rx_buffers: GuestAddress,
-    tx_slots: GuestAddress,
+    pairs: Vec<QueuePair>,
+    active_pairs: u16,
+    ctrl: Option<ControlQueue>,
     tx_slot_bytes: u64,
-    /// 64 KiB transmit slots for GSO frames above the MTU (none without `HOST_TSO*`).
-    gso_slots: Vec<GuestAddress>,
-    gso_free: Vec<usize>,
-    /// Per transmit id, the GSO slot its frame is in.
-    gso_of_id: Vec<Option<usize>>,
     mergeable: bool,
     offloads: Offloads,
     timeout: Duration,
@@ -454,7 +540,7 @@ pub struct NetDriver<T: Transport> {
 
 impl<T: Transport> NetDriver<T> {
     /// Negotiates features, validates the config, sets up the queues and fills the receive
-    /// queue.
+    /// queues.
     pub fn new(mut transport: T, options: NetOptions) -> Result<Self, Error> {
         let mem = transport.memory().clone();
         let offered = transport.device_features()?;
@@ -465,11 +551,21 @@ impl<T: Transport> NetDriver<T> {
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_RING_F_INDIRECT_DESC;
-        // MAC, STATUS and MTU are fields of the config space: without one (a vhost-user
-        // back-end without CONFIG) they are the front-end's, and not negotiated.
+        // MAC, STATUS, MTU and MQ's pair count are fields of the config space: without one (a
+        // vhost-user back-end without CONFIG) they, and the control queue, are the
+        // front-end's, as QEMU keeps them for vhost-user-net; only MQ is then told to the
+        // back-end, when more than one pair is used.
         let config_space = transport.has_config_space();
         if config_space {
-            wanted |= 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS | 1 << VIRTIO_NET_F_MTU;
+            wanted |= 1 << VIRTIO_NET_F_MAC
+                | 1 << VIRTIO_NET_F_STATUS
+                | 1 << VIRTIO_NET_F_MTU
+                | 1 << VIRTIO_NET_F_CTRL_VQ
+                | 1 << VIRTIO_NET_F_CTRL_RX
+                | 1 << VIRTIO_NET_F_CTRL_MAC_ADDR
+                | 1 << VIRTIO_NET_F_MQ;
+        } else if options.queue_pairs > 1 {
+            wanted |= 1 << VIRTIO_NET_F_MQ;
         }
         if options.packed_ring {
             wanted |= 1 << VIRTIO_F_RING_PACKED;
@@ -485,19 +581,34 @@ impl<T: Transport> NetDriver<T> {
             }
         }
         let mut features = offered & wanted;
-        // Dependencies (5.1.3.1): TSO needs the checksum feature on the same side.
+        // Dependencies (5.1.3.1): TSO needs the checksum feature on the same side; the
+        // control features and, with a config space, MQ need the control queue.
         if !bit(features, VIRTIO_NET_F_CSUM) {
             features &= !(1 << VIRTIO_NET_F_HOST_TSO4 | 1 << VIRTIO_NET_F_HOST_TSO6);
         }
         if !bit(features, VIRTIO_NET_F_GUEST_CSUM) {
             features &= !(1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6);
         }
+        if config_space && !bit(features, VIRTIO_NET_F_CTRL_VQ) {
+            features &= !(1 << VIRTIO_NET_F_CTRL_RX
+                | 1 << VIRTIO_NET_F_CTRL_MAC_ADDR
+                | 1 << VIRTIO_NET_F_MQ);
+        }
         transport.set_driver_features(features)?;
         let mut raw = [0u8; CONFIG_BYTES];
         if config_space {
             transport.read_config(0, &mut raw)?;
         }
-        let config = NetConfig::parse(&raw, features)?;
+        let mut config = if config_space {
+            NetConfig::parse(&raw, features)?
+        } else {
+            // Nothing to read: every field its default.
+            NetConfig::parse(&raw, features & !(1 << VIRTIO_NET_F_MQ))?
+        };
+        if !config_space && bit(features, VIRTIO_NET_F_MQ) {
+            // No config space: the transport's queue count is the limit (two per pair).
+            config.max_queue_pairs = (transport.max_queues()? / 2).max(1);
+        }
         let mergeable = bit(features, VIRTIO_NET_F_MRG_RXBUF);
         if !mergeable && config.max_frame() + HDR_BYTES > RX_BUFFER_BYTES as usize {
             // Without mergeable buffers a frame must fit one receive buffer.
@@ -512,30 +623,59 @@ impl<T: Transport> NetDriver<T> {
             event_idx: bit(features, VIRTIO_RING_F_EVENT_IDX),
             indirect_desc: bit(features, VIRTIO_RING_F_INDIRECT_DESC),
         };
-        let mut queues = Vec::new();
-        for i in [RX_QUEUE, TX_QUEUE] {
-            let q: Box<dyn VirtQueue> = if bit(features, VIRTIO_F_RING_PACKED) {
+        let packed = bit(features, VIRTIO_F_RING_PACKED);
+        let new_queue = |index: u16, transport: &mut T| -> Result<Box<dyn VirtQueue>, Error> {
+            let q: Box<dyn VirtQueue> = if packed {
                 Box::new(PackedQueue::allocate(&mem, size, qf)?)
             } else {
                 Box::new(SplitQueue::allocate(&mem, size, qf)?)
             };
-            transport.setup_queue(i, &q.layout())?;
-            queues.push(q);
-        }
-        let tx = queues.pop().ok_or(split::Error::EmptyChain)?;
-        let rx = queues.pop().ok_or(split::Error::EmptyChain)?;
-        let rx_buffers = mem.alloc(u64::from(size) * u64::from(RX_BUFFER_BYTES))?;
-        let tx_slot_bytes = ((config.max_frame() + HDR_BYTES) as u64).next_multiple_of(64);
-        let tx_slots = mem.alloc(u64::from(size) * tx_slot_bytes)?;
+            transport.setup_queue(index, &q.layout())?;
+            Ok(q)
+        };
+        let npairs = options.queue_pairs.clamp(1, config.max_queue_pairs);
         let offloads = Offloads::new(features);
+        let tx_slot_bytes = ((config.max_frame() + HDR_BYTES) as u64).next_multiple_of(64);
         let gso_bytes = ((MAX_GSO_FRAME + HDR_BYTES) as u64).next_multiple_of(4096);
-        let gso_slots = if offloads.host_tso4 || offloads.host_tso6 {
-            let base = mem.alloc(GSO_TX_SLOTS as u64 * gso_bytes)?;
-            (0..GSO_TX_SLOTS as u64)
-                .map(|i| base.unchecked_add(i * gso_bytes))
-                .collect()
+        let mut pairs = Vec::with_capacity(usize::from(npairs));
+        for p in 0..npairs {
+            let rx = new_queue(2 * p, &mut transport)?;
+            let tx = new_queue(2 * p + 1, &mut transport)?;
+            let rx_buffers = mem.alloc(u64::from(size) * u64::from(RX_BUFFER_BYTES))?;
+            let tx_slots = mem.alloc(u64::from(size) * tx_slot_bytes)?;
+            let gso_slots: Vec<GuestAddress> = if offloads.host_tso4 || offloads.host_tso6 {
+                let base = mem.alloc(GSO_TX_SLOTS as u64 * gso_bytes)?;
+                (0..GSO_TX_SLOTS as u64)
+                    .map(|i| base.unchecked_add(i * gso_bytes))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            pairs.push(QueuePair {
+                rx,
+                tx,
+                rx_buffers,
+                tx_slots,
+                gso_free: (0..gso_slots.len()).rev().collect(),
+                gso_slots,
+                gso_of_id: vec![None; usize::from(size)],
+            });
+        }
+        let ctrl = if bit(features, VIRTIO_NET_F_CTRL_VQ) && config_space {
+            // The control queue follows the last possible pair (5.1.2).
+            let pairs_max = if bit(features, VIRTIO_NET_F_MQ) {
+                config.max_queue_pairs
+            } else {
+                1
+            };
+            let index = 2 * pairs_max;
+            Some(ControlQueue {
+                vq: new_queue(index, &mut transport)?,
+                index,
+                slot: mem.alloc(CTRL_SLOT_BYTES)?,
+            })
         } else {
-            Vec::new()
+            None
         };
         transport.activate()?;
         let mut d = NetDriver {
@@ -543,19 +683,25 @@ impl<T: Transport> NetDriver<T> {
             mem,
             features,
             config,
-            rx,
-            tx,
-            rx_buffers,
-            tx_slots,
+            pairs,
+            active_pairs: 1,
+            ctrl,
             tx_slot_bytes,
-            gso_free: (0..gso_slots.len()).rev().collect(),
-            gso_slots,
-            gso_of_id: vec![None; usize::from(size)],
             mergeable,
             offloads,
             timeout: options.timeout,
         };
-        d.refill()?;
+        for p in 0..npairs {
+            d.refill(p)?;
+        }
+        if npairs > 1 {
+            if d.ctrl.is_some() {
+                d.set_queue_pairs(npairs)?;
+            } else {
+                // No control queue: the front-end enabled the pairs (vhost-user).
+                d.active_pairs = npairs;
+            }
+        }
         Ok(d)
     }
 
@@ -569,6 +715,21 @@ impl<T: Transport> NetDriver<T> {
         self.features
     }
 
+    /// Queue pairs set up.
+    pub fn queue_pairs(&self) -> u16 {
+        self.pairs.len() as u16
+    }
+
+    /// Queue pairs the device uses now (after `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`).
+    pub fn active_queue_pairs(&self) -> u16 {
+        self.active_pairs
+    }
+
+    /// Whether the device has a control queue (`VIRTIO_NET_F_CTRL_VQ`).
+    pub fn has_control_queue(&self) -> bool {
+        self.ctrl.is_some()
+    }
+
     /// The transport.
     pub fn transport(&self) -> &T {
         &self.transport
@@ -579,38 +740,52 @@ impl<T: Transport> NetDriver<T> {
         &mut self.transport
     }
 
-    fn rx_buffer(&self, head: u16) -> GuestAddress {
-        self.rx_buffers
+    fn pair(&mut self, pair: u16) -> Result<&mut QueuePair, Error> {
+        let pairs = self.pairs.len() as u16;
+        self.pairs
+            .get_mut(usize::from(pair))
+            .ok_or(Error::NoSuchPair { pair, pairs })
+    }
+
+    fn rx_buffer(p: &QueuePair, head: u16) -> GuestAddress {
+        p.rx_buffers
             .unchecked_add(u64::from(head) * u64::from(RX_BUFFER_BYTES))
     }
 
-    /// Posts receive buffers into every free slot of the receive queue.
-    fn refill(&mut self) -> Result<(), Error> {
-        while let Some(head) = self.rx.next_head() {
-            if !self.rx.has_room_for(1) {
+    /// Posts receive buffers into every free slot of pair `pair`'s receive queue.
+    fn refill(&mut self, pair: u16) -> Result<(), Error> {
+        let p = self.pair(pair)?;
+        while let Some(head) = p.rx.next_head() {
+            if !p.rx.has_room_for(1) {
                 break;
             }
             let seg = Segment {
-                addr: self.rx_buffer(head),
+                addr: Self::rx_buffer(p, head),
                 len: RX_BUFFER_BYTES,
                 device_writable: true,
             };
-            self.rx.add(&[seg])?;
+            p.rx.add(&[seg])?;
         }
-        if self.rx.publish()? {
-            self.transport.notify(RX_QUEUE)?;
+        if p.rx.publish()? {
+            self.transport.notify(2 * pair)?;
         }
         Ok(())
     }
 
-    /// Sends one Ethernet frame (without the virtio-net header), with no offload.
+    /// Sends one Ethernet frame (without the virtio-net header), with no offload, on pair 0.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), Error> {
-        self.send_with_hdr(frame, &NetHdr::default())
+        self.send_on(0, frame, &NetHdr::default())
     }
 
     /// Sends one Ethernet frame with offload header `hdr` (a partial checksum for the device to
-    /// complete, a GSO frame for it to segment), checked against the negotiated features.
+    /// complete, a GSO frame for it to segment) on pair 0.
     pub fn send_with_hdr(&mut self, frame: &[u8], hdr: &NetHdr) -> Result<(), Error> {
+        self.send_on(0, frame, hdr)
+    }
+
+    /// Sends one Ethernet frame with offload header `hdr` on queue pair `pair`, the header
+    /// checked against the negotiated features first.
+    pub fn send_on(&mut self, pair: u16, frame: &[u8], hdr: &NetHdr) -> Result<(), Error> {
         let max = self.config.max_frame();
         if frame.len() < MIN_FRAME {
             return Err(Error::BadFrameLength {
@@ -620,66 +795,69 @@ impl<T: Transport> NetDriver<T> {
             });
         }
         self.offloads.check_tx(hdr, frame.len(), max)?;
+        let slot_bytes = self.tx_slot_bytes;
+        let mem = self.mem.clone();
+        let p = self.pair(pair)?;
         // Reclaim finished transmissions first (their length is validated by the queue).
-        while let Some(c) = self.tx.pop_used()? {
-            if let Some(g) = self
+        while let Some(c) = p.tx.pop_used()? {
+            if let Some(g) = p
                 .gso_of_id
                 .get_mut(usize::from(c.head))
                 .and_then(Option::take)
             {
-                self.gso_free.push(g);
+                p.gso_free.push(g);
             }
         }
-        let head = match self.tx.next_head() {
-            Some(h) if self.tx.has_room_for(1) => h,
+        let head = match p.tx.next_head() {
+            Some(h) if p.tx.has_room_for(1) => h,
             _ => return Err(Error::TxFull),
         };
         let (slot, gso) = if frame.len() > max {
             // A GSO frame above the MTU goes in a 64 KiB slot.
-            let g = self.gso_free.pop().ok_or(Error::TxFull)?;
-            (self.gso_slots[g], Some(g))
+            let g = p.gso_free.pop().ok_or(Error::TxFull)?;
+            (p.gso_slots[g], Some(g))
         } else {
-            let slot = self
-                .tx_slots
-                .unchecked_add(u64::from(head) * self.tx_slot_bytes);
-            (slot, None)
+            (p.tx_slots.unchecked_add(u64::from(head) * slot_bytes), None)
         };
         let mut bytes = Vec::with_capacity(HDR_BYTES + frame.len());
         bytes.extend_from_slice(&hdr.to_bytes());
         bytes.extend_from_slice(frame);
-        let written = self
-            .mem
+        let added = mem
             .guest_memory()
             .write_slice(&bytes, slot)
-            .map_err(Error::Access);
-        let added = written.and_then(|()| {
-            self.tx
-                .add(&[Segment {
+            .map_err(Error::Access)
+            .and_then(|()| {
+                p.tx.add(&[Segment {
                     addr: slot,
                     len: bytes.len() as u32,
                     device_writable: false,
                 }])
                 .map_err(Error::from)
-        });
+            });
         match added {
-            Ok(id) => self.gso_of_id[usize::from(id)] = gso,
+            Ok(id) => p.gso_of_id[usize::from(id)] = gso,
             Err(e) => {
                 if let Some(g) = gso {
-                    self.gso_free.push(g);
+                    p.gso_free.push(g);
                 }
                 return Err(e);
             }
         }
-        if self.tx.publish()? {
-            self.transport.notify(TX_QUEUE)?;
+        if p.tx.publish()? {
+            self.transport.notify(2 * pair + 1)?;
         }
         Ok(())
     }
 
-    /// The next received frame, if one is complete, without its header. With offloads
-    /// negotiated, use [`Self::recv_with_hdr`]: a frame may carry a partial checksum.
+    /// The next received frame on pair 0, if one is complete, without its header. With
+    /// offloads negotiated, use [`Self::recv_with_hdr`]: a frame may carry a partial checksum.
     pub fn recv(&mut self) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.recv_with_hdr()?.map(|(_, f)| f))
+        Ok(self.recv_on(0)?.map(|(_, f)| f))
+    }
+
+    /// The next received frame on pair 0 and its validated offload header.
+    pub fn recv_with_hdr(&mut self) -> Result<Option<(NetHdr, Vec<u8>)>, Error> {
+        self.recv_on(0)
     }
 
     /// The longest frame the device may deliver: the MTU's, or a GSO frame's with
@@ -692,9 +870,17 @@ impl<T: Transport> NetDriver<T> {
         }
     }
 
-    /// The next received frame and its validated offload header, if one is complete.
-    pub fn recv_with_hdr(&mut self) -> Result<Option<(NetHdr, Vec<u8>)>, Error> {
-        let Some(first) = self.rx.pop_used()? else {
+    /// The next received frame on queue pair `pair` and its validated offload header, if one
+    /// is complete.
+    pub fn recv_on(&mut self, pair: u16) -> Result<Option<(NetHdr, Vec<u8>)>, Error> {
+        let max = self.max_rx_frame();
+        let mtu_frame = self.config.max_frame();
+        let mergeable = self.mergeable;
+        let offloads = self.offloads;
+        let mem = self.mem.clone();
+        let mem = mem.guest_memory();
+        let p = self.pair(pair)?;
+        let Some(first) = p.rx.pop_used()? else {
             return Ok(None);
         };
         let len = first.len as usize;
@@ -706,33 +892,28 @@ impl<T: Transport> NetDriver<T> {
         }
         // One copy of the header; only the copy is looked at.
         let mut raw = [0u8; HDR_BYTES];
-        self.mem
-            .guest_memory()
-            .read_slice(&mut raw, self.rx_buffer(first.head))
+        mem.read_slice(&mut raw, Self::rx_buffer(p, first.head))
             .map_err(Error::Access)?;
         let off = offset_of!(virtio_net_hdr_v1, num_buffers);
         let num_buffers = u16::from_le_bytes([raw[off], raw[off + 1]]);
-        let num_buffers = if self.mergeable { num_buffers } else { 1 };
-        let size = self.rx.layout().size;
+        let num_buffers = if mergeable { num_buffers } else { 1 };
+        let size = p.rx.layout().size;
         if num_buffers == 0 || num_buffers > size {
             return Err(Error::BadNumBuffers {
                 num_buffers,
                 available: 1,
             });
         }
-        let max = self.max_rx_frame();
         let mut frame = vec![0u8; len - HDR_BYTES];
-        self.mem
-            .guest_memory()
-            .read_slice(
-                &mut frame,
-                self.rx_buffer(first.head).unchecked_add(HDR_BYTES as u64),
-            )
-            .map_err(Error::Access)?;
+        mem.read_slice(
+            &mut frame,
+            Self::rx_buffer(p, first.head).unchecked_add(HDR_BYTES as u64),
+        )
+        .map_err(Error::Access)?;
         for got in 1..num_buffers {
             // The device publishes a frame's buffers together (5.1.6.4): a missing one is an
             // error, not something to wait for.
-            let Some(c) = self.rx.pop_used()? else {
+            let Some(c) = p.rx.pop_used()? else {
                 return Err(Error::BadNumBuffers {
                     num_buffers,
                     available: usize::from(got),
@@ -746,15 +927,13 @@ impl<T: Transport> NetDriver<T> {
                 });
             }
             frame.resize(start + c.len as usize, 0);
-            self.mem
-                .guest_memory()
-                .read_slice(&mut frame[start..], self.rx_buffer(c.head))
+            mem.read_slice(&mut frame[start..], Self::rx_buffer(p, c.head))
                 .map_err(Error::Access)?;
         }
         // A frame above the MTU is only allowed as a GSO frame.
         let hdr = NetHdr::from_bytes(&raw);
         let limit = if hdr.gso_type == NetHdr::GSO_NONE {
-            self.config.max_frame()
+            mtu_frame
         } else {
             max
         };
@@ -764,26 +943,166 @@ impl<T: Transport> NetDriver<T> {
                 max: limit,
             });
         }
-        self.offloads.check_rx(&hdr, frame.len())?;
-        self.refill()?;
+        offloads.check_rx(&hdr, frame.len())?;
+        self.refill(pair)?;
         Ok(Some((hdr, frame)))
     }
 
-    /// Waits (up to the timeout) for a received frame and its header.
-    pub fn recv_wait_with_hdr(&mut self) -> Result<(NetHdr, Vec<u8>), Error> {
+    /// Waits (up to the timeout) for a received frame on pair `pair` and its header.
+    pub fn recv_wait_on(&mut self, pair: u16) -> Result<(NetHdr, Vec<u8>), Error> {
         loop {
-            if let Some(f) = self.recv_with_hdr()? {
+            if let Some(f) = self.recv_on(pair)? {
                 return Ok(f);
             }
-            if self.rx.enable_notifications()? {
+            if self.pair(pair)?.rx.enable_notifications()? {
                 continue;
             }
-            self.transport.wait(RX_QUEUE, self.timeout)?;
+            self.transport.wait(2 * pair, self.timeout)?;
         }
     }
 
-    /// Waits (up to the timeout) for a received frame, without its header.
+    /// Waits (up to the timeout) for a received frame on pair 0 and its header.
+    pub fn recv_wait_with_hdr(&mut self) -> Result<(NetHdr, Vec<u8>), Error> {
+        self.recv_wait_on(0)
+    }
+
+    /// Waits (up to the timeout) for a received frame on pair 0, without its header.
     pub fn recv_wait(&mut self) -> Result<Vec<u8>, Error> {
-        Ok(self.recv_wait_with_hdr()?.1)
+        Ok(self.recv_wait_on(0)?.1)
+    }
+
+    /// Sends a control command (5.1.6.5): `class`, `command` and `data` for the device to
+    /// read, one ack byte for it to write; waits for the completion.
+    fn command(&mut self, class: u8, command: u8, data: &[u8]) -> Result<(), Error> {
+        let timeout = self.timeout;
+        let mem = self.mem.clone();
+        let ctrl = self.ctrl.as_mut().ok_or(Error::NoControlQueue)?;
+        debug_assert!(data.len() <= (CTRL_ACK_OFFSET - 2) as usize);
+        // The slot is written whole: class, command, data, and an ack the device must
+        // overwrite (VIRTIO_NET_OK is 0, so 0xff shows a device that did not).
+        let mut bytes = [0u8; CTRL_SLOT_BYTES as usize];
+        bytes[0] = class;
+        bytes[1] = command;
+        bytes[2..2 + data.len()].copy_from_slice(data);
+        bytes[CTRL_ACK_OFFSET as usize] = 0xff;
+        mem.guest_memory()
+            .write_slice(&bytes, ctrl.slot)
+            .map_err(Error::Access)?;
+        let mut segs = vec![Segment {
+            addr: ctrl.slot,
+            len: 2,
+            device_writable: false,
+        }];
+        if !data.is_empty() {
+            segs.push(Segment {
+                addr: ctrl.slot.unchecked_add(2),
+                len: data.len() as u32,
+                device_writable: false,
+            });
+        }
+        segs.push(Segment {
+            addr: ctrl.slot.unchecked_add(CTRL_ACK_OFFSET),
+            len: 1,
+            device_writable: true,
+        });
+        let id = ctrl.vq.add(&segs)?;
+        if ctrl.vq.publish()? {
+            self.transport.notify(ctrl.index)?;
+        }
+        let ctrl = self.ctrl.as_mut().ok_or(Error::NoControlQueue)?;
+        let c = loop {
+            if let Some(c) = ctrl.vq.pop_used()? {
+                break c;
+            }
+            if ctrl.vq.enable_notifications()? {
+                continue;
+            }
+            self.transport.wait(ctrl.index, timeout)?;
+        };
+        if c.head != id {
+            // One command in flight at a time: another id cannot complete.
+            return Err(split::Error::UsedIdNotOutstanding(c.head).into());
+        }
+        let ack: u8 = mem
+            .guest_memory()
+            .read_obj(ctrl.slot.unchecked_add(CTRL_ACK_OFFSET))
+            .map_err(Error::Access)?;
+        match u32::from(ack) {
+            VIRTIO_NET_OK if c.len == 1 => Ok(()),
+            VIRTIO_NET_ERR if c.len == 1 => Err(Error::CommandFailed { class, command }),
+            _ => Err(Error::BadAck {
+                class,
+                command,
+                ack,
+                len: c.len,
+            }),
+        }
+    }
+
+    fn require(&self, feature: u32, name: &'static str) -> Result<(), Error> {
+        if self.ctrl.is_none() {
+            return Err(Error::NoControlQueue);
+        }
+        if !bit(self.features, feature) {
+            return Err(Error::NotNegotiated(name));
+        }
+        Ok(())
+    }
+
+    /// Turns promiscuous receive on or off (`VIRTIO_NET_CTRL_RX_PROMISC`; needs `CTRL_RX`).
+    pub fn set_promisc(&mut self, on: bool) -> Result<(), Error> {
+        self.require(VIRTIO_NET_F_CTRL_RX, "VIRTIO_NET_F_CTRL_RX")?;
+        self.command(
+            VIRTIO_NET_CTRL_RX as u8,
+            VIRTIO_NET_CTRL_RX_PROMISC as u8,
+            &[u8::from(on)],
+        )
+    }
+
+    /// Turns all-multicast receive on or off (`VIRTIO_NET_CTRL_RX_ALLMULTI`; needs
+    /// `CTRL_RX`).
+    pub fn set_allmulti(&mut self, on: bool) -> Result<(), Error> {
+        self.require(VIRTIO_NET_F_CTRL_RX, "VIRTIO_NET_F_CTRL_RX")?;
+        self.command(
+            VIRTIO_NET_CTRL_RX as u8,
+            VIRTIO_NET_CTRL_RX_ALLMULTI as u8,
+            &[u8::from(on)],
+        )
+    }
+
+    /// Sets the device's MAC address (`VIRTIO_NET_CTRL_MAC_ADDR_SET`; needs `CTRL_MAC_ADDR`).
+    /// A multicast address is refused before it reaches the device.
+    pub fn set_mac(&mut self, mac: [u8; 6]) -> Result<(), Error> {
+        self.require(VIRTIO_NET_F_CTRL_MAC_ADDR, "VIRTIO_NET_F_CTRL_MAC_ADDR")?;
+        if mac[0] & 1 != 0 {
+            return Err(Error::MulticastMac(mac));
+        }
+        self.command(
+            VIRTIO_NET_CTRL_MAC as u8,
+            VIRTIO_NET_CTRL_MAC_ADDR_SET as u8,
+            &mac,
+        )?;
+        self.config.mac = Some(mac);
+        Ok(())
+    }
+
+    /// Tells the device how many queue pairs to use (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`;
+    /// needs `MQ`), between 1 and the pairs set up.
+    pub fn set_queue_pairs(&mut self, pairs: u16) -> Result<(), Error> {
+        self.require(VIRTIO_NET_F_MQ, "VIRTIO_NET_F_MQ")?;
+        let set_up = self.queue_pairs();
+        if pairs == 0 || pairs > set_up {
+            return Err(Error::NoSuchPair {
+                pair: pairs,
+                pairs: set_up,
+            });
+        }
+        self.command(
+            VIRTIO_NET_CTRL_MQ as u8,
+            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8,
+            &pairs.to_le_bytes(),
+        )?;
+        self.active_pairs = pairs;
+        Ok(())
     }
 }

@@ -35,6 +35,11 @@ struct Testpmd {
 impl Testpmd {
     /// Starts testpmd with one `net_vhost` port on a fresh socket, forwarding in `mode`.
     fn start(mode: &str) -> Testpmd {
+        Self::start_with_queues(mode, 1)
+    }
+
+    /// Starts testpmd with one `net_vhost` port of `queues` queue pairs.
+    fn start_with_queues(mode: &str, queues: u16) -> Testpmd {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("net.sock");
@@ -53,9 +58,11 @@ impl Testpmd {
                 "--file-prefix",
                 &prefix,
                 "--vdev",
-                &format!("net_vhost0,iface={},queues=1", sock.display()),
+                &format!("net_vhost0,iface={},queues={queues}", sock.display()),
                 "--",
                 "--total-num-mbufs=2048",
+                &format!("--rxq={queues}"),
+                &format!("--txq={queues}"),
                 &format!("--forward-mode={mode}"),
                 "--port-topology=loop",
             ])
@@ -289,5 +296,39 @@ fn partial_checksum_offload_through_testpmd() {
                 "frame {seq}: wrong UDP checksum {got_hdr:?}"
             );
         }
+    }
+}
+
+#[test]
+fn two_queue_pairs_each_loop_back_through_testpmd() {
+    const VIRTIO_NET_F_MQ: u32 = 22;
+    let pmd = Testpmd::start_with_queues("io", 2);
+    let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
+    let t = VhostUserTransport::connect(&pmd.sock, mem).unwrap();
+    let mut d = NetDriver::new(
+        t,
+        NetOptions {
+            queue_pairs: 2,
+            ..NetOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(has(d.features(), VIRTIO_NET_F_MQ));
+    assert_eq!(d.queue_pairs(), 2);
+    // No control queue over vhost-user: the front-end enabled both pairs itself.
+    assert!(!d.has_control_queue());
+    assert_eq!(d.active_queue_pairs(), 2);
+    for seq in 0..200u32 {
+        let pair = (seq % 2) as u16;
+        let f = frame(60 + (seq as usize * 53) % 1455, seq);
+        d.send_on(pair, &f, &blanket_virtio::net::NetHdr::default())
+            .unwrap();
+        let (_, got) = d.recv_wait_on(pair).unwrap_or_else(|e| {
+            panic!(
+                "frame {seq} on pair {pair} did not come back: {e}\n{}",
+                pmd.logs()
+            )
+        });
+        assert_eq!(got, f, "frame {seq} on pair {pair}");
     }
 }

@@ -441,3 +441,167 @@ fn rx_frame_above_the_mtu_without_gso() {
         "{e:?}"
     );
 }
+
+// ---- Multi-queue and the control queue (5.1.6.5). ----
+
+fn ctrl_device(queue_pairs: u16) -> MemNetDevice {
+    let mut dev = MemNetDevice::new();
+    dev.ctrl = true;
+    dev.queue_pairs = queue_pairs;
+    dev
+}
+
+fn driver_with_pairs(
+    dev: MemNetDevice,
+    queue_pairs: u16,
+) -> Result<NetDriver<InProcessTransport<MemNetDevice>>, net::Error> {
+    let mem = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    NetDriver::new(
+        InProcessTransport::new(mem, dev),
+        NetOptions {
+            queue_pairs,
+            ..NetOptions::default()
+        },
+    )
+}
+
+#[test]
+fn control_queue_sets_rx_modes_and_the_mac() {
+    for packed in [false, true] {
+        let mut dev = ctrl_device(1);
+        dev.packed = packed;
+        let mut d = driver(dev).unwrap();
+        assert!(d.has_control_queue());
+        d.set_promisc(true).unwrap();
+        assert!(d.transport().device().promisc);
+        d.set_allmulti(true).unwrap();
+        d.set_promisc(false).unwrap();
+        let dev = d.transport().device();
+        assert!(!dev.promisc && dev.allmulti);
+        let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        d.set_mac(mac).unwrap();
+        assert_eq!(d.transport().device().mac, mac);
+        assert_eq!(d.config().mac, Some(mac));
+        assert!(matches!(
+            d.set_mac([0x01, 0, 0, 0, 0, 1]),
+            Err(net::Error::MulticastMac(_))
+        ));
+        // Four commands reached the device, the multicast address did not.
+        assert_eq!(d.transport().device().commands.len(), 4);
+        // Data still flows.
+        let f = frame(100, 3);
+        d.send(&f).unwrap();
+        assert_eq!(d.recv_wait().unwrap(), f);
+        // More commands than the control ring holds: indices wrap.
+        for i in 0..300 {
+            d.set_allmulti(i % 2 == 0).unwrap();
+        }
+    }
+}
+
+#[test]
+fn without_a_control_queue_commands_are_refused() {
+    let mut d = driver(MemNetDevice::new()).unwrap();
+    assert!(!d.has_control_queue());
+    assert!(matches!(
+        d.set_promisc(true),
+        Err(net::Error::NoControlQueue)
+    ));
+    assert!(matches!(
+        d.set_queue_pairs(1),
+        Err(net::Error::NoControlQueue)
+    ));
+    // A control queue but no MQ.
+    let mut d = driver(ctrl_device(1)).unwrap();
+    assert!(matches!(
+        d.set_queue_pairs(1),
+        Err(net::Error::NotNegotiated("VIRTIO_NET_F_MQ"))
+    ));
+}
+
+#[test]
+fn multi_queue_pairs_each_loop_back_and_the_pair_count_is_set() {
+    let mut d = driver_with_pairs(ctrl_device(4), 3).unwrap();
+    assert_eq!(d.config().max_queue_pairs, 4);
+    assert_eq!(d.queue_pairs(), 3);
+    assert_eq!(d.active_queue_pairs(), 3);
+    assert_eq!(d.transport().device().active_pairs, 3);
+    for round in 0..100u32 {
+        for pair in 0..3u16 {
+            let f = frame(
+                60 + (round as usize * 7 + usize::from(pair)) % 1400,
+                pair as u8 + 1,
+            );
+            d.send_on(pair, &f, &NetHdr::default()).unwrap();
+            let (_, got) = d.recv_wait_on(pair).unwrap();
+            assert_eq!(got, f, "round {round} pair {pair}");
+        }
+    }
+    d.set_queue_pairs(2).unwrap();
+    assert_eq!(d.transport().device().active_pairs, 2);
+    assert!(matches!(
+        d.set_queue_pairs(4),
+        Err(net::Error::NoSuchPair { pair: 4, pairs: 3 })
+    ));
+    assert!(matches!(
+        d.set_queue_pairs(0),
+        Err(net::Error::NoSuchPair { pair: 0, .. })
+    ));
+    assert!(matches!(
+        d.send_on(3, &frame(60, 1), &NetHdr::default()),
+        Err(net::Error::NoSuchPair { pair: 3, pairs: 3 })
+    ));
+    // Asking for more pairs than the device has gives the device's.
+    let d = driver_with_pairs(ctrl_device(2), 8).unwrap();
+    assert_eq!(d.queue_pairs(), 2);
+}
+
+#[test]
+fn control_ack_err_is_a_refusal() {
+    let mut dev = ctrl_device(1);
+    dev.hostile = NetHostile::CtrlAck(1);
+    let mut d = driver(dev).unwrap();
+    assert!(matches!(
+        d.set_promisc(true),
+        Err(net::Error::CommandFailed {
+            class: 0,
+            command: 0
+        })
+    ));
+}
+
+#[test]
+fn control_ack_with_garbage() {
+    let mut dev = ctrl_device(1);
+    dev.hostile = NetHostile::CtrlAck(0x5a);
+    let mut d = driver(dev).unwrap();
+    assert!(matches!(
+        d.set_allmulti(true),
+        Err(net::Error::BadAck {
+            ack: 0x5a,
+            len: 1,
+            ..
+        })
+    ));
+    // The queue is still usable: the next command gets its own (garbage) answer, not a hang.
+    assert!(matches!(
+        d.set_promisc(true),
+        Err(net::Error::BadAck { .. })
+    ));
+}
+
+#[test]
+fn config_max_virtqueue_pairs_with_garbage() {
+    for bad in [0u16, 0x8001, u16::MAX] {
+        let mut dev = ctrl_device(2);
+        let mut c = dev.honest_config();
+        c[offset_of!(virtio_net_config, max_virtqueue_pairs)..][..2]
+            .copy_from_slice(&bad.to_le_bytes());
+        dev.hostile = NetHostile::Config(c);
+        let e = driver_with_pairs(dev, 2).unwrap_err();
+        assert!(
+            matches!(e, net::Error::InvalidConfig { field: "max_virtqueue_pairs", value } if value == u64::from(bad)),
+            "{e:?}"
+        );
+    }
+}

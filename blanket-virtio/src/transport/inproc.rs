@@ -860,6 +860,9 @@ pub enum NetHostile {
     /// Writes these first ten bytes of `virtio_net_hdr_v1` (flags, gso_type, hdr_len,
     /// gso_size, csum_start, csum_offset) in every receive header.
     RxHeader([u8; 10]),
+    /// Answers every control command with this ack byte (1 is `VIRTIO_NET_ERR`; anything but
+    /// 0 and 1 is garbage).
+    CtrlAck(u8),
 }
 
 /// A virtio-net device that loops transmitted frames back to the receive queue (queue 0 is
@@ -878,13 +881,26 @@ pub struct MemNetDevice {
     /// `GUEST_TSO4`/`6`). The loopback hands each frame back with the header it was sent with,
     /// as a switch between two guests does: a partial checksum stays partial.
     pub offloads: bool,
+    /// Queue pairs (`max_virtqueue_pairs`; above 1, `VIRTIO_NET_F_MQ` is offered). Each
+    /// pair loops back to itself.
+    pub queue_pairs: u16,
+    /// Offer the control queue, with `CTRL_RX` and `CTRL_MAC_ADDR` (and `MQ`'s command).
+    pub ctrl: bool,
+    /// Promiscuous mode, as the control queue set it.
+    pub promisc: bool,
+    /// All-multicast mode, as the control queue set it.
+    pub allmulti: bool,
+    /// Queue pairs in use, as the control queue set them.
+    pub active_pairs: u16,
     /// How it misbehaves.
     pub hostile: NetHostile,
     /// Every frame transmitted, without its header.
     pub sent: Vec<Vec<u8>>,
     /// The first ten bytes of the header of every frame transmitted (without `num_buffers`).
     pub sent_headers: Vec<[u8; 10]>,
-    pending: std::collections::VecDeque<([u8; 10], Vec<u8>)>,
+    /// Every control command received: class, command, data.
+    pub commands: Vec<(u8, u8, Vec<u8>)>,
+    pending: Vec<std::collections::VecDeque<([u8; 10], Vec<u8>)>>,
 }
 
 impl MemNetDevice {
@@ -896,10 +912,16 @@ impl MemNetDevice {
             mergeable: true,
             packed: false,
             offloads: false,
+            queue_pairs: 1,
+            ctrl: false,
+            promisc: false,
+            allmulti: false,
+            active_pairs: 1,
             hostile: NetHostile::None,
             sent: Vec::new(),
             sent_headers: Vec::new(),
-            pending: Default::default(),
+            commands: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -910,15 +932,89 @@ impl MemNetDevice {
         c[offset_of!(virtio_net_config, mac)..][..6].copy_from_slice(&self.mac);
         c[offset_of!(virtio_net_config, status)..][..2].copy_from_slice(&1u16.to_le_bytes());
         c[offset_of!(virtio_net_config, max_virtqueue_pairs)..][..2]
-            .copy_from_slice(&1u16.to_le_bytes());
+            .copy_from_slice(&self.queue_pairs.to_le_bytes());
         c[offset_of!(virtio_net_config, mtu)..][..2].copy_from_slice(&self.mtu.to_le_bytes());
         c
     }
 
-    fn deliver(&mut self, mem: &GuestMemoryMmap, rx: &mut DeviceQueue) -> Result<bool, Error> {
+    fn pending(&mut self, pair: usize) -> &mut std::collections::VecDeque<([u8; 10], Vec<u8>)> {
+        if self.pending.len() <= pair {
+            self.pending.resize_with(pair + 1, Default::default);
+        }
+        &mut self.pending[pair]
+    }
+
+    /// Runs the control commands made available (5.1.6.5).
+    fn control(&mut self, mem: &GuestMemoryMmap, queue: &mut DeviceQueue) -> Result<bool, Error> {
+        use virtio_bindings::virtio_net::{
+            VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ,
+            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
+            VIRTIO_NET_CTRL_RX_PROMISC,
+        };
+        let mut any = false;
+        while let Some(chain) = queue.pop_avail(mem)? {
+            let mut bytes = Vec::new();
+            for s in chain.segments.iter().filter(|s| !s.device_writable) {
+                Self::read_segment(mem, s, &mut bytes)?;
+            }
+            let ok = if bytes.len() >= 2 {
+                let (class, cmd, data) = (bytes[0], bytes[1], &bytes[2..]);
+                self.commands.push((class, cmd, data.to_vec()));
+                match (u32::from(class), u32::from(cmd), data) {
+                    (VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, [on @ (0 | 1)]) => {
+                        self.promisc = *on == 1;
+                        true
+                    }
+                    (VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI, [on @ (0 | 1)]) => {
+                        self.allmulti = *on == 1;
+                        true
+                    }
+                    (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, mac) if mac.len() == 6 => {
+                        self.mac.copy_from_slice(mac);
+                        true
+                    }
+                    (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, [lo, hi]) => {
+                        let n = u16::from_le_bytes([*lo, *hi]);
+                        let fits = (1..=self.queue_pairs).contains(&n);
+                        if fits {
+                            self.active_pairs = n;
+                        }
+                        fits
+                    }
+                    _ => false,
+                }
+            } else {
+                false
+            };
+            let ack = match self.hostile {
+                NetHostile::CtrlAck(a) => a,
+                _ => u8::from(!ok),
+            };
+            let written = match chain.segments.iter().rev().find(|s| s.device_writable) {
+                Some(s) => {
+                    mem.write_slice(&[ack], s.addr).map_err(Error::Memory)?;
+                    1
+                }
+                None => 0,
+            };
+            queue.push_used(mem, u32::from(chain.head), written)?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    fn deliver(
+        &mut self,
+        pair: usize,
+        mem: &GuestMemoryMmap,
+        rx: &mut DeviceQueue,
+    ) -> Result<bool, Error> {
         const HDR: usize = 12;
         let mut any = false;
-        while let Some((hdr, frame)) = self.pending.front() {
+        let mergeable = self.mergeable;
+        let hostile = self.hostile.clone();
+        let pending = self.pending(pair);
+        while let Some((hdr, frame)) = pending.front() {
             // Gather enough receive buffers for header and frame.
             let need = HDR + frame.len();
             let mut chains = Vec::new();
@@ -931,21 +1027,21 @@ impl MemNetDevice {
                     }
                     None => break,
                 }
-                if !self.mergeable {
+                if !mergeable {
                     break;
                 }
             }
             if room < need || chains.is_empty() {
                 // Not enough buffers: a real device would wait; drop the frame.
-                self.pending.pop_front();
+                pending.pop_front();
                 continue;
             }
             let mut data = vec![0u8; HDR];
             data[..10].copy_from_slice(hdr);
-            if let NetHostile::RxHeader(h) = &self.hostile {
+            if let NetHostile::RxHeader(h) = &hostile {
                 data[..10].copy_from_slice(h);
             }
-            let num_buffers = match self.hostile {
+            let num_buffers = match hostile {
                 NetHostile::NumBuffersZero => 0u16,
                 NetHostile::NumBuffersTooMany => chains.len() as u16 + 5,
                 _ => chains.len() as u16,
@@ -962,12 +1058,12 @@ impl MemNetDevice {
                     off += n;
                     written += n as u32;
                 }
-                if self.hostile == NetHostile::ShortRx {
+                if hostile == NetHostile::ShortRx {
                     written = 3;
                 }
                 rx.push_used(mem, u32::from(c.head), written)?;
             }
-            self.pending.pop_front();
+            pending.pop_front();
             any = true;
         }
         Ok(any)
@@ -997,6 +1093,17 @@ impl DeviceModel for MemNetDevice {
         if self.packed {
             f |= 1 << VIRTIO_F_RING_PACKED;
         }
+        if self.ctrl {
+            use virtio_bindings::virtio_net::{
+                VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VQ,
+            };
+            f |= 1 << VIRTIO_NET_F_CTRL_VQ
+                | 1 << VIRTIO_NET_F_CTRL_RX
+                | 1 << VIRTIO_NET_F_CTRL_MAC_ADDR;
+        }
+        if self.queue_pairs > 1 {
+            f |= 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
+        }
         if self.offloads {
             use virtio_bindings::virtio_net::{
                 VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
@@ -1020,7 +1127,7 @@ impl DeviceModel for MemNetDevice {
     }
 
     fn max_queues(&self) -> u16 {
-        2
+        2 * self.queue_pairs + u16::from(self.ctrl)
     }
 
     fn max_queue_size(&self) -> u16 {
@@ -1033,7 +1140,11 @@ impl DeviceModel for MemNetDevice {
         index: u16,
         queue: &mut DeviceQueue,
     ) -> Result<bool, Error> {
-        if index == 1 {
+        if index == 2 * self.queue_pairs {
+            return self.control(mem, queue);
+        }
+        let pair = usize::from(index / 2);
+        if index % 2 == 1 {
             let mut any = false;
             while let Some(chain) = queue.pop_avail(mem)? {
                 let mut bytes = Vec::new();
@@ -1046,14 +1157,14 @@ impl DeviceModel for MemNetDevice {
                     hdr.copy_from_slice(&bytes[..10]);
                     self.sent.push(frame.clone());
                     self.sent_headers.push(hdr);
-                    self.pending.push_back((hdr, frame));
+                    self.pending(pair).push_back((hdr, frame));
                 }
                 queue.push_used(mem, u32::from(chain.head), 0)?;
                 any = true;
             }
             Ok(any)
         } else {
-            self.deliver(mem, queue)
+            self.deliver(pair, mem, queue)
         }
     }
 }
