@@ -98,3 +98,30 @@ fn run(timers: &TimerQueue, host: &Weak<HostInner>) {
             .0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_re_armed_in_a_loop_does_not_grow_the_queue() {
+        let q = TimerQueue::default();
+        let now = Instant::now();
+        for i in 0..100_000u64 {
+            q.add(now + Duration::from_secs(3600 + i), 7, i);
+        }
+        q.add(now + Duration::from_secs(10), 8, 1);
+        let inner = q.q.lock().unwrap();
+        assert!(
+            inner.heap.len() <= 4 * 2 + 64 + 1,
+            "{} entries",
+            inner.heap.len()
+        );
+        assert_eq!(
+            inner.armed.get(&7).map(|&(_, d)| d),
+            Some(99_999),
+            "the last one counts"
+        );
+        assert_eq!(inner.armed.len(), 2);
+    }
+}
