@@ -575,7 +575,12 @@ impl HostInner {
     }
 }
 
-/// The hypervisor: owns `/dev/kvm`, hands out domain ids, and connects domains' event channels.
+/// The hypervisor: owns `/dev/kvm`, hands out domain ids, connects domains' event channels and runs the
+/// timer thread.
+///
+/// [`Hypervisor::new`] installs a process-wide handler for `SIGRTMIN + 7`, the signal that kicks a vCPU
+/// thread out of `KVM_RUN` (to pause it, destroy it or deliver an upcall): an embedding program must leave
+/// that signal alone.
 #[derive(Clone)]
 pub struct Hypervisor {
     inner: Arc<HostInner>,
