@@ -10,8 +10,9 @@
 //! - [`transport::Transport`]: the control plane and notifications, with a vhost-user frontend
 //!   ([`transport::vhost_user::VhostUserTransport`]) and an in-process device for tests
 //!   ([`transport::inproc::InProcessTransport`]).
-//! - [`blk::BlkDriver`]: virtio-blk requests on top; [`net::NetDriver`]: a first virtio-net
-//!   driver (one queue pair, mergeable receive buffers, no offloads).
+//! - [`blk::BlkDriver`]: virtio-blk requests on top; [`net::NetDriver`]: virtio-net (queue
+//!   pairs, the control queue, mergeable receive buffers, checksum and TCP segmentation
+//!   offload headers).
 //!
 //! The device is not trusted: a device that writes garbage gets a typed error, never a panic or
 //! an access outside the buffers the driver gave it.

@@ -30,6 +30,8 @@ struct Testpmd {
     child: Child,
     dir: tempfile::TempDir,
     sock: PathBuf,
+    /// The `--file-prefix`: DPDK's runtime directory is named after it.
+    prefix: String,
 }
 
 impl Testpmd {
@@ -78,7 +80,12 @@ impl Testpmd {
                  (scripts/setup does)"
             ),
         };
-        let mut t = Testpmd { child, dir, sock };
+        let mut t = Testpmd {
+            child,
+            dir,
+            sock,
+            prefix,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !t.sock.exists() {
             if let Ok(Some(status)) = t.child.try_wait() {
@@ -116,6 +123,15 @@ impl Testpmd {
 impl Drop for Testpmd {
     fn drop(&mut self) {
         self.kill();
+        // A killed testpmd leaves its runtime directory behind (/var/run/dpdk/<prefix> as
+        // root, $XDG_RUNTIME_DIR/dpdk/<prefix> otherwise): remove ours.
+        let mut dirs = vec![PathBuf::from("/var/run/dpdk").join(&self.prefix)];
+        if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+            dirs.push(PathBuf::from(x).join("dpdk").join(&self.prefix));
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
