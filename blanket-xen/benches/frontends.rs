@@ -68,6 +68,39 @@ fn frontends(c: &mut Criterion) {
     });
     g.finish();
 
+    // The same requests on a second vbd with persistent grants, in the same run.
+    let _be2 = PvBlkback::start_vbd(&xs, 64 << 20, 51728);
+    let ring = xs.xen.alloc_pages(1).unwrap();
+    let pool = xs.xen.alloc_pages(33 * 8).unwrap();
+    let mut pblk = BlkFront::connect(
+        Arc::clone(&xs.xen),
+        &mut xb,
+        b"device/vbd/51728",
+        ring,
+        pool,
+        BlkConfig {
+            persistent_grants: true,
+            ..config
+        },
+    )
+    .unwrap();
+    assert!(pblk.uses_persistent_grants());
+    let mut g = c.benchmark_group("blkfront_vs_pv_blkback_persistent");
+    g.measurement_time(Duration::from_secs(3)).sample_size(20);
+    g.throughput(Throughput::Elements(1));
+    let mut sector = 0u64;
+    g.bench_function("4k_read_qd1", |b| {
+        b.iter(|| {
+            sector = (sector + 8) % (60 << 11);
+            pblk.read(sector, &mut buf[..4096]).unwrap();
+        })
+    });
+    g.throughput(Throughput::Bytes(128 * 1024));
+    g.bench_function("128k_write_qd1", |b| {
+        b.iter(|| pblk.write(4096, &buf[..128 * 1024]).unwrap())
+    });
+    g.finish();
+
     // Notifications per I/O, both directions together, at QD 1 and at full depth.
     let n = 2000;
     let before = xs.xen.notify_count();

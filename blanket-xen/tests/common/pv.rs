@@ -144,23 +144,30 @@ impl Drop for PvBlkback {
 }
 
 impl PvBlkback {
-    /// Writes the toolstack's nodes and starts blkback over a memory disk of `size` bytes.
+    /// Writes the toolstack's nodes and starts blkback over a memory disk of `size` bytes, for vbd 51712.
     pub fn start(xs: &Xenstored, size: u64) -> Self {
-        xs.let_read(BE);
+        Self::start_vbd(xs, size, 51712)
+    }
+
+    /// As `start`, for vbd `devid` (`device/vbd/<devid>`).
+    pub fn start_vbd(xs: &Xenstored, size: u64, devid: u32) -> Self {
+        let be = format!("/local/domain/0/backend/vbd/1/{devid}");
+        let fe = format!("/local/domain/1/device/vbd/{devid}");
+        xs.let_read(&be);
         for (k, v) in [
-            ("frontend", FE),
+            ("frontend", fe.as_str()),
             ("frontend-id", "1"),
             ("online", "1"),
             ("state", "1"),
         ] {
-            xs.write(&format!("{BE}/{k}"), v);
+            xs.write(&format!("{be}/{k}"), v);
         }
-        xs.give(FE);
-        xs.write(&format!("{FE}/backend"), BE);
-        xs.write(&format!("{FE}/backend-id"), "0");
+        xs.give(&fe);
+        xs.write(&format!("{fe}/backend"), &be);
+        xs.write(&format!("{fe}/backend-id"), "0");
         // As libxl and pv-backend's `add_vbd` do: a front-end `state` before the back-end starts (blkback
         // closes a device whose front-end has no state).
-        xs.write(&format!("{FE}/state"), "1");
+        xs.write(&format!("{fe}/state"), "1");
         let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
         let stop = Arc::new(AtomicBool::new(false));
         let grants = GrantsHandle(Arc::new(Grants {
@@ -182,7 +189,7 @@ impl PvBlkback {
             let (store, stop) = (Arc::clone(&xs.store), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
-                let mut be = XenbusBackend::new(xsh, BE, blk).expect("backend");
+                let mut be = XenbusBackend::new(xsh, be, blk).expect("backend");
                 be.start().expect("start");
                 while !stop.load(Ordering::Relaxed) {
                     be.poll(Duration::from_millis(10)).expect("handshake");
