@@ -554,16 +554,34 @@ fn host_tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// Called with the domain-0 port an event arrived on.
+pub type Dom0Handler = Arc<dyn Fn(u32) + Send + Sync>;
+
 pub(crate) struct HostInner {
     kvm: Kvm,
     pub(crate) timers: Arc<crate::timer::TimerQueue>,
     evtchn: Mutex<EvtchnRegistry>,
     domains: Mutex<HashMap<DomId, Weak<DomainCore>>>,
+    /// Domain 0's event handlers, by dom0 port: how the Blanket layer's back-ends hear guests' events.
+    dom0_handlers: Mutex<HashMap<u32, Dom0Handler>>,
 }
 
 impl HostInner {
     pub(crate) fn evtchn(&self) -> MutexGuard<'_, EvtchnRegistry> {
         self.evtchn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs domain 0's handler for `port`, if one is registered.
+    pub(crate) fn dom0_event(&self, port: u32) {
+        let h = self
+            .dom0_handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&port)
+            .cloned();
+        if let Some(h) = h {
+            h(port);
+        }
     }
 
     pub(crate) fn domain(&self, id: DomId) -> Option<Arc<DomainCore>> {
@@ -613,6 +631,7 @@ impl Hypervisor {
             timers: timers.clone(),
             evtchn: Mutex::new(evtchn),
             domains: Mutex::new(HashMap::new()),
+            dom0_handlers: Mutex::new(HashMap::new()),
         });
         crate::timer::start(timers, Arc::downgrade(&inner)).map_err(|source| {
             DomainError::Thread {
@@ -621,6 +640,73 @@ impl Hypervisor {
             }
         })?;
         Ok(Self { inner })
+    }
+
+    /// Domain 0 (the Blanket layer, where back-ends live) offers a new port to `remote`, which binds it with
+    /// `EVTCHNOP_bind_interdomain(0, port)`; `on_event` runs (on the sender's vCPU thread: keep it short)
+    /// for every event the guest sends on it. Returns the dom0 port, or a Xen errno.
+    pub fn dom0_alloc_unbound(
+        &self,
+        remote: DomId,
+        on_event: impl Fn(u32) + Send + Sync + 'static,
+    ) -> Result<u32, i64> {
+        let port = self
+            .inner
+            .evtchn()
+            .table(0)?
+            .alloc(Channel::Unbound { remote })?;
+        self.inner
+            .dom0_handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, Arc::new(on_event));
+        Ok(port)
+    }
+
+    /// Domain 0 binds to `remote_port` of `remote`, which the guest offered to domain 0 (for example its
+    /// `start_info.store_evtchn` or `console.domU.evtchn`, or one it allocated with `alloc_unbound`);
+    /// `on_event` runs for every event the guest sends. Returns the dom0 port, or a Xen errno.
+    pub fn dom0_bind_interdomain(
+        &self,
+        remote: DomId,
+        remote_port: u32,
+        on_event: impl Fn(u32) + Send + Sync + 'static,
+    ) -> Result<u32, i64> {
+        let port = self
+            .inner
+            .evtchn()
+            .bind_interdomain(0, remote, remote_port)?;
+        self.inner
+            .dom0_handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, Arc::new(on_event));
+        Ok(port)
+    }
+
+    /// Domain 0 sends an event on its `port` (as a back-end notifies its front-end); an unbound port drops
+    /// it, as in Xen. Returns a Xen errno for a port that is not in use.
+    pub fn dom0_send(&self, port: u32) -> Result<(), i64> {
+        let target = self.inner.evtchn().send_target(0, port)?;
+        if let Some((dom, p)) = target {
+            if dom == 0 {
+                self.inner.dom0_event(p);
+            } else if let Some(d) = self.inner.domain(dom) {
+                d.deliver(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Domain 0 closes its `port` (the guest's end goes back to unbound).
+    pub fn dom0_close(&self, port: u32) -> Result<(), i64> {
+        self.inner.evtchn().close(0, port)?;
+        self.inner
+            .dom0_handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&port);
+        Ok(())
     }
 
     /// Creates and builds a domain (not started: see [`Domain::start`]).

@@ -507,7 +507,8 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
                 if dom == me {
                     core.deliver(port);
                 } else if dom == 0 {
-                    // Domain 0 is the Blanket layer: its back-ends attach here later.
+                    // Domain 0 is the Blanket layer: its back-ends' handlers.
+                    host.dom0_event(port);
                 } else if let Some(peer) = host.domain(dom) {
                     peer.deliver(port);
                 }

@@ -65,6 +65,10 @@
 //! Anything else returns `-ENOSYS`. Every pointer a guest passes is checked before use: outside guest
 //! memory, into page 0 or the system area, or (for results) into the page tables gives `-EFAULT`.
 //!
+//! **Domain 0.** The Blanket layer itself is domain 0: its back-ends exchange events with guests through
+//! [`Hypervisor::dom0_alloc_unbound`], [`Hypervisor::dom0_bind_interdomain`] (for example to a guest's
+//! `store_evtchn`) and [`Hypervisor::dom0_send`]; a guest binds and sends to domain 0 as to any domain.
+//!
 //! **Events and time.** The 2-level event ABI in `shared_info` (`evtchn_pending`, `evtchn_mask`, vCPU 0's
 //! `evtchn_pending_sel` and `evtchn_upcall_pending`), set with atomics as Xen does. `SCHEDOP_block` clears
 //! `evtchn_upcall_mask` and returns once an upcall is pending (the vCPU thread sleeps on a condvar

@@ -601,3 +601,70 @@ fn sched_poll_times_out_returns_on_a_pending_masked_port_and_checks_its_argument
         "a pending port ends the poll at once, not at its 5 s timeout: {out}"
     );
 }
+
+#[test]
+fn domain_0_exchanges_events_with_a_guest() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let hv = Hypervisor::new().unwrap();
+    // Guest to dom0: dom0 offers a port, the guest binds it and sends.
+    let heard = Arc::new(AtomicU32::new(0));
+    let h = heard.clone();
+    let mut probe = hv.create_domain(config("probe", "hello")).unwrap();
+    let next = probe.domid();
+    drop(probe);
+    let port = hv
+        .dom0_alloc_unbound(next, move |p| {
+            h.store(p + 1000, Ordering::SeqCst);
+        })
+        .unwrap();
+    probe = boot(&hv, "tx0", &format!("send-event=0,{port}"));
+    assert_eq!(probe.domid(), next);
+    assert_eq!(
+        finish(&mut probe),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert_eq!(
+        heard.load(Ordering::SeqCst),
+        port + 1000,
+        "dom0's handler ran for its port"
+    );
+    // Dom0 to guest: the guest offers a port to dom0, dom0 binds it and sends.
+    let mut rx = boot(&hv, "rx0", "wait-event=0");
+    let t0 = Instant::now();
+    let guest_port = loop {
+        let out = rx.console_output();
+        if let Some(rest) = out.split("wait-event: port ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no port printed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let local = hv
+        .dom0_bind_interdomain(rx.domid(), guest_port, |_| {})
+        .unwrap();
+    assert_eq!(
+        hv.dom0_bind_interdomain(rx.domid(), guest_port, |_| {}),
+        Err(22),
+        "bound already"
+    );
+    hv.dom0_send(local).unwrap();
+    assert_eq!(
+        finish(&mut rx),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    assert!(
+        rx.console_output()
+            .contains(&format!("got event on port {guest_port}"))
+    );
+    hv.dom0_close(local).unwrap();
+    assert_eq!(hv.dom0_send(local), Err(22), "a closed port");
+    assert_eq!(hv.dom0_send(u32::MAX), Err(22));
+}
