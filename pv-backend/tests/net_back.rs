@@ -78,12 +78,39 @@ fn ring_memory(guest: &TestGuest, frame: u32) -> RawRingMemory {
     unsafe { RawRingMemory::new(NonNull::new(guest.page_ptr(frame)).unwrap(), PAGE) }
 }
 
+/// Puts a fresh ring's shared indices at `idx` (producers and consumers), as a ring that has been in
+/// use for `idx` requests, and attaches a front end there.
+fn ring_at<P: xen_abi::ring::RingProtocol>(
+    mem: RawRingMemory,
+    idx: u32,
+) -> FrontRing<RawRingMemory, P> {
+    // SHARED_RING_INIT first (the front end that made the ring), then the indices moved.
+    let _ = FrontRing::<_, P>::new(mem).unwrap();
+    let base = mem.as_ptr().cast::<std::sync::atomic::AtomicU32>();
+    for (word, v) in [
+        (0, idx),
+        (1, idx.wrapping_add(1)),
+        (2, idx),
+        (3, idx.wrapping_add(1)),
+    ] {
+        // SAFETY: the four words of the shared ring header (req_prod, req_event, rsp_prod,
+        // rsp_event) at the start of the page, which the guest keeps mapped.
+        unsafe { (*base.add(word)).store(v, Ordering::Release) };
+    }
+    FrontRing::attach(mem, idx).unwrap()
+}
+
 impl Front {
     fn new(domid: u16) -> Self {
+        Self::at(domid, 0)
+    }
+
+    /// A front end whose rings start at index `idx`.
+    fn at(domid: u16, idx: u32) -> Self {
         let guest = TestGuest::new(domid, 0, 1024, 4);
         let (txf, rxf) = (guest.alloc_pages(1), guest.alloc_pages(1));
-        let tx = FrontRing::new(ring_memory(&guest, txf)).unwrap();
-        let rx = FrontRing::new(ring_memory(&guest, rxf)).unwrap();
+        let tx = ring_at(ring_memory(&guest, txf), idx);
+        let rx = ring_at(ring_memory(&guest, rxf), idx);
         let tx_ref = guest.grant(txf, false);
         let rx_ref = guest.grant(rxf, false);
         let tx_pages = (0..40)
@@ -110,14 +137,25 @@ impl Front {
         }
     }
 
-    /// netback for this front end, on `device`.
+    /// netback for this front end, on `device`, attached where the rings are.
     fn back<D: NetDevice>(&self, device: D, config: NetQueueConfig) -> NetQueue<GrantedRing, D> {
         let grants: Arc<dyn GrantAccess> = Arc::new(self.guest.grants.clone());
         let d = self.guest.domid;
         let tx = GrantedRing::map(&*grants, d, &[self.tx_ref]).unwrap();
         let rx = GrantedRing::map(&*grants, d, &[self.rx_ref]).unwrap();
         let ev: Arc<dyn EventChannel> = Arc::new(Counter::default());
-        NetQueue::new(d, grants, tx, rx, ev.clone(), ev, device, config).unwrap()
+        let (ti, ri) = (self.tx.req_prod_pvt(), self.rx.req_prod_pvt());
+        NetQueue::attach(
+            d,
+            grants,
+            (tx, ti),
+            (rx, ri),
+            ev.clone(),
+            ev,
+            device,
+            config,
+        )
+        .unwrap()
     }
 
     /// Writes `data` as fragments of at most `frag` bytes starting at `offset` in each page, with
@@ -415,6 +453,111 @@ fn req(gref: u32, offset: u16, flags: NetTxFlags, id: u16, size: u16) -> NetifTx
 }
 
 const G: u32 = 10; // the first TX page's grant reference in every front end (see Front::new)
+
+/// Ring indices that wrap through 2^31 and 2^32: hundreds of packets cross the wrap intact.
+#[test]
+fn indices_wrapping_through_2_31_and_2_32() {
+    for idx in [0x7fff_ff00u32, 0xffff_ff00] {
+        let sw = Switch::new(SwitchConfig::default()).unwrap();
+        let (mut a, mut b) = (Front::at(1, idx), Front::at(2, idx));
+        let qa = a.back(sw.add_port(), NetQueueConfig::default());
+        let qb = b.back(sw.add_port(), NetQueueConfig::default());
+        a.post_rx(64);
+        b.post_rx(64);
+        let mut p = Pair {
+            _sw: sw,
+            a,
+            b,
+            qa,
+            qb,
+        };
+        for i in 0..400u32 {
+            let f = frame(mac(2), mac(1), 60 + (i as usize * 97) % 9000, i);
+            p.a_to_b(&f, 4096, 0);
+        }
+        let (tx_cons, rx_prod) = (p.qa.ring_positions().0, p.qb.ring_positions().3);
+        assert!(
+            (tx_cons ^ idx) & 0x8000_0000 != 0,
+            "TX did not cross at {idx:#x}"
+        );
+        assert!(
+            (rx_prod ^ idx) & 0x8000_0000 != 0,
+            "RX did not cross at {idx:#x}"
+        );
+    }
+}
+
+/// Another thread rewrites A's TX ring (slots and req_prod) while netback reads it: no panic, no
+/// hang; the queue either serves or disconnects, and B is unaffected.
+#[test]
+fn hostile_tx_ring_changed_by_another_thread_while_netback_reads_it() {
+    let mut p = pair(NetQueueConfig::default());
+    let base = p.a.tx.memory().as_ptr() as usize;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut x = 0x9e37_79b9u32;
+            let words = base as *const std::sync::atomic::AtomicU32;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // A slot word (after the 64-byte header), or req_prod a little ahead.
+                let i = 16 + (x as usize % ((PAGE - 64) / 4));
+                // SAFETY: word `i` lies within the ring page, which the guest keeps mapped; the
+                // page is only ever accessed atomically or with volatile copies.
+                unsafe { (*words.add(i)).store(x.rotate_left(7), Ordering::Relaxed) };
+                if x % 8 == 0 {
+                    // SAFETY: req_prod, the ring's first word.
+                    unsafe { (*words).store(x % 300, Ordering::Release) };
+                }
+            }
+        });
+        for _ in 0..3000 {
+            match p.qa.process(Instant::now()) {
+                Ok(_) => {}
+                Err(NetbackError::Protocol { .. } | NetbackError::Ring { .. }) => break,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(p.qb.rx_queued() <= NetQueueConfig::default().rx_queue_frames);
+    p.b_still_works();
+}
+
+/// `rsp_event` set to garbage on both of A's rings: notifications may come or not, but traffic
+/// flows and nothing fails.
+#[test]
+fn hostile_rsp_event_garbage() {
+    let mut p = pair(NetQueueConfig::default());
+    let (tx, rx) = (p.a.tx.memory().as_ptr(), p.a.rx.memory().as_ptr());
+    for (i, v) in [0u32, 1, 0x7fff_ffff, 0x8000_0000, u32::MAX, 12345]
+        .into_iter()
+        .enumerate()
+    {
+        for ring in [tx, rx] {
+            // SAFETY: rsp_event is the fourth word of the ring header, in a page the guest keeps
+            // mapped and only accesses atomically.
+            unsafe {
+                (*ring.cast::<std::sync::atomic::AtomicU32>().add(3)).store(v, Ordering::Release)
+            };
+        }
+        p.b.send(
+            &frame(mac(1), mac(2), 300, i as u32),
+            4096,
+            0,
+            NetTxFlags::empty(),
+            &[],
+        );
+        run(&mut p.qb);
+        run(&mut p.qa);
+        let got = p.a.received();
+        assert_eq!(got.len(), 1);
+        p.a.post_rx(4);
+        p.a_to_b(&frame(mac(2), mac(1), 200, i as u32), 4096, 0);
+    }
+}
 
 #[test]
 fn hostile_missing_final_fragment() {

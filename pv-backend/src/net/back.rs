@@ -208,8 +208,55 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
     ) -> Result<Self, NetbackError> {
         let tx = BackRing::new(tx).map_err(ring_err(domid, "tx"))?;
         let rx = BackRing::new(rx).map_err(ring_err(domid, "rx"))?;
+        Ok(Self::from_rings(
+            domid, grants, tx, rx, tx_evtchn, rx_evtchn, device, config,
+        ))
+    }
+
+    /// As [`new`](Self::new), for rings already in use: our private indices start at `tx_idx`
+    /// and `rx_idx` (`BACK_RING_ATTACH`), as after a live migration or a back-end restart.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        domid: DomId,
+        grants: Arc<dyn GrantAccess>,
+        (tx, tx_idx): (M, u32),
+        (rx, rx_idx): (M, u32),
+        tx_evtchn: Arc<dyn EventChannel>,
+        rx_evtchn: Arc<dyn EventChannel>,
+        device: D,
+        config: NetQueueConfig,
+    ) -> Result<Self, NetbackError> {
+        let tx = BackRing::attach(tx, tx_idx).map_err(ring_err(domid, "tx"))?;
+        let rx = BackRing::attach(rx, rx_idx).map_err(ring_err(domid, "rx"))?;
+        Ok(Self::from_rings(
+            domid, grants, tx, rx, tx_evtchn, rx_evtchn, device, config,
+        ))
+    }
+
+    /// Our private ring positions: (TX `req_cons`, TX `rsp_prod_pvt`, RX `req_cons`, RX
+    /// `rsp_prod_pvt`), what a migration record carries.
+    pub fn ring_positions(&self) -> (u32, u32, u32, u32) {
+        (
+            self.tx.req_cons(),
+            self.tx.rsp_prod_pvt(),
+            self.rx.req_cons(),
+            self.rx.rsp_prod_pvt(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn from_rings(
+        domid: DomId,
+        grants: Arc<dyn GrantAccess>,
+        tx: BackRing<M, NetifTx>,
+        rx: BackRing<M, NetifRx>,
+        tx_evtchn: Arc<dyn EventChannel>,
+        rx_evtchn: Arc<dyn EventChannel>,
+        device: D,
+        config: NetQueueConfig,
+    ) -> Self {
         let max = device.max_frame_len();
-        Ok(Self {
+        Self {
             domid,
             grants,
             tx,
@@ -225,7 +272,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             ctrl: None,
             stats: NetQueueStats::default(),
             disconnected: false,
-        })
+        }
     }
 
     /// Serves the front end's control ring too (`feature-ctrl-ring`): its hash settings add a hash
