@@ -855,6 +855,40 @@ impl Hypervisor {
     }
 }
 
+/// The errors of resolving a grant reference for domain 0.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantResolveError {
+    /// The entry does not grant this access (bad reference, wrong grantee, read-only, not permit_access).
+    #[error(transparent)]
+    Grant(#[from] xen_abi::grant_table::GrantError),
+    /// The entry names a frame outside the guest's memory, or one the guest itself may not access that
+    /// way (its page tables for writing, the hypervisor's system area).
+    #[error(
+        "grant {gref} names frame {frame:#x}, which is not guest memory the guest may {access} (the domain has {nr_pages} frames)"
+    )]
+    BadFrame {
+        /// The grant reference.
+        gref: u32,
+        /// The frame the entry names.
+        frame: u64,
+        /// "write" or "read".
+        access: &'static str,
+        /// The domain's frame count.
+        nr_pages: u64,
+    },
+}
+
+/// A page a guest granted to domain 0, resolved: where it is in the guest's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantedPage {
+    /// The grant reference.
+    pub gref: u32,
+    /// The granted frame's guest-physical address (4 KiB, in [`Domain::memory`]).
+    pub gpa: u64,
+    /// Whether the grant is read-only.
+    pub readonly: bool,
+}
+
 /// A domain: its memory, its vCPU and the thread that runs it.
 pub struct Domain {
     core: Arc<DomainCore>,
@@ -1026,6 +1060,50 @@ impl Domain {
     /// Sends an event to `port` of this domain from domain 0 (the Blanket layer), as a back-end does.
     pub fn notify(&self, port: u32) {
         self.core.deliver(port);
+    }
+
+    /// Resolves grant reference `gref` of this domain's v1 grant table (set up with `GNTTABOP_setup_table`)
+    /// for domain 0, for writing or only reading: the entry is copied once and checked
+    /// (`GTF_permit_access`, granted to domain 0, not read-only if `write`), and the frame must be guest
+    /// memory the guest could access that way itself. Back-ends use this to find a front-end's pages.
+    pub fn resolve_grant(&self, gref: u32, write: bool) -> Result<GrantedPage, GrantResolveError> {
+        use xen_abi::grant_table::{GRANT_ENTRIES_V1_PER_FRAME, GrantEntryV1, check_ref};
+        let core = &self.core;
+        let frames = core.grant_frames.load(Ordering::SeqCst) as u32;
+        let index = check_ref(gref, frames * GRANT_ENTRIES_V1_PER_FRAME)?;
+        let at = core.layout.grant_frames + index as u64 * size_of::<GrantEntryV1>() as u64;
+        let entry: GrantEntryV1 =
+            core.ram
+                .read_obj(at)
+                .map_err(|_| GrantResolveError::BadFrame {
+                    gref,
+                    frame: at / crate::memory::PAGE_SIZE,
+                    access: "read",
+                    nr_pages: core.ram.nr_pages(),
+                })?;
+        let frame = u64::from(entry.check_access(0, !write)?);
+        let gpa = frame * crate::memory::PAGE_SIZE;
+        let ok = if write {
+            core.layout
+                .guest_writable(&core.ram, gpa, crate::memory::PAGE_SIZE)
+        } else {
+            core.layout
+                .guest_readable(&core.ram, gpa, crate::memory::PAGE_SIZE)
+        };
+        if !ok {
+            return Err(GrantResolveError::BadFrame {
+                gref,
+                frame,
+                access: if write { "write" } else { "read" },
+                nr_pages: core.ram.nr_pages(),
+            });
+        }
+        let readonly = entry.flags & xen_abi::grant_table::GTF_readonly != 0;
+        Ok(GrantedPage {
+            gref,
+            gpa,
+            readonly,
+        })
     }
 
     /// Host memory the guest's memfd uses now (bytes actually allocated), from `fstat`'s block count.

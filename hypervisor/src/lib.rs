@@ -68,6 +68,7 @@
 //! **Domain 0.** The Blanket layer itself is domain 0: its back-ends exchange events with guests through
 //! [`Hypervisor::dom0_alloc_unbound`], [`Hypervisor::dom0_bind_interdomain`] (for example to a guest's
 //! `store_evtchn`) and [`Hypervisor::dom0_send`]; a guest binds and sends to domain 0 as to any domain.
+//! Pages a guest grants to domain 0 in its v1 grant table are found with [`Domain::resolve_grant`].
 //!
 //! **Events and time.** The 2-level event ABI in `shared_info` (`evtchn_pending`, `evtchn_mask`, vCPU 0's
 //! `evtchn_pending_sel` and `evtchn_upcall_pending`), set with atomics as Xen does. `SCHEDOP_block` clears
@@ -129,6 +130,6 @@ mod vcpu;
 pub mod x86;
 
 pub use domain::{
-    ConsoleSink, CrashKind, CrashReport, Domain, DomainConfig, DomainError, DomainExit, Hypervisor,
-    RunState, StatsSnapshot,
+    ConsoleSink, CrashKind, CrashReport, Domain, DomainConfig, DomainError, DomainExit,
+    GrantResolveError, GrantedPage, Hypervisor, RunState, StatsSnapshot,
 };

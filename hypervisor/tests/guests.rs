@@ -668,3 +668,61 @@ fn domain_0_exchanges_events_with_a_guest() {
     assert_eq!(hv.dom0_send(local), Err(22), "a closed port");
     assert_eq!(hv.dom0_send(u32::MAX), Err(22));
 }
+
+#[test]
+fn domain_0_resolves_the_pages_a_guest_granted_it() {
+    use blanket_hypervisor::GrantResolveError;
+    use xen_abi::grant_table::GrantError;
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "granter", "grant");
+    let t0 = Instant::now();
+    while !d.console_output().contains("refs 8 and 9 granted") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}",
+            d.console_output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        d.console_output()
+            .contains("grant: setup_table 0 status 0 frame"),
+        "{}",
+        d.console_output()
+    );
+    let rw = d.resolve_grant(8, true).unwrap();
+    assert!(!rw.readonly);
+    let mut buf = [0u8; 18];
+    d.memory().read(rw.gpa, &mut buf).unwrap();
+    assert_eq!(&buf, b"granted read-write");
+    let ro = d.resolve_grant(9, false).unwrap();
+    assert!(ro.readonly);
+    let mut buf = [0u8; 17];
+    d.memory().read(ro.gpa, &mut buf).unwrap();
+    assert_eq!(&buf, b"granted read-only");
+    // Writing through a read-only grant, an ungranted entry, and a reference past the table are refused.
+    assert!(matches!(
+        d.resolve_grant(9, true),
+        Err(GrantResolveError::Grant(GrantError::ReadOnly { .. }))
+    ));
+    assert!(matches!(
+        d.resolve_grant(10, false),
+        Err(GrantResolveError::Grant(_))
+    ));
+    assert!(matches!(
+        d.resolve_grant(512, false),
+        Err(GrantResolveError::Grant(GrantError::BadRef { .. }))
+    ));
+    assert!(matches!(
+        d.resolve_grant(u32::MAX, false),
+        Err(GrantResolveError::Grant(GrantError::BadRef { .. }))
+    ));
+    // A grant of the guest's own page tables is readable but never writable by a back-end.
+    assert!(matches!(
+        d.resolve_grant(11, true),
+        Err(GrantResolveError::BadFrame { gref: 11, .. })
+    ));
+    assert_eq!(d.resolve_grant(11, false).unwrap().gpa, d.layout().pt_base);
+    d.destroy();
+    assert_eq!(finish(&mut d), DomainExit::Destroyed);
+}

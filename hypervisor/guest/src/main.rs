@@ -21,6 +21,8 @@
 //!   faulting instruction), prints what they saw;
 //! - `trapbench=N`: N `#UD` exceptions bounced to its handler, timed;
 //! - `poll`: `SCHEDOP_poll` with a timeout, on a pending port, and with bad arguments;
+//! - `grant`: sets up its grant table and grants two pages to domain 0 (refs 8 read-write, 9 read-only),
+//!   then idles;
 //! - `iret`: returns to a label through `HYPERVISOR_iret` with chosen rax, rcx and r11; `iret-ring0` tries
 //!   the same into ring 0 (the hypervisor stops the domain);
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
@@ -229,6 +231,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
         "trap" => trap(&p),
+        "grant" => grant(&mut p),
         "poll" => poll(&p),
         "trapbench" => {
             let n: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(100);
@@ -597,6 +600,68 @@ fn poll(p: &Platform) -> ! {
         waited >= 50
     );
     p.shutdown(ShutdownReason::Poweroff)
+}
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+static mut GRANTED: [Page; 2] = [Page([0; 4096]), Page([0; 4096])];
+
+fn grant(p: &mut Platform) -> ! {
+    use xen_abi::grant_table::{GTF_permit_access, GTF_readonly, GrantEntryV1};
+    // GNTTABOP_setup_table: dom, pad, nr_frames, status, pad, frame_list.
+    let mut frame_list = [0u64; 1];
+    let mut op = [0u8; 24];
+    op[0..2].copy_from_slice(&DOMID_SELF.to_le_bytes());
+    op[4..8].copy_from_slice(&1u32.to_le_bytes());
+    op[16..24].copy_from_slice(&(frame_list.as_mut_ptr() as u64).to_le_bytes());
+    // SAFETY: GNTTABOP_setup_table with one struct gnttab_setup_table.
+    let r = unsafe {
+        hypercall(
+            hc::__HYPERVISOR_grant_table_op,
+            2,
+            op.as_mut_ptr() as u64,
+            1,
+            0,
+            0,
+        )
+    };
+    let status = i16::from_le_bytes([op[8], op[9]]);
+    let table = (frame_list[0] * 4096) as *mut GrantEntryV1;
+    // SAFETY: single-threaded; the pages are ours to share.
+    let pages = unsafe { &mut *(&raw mut GRANTED) };
+    pages[0].0[..18].copy_from_slice(b"granted read-write");
+    pages[1].0[..17].copy_from_slice(b"granted read-only");
+    for (i, (gref, ro)) in [(8usize, false), (9usize, true)].into_iter().enumerate() {
+        let frame = (&raw const pages[i] as u64 / 4096) as u32;
+        // SAFETY: our own grant table frame (identity-mapped); domid and frame first, then the flags.
+        unsafe {
+            let e = table.add(gref);
+            core::ptr::write_volatile(&raw mut (*e).domid, 0);
+            core::ptr::write_volatile(&raw mut (*e).frame, frame);
+            core::sync::atomic::fence(Ordering::SeqCst);
+            let flags = GTF_permit_access | if ro { GTF_readonly } else { 0 };
+            core::ptr::write_volatile(&raw mut (*e).flags, flags);
+        }
+    }
+    // Ref 11: its own page tables, writable (the hypervisor must refuse to hand those out for writing).
+    // SAFETY: as above.
+    unsafe {
+        let e = table.add(11);
+        core::ptr::write_volatile(&raw mut (*e).domid, 0);
+        core::ptr::write_volatile(&raw mut (*e).frame, (p.start_info.pt_base / 4096) as u32);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        core::ptr::write_volatile(&raw mut (*e).flags, GTF_permit_access);
+    }
+    println!(
+        p,
+        "grant: setup_table {r} status {status} frame {:#x}; refs 8 and 9 granted", frame_list[0]
+    );
+    let port = p.timer_port();
+    loop {
+        p.set_timer(p.time_ns() + 1_000_000_000);
+        p.block();
+        p.take_event(port);
+    }
 }
 
 fn sleep_ms(p: &mut Platform, ms: u64) {
