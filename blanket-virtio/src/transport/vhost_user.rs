@@ -184,6 +184,29 @@ impl VhostUserTransport {
         self.protocol
     }
 
+    /// What to watch to learn of completions on queue `index` from another thread (a bridge
+    /// that relays them, such as the `pv-backend` feature's): its call eventfd, readable once
+    /// the back-end notified (read it to clear it), and the vhost-user socket, readable or hung
+    /// up once the back-end went away. `None` for a queue not set up.
+    ///
+    /// Only reading the eventfd and polling both are meant: the socket carries the control
+    /// plane, which stays this transport's.
+    pub fn notification_fds(
+        &self,
+        index: u16,
+    ) -> Option<(std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>)> {
+        let call = self.calls.get(usize::from(index))?;
+        // SAFETY: both descriptors are owned by this transport (the call eventfd and the
+        // frontend's socket) and stay open for the lifetime of the borrow of `self`.
+        let fds = unsafe {
+            (
+                std::os::fd::BorrowedFd::borrow_raw(call.as_raw_fd()),
+                std::os::fd::BorrowedFd::borrow_raw(self.frontend.as_raw_fd()),
+            )
+        };
+        Some(fds)
+    }
+
     fn host_address(&self, addr: GuestAddress) -> Result<u64, Error> {
         self.mem
             .guest_memory()
