@@ -57,6 +57,26 @@ impl TestGuest {
         })
     }
 
+    /// A guest whose memory is `mem` (one region from guest address 0, for example a memfd that is
+    /// also shared with a device), with a grant table of `grant_frames` frames granting to domain
+    /// `backend`.
+    pub fn with_memory(
+        domid: DomId,
+        backend: DomId,
+        mem: GuestMemoryMmap,
+        grant_frames: u32,
+    ) -> Arc<Self> {
+        let frames =
+            u32::try_from(mem.last_addr().0 / XEN_PAGE_SIZE as u64 + 1).unwrap_or(u32::MAX);
+        Arc::new(Self {
+            domid,
+            grants: GrantTableV1::new(domid, backend, grant_frames, mem),
+            next_frame: AtomicU32::new(0),
+            frames,
+            next_gref: AtomicU32::new(GNTTAB_NR_RESERVED_ENTRIES),
+        })
+    }
+
     /// Allocates `n` contiguous pages; returns the first frame.
     pub fn alloc_pages(&self, n: u32) -> u32 {
         let f = self.next_frame.fetch_add(n, Ordering::Relaxed);
