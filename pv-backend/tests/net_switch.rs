@@ -484,3 +484,35 @@ fn a_configuration_that_cannot_work_is_refused() {
         assert!(Switch::new(bad).is_err(), "{bad:?}");
     }
 }
+
+/// A port's waker is called for every frame queued for it (netback sleeps on it), and not for
+/// frames that go elsewhere or are dropped at a full queue.
+#[test]
+fn a_port_waker_is_called_for_each_frame_queued() {
+    let sw = Switch::new(SwitchConfig {
+        queue_frames: 4,
+        ..SwitchConfig::default()
+    })
+    .unwrap();
+    let (mut a, mut b, mut c) = (sw.add_port(), sw.add_port(), sw.add_port());
+    let woken = Arc::new(AtomicU64::new(0));
+    let w = woken.clone();
+    assert!(b.set_rx_waker(Arc::new(move || {
+        w.fetch_add(1, Ordering::Relaxed);
+    })));
+    // C is learned; A's frames to C do not wake B.
+    c.send(&frame(BCAST, mac(3), 64, 0), &FrameMeta::default())
+        .unwrap();
+    assert_eq!(woken.load(Ordering::Relaxed), 1);
+    a.send(&frame(mac(3), mac(1), 64, 1), &FrameMeta::default())
+        .unwrap();
+    assert_eq!(woken.load(Ordering::Relaxed), 1);
+    // Broadcasts wake B until its queue is full (4 frames), then are dropped silently.
+    for i in 0..10 {
+        a.send(&frame(BCAST, mac(1), 64, i), &FrameMeta::default())
+            .unwrap();
+    }
+    assert_eq!(woken.load(Ordering::Relaxed), 4);
+    assert_eq!(b.stats().dropped, 7);
+    recv_all(&mut c);
+}

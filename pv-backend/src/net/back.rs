@@ -317,6 +317,11 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
         &self.mcast
     }
 
+    /// Whether a TX frame waits for the device to take it.
+    pub fn tx_stalled(&self) -> bool {
+        self.stalled.is_some()
+    }
+
     /// Frames waiting for RX slots.
     pub fn rx_queued(&self) -> usize {
         self.rx_queue.len()
@@ -375,7 +380,8 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
 
     /// Whether there is nothing to do: no TX requests (the event index is set, so the front end's
     /// next request notifies) and no frame that could go into the RX ring now. Call it before
-    /// sleeping.
+    /// sleeping (while [`tx_stalled`](Self::tx_stalled), sleep only briefly: the device will not
+    /// say when it has room).
     pub fn idle(&mut self) -> Result<bool, NetbackError> {
         let r = self.idle_inner();
         self.fatal(r)
@@ -402,7 +408,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
                 self.rx.unconsumed_requests().map_err(ring_err(d, "rx"))? as usize >= need
             }
         };
-        Ok(!tx && !rx_ready && self.stalled.is_none())
+        Ok(!tx && !rx_ready)
     }
 
     /// Handles up to [`NetQueueConfig::tx_budget`] TX packets; returns how many.

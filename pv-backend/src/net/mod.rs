@@ -23,6 +23,7 @@ pub mod tap;
 pub mod xenbus;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use xen_abi::netif::{GsoType, MacAddr};
@@ -273,6 +274,14 @@ pub trait NetDevice: Send {
 
     /// Waits up to `timeout` for a frame to receive; returns whether one may be waiting.
     fn wait_readable(&self, timeout: Duration) -> Result<bool, NetError>;
+
+    /// Asks the device to call `waker` whenever a frame arrives for [`recv`](Self::recv) (replacing
+    /// any earlier waker), so that a back end can sleep on one doorbell for its rings and its device.
+    /// Returns whether the device will; if not (the default), the caller must poll.
+    fn set_rx_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) -> bool {
+        let _ = waker;
+        false
+    }
 }
 
 /// Whether `mac` is a multicast (or broadcast) address: the group bit of its first byte.

@@ -132,13 +132,29 @@ struct Queued {
     meta: FrameMeta,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct QueueState {
     frames: VecDeque<Queued>,
     bytes: usize,
     closed: bool,
     /// Threads in `wait_readable` (a notification is a system call, so it is only made for them).
     waiters: usize,
+    /// Called after each frame queued (`NetDevice::set_rx_waker`).
+    waker: Option<Waker>,
+}
+
+type Waker = Arc<dyn Fn() + Send + Sync>;
+
+impl fmt::Debug for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueState")
+            .field("frames", &self.frames.len())
+            .field("bytes", &self.bytes)
+            .field("closed", &self.closed)
+            .field("waiters", &self.waiters)
+            .field("waker", &self.waker.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -168,9 +184,13 @@ impl PortQueue {
         });
         self.rx_queued.fetch_add(1, Ordering::Relaxed);
         let wake = q.waiters > 0;
+        let waker = q.waker.clone();
         drop(q);
         if wake {
             self.ready.notify_all();
+        }
+        if let Some(w) = waker {
+            w();
         }
     }
 }
@@ -435,6 +455,11 @@ impl NetDevice for SwitchPort {
         Ok(Some(RxInfo { len, meta: f.meta }))
     }
 
+    fn set_rx_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) -> bool {
+        lock(&self.queue.state).waker = Some(waker);
+        true
+    }
+
     fn wait_readable(&self, timeout: Duration) -> Result<bool, NetError> {
         let mut q = lock(&self.queue.state);
         if !q.frames.is_empty() || timeout.is_zero() {
@@ -462,5 +487,6 @@ impl Drop for SwitchPort {
         q.closed = true;
         q.frames.clear();
         q.bytes = 0;
+        q.waker = None;
     }
 }

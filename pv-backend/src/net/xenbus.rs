@@ -4,9 +4,10 @@
 //! serving the [`NetQueue`].
 //!
 //! One queue: `multi-queue-max-queues` is not offered (the bottom is one [`NetDevice`]). The thread
-//! keeps serving while there is work and otherwise sleeps on the queue's doorbell for at most
-//! [`NetBackConfig::idle_poll`], so that frames arriving from the device are picked up within that
-//! time (a `NetDevice` has no doorbell of its own yet).
+//! keeps serving while there is work and otherwise sleeps on the queue's doorbell, which the event
+//! channels ring and, for a device that takes a waker ([`NetDevice::set_rx_waker`]: a switch port),
+//! the device too. A device without one (a TAP device) is looked at every
+//! [`NetBackConfig::idle_poll`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,8 @@ pub struct NetBackConfig {
     /// The queue's behaviour (`rx_gso` and `multicast_control` are set from what the front end
     /// asks for).
     pub queue: NetQueueConfig,
-    /// The longest an idle queue sleeps before it looks at the device again.
+    /// For a device that cannot wake the queue (a TAP device): the longest an idle queue sleeps
+    /// before it looks at the device again.
     pub idle_poll: Duration,
 }
 
@@ -225,14 +227,23 @@ impl<D: NetDevice + 'static> NetBack<D> {
     }
 }
 
+/// The longest an idle queue with an evented device sleeps (a safety net, not a poll).
+const EVENTED_IDLE: Duration = Duration::from_millis(200);
+
 fn serve<D: NetDevice>(
     queue: &mut NetQueue<GrantedRing, D>,
     stop: &AtomicBool,
-    doorbell: &Doorbell,
+    doorbell: &Arc<Doorbell>,
     idle_poll: Duration,
     stats: &Mutex<NetQueueStats>,
     fatal: &Mutex<Option<String>>,
 ) {
+    // With a device that wakes us, an idle queue sleeps until a ring or the device rings the
+    // doorbell; otherwise it looks at the device every `idle_poll`.
+    let bell: Arc<Doorbell> = doorbell.clone();
+    let evented = queue
+        .device_mut()
+        .set_rx_waker(Arc::new(move || bell.ring()));
     while !stop.load(Ordering::Acquire) {
         let r = queue.process(Instant::now()).and_then(|moved| {
             if moved {
@@ -245,7 +256,12 @@ fn serve<D: NetDevice>(
         match r {
             Ok(true) => {}
             Ok(false) => {
-                doorbell.wait(idle_poll);
+                let sleep = if evented && !queue.tx_stalled() {
+                    EVENTED_IDLE
+                } else {
+                    idle_poll
+                };
+                doorbell.wait(sleep);
             }
             Err(e) => {
                 *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
