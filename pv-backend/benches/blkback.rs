@@ -12,9 +12,11 @@
 //! Both engines are measured, io_uring (`uring`) and the thread pool of `preadv`/`pwritev` (`pool`);
 //! `BLKBACK_ENGINES=uring` (or `pool`) picks one.
 //!
-//! After each pair it prints the ratio (blkback / direct; the goal is >= 0.97) and the events per request
-//! in both directions. `BLKBACK_BENCH_DIR` picks the directory of the image (default: the temp dir);
-//! `BLKBACK_POLL_US` sets how long an idle blkback queue polls before it sleeps (default 50 µs).
+//! After each pair it prints the ratio (blkback / direct; the goal is >= 0.97) of the criterion runs, the
+//! ratio of ten interleaved rounds of each (less sensitive to a load that changes during the run), and the
+//! events per request in both directions. `BLKBACK_BENCH_DIR` picks the directory of the image (default:
+//! the temp dir); `BLKBACK_POLL_US` sets how long an idle blkback queue polls before it sleeps (default
+//! 50 µs).
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -344,12 +346,23 @@ fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut
         let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
         let (rb, rd) = (rate(tot_blk.get()), rate(tot_dir.get()));
         let reqs = (r1 - r0).max(1) as f64;
+        // Interleaved: ten short rounds of each side in turn, so that a load that drifts during the run
+        // (the machine is shared) weighs on both sides alike.
+        let chunk = ((rd.max(1.0) * 0.1) as u64).max(4);
+        let (mut tb, mut td) = (Duration::ZERO, Duration::ZERO);
+        let (mut ob, mut od) = (Offsets::new(p), Offsets::new(p));
+        for _ in 0..10 {
+            tb += run_blk(&mut side, p, &mut ob, chunk);
+            td += run_direct(&mut direct, p, &mut od, chunk);
+        }
         let line = format!(
-            "{engine:<5} {:<18} blkback {:>9.0} IOPS  direct {:>9.0} IOPS  ratio {:.3}  events/request: to front {:.3}, to back {:.3}",
+            "{engine:<5} {:<18} blkback {:>9.0} IOPS  direct {:>9.0} IOPS  ratio {:.3}  interleaved ratio {:.3}  \
+             events/request: to front {:.3}, to back {:.3}",
             p.name,
             rb,
             rd,
             rb / rd,
+            td.as_secs_f64() / tb.as_secs_f64(),
             (n1 - n0) as f64 / reqs,
             (k1 - k0) as f64 / reqs,
         );
