@@ -35,7 +35,9 @@
 //! - `paired`: seven rounds, each running every driver for 200 ms one after the other, the
 //!   ratio taken within each round and its median reported. On a shared machine whose load
 //!   drifts over seconds this is the steadier ratio. With it, `cpu/IO`: the CPU time (user
-//!   and system) the driver's thread spends per I/O, the driver's own cost whatever the load.
+//!   and system) the driver's thread spends per I/O, the driver's own cost whatever the load,
+//!   and `kicks/IO`: its `write` system calls per I/O (`syscw` of `/proc/thread-self/io`),
+//!   which in the I/O loop are the kick eventfd writes, each a wake-up of the daemon.
 //!
 //! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
 //! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it.
@@ -421,9 +423,24 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Wall-clock and driver-thread CPU nanoseconds per I/O over about `budget` of back-to-back
-/// batches large enough that filling and draining the queue does not matter.
-fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64) {
+/// The `write` system calls this thread has made (`syscw` of `/proc/thread-self/io`): in the
+/// I/O loop, the kicks (eventfd writes) both drivers make.
+fn thread_writes() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("syscw: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Wall-clock and driver-thread CPU nanoseconds per I/O, and kicks per I/O, over about
+/// `budget` of back-to-back batches large enough that filling and draining the queue does not
+/// matter.
+fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64, f64) {
     let batch = if w.len == SMALL {
         (w.depth as u64 * 32).max(2000)
     } else {
@@ -432,14 +449,17 @@ fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64) {
     let mut sectors = Sectors::new(w.random);
     let (mut t, mut n) = (Duration::ZERO, 0u64);
     let cpu0 = thread_cpu();
+    let writes0 = thread_writes();
     while t < budget {
         t += bench.run(w, batch, &mut sectors);
         n += batch;
     }
     let cpu = thread_cpu() - cpu0;
+    let writes = thread_writes() - writes0;
     (
         t.as_nanos() as f64 / n as f64,
         cpu.as_nanos() as f64 / n as f64,
+        writes as f64 / n as f64,
     )
 }
 
@@ -452,6 +472,8 @@ struct Paired {
     ratio: f64,
     /// Driver-thread CPU ns per I/O (user and system: the driver and its syscalls).
     cpu: f64,
+    /// Kicks (eventfd writes) per I/O.
+    kicks: f64,
 }
 
 /// Paired rounds: each round runs every driver for a short while, one after the other, and
@@ -462,15 +484,17 @@ fn paired(sock: &Path, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired
     let budget = Duration::from_millis(200);
     let mut ns: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut kicks: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut ratios: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..ROUNDS {
-        let round: Vec<(f64, f64)> = DRIVERS
+        let round: Vec<(f64, f64, f64)> = DRIVERS
             .iter()
             .map(|d| timed(&mut *connect(d, sock, mode), w, budget))
             .collect();
-        for (d, (wall, c)) in DRIVERS.iter().zip(&round) {
+        for (d, (wall, c, k)) in DRIVERS.iter().zip(&round) {
             ns.entry(d).or_default().push(*wall);
             cpu.entry(d).or_default().push(*c);
+            kicks.entry(d).or_default().push(*k);
             ratios.entry(d).or_default().push(round[2].0 / wall);
         }
     }
@@ -483,6 +507,7 @@ fn paired(sock: &Path, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired
                     ns: median(&ns[d]),
                     ratio: median(&ratios[d]),
                     cpu: median(&cpu[d]),
+                    kicks: median(&kicks[d]),
                 },
             )
         })
@@ -511,8 +536,8 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
         }
     );
     println!(
-        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9}",
-        "case", "driver", "criterion", "ratio", "paired", "ratio", "cpu/IO"
+        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8}",
+        "case", "driver", "criterion", "ratio", "paired", "ratio", "cpu/IO", "kicks/IO"
     );
     for (case, p) in paired {
         for d in DRIVERS {
@@ -521,16 +546,22 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
                 let v = &samples[&(case.clone(), d)];
                 median(&v[v.len().saturating_sub(SAMPLES)..])
             };
-            let Paired { ns, ratio, cpu } = p[d];
+            let Paired {
+                ns,
+                ratio,
+                cpu,
+                kicks,
+            } = p[d];
             println!(
-                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us",
+                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us {:>8.3}",
                 case,
                 d,
                 fmt(case, crit(d)),
                 crit("libblkio") / crit(d),
                 fmt(case, ns),
                 ratio,
-                cpu / 1000.0
+                cpu / 1000.0,
+                kicks
             );
         }
     }

@@ -21,6 +21,8 @@
 pub mod blk;
 pub mod memory;
 pub mod net;
+#[cfg(feature = "pv-backend")]
+pub mod pv_backend;
 pub mod queue;
 pub mod transport;
 

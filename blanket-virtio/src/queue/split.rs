@@ -15,15 +15,15 @@
 use std::collections::VecDeque;
 use std::mem::{offset_of, size_of};
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use virtio_bindings::virtio_ring::{
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY, vring_avail, vring_desc, vring_used, vring_used_elem,
 };
 use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Le16, Le32, Le64,
-    Permissions,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
+    Le16, Le32, Le64, Permissions,
 };
 
 use crate::memory::DmaMemory;
@@ -101,6 +101,10 @@ pub struct SplitQueue<M: GuestMemory = GuestMemoryMmap> {
     last_used: u16,
     in_flight: u16,
     broken: bool,
+    /// The host address of `used.idx` when the rings are in memory this process maps (set by
+    /// [`SplitQueue::allocate`]): polling reads it with one atomic load instead of
+    /// `vm-memory`'s checked access, which walks the regions on every call.
+    used_idx_host: Option<usize>,
 }
 
 impl SplitQueue<GuestMemoryMmap> {
@@ -132,7 +136,20 @@ impl SplitQueue<GuestMemoryMmap> {
             used_ring,
             packed: false,
         };
-        Self::new(dma.guest_memory().clone(), layout, features, indirect)
+        let mut q = Self::new(dma.guest_memory().clone(), layout, features, indirect)?;
+        let idx = layout
+            .used_ring
+            .unchecked_add(offset_of!(vring_used, idx) as u64);
+        // Two bytes in one mapped region (get_slice checks it), whose address stays valid while
+        // `q.mem` holds the memory.
+        if dma.guest_memory().get_slice(idx, 2).is_ok() {
+            q.used_idx_host = dma
+                .guest_memory()
+                .get_host_address(idx)
+                .ok()
+                .map(|p| p as usize);
+        }
+        Ok(q)
     }
 }
 
@@ -171,6 +188,7 @@ impl<M: GuestMemory> SplitQueue<M> {
             last_used: 0,
             in_flight: 0,
             broken: false,
+            used_idx_host: None,
         };
         q.zero_rings()?;
         Ok(q)
@@ -465,6 +483,17 @@ impl<M: GuestMemory> SplitQueue<M> {
     }
 
     fn used_idx(&self) -> Result<u16, Error> {
+        if let Some(p) = self.used_idx_host {
+            // SAFETY: `p` is the host address of `used.idx`, two bytes inside one region of
+            // `self.mem` (checked with `get_slice` when it was taken). `self.mem` is an `Arc` of
+            // the `GuestMemoryMmap` that maps it, whose regions are never unmapped or moved
+            // while it lives, and the queue holds it, so the address is valid for the queue's
+            // lifetime. It is 2-byte aligned (the used ring is page-aligned and `idx` is at
+            // offset 2), as `AtomicU16` needs; the device writes it concurrently, which atomic
+            // access allows, and only atomic accesses are made to it from this side.
+            let idx = unsafe { &*(p as *const AtomicU16) }.load(Ordering::Acquire);
+            return Ok(u16::from_le(idx));
+        }
         let addr = self
             .layout
             .used_ring
