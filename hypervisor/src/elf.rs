@@ -360,7 +360,9 @@ mod tests {
             ),
             "{err}"
         );
-        let ram = GuestRam::new("small", 0x230000).unwrap();
+        // Room for the kernel, two pages more, and not for the boot structures.
+        let end = load_it(&image()).unwrap().end;
+        let ram = GuestRam::new("small", end.div_ceil(4096) * 4096 + 0x2000).unwrap();
         let err = builder::build(&ram, &image(), "", BootPorts::default()).unwrap_err();
         assert!(matches!(err, BuildError::TooSmall { .. }), "{err}");
     }

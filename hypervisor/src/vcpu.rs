@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use xen_abi::hypercall::HypercallRegs;
 
-use crate::builder::{EXCEPTION_PORT, EXCEPTION_STACK_TOP, HYPERCALL_PORT, stub_out_offset};
+use crate::builder::{
+    EXCEPTION_PORT, EXCEPTION_STACK_TOP, HYPERCALL_PORT, STUBS_BASE, stub_out_offset,
+};
 use crate::domain::{
     self, CrashKind, CrashReport, DomainCore, DomainExit, RunState, register_kick_target,
     thread_cpu_ns, unregister_kick_target,
@@ -63,6 +65,11 @@ fn bounce_upcall(core: &DomainCore, vcpu: &mut VcpuFd) -> Result<bool, String> {
         return Ok(false);
     }
     let regs = vcpu.sync_regs().regs;
+    if (STUBS_BASE..STUBS_BASE + crate::memory::PAGE_SIZE).contains(&regs.rip) {
+        // Kicked while in a ring-0 exception stub (the only ring-0 code): deliver once the exception has
+        // been bounced or reported and the vCPU is back in ring 3.
+        return Ok(false);
+    }
     let top = regs.rsp & !0xf;
     let frame = top.wrapping_sub(56);
     if top < 56 || !core.layout.guest_writable(&core.ram, frame, 56) {
@@ -97,24 +104,23 @@ fn bounce_upcall(core: &DomainCore, vcpu: &mut VcpuFd) -> Result<bool, String> {
 
 /// Bounces an exception to the guest's handler from `set_trap_table`, as Xen does for PV guests: Xen's
 /// x86-64 frame `rcx, r11, [error code], rip, cs, rflags, rsp, ss` goes on the guest's stack (16-byte
-/// aligned), CR2 into `vcpu_info.arch.cr2` for a page fault, events are masked if the entry says so, and the
-/// ring-0 stub's own frame is rewritten so that its `iretq` lands on the handler. `Ok(false)`: no handler
+/// aligned), CR2 into `vcpu_info.arch.cr2` for a page fault, events are masked if the entry says so.
+/// Returns where the vCPU continues (`rip`, `rsp`, `rflags`, in ring 3), or `None` if there is no handler
 /// (or the fault did not come from the guest's ring 3), so the caller stops the domain.
 fn bounce_exception(
     core: &DomainCore,
     regs: &kvm_bindings::kvm_regs,
-    stub_rsp: u64,
     frame: [u64; 7],
     cr2: u64,
-) -> Result<bool, String> {
+) -> Result<Option<(u64, u64, u64)>, String> {
     let [vector, error_code, rip, cs, rflags, rsp, ss] = frame;
     let Some((handler, flags)) =
         core.traps.lock().unwrap_or_else(|e| e.into_inner())[(vector & 0xff) as usize]
     else {
-        return Ok(false);
+        return Ok(None);
     };
     if cs != u64::from(crate::x86::FLAT_RING3_CS64) || vector > 31 {
-        return Ok(false);
+        return Ok(None);
     }
     let mut words = vec![regs.rcx, regs.r11];
     if crate::x86::vector_has_error_code(vector as u8) {
@@ -137,21 +143,42 @@ fn bounce_exception(
     if flags & 4 != 0 {
         core.shared.upcall_mask().store(1, Ordering::SeqCst);
     }
-    // The stub's iretq frame: [rip, cs, rflags, rsp, ss] above the two words it pushed.
-    core.ram
-        .write_u64(stub_rsp + 16, handler)
-        .map_err(|e| e.to_string())?;
-    core.ram
-        .write_u64(stub_rsp + 32, rflags & !(1 << 8))
-        .map_err(|e| e.to_string())?;
-    core.ram
-        .write_u64(stub_rsp + 40, at)
-        .map_err(|e| e.to_string())?;
     core.stats.bounces.fetch_add(1, Ordering::Relaxed);
-    Ok(true)
+    Ok(Some((handler, at, rflags & !(1 << 8))))
+}
+
+/// Moves the vCPU out of a ring-0 exception stub straight to ring-3 code at `rip` with `rsp` and `rflags`
+/// (cheaper than letting the stub's emulated `iretq` run, and it never leaves the vCPU in ring 0 when an
+/// upcall is delivered next).
+fn leave_stub(
+    vcpu: &mut VcpuFd,
+    ring3: &kvm_bindings::kvm_sregs,
+    rip: u64,
+    rsp: u64,
+    rflags: u64,
+) -> Result<(), String> {
+    // Let KVM complete the stub's `out` first, without running the guest.
+    vcpu.set_kvm_immediate_exit(1);
+    let _ = vcpu.run();
+    vcpu.set_kvm_immediate_exit(0);
+    let mut s = vcpu.get_sregs().map_err(|e| e.to_string())?;
+    s.cs = ring3.cs;
+    s.ss = ring3.ss;
+    vcpu.set_sregs(&s).map_err(|e| e.to_string())?;
+    let r = &mut vcpu.sync_regs_mut().regs;
+    r.rip = rip;
+    r.rsp = rsp;
+    r.rflags = rflags;
+    vcpu.set_sync_dirty_reg(SyncReg::Register);
+    Ok(())
 }
 
 fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
+    // The guest's ring-3 segments, as the builder set them: where a bounced exception continues.
+    let ring3 = match vcpu.get_sregs() {
+        Ok(s) => s,
+        Err(e) => return crash(vcpu, CrashKind::KvmError(format!("KVM_GET_SREGS: {e}"))),
+    };
     // Whether the last exit was a hypercall's `out`, which KVM completes (moving rip past it) on the next
     // KVM_RUN.
     let mut pio_pending = false;
@@ -294,9 +321,15 @@ fn run_loop(core: &DomainCore, vcpu: &mut VcpuFd) -> DomainExit {
                     word(6),
                 ];
                 let vector = frame[0] as u8;
-                match bounce_exception(core, &r, r.rsp, frame, cr2) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
+                match bounce_exception(core, &r, frame, cr2) {
+                    Ok(Some((rip, rsp, rflags))) => {
+                        if let Err(why) = leave_stub(vcpu, &ring3, rip, rsp, rflags) {
+                            return crash(vcpu, CrashKind::KvmError(why));
+                        }
+                        pio_pending = false;
+                        continue;
+                    }
+                    Ok(None) => {}
                     Err(why) => return crash(vcpu, CrashKind::Failsafe(why)),
                 }
                 return DomainExit::Crashed(CrashReport {

@@ -124,9 +124,9 @@ pub fn write_idt(ram: &GuestRam, idt: u64, stubs: u64) -> Result<(), MemoryError
 pub const STUB_SIZE: u64 = 16;
 
 /// Writes the ring-0 exception stubs at `stubs`: each pushes a zero error code if the CPU pushed none, then
-/// the vector, and reports to the VMM with `out %al, $port`; the VMM finds the frame at RSP. If the VMM lets
-/// the vCPU go on (it bounced the exception to the guest's handler by rewriting the frame's `rip` and
-/// `rsp`), the stub drops the two words and returns with `iretq`.
+/// the vector, and reports to the VMM with `out %al, $port`; the VMM finds the frame at RSP. This VMM never
+/// lets the stub go on (it stops the domain, or moves the vCPU to the guest's handler itself); if a VMM did,
+/// the stub would drop the two words and return with `iretq`.
 pub fn write_exception_stubs(ram: &GuestRam, stubs: u64, port: u8) -> Result<(), MemoryError> {
     for v in 0..=255u8 {
         let mut code = Vec::with_capacity(STUB_SIZE as usize);

@@ -726,3 +726,17 @@ fn domain_0_resolves_the_pages_a_guest_granted_it() {
     d.destroy();
     assert_eq!(finish(&mut d), DomainExit::Destroyed);
 }
+
+#[test]
+fn upcalls_arrive_while_the_guest_takes_exceptions() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = boot(&hv, "trapupcall", "trap-upcall");
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    assert!(out.contains("trap-upcall: 10 timer upcalls among"), "{out}");
+    let s = d.stats();
+    assert!(s.bounces > 10 && s.upcalls >= 10, "{s:?}");
+}

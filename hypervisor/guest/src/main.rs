@@ -23,6 +23,7 @@
 //! - `poll`: `SCHEDOP_poll` with a timeout, on a pending port, and with bad arguments;
 //! - `grant`: sets up its grant table and grants two pages to domain 0 (refs 8 read-write, 9 read-only),
 //!   then idles;
+//! - `trap-upcall`: takes `#UD` traps in a loop while timer upcalls arrive;
 //! - `iret`: returns to a label through `HYPERVISOR_iret` with chosen rax, rcx and r11; `iret-ring0` tries
 //!   the same into ring 0 (the hypervisor stops the domain);
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
@@ -231,6 +232,43 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         "balloon" => balloon(&mut p, arg.and_then(|a| a.parse().ok()).unwrap_or(4)),
         "trap" => trap(&p),
+        "trap-upcall" => {
+            use xen_abi::hypercall::TrapInfo;
+            let n = 10;
+            TICKS_WANTED.store(n, Ordering::SeqCst);
+            TIMER_PORT.store(p.timer_port(), Ordering::SeqCst);
+            let table = [
+                TrapInfo::new(6, 0, 0xe033, ud_entry as *const () as u64),
+                TrapInfo::new(0, 0, 0, 0),
+            ];
+            set_trap_table(table.as_ptr() as u64);
+            let mut cb = [0u64; 2];
+            cb[1] = upcall_entry as *const () as u64;
+            // SAFETY: CALLBACKOP_register with a struct callback_register.
+            unsafe {
+                hypercall(
+                    hc::__HYPERVISOR_callback_op,
+                    0,
+                    cb.as_mut_ptr() as u64,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            let t0 = p.time_ns();
+            p.set_timer(t0 + 10_000_000);
+            while TICKS.load(Ordering::SeqCst) < n && p.time_ns() - t0 < 10_000_000_000 {
+                // SAFETY: #UD, bounced to ud_entry, which skips it; timer upcalls arrive meanwhile.
+                unsafe { core::arch::asm!("ud2") };
+            }
+            println!(
+                &p,
+                "trap-upcall: {} timer upcalls among {} traps",
+                TICKS.load(Ordering::SeqCst),
+                UD_COUNT.load(Ordering::SeqCst)
+            );
+            p.shutdown(ShutdownReason::Poweroff)
+        }
         "grant" => grant(&mut p),
         "poll" => poll(&p),
         "trapbench" => {
