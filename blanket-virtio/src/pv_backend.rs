@@ -20,7 +20,7 @@
 //!   limits are split into several virtio requests and complete once, when all parts have.
 //! - **Zero copy, or a bounce buffer.** When a request's guest pages lie in a
 //!   [`ZeroCopyRange`] (guest memory that is a memfd also registered in the driver's
-//!   [`DmaMemory`] as a foreign region), its descriptors point straight at the granted guest
+//!   [`DmaMemory`](crate::DmaMemory) as a foreign region), its descriptors point straight at the granted guest
 //!   pages: no copy by the driver, none by the back end. Otherwise the data goes through a pool of
 //!   bounce chunks in the driver's own shared memory (one copy each way); a request waits in the
 //!   queue while the pool is empty.
@@ -47,9 +47,9 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 use crate::blk::{self, BlkCompletion, BlkDriver, DataBuf, Request, SECTOR_SIZE, Status};
 use crate::memory::PAGE_SIZE;
 use crate::queue::split;
+use crate::transport::Transport;
 use crate::transport::inproc::{DeviceModel, InProcessTransport};
 use crate::transport::vhost_user::VhostUserTransport;
-use crate::transport::Transport;
 
 /// The most virtio requests one blkback request may be split into (a discard of the whole disk
 /// on a device with a small discard limit is refused above this).
@@ -287,7 +287,10 @@ impl<T: Transport + CompletionSource + Send + 'static> VirtioBlock<T> {
         }
         let pbs = c
             .topology
-            .map(|t| lbs.checked_shl(u32::from(t.physical_block_exp)).unwrap_or(lbs))
+            .map(|t| {
+                lbs.checked_shl(u32::from(t.physical_block_exp))
+                    .unwrap_or(lbs)
+            })
             .filter(|p| *p >= lbs && p.is_power_of_two())
             .unwrap_or(lbs);
         let size = (c.capacity * SECTOR_SIZE) / u64::from(lbs) * u64::from(lbs);
@@ -428,7 +431,9 @@ fn relay<T: Transport + CompletionSource + Send + 'static>(
                 continue;
             }
             let mut g = lock(&shared.inner);
-            g.break_all(format!("poll on virtqueue {vq}'s notifications failed: {e}"));
+            g.break_all(format!(
+                "poll on virtqueue {vq}'s notifications failed: {e}"
+            ));
             return;
         }
         let mut g = lock(&shared.inner);
@@ -643,7 +648,10 @@ impl<T: Transport> Inner<T> {
         let chunk_bytes = self.chunk_bytes as usize;
         let fail = |this: &mut Self, tag, e: io::Error| {
             let q = &mut this.queues[qid];
-            q.done.push(IoCompletion { tag, result: Err(e) });
+            q.done.push(IoCompletion {
+                tag,
+                result: Err(e),
+            });
             q.ring = true;
         };
         let mut pending = Pending {
