@@ -25,6 +25,12 @@ fn main() {
     for f in ["Cargo.toml", "Cargo.lock", "build.rs", "link.ld"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(f).display());
     }
+    let blanket_xen = manifest_dir.join("../blanket-xen");
+    rerun_dir(&blanket_xen.join("src"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        blanket_xen.join("Cargo.toml").display()
+    );
     let xen_abi = manifest_dir.join("../xen-abi");
     rerun_dir(&xen_abi.join("src"));
     println!(

@@ -118,6 +118,7 @@
 #![warn(missing_docs)]
 
 pub mod builder;
+pub mod devices;
 pub mod domain;
 pub mod elf;
 pub mod evtchn;
@@ -126,6 +127,7 @@ pub mod hypercall;
 pub mod memory;
 pub mod shared;
 mod timer;
+pub mod toolstack;
 mod vcpu;
 pub mod x86;
 

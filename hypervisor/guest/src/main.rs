@@ -199,6 +199,8 @@ macro_rules! println {
     }};
 }
 
+mod devices;
+
 static mut START_INFO: *const StartInfo = core::ptr::null();
 
 #[unsafe(no_mangle)]
@@ -288,6 +290,8 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             println!(&p, "trapbench: {n} traps in {ns} ns");
             p.shutdown(ShutdownReason::Poweroff)
         }
+        "xs-test" | "console-ring" | "disk-write" | "disk-verify" | "disk-bench" | "net-echo"
+        | "net-ping" => devices::run(&p, name, arg),
         "iret" => iret(&p, 0xe033),
         "iret-ring0" => iret(&p, 0x08),
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),

@@ -1,0 +1,544 @@
+//! A toolstack: per domain configuration, it writes the XenStore directories the way `xl` (libxl) does,
+//! starts pv-backend's back-ends in domain 0 for them, serves the console ring, and tears it all down when
+//! the guest goes away.
+//!
+//! For vbd `devid` of domain `domid` (devid 51712 is `xvda`, as `xl` numbers them):
+//!
+//! ```text
+//! /local/domain/0/backend/vbd/<domid>/<devid>/{frontend, frontend-id, online, state, params, type, mode,
+//!                                             device-type, dev, removable, bootable}   owner 0, read domid
+//! /local/domain/<domid>/device/vbd/<devid>/{backend, backend-id, state, virtual-device, device-type}
+//!                                                                                      owner domid, read 0
+//! ```
+//!
+//! and the same for a vif (`backend/vif/<domid>/<devid>` with `mac`, `handle`, `type`, `bridge`, and
+//! `device/vif/<devid>` with `mac` and `handle`). Back-ends are generic over pv-backend's traits: grant
+//! access is the guest's own grant table in its memory ([`crate::devices::grant_table`]), events go through
+//! interdomain channels between the guest and domain 0 ([`crate::devices::Dom0Evtchns`]), XenStore is the
+//! host's one xenstored ([`Xenstored`]). A vbd is an image file served by blkback ([`FileDevice`]); a vif is
+//! a port of the host's in-process [`Switch`] or a TAP device, served by netback.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pv_backend::backend::{LocalXs, XenbusBackend, XenbusDevice, XsHandle};
+use pv_backend::blk::{BlkBack, BlkConfig, FileDevice, FileOptions};
+use pv_backend::net::MacAddr;
+use pv_backend::net::switch::{Switch, SwitchConfig};
+use pv_backend::net::tap::{Tap, TapOptions};
+use pv_backend::net::xenbus::{NetBack, NetBackConfig};
+use xen_abi::DomId;
+use xen_abi::xs_wire::{PermKind, XsPerm};
+
+use crate::devices::console::{ConsoleOutput, ConsoleRing};
+use crate::devices::xenstored::{StoreRing, Xenstored};
+use crate::devices::{DeviceError, Dom0Evtchns, grant_table};
+use crate::domain::{Domain, DomainConfig, DomainError, DomainExit, Hypervisor};
+
+/// The errors of the toolstack.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolstackError {
+    /// The domain could not be created.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// A device could not be attached.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A disk image could not be opened.
+    #[error("opening the vbd image {path}: {source}; check the path and its permissions")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TAP device could not be opened.
+    #[error("opening the TAP device '{name}': {source} (TAP needs CAP_NET_ADMIN)")]
+    Tap {
+        /// The name asked for.
+        name: String,
+        /// Why.
+        #[source]
+        source: pv_backend::net::NetError,
+    },
+    /// The switch could not be created.
+    #[error("creating the virtual switch: {0}")]
+    Switch(#[source] pv_backend::net::NetError),
+    /// A device configuration value is invalid.
+    #[error("invalid device configuration: {0}")]
+    Config(String),
+}
+
+/// A virtual block device: an image file served by blkback.
+#[derive(Clone, Debug)]
+pub struct VbdConfig {
+    /// The device number (`xvda` is 51712, `xvdb` 51728, ...; see [`xvd_devid`]).
+    pub devid: u32,
+    /// The raw image file (or block device).
+    pub path: PathBuf,
+    /// Present the disk read-only (`mode = r`).
+    pub read_only: bool,
+}
+
+/// The device number `xl` gives `xvd<letter>` (`(202 << 8) | (index << 4)`), for indices 0 to 15.
+pub fn xvd_devid(index: u32) -> u32 {
+    (202 << 8) | ((index & 15) << 4)
+}
+
+/// Where a vif's frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VifLink {
+    /// A port of the host's in-process switch.
+    Switch,
+    /// A TAP device of this name (a template such as `blanket%d`, or empty, lets the kernel choose).
+    Tap(String),
+}
+
+/// A virtual network interface served by netback.
+#[derive(Clone, Debug)]
+pub struct VifConfig {
+    /// The device number (0, 1, ...).
+    pub devid: u32,
+    /// The interface's MAC address (`mac`).
+    pub mac: MacAddr,
+    /// Its link.
+    pub link: VifLink,
+}
+
+/// A locally administered MAC for vif `devid` of domain `domid` (`02:42:4c:<domid>:<devid>`).
+pub fn default_mac(domid: DomId, devid: u32) -> MacAddr {
+    let d = domid.to_be_bytes();
+    [0x02, 0x42, 0x4c, d[0], d[1], devid as u8]
+}
+
+/// A guest to create: the domain and its devices.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    /// The domain.
+    pub domain: DomainConfig,
+    /// Its disks.
+    pub vbds: Vec<VbdConfig>,
+    /// Its network interfaces; a [`VifConfig::mac`] of all zeroes gets [`default_mac`].
+    pub vifs: Vec<VifConfig>,
+    /// Where its console ring goes.
+    pub console: ConsoleOutput,
+}
+
+impl GuestConfig {
+    /// A guest with no devices and its console ring to the domain's console sink.
+    pub fn new(domain: DomainConfig) -> Self {
+        let sink = domain.console.clone();
+        Self {
+            domain,
+            vbds: Vec::new(),
+            vifs: Vec::new(),
+            console: ConsoleOutput::Lines(sink),
+        }
+    }
+}
+
+/// The host side: the hypervisor, its one xenstored, domain 0's event channels and the virtual switch.
+#[derive(Clone, Debug)]
+pub struct Toolstack {
+    hv: Hypervisor,
+    xs: Xenstored,
+    evtchns: Dom0Evtchns,
+    switch: Arc<Switch>,
+}
+
+impl Toolstack {
+    /// A toolstack over `hv`, with a new xenstored and switch.
+    pub fn new(hv: Hypervisor) -> Result<Self, ToolstackError> {
+        let switch = Switch::new(SwitchConfig::default()).map_err(ToolstackError::Switch)?;
+        let evtchns = Dom0Evtchns::new(&hv);
+        Ok(Self {
+            hv,
+            xs: Xenstored::new(),
+            evtchns,
+            switch: Arc::new(switch),
+        })
+    }
+
+    /// The hypervisor.
+    pub fn hypervisor(&self) -> &Hypervisor {
+        &self.hv
+    }
+
+    /// The host's xenstored.
+    pub fn xenstored(&self) -> &Xenstored {
+        &self.xs
+    }
+
+    /// The virtual switch the vifs with [`VifLink::Switch`] are plugged into.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+
+    /// Events the back-ends sent to guests so far (the notifications that cost guests an upcall or a wake).
+    pub fn backend_notifications(&self) -> u64 {
+        self.evtchns.sent.load(Ordering::Relaxed)
+    }
+
+    /// Creates the domain, writes its XenStore directories, starts its back-ends and its console; the
+    /// domain is not started ([`Guest::start`]).
+    pub fn create(&self, config: GuestConfig) -> Result<Guest, ToolstackError> {
+        let domain = self.hv.create_domain(config.domain.clone())?;
+        let mut guest = Guest {
+            xs: self.xs.clone(),
+            domain: Some(domain),
+            backends: Vec::new(),
+            console: None,
+            store: None,
+        };
+        let domain = guest.domain.as_ref().expect("just set");
+        guest.store = Some(self.xs.introduce(&self.hv, domain)?);
+        guest.console = ConsoleRing::attach(&self.hv, domain, config.console.clone())?;
+        for vbd in &config.vbds {
+            let b = self.add_vbd(domain, vbd)?;
+            guest.backends.push(b);
+        }
+        for vif in &config.vifs {
+            let b = self.add_vif(domain, vif)?;
+            guest.backends.push(b);
+        }
+        Ok(guest)
+    }
+
+    fn write_dirs(
+        &self,
+        domid: DomId,
+        class: &str,
+        devid: u32,
+        back: &[(&str, String)],
+        front: &[(&str, String)],
+    ) -> Result<String, ToolstackError> {
+        let be = format!("/local/domain/0/backend/{class}/{domid}/{devid}");
+        let fe = format!("/local/domain/{domid}/device/{class}/{devid}");
+        let back_perms = [
+            XsPerm {
+                kind: PermKind::None,
+                domid: 0,
+            },
+            XsPerm {
+                kind: PermKind::Read,
+                domid,
+            },
+        ];
+        let front_perms = [
+            XsPerm {
+                kind: PermKind::None,
+                domid,
+            },
+            XsPerm {
+                kind: PermKind::Read,
+                domid: 0,
+            },
+        ];
+        self.xs.write_with_perms(&be, b"", &back_perms)?;
+        let common_back = [
+            ("frontend", fe.clone()),
+            ("frontend-id", domid.to_string()),
+            ("online", "1".into()),
+            ("state", "1".into()),
+        ];
+        for (k, v) in common_back.iter().chain(back) {
+            self.xs
+                .write_with_perms(&format!("{be}/{k}"), v.as_bytes(), &back_perms)?;
+        }
+        self.xs.write_with_perms(&fe, b"", &front_perms)?;
+        let common_front = [
+            ("backend", be.clone()),
+            ("backend-id", "0".into()),
+            ("state", "1".into()),
+        ];
+        for (k, v) in common_front.iter().chain(front) {
+            self.xs
+                .write_with_perms(&format!("{fe}/{k}"), v.as_bytes(), &front_perms)?;
+        }
+        Ok(be)
+    }
+
+    fn add_vbd(&self, domain: &Domain, vbd: &VbdConfig) -> Result<Backend, ToolstackError> {
+        let domid = domain.domid();
+        let opts = FileOptions {
+            read_only: vbd.read_only,
+            threads: 2,
+            ..FileOptions::default()
+        };
+        let dev = FileDevice::open(&vbd.path, opts).map_err(|source| ToolstackError::Image {
+            path: vbd.path.clone(),
+            source,
+        })?;
+        let index = (vbd.devid >> 4) & 15;
+        let name = format!("xvd{}", (b'a' + index as u8) as char);
+        let be = self.write_dirs(
+            domid,
+            "vbd",
+            vbd.devid,
+            &[
+                ("params", vbd.path.display().to_string()),
+                ("type", "file".into()),
+                ("mode", if vbd.read_only { "r" } else { "w" }.into()),
+                ("device-type", "disk".into()),
+                ("dev", name),
+                ("removable", "0".into()),
+                ("bootable", "1".into()),
+            ],
+            &[
+                ("virtual-device", vbd.devid.to_string()),
+                ("device-type", "disk".into()),
+            ],
+        )?;
+        let blk = BlkBack::new(
+            Arc::new(grant_table(domain)?),
+            Arc::new(self.evtchns.clone()),
+            Arc::new(dev),
+            BlkConfig::default(),
+        );
+        Backend::spawn(&self.xs, be, format!("vbd-{domid}-{}", vbd.devid), blk)
+    }
+
+    fn add_vif(&self, domain: &Domain, vif: &VifConfig) -> Result<Backend, ToolstackError> {
+        let domid = domain.domid();
+        let mac = if vif.mac == [0; 6] {
+            default_mac(domid, vif.devid)
+        } else {
+            vif.mac
+        };
+        let mac_s = format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+        );
+        let bridge = match &vif.link {
+            VifLink::Switch => "blanket-switch".to_string(),
+            VifLink::Tap(n) => n.clone(),
+        };
+        let be = self.write_dirs(
+            domid,
+            "vif",
+            vif.devid,
+            &[
+                ("mac", mac_s.clone()),
+                ("handle", vif.devid.to_string()),
+                ("type", "vif".into()),
+                ("bridge", bridge),
+            ],
+            &[("mac", mac_s), ("handle", vif.devid.to_string())],
+        )?;
+        let name = format!("vif{domid}.{}", vif.devid);
+        let grants = Arc::new(grant_table(domain)?);
+        let evtchns = Arc::new(self.evtchns.clone());
+        match &vif.link {
+            VifLink::Switch => {
+                let port = self.switch.add_port();
+                let nb = NetBack::new(grants, evtchns, port, NetBackConfig::default());
+                Backend::spawn(&self.xs, be, name, nb)
+            }
+            VifLink::Tap(tap) => {
+                let dev = Tap::open(&TapOptions {
+                    name: tap.clone(),
+                    ..TapOptions::default()
+                })
+                .map_err(|source| ToolstackError::Tap {
+                    name: tap.clone(),
+                    source,
+                })?;
+                let nb = NetBack::new(grants, evtchns, dev, NetBackConfig::default());
+                Backend::spawn(&self.xs, be, name, nb)
+            }
+        }
+    }
+}
+
+/// One back-end's XenBus handshake and device, served on a thread until stopped.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    error: Arc<Mutex<Option<String>>>,
+    path: String,
+}
+
+impl Backend {
+    fn spawn<D: XenbusDevice + 'static>(
+        xs: &Xenstored,
+        path: String,
+        name: String,
+        device: D,
+    ) -> Result<Self, ToolstackError> {
+        let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(xs.store().clone(), 0));
+        let mut be = XenbusBackend::new(xsh, path.clone(), device)
+            .map_err(|e| ToolstackError::Config(format!("back-end {path}: {e}")))?;
+        be.start()
+            .map_err(|e| ToolstackError::Config(format!("back-end {path}: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let error: Arc<Mutex<Option<String>>> = Arc::default();
+        let thread = {
+            let (stop, error, path) = (stop.clone(), error.clone(), path.clone());
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Err(e) = be.poll(Duration::from_millis(20)) {
+                            tracing::warn!(backend = %path, %e, "back-end handshake failed");
+                            *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                            break;
+                        }
+                    }
+                    be.device_mut().disconnect();
+                })
+                .map_err(|source| DeviceError::Io {
+                    what: "starting a back-end thread".into(),
+                    source,
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            error,
+            path,
+        })
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A guest created by the [`Toolstack`], with its back-ends, console and XenStore connection. Dropping it
+/// stops the back-ends, serves the console one last time, removes the guest's XenStore directories (its home
+/// and its back-end directories, as libxl does), releases the domain in xenstored (`@releaseDomain` fires)
+/// and destroys the domain.
+pub struct Guest {
+    xs: Xenstored,
+    domain: Option<Domain>,
+    backends: Vec<Backend>,
+    console: Option<ConsoleRing>,
+    store: Option<StoreRing>,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("domain", &self.domain)
+            .field("backends", &self.backends.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guest {
+    /// The domain.
+    pub fn domain(&self) -> &Domain {
+        self.domain.as_ref().expect("present until drop")
+    }
+
+    /// Starts the domain.
+    pub fn start(&mut self) -> Result<(), DomainError> {
+        self.domain_mut().start()
+    }
+
+    fn domain_mut(&mut self) -> &mut Domain {
+        self.domain.as_mut().expect("present until drop")
+    }
+
+    /// Waits until the domain ends, then stops its devices (the console is drained first).
+    pub fn wait(&mut self) -> DomainExit {
+        let exit = self.domain_mut().wait();
+        self.stop_devices();
+        exit
+    }
+
+    /// Waits at most `timeout`; on expiry the domain is destroyed. Devices are stopped either way.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> DomainExit {
+        let exit = match self.domain_mut().wait_timeout(timeout) {
+            Some(e) => e,
+            None => {
+                self.domain().destroy();
+                self.domain_mut().wait()
+            }
+        };
+        self.stop_devices();
+        exit
+    }
+
+    /// Stops the back-ends and the console (after a last pass over its ring).
+    pub fn stop_devices(&mut self) {
+        for b in &mut self.backends {
+            b.shutdown();
+        }
+        if let Some(c) = &mut self.console {
+            c.stop();
+        }
+    }
+
+    /// Back-end errors so far (handshake failures), with the back-end's path.
+    pub fn backend_errors(&self) -> Vec<String> {
+        self.backends
+            .iter()
+            .filter_map(|b| {
+                b.error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|e| format!("{}: {e}", b.path))
+            })
+            .collect()
+    }
+
+    /// What the guest wrote to its console ring (empty without a console ring).
+    pub fn console_ring_output(&self) -> String {
+        self.console
+            .as_ref()
+            .map(|c| c.output())
+            .unwrap_or_default()
+    }
+
+    /// The console's pty, with [`ConsoleOutput::Pty`].
+    pub fn console_pty(&self) -> Option<&std::path::Path> {
+        self.console.as_ref().and_then(|c| c.pty_path())
+    }
+
+    /// What the guest printed with `console_io` and on its console ring.
+    pub fn all_output(&self) -> String {
+        format!(
+            "{}{}",
+            self.domain().console_output(),
+            self.console_ring_output()
+        )
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(d) = &self.domain {
+            d.destroy();
+        }
+        self.stop_devices();
+        self.backends.clear();
+        self.console = None;
+        // As libxl does at destroy: the guest's home and its back-end directories go, then xenstored
+        // forgets the domain (`@releaseDomain`).
+        if let Some(d) = &self.domain {
+            let domid = d.domid();
+            self.xs.rm(&format!("/local/domain/{domid}"));
+            for class in ["vbd", "vif"] {
+                self.xs
+                    .rm(&format!("/local/domain/0/backend/{class}/{domid}"));
+            }
+        }
+        self.store = None;
+        self.domain = None;
+    }
+}
