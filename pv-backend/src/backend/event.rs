@@ -109,6 +109,39 @@ impl Doorbell {
         self.rung.swap(false, Ordering::SeqCst) || kicked
     }
 
+    /// As [`wait`](Self::wait), and also returns when `fd` becomes readable (a device's descriptor,
+    /// such as a TAP device's), so that one sleep covers a ring's events and a device that cannot ring
+    /// the doorbell itself. Returns whether the doorbell was rung; the caller looks at the device anyway.
+    pub fn wait_or_readable(&self, fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+        if self.rung.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.rung.swap(false, Ordering::SeqCst) {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return true;
+        }
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: two pollfds on the stack; poll only reads and writes them (a closed `fd` is
+        // reported as POLLNVAL, not undefined behaviour).
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+        self.sleeping.store(false, Ordering::SeqCst);
+        let kicked = self.drain();
+        self.rung.swap(false, Ordering::SeqCst) || kicked
+    }
+
     /// Clears the flag without sleeping; returns whether it was set.
     pub fn take(&self) -> bool {
         let kicked = self.drain();

@@ -24,7 +24,7 @@
 //! `XenbusDevice` for netback will plug in.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -39,7 +39,8 @@ use xen_abi::netif::{
 };
 use xen_abi::ring::{BackRing, RingError, RingMemory};
 
-use super::ctrl::CtrlRing;
+use super::ctrl::{CtrlRing, HashConfig};
+use super::gso;
 use super::{Checksum, ETH_HLEN, FrameMeta, Gso, NetDevice, NetError, is_multicast};
 use crate::backend::{EventChannel, GrantAccess, GrantAccessMode};
 
@@ -59,7 +60,7 @@ pub struct NetQueueConfig {
     /// Frames that waited this long for RX slots are dropped (Linux: 10 s).
     pub rx_drain_timeout: Duration,
     /// The front end accepts GSO frames on RX (`feature-gso-tcpv4`/`-tcpv6` in its directory); GSO
-    /// frames are dropped otherwise (there is no software segmentation here).
+    /// frames are segmented in software ([`gso::segment`]) otherwise.
     pub rx_gso: bool,
     /// The front end asked for multicast control (`request-multicast-control`): multicast frames
     /// reach it only for addresses it added.
@@ -152,6 +153,8 @@ struct StalledTx {
     frame: Vec<u8>,
     meta: FrameMeta,
     responses: Vec<NetifTxResponse>,
+    /// Segments still to send after `frame` (a GSO frame segmented in software).
+    rest: VecDeque<Vec<u8>>,
 }
 
 /// One netback queue: a TX ring, an RX ring, and the device below.
@@ -169,6 +172,7 @@ pub struct NetQueue<M: RingMemory, D> {
     stalled: Option<StalledTx>,
     mcast: MulticastFilter,
     ctrl: Option<CtrlRing<M>>,
+    hash: Option<Arc<RwLock<HashConfig>>>,
     stats: NetQueueStats,
     disconnected: bool,
 }
@@ -271,6 +275,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             stalled: None,
             mcast: MulticastFilter::new(),
             ctrl: None,
+            hash: None,
             stats: NetQueueStats::default(),
             disconnected: false,
         }
@@ -280,6 +285,12 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
     /// extra to every received frame they apply to.
     pub fn attach_ctrl(&mut self, ctrl: CtrlRing<M>) {
         self.ctrl = Some(ctrl);
+    }
+
+    /// For a queue without the control ring (multi-queue: the ring is served by queue 0): the hash
+    /// settings it published ([`CtrlRing::share_hash`]), for the hash extra of received frames.
+    pub fn set_hash_source(&mut self, hash: Arc<RwLock<HashConfig>>) {
+        self.hash = Some(hash);
     }
 
     /// The control ring, if one is attached.
@@ -325,6 +336,13 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
     /// Frames waiting for RX slots.
     pub fn rx_queued(&self) -> usize {
         self.rx_queue.len()
+    }
+
+    /// Whether the queue takes more frames from the device ([`rx_queued`](Self::rx_queued) is below
+    /// [`NetQueueConfig::rx_queue_frames`]); while it does not, there is no point waking for the
+    /// device.
+    pub fn rx_has_room(&self) -> bool {
+        self.rx_queue.len() < self.config.rx_queue_frames
     }
 
     fn check(&self) -> Result<(), NetbackError> {
@@ -375,7 +393,11 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
 
     /// The hash extra a frame gets, if the control ring enabled hashing for its type.
     fn rx_hash(&self, data: &[u8]) -> Option<(u32, HashType)> {
-        self.ctrl.as_ref().and_then(|c| c.hash().hash(data))
+        match (&self.ctrl, &self.hash) {
+            (Some(c), _) => c.hash().hash(data),
+            (None, Some(h)) => h.read().unwrap_or_else(|e| e.into_inner()).hash(data),
+            (None, None) => None,
+        }
     }
 
     /// Whether there is nothing to do: no TX requests (the event index is set, so the front end's
@@ -548,39 +570,63 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             frame,
             meta,
             responses,
+            rest: VecDeque::new(),
         })
     }
 
-    fn send_frame(&mut self, mut st: StalledTx) -> Result<bool, NetbackError> {
-        // Finish what the device cannot: a partial checksum in software.
-        if self.device.offloads().allows(&st.meta).is_err()
-            && st.meta.gso.is_none()
-            && let Checksum::Partial { start, offset } = st.meta.checksum
-        {
+    /// Finishes in software what the device cannot: a GSO frame is segmented, a partial checksum
+    /// completed. `Err` if the GSO frame's headers do not allow it.
+    fn finish_for_device(&self, st: &mut StalledTx) -> Result<(), gso::GsoError> {
+        if self.device.offloads().allows(&st.meta).is_ok() {
+            return Ok(());
+        }
+        if st.meta.gso.is_some() {
+            let mut segs: VecDeque<Vec<u8>> = gso::segment(&st.frame, &st.meta)?.into();
+            if let Some(first) = segs.pop_front() {
+                st.frame = first;
+            }
+            st.rest = segs;
+            st.meta = gso::SEGMENT_META;
+        } else if let Checksum::Partial { start, offset } = st.meta.checksum {
             complete_checksum(&mut st.frame, start, offset);
             st.meta.checksum = Checksum::Validated;
         }
-        let status = match self.device.send(&st.frame, &st.meta) {
-            Ok(()) => {
-                self.stats.tx_packets += 1;
-                NetifRspStatus::Okay
+        Ok(())
+    }
+
+    fn send_frame(&mut self, mut st: StalledTx) -> Result<bool, NetbackError> {
+        let mut status = NetifRspStatus::Okay;
+        if let Err(e) = self.finish_for_device(&mut st) {
+            warn!(domid = self.domid, %e, "a GSO frame could not be segmented for the device");
+            self.stats.tx_errors += 1;
+            status = NetifRspStatus::Error;
+        }
+        while status == NetifRspStatus::Okay {
+            match self.device.send(&st.frame, &st.meta) {
+                Ok(()) => match st.rest.pop_front() {
+                    Some(next) => st.frame = next,
+                    None => {
+                        self.stats.tx_packets += 1;
+                        break;
+                    }
+                },
+                Err(NetError::WouldBlock) => {
+                    self.stalled = Some(st);
+                    return Ok(false);
+                }
+                Err(NetError::Disconnected) => {
+                    return Err(NetbackError::Device {
+                        domid: self.domid,
+                        source: NetError::Disconnected,
+                    });
+                }
+                Err(e) => {
+                    warn!(domid = self.domid, %e, "the device refused a TX frame");
+                    self.stats.tx_errors += 1;
+                    status = NetifRspStatus::Error;
+                }
             }
-            Err(NetError::WouldBlock) => {
-                self.stalled = Some(st);
-                return Ok(false);
-            }
-            Err(NetError::Disconnected) => {
-                return Err(NetbackError::Device {
-                    domid: self.domid,
-                    source: NetError::Disconnected,
-                });
-            }
-            Err(e) => {
-                warn!(domid = self.domid, %e, "the device refused a TX frame");
-                self.stats.tx_errors += 1;
-                NetifRspStatus::Error
-            }
-        };
+        }
         for mut r in st.responses {
             if r.status == NetifRspStatus::Okay as i16 {
                 r.status = status as i16;
@@ -619,8 +665,31 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
                 }
             };
             let data = self.rx_buf[..info.len].to_vec();
-            if !self.rx_wanted(&data, &info.meta) {
+            if !self.rx_wanted(&data) {
                 self.stats.rx_dropped += 1;
+                continue;
+            }
+            if info.meta.gso.is_some() && !self.config.rx_gso {
+                // A front end without GSO gets the segments (the queue's bound holds for them too).
+                match gso::segment(&data, &info.meta) {
+                    Ok(segs) => {
+                        for data in segs {
+                            if self.rx_queue.len() >= self.config.rx_queue_frames {
+                                self.stats.rx_dropped += 1;
+                                continue;
+                            }
+                            self.rx_queue.push_back(RxFrame {
+                                data,
+                                meta: gso::SEGMENT_META,
+                                since: now,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        warn!(domid = self.domid, %e, "a received GSO frame could not be segmented");
+                        self.stats.rx_dropped += 1;
+                    }
+                }
                 continue;
             }
             self.rx_queue.push_back(RxFrame {
@@ -651,11 +720,8 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
         Ok(done)
     }
 
-    fn rx_wanted(&self, data: &[u8], meta: &FrameMeta) -> bool {
+    fn rx_wanted(&self, data: &[u8]) -> bool {
         if data.len() < ETH_HLEN {
-            return false;
-        }
-        if meta.gso.is_some() && !self.config.rx_gso {
             return false;
         }
         let dst: [u8; 6] = [data[0], data[1], data[2], data[3], data[4], data[5]];

@@ -11,7 +11,7 @@
 //! is copied once out of a read-only mapping before it is checked. The grant-mapping requests
 //! (`ADD_GREF_MAPPING`, ...) are answered `NOT_SUPPORTED`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use xen_abi::DomId;
 use xen_abi::netif::{
@@ -119,6 +119,8 @@ pub struct CtrlRing<M: RingMemory> {
     evtchn: Arc<dyn EventChannel>,
     limits: CtrlLimits,
     hash: HashConfig,
+    /// Where the hash is published for the other queues (multi-queue).
+    shared: Option<Arc<RwLock<HashConfig>>>,
     /// Requests answered with a status other than success.
     errors: u64,
 }
@@ -152,6 +154,7 @@ impl<M: RingMemory> CtrlRing<M> {
                 ..CtrlLimits::DEFAULT
             },
             hash: HashConfig::default(),
+            shared: None,
             errors: 0,
         })
     }
@@ -159,6 +162,13 @@ impl<M: RingMemory> CtrlRing<M> {
     /// The hash the front end configured.
     pub fn hash(&self) -> &HashConfig {
         &self.hash
+    }
+
+    /// Publishes the hash into `target` now and after every request that changes it, so that the
+    /// queues without the control ring (and [`SharedDevice`](super::mq::SharedDevice)'s steering) use it.
+    pub fn share_hash(&mut self, target: Arc<RwLock<HashConfig>>) {
+        *target.write().unwrap_or_else(|e| e.into_inner()) = self.hash.clone();
+        self.shared = Some(target);
     }
 
     /// Requests answered with an error status.
@@ -184,6 +194,14 @@ impl<M: RingMemory> CtrlRing<M> {
             };
             self.ring.put_response(&rsp)?;
             n += 1;
+        }
+        if n > 0
+            && let Some(shared) = &self.shared
+        {
+            let mut s = shared.write().unwrap_or_else(|e| e.into_inner());
+            if *s != self.hash {
+                *s = self.hash.clone();
+            }
         }
         if n > 0 && self.ring.push_responses_and_check_notify() {
             self.evtchn.notify();

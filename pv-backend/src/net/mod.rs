@@ -18,6 +18,8 @@
 
 pub mod back;
 pub mod ctrl;
+pub mod gso;
+pub mod mq;
 pub mod switch;
 pub mod tap;
 pub mod xenbus;
@@ -281,6 +283,14 @@ pub trait NetDevice: Send {
     fn set_rx_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) -> bool {
         let _ = waker;
         false
+    }
+
+    /// A descriptor that is readable whenever [`recv`](Self::recv) has a frame (a TAP device's), for a
+    /// device that cannot ring a waker: a back end sleeps on it together with its doorbell
+    /// ([`Doorbell::wait_or_readable`](crate::backend::Doorbell::wait_or_readable)) instead of polling.
+    /// `None` (the default) if there is none.
+    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }
 

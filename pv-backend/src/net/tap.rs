@@ -344,6 +344,10 @@ impl NetDevice for Tap {
         Ok(Some(RxInfo { len, meta }))
     }
 
+    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(&self.file))
+    }
+
     fn wait_readable(&self, timeout: Duration) -> Result<bool, NetError> {
         let ts = Timespec {
             tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,

@@ -1,22 +1,30 @@
 //! netback as a [`XenbusDevice`]: the features it offers in InitWait, the front end's rings and event
 //! channels it connects (`tx-ring-ref`, `rx-ring-ref`, `event-channel` or `event-channel-tx` and
 //! `-rx`, and the control ring's `ctrl-ring-ref` and `event-channel-ctrl` if given), and one thread
-//! serving the [`NetQueue`].
+//! per queue serving its [`NetQueue`].
 //!
-//! One queue: `multi-queue-max-queues` is not offered (the bottom is one [`NetDevice`]). The thread
-//! keeps serving while there is work and otherwise sleeps on the queue's doorbell, which the event
-//! channels ring and, for a device that takes a waker ([`NetDevice::set_rx_waker`]: a switch port),
-//! the device too. A device without one (a TAP device) is looked at every
-//! [`NetBackConfig::idle_poll`].
+//! Multi-queue: `multi-queue-max-queues` ([`NetBackConfig::max_queues`]) is offered; a front end that
+//! writes `multi-queue-num-queues` gets that many queues, each from its `queue-N` directory (the
+//! count and the directories are checked by [`FrontendView::queues`]: 0, above the maximum,
+//! duplicate or missing directories are refused). The one device below is shared through
+//! [`SharedDevice`]: received frames are steered by the control ring's Toeplitz hash and mapping
+//! table, which queue 0 serves.
+//!
+//! Each thread keeps serving while there is work and otherwise sleeps on its queue's doorbell, which
+//! the event channels ring and, for a device that takes a waker ([`NetDevice::set_rx_waker`]: a
+//! switch port), the device too. A device with a descriptor instead ([`NetDevice::poll_fd`]: a TAP
+//! device) is slept on together with the doorbell, so an idle vif costs no CPU. Only a device with
+//! neither is looked at every [`NetBackConfig::idle_poll`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::NetDevice;
 use super::back::{NetQueue, NetQueueConfig, NetQueueStats};
-use super::ctrl::CtrlRing;
+use super::ctrl::{CtrlRing, HashConfig};
+use super::mq::{MqConfig, QueuePort, SharedDevice};
 use crate::backend::{
     Doorbell, EventChannels, FrontendView, GrantAccess, GrantedRing, HandshakeError, XenbusDevice,
     XsHandle,
@@ -28,9 +36,13 @@ pub struct NetBackConfig {
     /// The queue's behaviour (`rx_gso` and `multicast_control` are set from what the front end
     /// asks for).
     pub queue: NetQueueConfig,
-    /// For a device that cannot wake the queue (a TAP device): the longest an idle queue sleeps
-    /// before it looks at the device again.
+    /// For a device that can neither wake the queue nor give a descriptor to sleep on: the longest an
+    /// idle queue sleeps before it looks at the device again.
     pub idle_poll: Duration,
+    /// `multi-queue-max-queues`: the most queues a front end may ask for (at least 1).
+    pub max_queues: u32,
+    /// How the queues share the device.
+    pub mq: MqConfig,
 }
 
 impl Default for NetBackConfig {
@@ -38,6 +50,8 @@ impl Default for NetBackConfig {
         Self {
             queue: NetQueueConfig::default(),
             idle_poll: Duration::from_millis(1),
+            max_queues: 4,
+            mq: MqConfig::default(),
         }
     }
 }
@@ -49,12 +63,9 @@ pub enum NetConnectError {
     /// The front end does not do `request-rx-copy`, the only RX mode served.
     #[error("the front end does not set request-rx-copy = 1 (page flipping is not supported)")]
     NoRxCopy,
-    /// The front end asks for more than one queue.
-    #[error("multi-queue-num-queues is {value}; this back end serves one queue")]
-    Queues {
-        /// The value.
-        value: u32,
-    },
+    /// A queue's thread could not be started.
+    #[error("starting a queue's thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// A ring could not be mapped.
     #[error("{ring} ring: {source}")]
     Ring {
@@ -78,10 +89,15 @@ pub enum NetConnectError {
     Queue(#[from] super::back::NetbackError),
 }
 
+struct Worker<D> {
+    doorbell: Arc<Doorbell>,
+    thread: JoinHandle<QueuePort<D>>,
+}
+
 struct Running<D> {
     stop: Arc<AtomicBool>,
-    doorbell: Arc<Doorbell>,
-    thread: JoinHandle<D>,
+    shared: SharedDevice<D>,
+    workers: Vec<Worker<D>>,
 }
 
 /// netback for one vif.
@@ -91,7 +107,7 @@ pub struct NetBack<D> {
     device: Option<D>,
     config: NetBackConfig,
     running: Option<Running<D>>,
-    stats: Arc<Mutex<NetQueueStats>>,
+    stats: Arc<Vec<Mutex<NetQueueStats>>>,
     fatal: Arc<Mutex<Option<String>>>,
 }
 
@@ -123,9 +139,41 @@ impl<D: NetDevice + 'static> NetBack<D> {
         }
     }
 
-    /// The counters of the current (or last) connection.
+    /// The counters of the current (or last) connection, summed over its queues.
     pub fn stats(&self) -> NetQueueStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        let mut t = NetQueueStats::default();
+        for q in self.queue_stats() {
+            t.tx_packets += q.tx_packets;
+            t.tx_errors += q.tx_errors;
+            t.tx_multicast += q.tx_multicast;
+            t.rx_packets += q.rx_packets;
+            t.rx_dropped += q.rx_dropped;
+            t.tx_notifies += q.tx_notifies;
+            t.rx_notifies += q.rx_notifies;
+        }
+        t
+    }
+
+    /// The counters of each queue of the current (or last) connection.
+    pub fn queue_stats(&self) -> Vec<NetQueueStats> {
+        self.stats
+            .iter()
+            .map(|s| *s.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect()
+    }
+
+    /// How many received frames were steered to each queue of the current connection (empty when
+    /// not connected).
+    pub fn steered(&self) -> Vec<u64> {
+        self.running
+            .as_ref()
+            .map(|r| r.shared.steered())
+            .unwrap_or_default()
+    }
+
+    /// The number of queues being served (0 when not connected).
+    pub fn queues(&self) -> usize {
+        self.running.as_ref().map_or(0, |r| r.workers.len())
     }
 
     /// Whether a queue is being served.
@@ -138,49 +186,48 @@ impl<D: NetDevice + 'static> NetBack<D> {
         front: &FrontendView<'_, dyn XsHandle>,
     ) -> Result<Vec<(String, String)>, HandshakeError> {
         let dev = |e: NetConnectError| HandshakeError::Device(Box::new(e));
-        if let Some(n) = front.read_u32("", "multi-queue-num-queues")?
-            && n != 1
-        {
-            return Err(dev(NetConnectError::Queues { value: n }));
-        }
+        let dirs = front.queues(self.config.max_queues.max(1))?;
         if !front.read_flag("", "request-rx-copy")? {
             return Err(dev(NetConnectError::NoRxCopy));
         }
-        let tx_ref = front.require_u32("", "tx-ring-ref")?;
-        let rx_ref = front.require_u32("", "rx-ring-ref")?;
-        let (tx_port, rx_port) = match front.read_u32("", "event-channel")? {
-            Some(p) => (p, p),
-            None => (
-                front.require_u32("", "event-channel-tx")?,
-                front.require_u32("", "event-channel-rx")?,
-            ),
-        };
         let mut qc = self.config.queue;
         qc.rx_gso = front.read_flag("", "feature-gso-tcpv4")?
             || front.read_flag("", "feature-gso-tcpv6")?;
         qc.multicast_control = front.read_flag("", "request-multicast-control")?;
         let domid = front.domid();
-        let tx = GrantedRing::map(&*self.grants, domid, &[tx_ref])
-            .map_err(|source| dev(NetConnectError::Ring { ring: "tx", source }))?;
-        let rx = GrantedRing::map(&*self.grants, domid, &[rx_ref])
-            .map_err(|source| dev(NetConnectError::Ring { ring: "rx", source }))?;
-        let doorbell = Doorbell::new();
-        let tx_ev = self
-            .evtchns
-            .bind(domid, tx_port, doorbell.clone())
-            .map_err(|e| dev(e.into()))?;
-        let rx_ev = if rx_port == tx_port {
-            tx_ev.clone()
-        } else {
-            self.evtchns
-                .bind(domid, rx_port, doorbell.clone())
-                .map_err(|e| dev(e.into()))?
-        };
-        let device = self
-            .device
-            .take()
-            .ok_or_else(|| dev(NetConnectError::DeviceBusy))?;
-        // The control ring, if the front end set one up (`feature-ctrl-ring`).
+        // Every queue's rings and ports first: nothing is started until all of them are good.
+        let mut rings = Vec::with_capacity(dirs.len());
+        for dir in &dirs {
+            let tx_ref = front.require_u32(dir, "tx-ring-ref")?;
+            let rx_ref = front.require_u32(dir, "rx-ring-ref")?;
+            let (tx_port, rx_port) = match front.read_u32(dir, "event-channel")? {
+                Some(p) => (p, p),
+                None => (
+                    front.require_u32(dir, "event-channel-tx")?,
+                    front.require_u32(dir, "event-channel-rx")?,
+                ),
+            };
+            let tx = GrantedRing::map(&*self.grants, domid, &[tx_ref])
+                .map_err(|source| dev(NetConnectError::Ring { ring: "tx", source }))?;
+            let rx = GrantedRing::map(&*self.grants, domid, &[rx_ref])
+                .map_err(|source| dev(NetConnectError::Ring { ring: "rx", source }))?;
+            let doorbell = Doorbell::new();
+            let tx_ev = self
+                .evtchns
+                .bind(domid, tx_port, doorbell.clone())
+                .map_err(|e| dev(e.into()))?;
+            let rx_ev = if rx_port == tx_port {
+                tx_ev.clone()
+            } else {
+                self.evtchns
+                    .bind(domid, rx_port, doorbell.clone())
+                    .map_err(|e| dev(e.into()))?
+            };
+            rings.push((tx, rx, tx_ev, rx_ev, doorbell));
+        }
+        let nq = rings.len() as u32;
+        let hash = Arc::new(RwLock::new(HashConfig::default()));
+        // The control ring, if the front end set one up (`feature-ctrl-ring`); queue 0 serves it.
         let ctrl = match front.read_u32("", "ctrl-ring-ref")? {
             None => None,
             Some(cref) => {
@@ -193,37 +240,93 @@ impl<D: NetDevice + 'static> NetBack<D> {
                 })?;
                 let ev = self
                     .evtchns
-                    .bind(domid, port, doorbell.clone())
+                    .bind(domid, port, rings[0].4.clone())
                     .map_err(|e| dev(e.into()))?;
-                Some(
-                    CtrlRing::new(domid, self.grants.clone(), mem, ev, 1)
-                        .map_err(|e| dev(NetConnectError::CtrlRing(e)))?,
-                )
+                let mut c = CtrlRing::new(domid, self.grants.clone(), mem, ev, nq)
+                    .map_err(|e| dev(NetConnectError::CtrlRing(e)))?;
+                c.share_hash(hash.clone());
+                Some(c)
             }
         };
-        let mut queue = NetQueue::new(domid, self.grants.clone(), tx, rx, tx_ev, rx_ev, device, qc)
-            .map_err(|e| dev(e.into()))?;
-        if let Some(c) = ctrl {
-            queue.attach_ctrl(c);
+        let device = self
+            .device
+            .take()
+            .ok_or_else(|| dev(NetConnectError::DeviceBusy))?;
+        let shared = SharedDevice::new(device, rings.len(), hash.clone(), self.config.mq);
+        let mut queues = Vec::with_capacity(rings.len());
+        for (i, (tx, rx, tx_ev, rx_ev, doorbell)) in rings.into_iter().enumerate() {
+            match NetQueue::new(
+                domid,
+                self.grants.clone(),
+                tx,
+                rx,
+                tx_ev,
+                rx_ev,
+                shared.port(i),
+                qc,
+            ) {
+                Ok(q) => queues.push((q, doorbell)),
+                Err(e) => {
+                    drop(queues);
+                    self.device = shared.into_inner().ok();
+                    return Err(dev(e.into()));
+                }
+            }
         }
+        let mut ctrl = ctrl;
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, bell, stats, fatal) = (
-            stop.clone(),
-            doorbell.clone(),
-            self.stats.clone(),
-            self.fatal.clone(),
-        );
-        let idle_poll = self.config.idle_poll;
-        let thread = std::thread::spawn(move || {
-            serve(&mut queue, &s, &bell, idle_poll, &stats, &fatal);
-            queue.into_device()
-        });
+        self.stats = Arc::new((0..queues.len()).map(|_| Mutex::default()).collect());
+        let mut workers = Vec::with_capacity(queues.len());
+        let mut spawn_error = None;
+        for (i, (mut queue, doorbell)) in queues.into_iter().enumerate() {
+            match ctrl.take() {
+                Some(c) => queue.attach_ctrl(c),
+                None => queue.set_hash_source(hash.clone()),
+            }
+            let (s, bell, stats, fatal) = (
+                stop.clone(),
+                doorbell.clone(),
+                self.stats.clone(),
+                self.fatal.clone(),
+            );
+            let idle_poll = self.config.idle_poll;
+            let spawned = std::thread::Builder::new()
+                .name(format!("netback-d{domid}-q{i}"))
+                .spawn(move || {
+                    serve(&mut queue, &s, &bell, idle_poll, &stats[i], &fatal);
+                    queue.into_device()
+                });
+            match spawned {
+                Ok(thread) => workers.push(Worker { doorbell, thread }),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
         self.running = Some(Running {
             stop,
-            doorbell,
-            thread,
+            shared,
+            workers,
         });
+        if let Some(e) = spawn_error {
+            self.stop_workers();
+            return Err(dev(NetConnectError::Thread(e)));
+        }
         Ok(Vec::new())
+    }
+
+    fn stop_workers(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop.store(true, Ordering::Release);
+            for w in &r.workers {
+                w.doorbell.ring();
+            }
+            for w in r.workers {
+                let _ = w.thread.join();
+            }
+            self.device = r.shared.into_inner().ok();
+        }
     }
 }
 
@@ -239,11 +342,12 @@ fn serve<D: NetDevice>(
     fatal: &Mutex<Option<String>>,
 ) {
     // With a device that wakes us, an idle queue sleeps until a ring or the device rings the
-    // doorbell; otherwise it looks at the device every `idle_poll`.
+    // doorbell; with a descriptor, it sleeps on both; otherwise it looks every `idle_poll`.
     let bell: Arc<Doorbell> = doorbell.clone();
     let evented = queue
         .device_mut()
         .set_rx_waker(Arc::new(move || bell.ring()));
+    let fd = queue.device().poll_fd();
     while !stop.load(Ordering::Acquire) {
         let r = queue.process(Instant::now()).and_then(|moved| {
             if moved {
@@ -256,12 +360,18 @@ fn serve<D: NetDevice>(
         match r {
             Ok(true) => {}
             Ok(false) => {
-                let sleep = if evented && !queue.tx_stalled() {
-                    EVENTED_IDLE
+                if queue.tx_stalled() {
+                    // The device does not say when it has room again.
+                    doorbell.wait(idle_poll);
+                } else if evented || (fd.is_some() && !queue.rx_has_room()) {
+                    // Nothing to take from the device until it (or the front end, posting RX
+                    // buffers) rings.
+                    doorbell.wait(EVENTED_IDLE);
+                } else if let Some(fd) = fd {
+                    doorbell.wait_or_readable(fd, EVENTED_IDLE);
                 } else {
-                    idle_poll
-                };
-                doorbell.wait(sleep);
+                    doorbell.wait(idle_poll);
+                }
             }
             Err(e) => {
                 *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
@@ -286,6 +396,10 @@ impl<D: NetDevice + 'static> XenbusDevice for NetBack<D> {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain([(
+            "multi-queue-max-queues".to_owned(),
+            self.config.max_queues.max(1).to_string(),
+        )])
         .collect()
     }
 
@@ -298,13 +412,7 @@ impl<D: NetDevice + 'static> XenbusDevice for NetBack<D> {
     }
 
     fn disconnect(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop.store(true, Ordering::Release);
-            r.doorbell.ring();
-            if let Ok(dev) = r.thread.join() {
-                self.device = Some(dev);
-            }
-        }
+        self.stop_workers();
     }
 
     fn take_fatal_error(&mut self) -> Option<String> {
@@ -316,8 +424,12 @@ impl<D> Drop for NetBack<D> {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
             r.stop.store(true, Ordering::Release);
-            r.doorbell.ring();
-            let _ = r.thread.join();
+            for w in &r.workers {
+                w.doorbell.ring();
+            }
+            for w in r.workers {
+                let _ = w.thread.join();
+            }
         }
     }
 }
