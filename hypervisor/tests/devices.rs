@@ -103,3 +103,256 @@ fn the_console_ring_reaches_the_console_back_end() {
         "{out}"
     );
 }
+
+/// The guest's pattern (hypervisor/guest/src/devices.rs): the 64-bit word at byte `off` of the disk.
+fn pattern(seed: u64, off: u64) -> u64 {
+    let mut z = seed ^ off.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn with_vbd(mut cfg: GuestConfig, image: &Image) -> GuestConfig {
+    cfg.vbds.push(VbdConfig {
+        devid: xvd_devid(0),
+        path: image.0.clone(),
+        read_only: false,
+    });
+    cfg
+}
+
+#[test]
+fn disk_data_written_by_one_boot_is_read_back_by_the_next() {
+    let image = Image::new("disk", 2 << 20);
+    let ts = toolstack();
+    let (exit, out) = run(
+        &ts,
+        with_vbd(guest_config("writer", "disk-write=7"), &image),
+    );
+    assert_eq!(exit, POWEROFF, "{out}");
+    assert!(
+        out.contains("disk-write: 2097152 bytes written with seed 7 and flushed"),
+        "{out}"
+    );
+    // The data is in the image file, where the guest put it.
+    let bytes = std::fs::read(&image.0).unwrap();
+    for off in [0u64, 4096, (2 << 20) - 8] {
+        let got = u64::from_le_bytes(bytes[off as usize..off as usize + 8].try_into().unwrap());
+        assert_eq!(got, pattern(7, off), "image word at {off}");
+    }
+    // A second boot, a new domain, reads it back.
+    let (exit, out) = run(
+        &ts,
+        with_vbd(guest_config("verifier", "disk-verify=7"), &image),
+    );
+    assert_eq!(exit, POWEROFF, "{out}");
+    assert!(
+        out.contains("disk-verify: OK, 2097152 bytes match seed 7"),
+        "{out}"
+    );
+    // The check can fail: another seed does not match.
+    let (exit, out) = run(
+        &ts,
+        with_vbd(guest_config("wrong", "disk-verify=8"), &image),
+    );
+    assert_eq!(exit, DomainExit::Shutdown(ShutdownReason::Crash), "{out}");
+    assert!(out.contains("disk-verify: MISMATCH at byte 0"), "{out}");
+}
+
+#[test]
+fn the_toolstack_writes_xl_style_vbd_and_vif_directories() {
+    let image = Image::new("dirs", 1 << 20);
+    let ts = toolstack();
+    let mut cfg = with_vbd(guest_config("dirs", "idle"), &image);
+    cfg.vifs.push(VifConfig {
+        devid: 0,
+        mac: [0x02, 0x11, 0x22, 0x33, 0x44, 0x55],
+        link: VifLink::Switch,
+    });
+    let g = ts.create(cfg).unwrap();
+    let xs = ts.xenstored();
+    let d = g.domain().domid();
+    let read =
+        |p: &str| String::from_utf8(xs.read(p).unwrap_or_else(|| panic!("{p} missing"))).unwrap();
+    let be = format!("/local/domain/0/backend/vbd/{d}/51712");
+    let fe = format!("/local/domain/{d}/device/vbd/51712");
+    assert_eq!(read(&format!("{be}/frontend")), fe);
+    assert_eq!(read(&format!("{be}/frontend-id")), d.to_string());
+    assert_eq!(read(&format!("{be}/params")), image.0.display().to_string());
+    assert_eq!(read(&format!("{be}/mode")), "w");
+    assert_eq!(read(&format!("{be}/dev")), "xvda");
+    assert_eq!(read(&format!("{fe}/backend")), be);
+    assert_eq!(read(&format!("{fe}/backend-id")), "0");
+    assert_eq!(read(&format!("{fe}/virtual-device")), "51712");
+    // blkback started and published its side: InitWait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while xs.read(&format!("{be}/state")).as_deref() != Some(b"2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blkback reached InitWait"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let vbe = format!("/local/domain/0/backend/vif/{d}/0");
+    let vfe = format!("/local/domain/{d}/device/vif/0");
+    assert_eq!(read(&format!("{vbe}/mac")), "02:11:22:33:44:55");
+    assert_eq!(read(&format!("{vfe}/mac")), "02:11:22:33:44:55");
+    assert_eq!(read(&format!("{vfe}/backend")), vbe);
+    assert_eq!(read(&format!("{vbe}/frontend")), vfe);
+    drop(g);
+    // Destroyed: both directories are gone.
+    assert!(xs.read(&be).is_none() && xs.read(&fe).is_none() && xs.read(&vbe).is_none());
+}
+
+#[test]
+fn two_guests_exchange_packets_through_the_switch() {
+    let ts = toolstack();
+    let vif = || VifConfig {
+        devid: 0,
+        mac: [0; 6],
+        link: VifLink::Switch,
+    };
+    let mut echo = guest_config("echo", "net-echo=20");
+    echo.vifs.push(vif());
+    let mut ping = guest_config("ping", "net-ping=20");
+    ping.vifs.push(vif());
+    let mut e = ts.create(echo).unwrap();
+    let mut p = ts.create(ping).unwrap();
+    e.start().unwrap();
+    p.start().unwrap();
+    let pexit = p.wait_timeout(Duration::from_secs(60));
+    let eexit = e.wait_timeout(Duration::from_secs(60));
+    let (pout, eout) = (p.all_output(), e.all_output());
+    eprintln!("[ping] {pexit}\n{pout}\n[echo] {eexit}\n{eout}");
+    assert_eq!(pexit, POWEROFF, "{pout}");
+    assert!(pout.contains("net-ping: 20/20 pongs checked"), "{pout}");
+    assert_eq!(eexit, POWEROFF, "{eout}");
+    assert!(
+        eout.contains("frames echoed, the last with sequence number Some(19)"),
+        "{eout}"
+    );
+}
+
+/// Runs `ip` with `args`, failing the test with its stderr.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2; scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace of this test, deleted on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// In the namespace: an AF_PACKET socket on `ifname` that answers each ping frame of the guests'
+/// ethertype (0x88b5, type 1) with a pong (type 2) to its sender, `count` times.
+fn echo_in_netns(ns: &str, ifname: &str, count: usize) -> std::thread::JoinHandle<usize> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    std::thread::spawn(move || {
+        let nsf = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        // SAFETY: setns with an open namespace fd changes only this thread's network namespace.
+        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let proto = 0x88b5u16.to_be();
+        // SAFETY: plain socket(2), checked before it is wrapped.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh socket nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cname = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
+        assert!(ifindex > 0);
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields set make it a bind address.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex;
+        // SAFETY: `sll` is a sockaddr_ll of the length passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 20,
+            tv_usec: 0,
+        };
+        // SAFETY: SO_RCVTIMEO takes a timeval of the length passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        let mut answered = 0;
+        let mut buf = [0u8; 2048];
+        while answered < count {
+            // SAFETY: `buf` is valid for its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                break; // timed out
+            }
+            let n = n as usize;
+            if n < 15 || buf[12..14] != [0x88, 0xb5] || buf[14] != 1 {
+                continue;
+            }
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&buf[6..12]);
+            buf.copy_within(0..6, 6);
+            buf[..6].copy_from_slice(&src);
+            buf[14] = 2;
+            // SAFETY: `buf` is valid for `n` bytes; the socket is bound to the interface.
+            let s = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), n, 0) };
+            if s == n as isize {
+                answered += 1;
+            }
+        }
+        answered
+    })
+}
+
+#[test]
+fn a_guest_reaches_the_host_through_tap() {
+    let ns = Netns(format!("blanket-dev-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    let ifname = format!("bltap{}", std::process::id() % 100_000);
+    let ts = toolstack();
+    let mut cfg = guest_config("tap", "net-ping=10");
+    cfg.vifs.push(VifConfig {
+        devid: 0,
+        mac: [0; 6],
+        link: VifLink::Tap(ifname.clone()),
+    });
+    let mut g = ts.create(cfg).unwrap();
+    ip(&["link", "set", "dev", &ifname, "netns", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "dev", &ifname, "up"]);
+    let host = echo_in_netns(&ns.0, &ifname, 10);
+    g.start().unwrap();
+    let exit = g.wait_timeout(Duration::from_secs(60));
+    let out = g.all_output();
+    eprintln!("[tap] {exit}\n{out}");
+    assert_eq!(host.join().unwrap(), 10, "the host answered every ping");
+    assert_eq!(exit, POWEROFF, "{out}");
+    assert!(out.contains("net-ping: 10/10 pongs checked"), "{out}");
+}

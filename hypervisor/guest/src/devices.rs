@@ -151,7 +151,7 @@ impl GrantAccess for Pv<'_> {
 impl Translate for Pv<'_> {
     fn frame_of(&self, addr: usize) -> Result<Gfn, PlatformError> {
         let frame = (addr / PAGE) as u64;
-        if addr % PAGE != 0 || frame == 0 || frame >= self.nr_pages {
+        if !addr.is_multiple_of(PAGE) || frame == 0 || frame >= self.nr_pages {
             return Err(PlatformError::NotTranslatable { addr });
         }
         Ok(frame)
@@ -603,7 +603,7 @@ fn net<'a, 'p>(
         let n = count.unwrap_or(10);
         let mut peer = [0xffu8; 6];
         let mut good = 0u64;
-        let t0 = pv.now_ns();
+        let mut t0 = pv.now_ns();
         // The neighbour may still be connecting: the first ping is retried for a while.
         let mut tries = 0;
         let mut seq = 0u64;
@@ -633,6 +633,10 @@ fn net<'a, 'p>(
                 }
             }
             if answered {
+                if good == 0 {
+                    // Round trips are timed from the first answer (the neighbour may have been late).
+                    t0 = pv.now_ns();
+                }
                 good += 1;
                 seq += 1;
             } else if seq == 0 && tries < 20 {
@@ -646,17 +650,23 @@ fn net<'a, 'p>(
         say!(
             out,
             "net-ping: {good}/{n} pongs checked, {} us per round trip",
-            ns / 1000 / good.max(1)
+            ns / 1000 / good.saturating_sub(1).max(1)
         );
         good == n
     } else {
+        // With a count N: until the ping with sequence number N - 1 is echoed (a ping the neighbour
+        // retried while this guest was connecting is echoed again, so frames are not counted).
         let mut echoed = 0u64;
+        let mut last = None;
         loop {
-            if count.is_some_and(|c| echoed >= c) {
+            if let (Some(c), Some(l)) = (count, last)
+                && l + 1 >= c
+            {
                 break;
             }
             match net.recv_wait(&mut rx) {
-                Ok(Some(len)) if len >= 15 && rx[12..14] == ETHERTYPE && rx[14] == PING => {
+                Ok(Some(len)) if len >= 23 && rx[12..14] == ETHERTYPE && rx[14] == PING => {
+                    last = Some(u64::from_le_bytes(rx[15..23].try_into().unwrap_or([0; 8])));
                     let mut src = [0u8; 6];
                     src.copy_from_slice(&rx[6..12]);
                     rx[..6].copy_from_slice(&src);
@@ -671,8 +681,11 @@ fn net<'a, 'p>(
                 Err(_) => {}
             }
         }
-        say!(out, "net-echo: {echoed} frames echoed");
-        count.is_none_or(|c| echoed >= c)
+        say!(
+            out,
+            "net-echo: {echoed} frames echoed, the last with sequence number {last:?}"
+        );
+        count.is_none_or(|c| last.is_some_and(|l| l + 1 >= c))
     };
     let _ = net.close(xb);
     ok
