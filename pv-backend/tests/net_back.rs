@@ -1521,6 +1521,90 @@ mod control_ring {
         assert_eq!(received_hash(&mut p), None);
     }
 
+    /// HOSTILE-INPUT.md's `len > 1024`: one `SET_HASH_MAPPING` carries its (sub-)table at the start
+    /// of one granted page, so 1024 entries (4096 bytes) is the most; 1025 entries (4100 bytes, past
+    /// the page) is refused even where the table is large enough, as is a `len` whose byte count
+    /// wraps 32 bits, and a 1025-byte key. Nothing changes, and the ring keeps working.
+    #[test]
+    fn hostile_control_mapping_len_above_1024_entries_of_one_page() {
+        use xen_abi::netif::{CtrlLimits, NetifError};
+        // The rule itself, with a table of 2048 entries so that only the page limit applies.
+        let limits = CtrlLimits {
+            max_hash_mapping_size: 2048,
+            hash_mapping_size: 2048,
+            ..CtrlLimits::DEFAULT
+        };
+        let req = |len: u32, off: u32| {
+            XenNetifCtrlRequest::new(1, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, [5, len, off])
+                .validate(&limits)
+        };
+        assert!(req(1024, 0).is_ok(), "4096 bytes: exactly the page");
+        assert!(req(1024, 1024).is_ok());
+        assert!(matches!(
+            req(1025, 0),
+            Err(NetifError::HashMappingLenTooLarge {
+                len: 1025,
+                max: 1024
+            })
+        ));
+        assert!(matches!(
+            req(0x4000_0001, 0),
+            Err(NetifError::HashMappingLenTooLarge { .. })
+        ));
+
+        // Through the ring, on a queue whose table is 2048 entries.
+        let (mut p, mut c) = setup();
+        let g = &p.a.guest;
+        let f = g.alloc_pages(1);
+        c.ring = FrontRing::new(ring_memory(g, f)).unwrap();
+        let ring_ref = g.grant(f, false);
+        let grants: Arc<dyn GrantAccess> = Arc::new(g.grants.clone());
+        let mem = GrantedRing::map(&*grants, 1, &[ring_ref]).unwrap();
+        let ev: Arc<dyn EventChannel> = Arc::new(Counter::default());
+        let big = CtrlLimits {
+            max_hash_mapping_size: 2048,
+            num_queues: 2,
+            ..CtrlLimits::DEFAULT
+        };
+        p.qa.attach_ctrl(CtrlRing::with_limits(1, grants, mem, ev, big).unwrap());
+        let (ok, inval) = (
+            XEN_NETIF_CTRL_STATUS_SUCCESS,
+            XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER,
+        );
+        let q = &mut p.qa;
+        let map = XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING;
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, [2048, 0, 0])
+                .0,
+            ok
+        );
+        // A whole page of entries, all 1: accepted.
+        let (df, g) = c.data;
+        let ones: Vec<u8> = (0..1024).flat_map(|_| 1u32.to_ne_bytes()).collect();
+        p.a.guest.write(df, 0, &ones);
+        let q = &mut p.qa;
+        assert_eq!(c.call(q, map, [g, 1024, 0]).0, ok);
+        let table =
+            |q: &NetQueue<GrantedRing, SwitchPort>| q.ctrl().unwrap().hash().mapping.clone();
+        let before = table(q);
+        assert_eq!(before.iter().filter(|&&m| m == 1).count(), 1024);
+        // 1025 entries, 4100 bytes: refused, wherever it would go.
+        assert_eq!(c.call(q, map, [g, 1025, 0]).0, inval);
+        assert_eq!(c.call(q, map, [g, 1025, 1000]).0, inval);
+        // A len whose byte count (len * 4) wraps to 4 in 32 bits.
+        assert_eq!(c.call(q, map, [g, 0x4000_0001, 0]).0, inval);
+        assert_eq!(table(q), before, "a refused mapping changed the table");
+        // A key of 1025 bytes.
+        assert_eq!(
+            c.call(q, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, [g, 1025, 0]).0,
+            XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW
+        );
+        assert!(q.ctrl().unwrap().hash().key.is_empty());
+        assert!(!q.is_disconnected());
+        // The ring still answers.
+        assert_eq!(c.call(q, map, [g, 16, 2032]).0, ok);
+    }
+
     #[test]
     fn hostile_control_requests_are_answered_with_their_status_and_change_nothing() {
         let (mut p, mut c) = setup();

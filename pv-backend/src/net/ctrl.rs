@@ -13,15 +13,19 @@
 
 use std::sync::{Arc, RwLock};
 
-use xen_abi::DomId;
 use xen_abi::netif::{
     CtrlLimits, CtrlOp, CtrlStatus, HashAlgorithm, HashType, HashTypes, NetifCtrl, NetifError,
     XenNetifCtrlResponse, toeplitz_hash, validate_hash_mapping_bytes,
 };
 use xen_abi::ring::{BackRing, RingError, RingMemory};
+use xen_abi::{DomId, XEN_PAGE_SIZE};
 
 use super::ETH_HLEN;
 use crate::backend::{EventChannel, GrantAccess, GrantAccessMode};
+
+/// The largest mapping table [`CtrlRing::with_limits`] lets a front end ask for (64 Ki entries,
+/// 256 KiB), so that `SET_HASH_MAPPING_SIZE` cannot make us allocate without bound.
+pub const MAX_MAPPING_LIMIT: u32 = 1 << 16;
 
 /// The receive-side hash the front end configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,14 +148,34 @@ impl<M: RingMemory> CtrlRing<M> {
         evtchn: Arc<dyn EventChannel>,
         num_queues: u32,
     ) -> Result<Self, RingError> {
+        let limits = CtrlLimits {
+            num_queues: num_queues.max(1),
+            ..CtrlLimits::DEFAULT
+        };
+        Self::with_limits(domid, grants, mem, evtchn, limits)
+    }
+
+    /// As [`new`](Self::new), with other limits than Linux netback's (a larger key or mapping
+    /// table, up to [`MAX_MAPPING_LIMIT`] entries and a page of key; `limits.num_queues` is the queue
+    /// count, `hash_mapping_size` is reset to 0). One
+    /// `SET_HASH_MAPPING` still carries at most a page of entries (1024, 4096 bytes).
+    pub fn with_limits(
+        domid: DomId,
+        grants: Arc<dyn GrantAccess>,
+        mem: M,
+        evtchn: Arc<dyn EventChannel>,
+        limits: CtrlLimits,
+    ) -> Result<Self, RingError> {
         Ok(Self {
             domid,
             grants,
             ring: BackRing::new(mem)?,
             evtchn,
             limits: CtrlLimits {
-                num_queues: num_queues.max(1),
-                ..CtrlLimits::DEFAULT
+                num_queues: limits.num_queues.max(1),
+                hash_mapping_size: 0,
+                max_hash_mapping_size: limits.max_hash_mapping_size.min(MAX_MAPPING_LIMIT),
+                max_hash_key_size: limits.max_hash_key_size.min(XEN_PAGE_SIZE as u32),
             },
             hash: HashConfig::default(),
             shared: None,
