@@ -27,6 +27,7 @@
 
 mod page;
 mod sink;
+pub mod xs;
 
 use std::collections::VecDeque;
 use std::io;

@@ -24,6 +24,12 @@ pub trait ConsoleSink {
     /// Reads input for the guest into `buf` without blocking, returning how many bytes were read
     /// (`Ok(0)` when none are waiting). Output-only sinks return `Ok(0)`.
     fn read_input(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// The terminal a user opens to reach the guest, for a pty sink: what xenconsoled writes to
+    /// `console/tty` ([`xs::connect`](super::xs::connect) does). `None` (the default) otherwise.
+    fn tty_path(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Treats `WouldBlock` and `Interrupted` as "nothing now".
@@ -129,6 +135,10 @@ impl ConsoleSink for Pty {
             Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
             other => nonblocking(other),
         }
+    }
+
+    fn tty_path(&self) -> Option<&Path> {
+        Some(&self.slave_path)
     }
 }
 
