@@ -1,21 +1,36 @@
-//! The example Blanket hypervisor: boots N Xen PV guests on KVM (in ring 3), shows their consoles prefixed
-//! by domain name and their progress, and prints a summary.
+//! The example Blanket hypervisor: boots Xen PV guests on KVM (in ring 3) with XenStore, console rings,
+//! disks and networks served by pv-backend, shows their consoles prefixed by domain name and their progress,
+//! and prints a summary.
 //!
 //! ```sh
-//! cargo run --release --example blanket                      # 4 guests, a mix of workloads
+//! cargo run --release --example blanket                      # the default set: disks, a ping pair, CPU, idle
 //! cargo run --release --example blanket -- --guests 8 --cmdline cpu=200
 //! cargo run --release --example blanket -- --cmdline idle --timeout 3
+//! cargo run --release --example blanket -- \
+//!     --guest name=w,cmdline=disk-write=5,disk=/tmp/d.img --guest name=v,cmdline=disk-verify=5,disk=/tmp/d.img,after=w
 //! ```
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blanket_hypervisor::{Domain, DomainConfig, DomainExit, Hypervisor, RunState, guest};
+use blanket_hypervisor::devices::console::ConsoleOutput;
+use blanket_hypervisor::toolstack::{
+    Guest, GuestConfig, Toolstack, VbdConfig, VifConfig, VifLink, xvd_devid,
+};
+use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, RunState, guest};
 use clap::Parser;
 
-/// The workloads guests run when no --cmdline is given, in turn.
-const DEFAULT_WORKLOADS: &[&str] = &["hello", "cpu=100", "timer=20", "shutdown=reboot"];
+/// The guests booted with no arguments: (name, cmdline, devices, boot after). `disk` is one temporary
+/// image, `vif` a port of the in-process switch.
+const DEFAULT_SET: &[(&str, &str, &str, &str)] = &[
+    ("writer", "disk-write=42", "disk", ""),
+    ("verifier", "disk-verify=42", "disk", "writer"),
+    ("echo", "net-echo=50", "vif", ""),
+    ("ping", "net-ping=50", "vif", ""),
+    ("cpu", "cpu=100", "", ""),
+    ("idle", "idle", "", ""),
+];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +39,10 @@ const DEFAULT_WORKLOADS: &[&str] = &["hello", "cpu=100", "timer=20", "shutdown=r
     long_about = "Boots N copies of the embedded Blanket PV guest, each with its own memory (a sparse memfd) and \
 vCPU thread, shows their consoles prefixed by domain name, and prints a summary table.\n\nGuest workloads \
 (--cmdline): hello, idle, cpu=N (N million steps), timer=N (N 10-ms timer wake-ups), shutdown=CODE \
-(poweroff|reboot|suspend|crash|watchdog), bad-hypercall, fault, triple-fault."
+(poweroff|reboot|suspend|crash|watchdog), bad-hypercall, fault, triple-fault; with devices: xs-test, \
+console-ring, disk-write=SEED, disk-verify=SEED, disk-bench=ROUNDS, net-echo[=N], net-ping=N.\n\nWith no \
+arguments it boots a default set on temporary image files and the in-process switch: a disk writer, then a \
+verifier of the same image, a ping pair, a CPU job and an idle guest (destroyed once the others are done)."
 )]
 struct Args {
     /// Number of guests to boot.
@@ -48,6 +66,89 @@ struct Args {
     /// Do not show the guests' consoles.
     #[arg(short, long)]
     quiet: bool,
+    /// A guest, in xl's key=value style, comma-separated: name=NAME, cmdline=WORKLOAD, memory=MIB,
+    /// disk=PATH (a raw image, xvda; disk=PATH:r for read-only; repeat for xvdb...), vif=switch or
+    /// vif=tap:NAME (repeat for more), console=stdout|log:PATH|pty|none, after=NAME (boot once that guest
+    /// ended). Repeat --guest for more guests.
+    #[arg(short, long)]
+    guest: Vec<String>,
+    /// Serve the host's xenstored on this Unix socket too (XENSTORED_PATH=PATH xenstore-ls).
+    #[arg(long)]
+    xenstored_socket: Option<std::path::PathBuf>,
+    /// Size of the temporary disk images of the default set, in MiB.
+    #[arg(long, default_value_t = 8)]
+    disk_size: u64,
+}
+
+/// One guest to boot.
+#[derive(Debug, Clone)]
+struct Spec {
+    name: String,
+    cmdline: String,
+    memory: u64,
+    disks: Vec<(std::path::PathBuf, bool)>,
+    vifs: Vec<VifLink>,
+    console: String,
+    after: Option<String>,
+}
+
+fn parse_guest(s: &str, default_memory: u64, index: usize) -> Result<Spec, String> {
+    let mut spec = Spec {
+        name: format!("guest{}", index + 1),
+        cmdline: "hello".into(),
+        memory: default_memory,
+        disks: Vec::new(),
+        vifs: Vec::new(),
+        console: "stdout".into(),
+        after: None,
+    };
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--guest '{s}': '{item}' is not key=value"))?;
+        match k {
+            "name" => spec.name = v.into(),
+            "cmdline" => spec.cmdline = v.into(),
+            "memory" => {
+                spec.memory = v
+                    .parse()
+                    .map_err(|_| format!("--guest '{s}': memory '{v}' is not a number of MiB"))?
+            }
+            "disk" => {
+                let (path, ro) = match v.strip_suffix(":r") {
+                    Some(p) => (p, true),
+                    None => (v.strip_suffix(":w").unwrap_or(v), false),
+                };
+                spec.disks.push((path.into(), ro));
+            }
+            "vif" => spec.vifs.push(match v {
+                "switch" => VifLink::Switch,
+                t if t.starts_with("tap:") => VifLink::Tap(t[4..].into()),
+                _ => {
+                    return Err(format!(
+                        "--guest '{s}': vif '{v}' is not switch or tap:NAME"
+                    ));
+                }
+            }),
+            "console" => spec.console = v.into(),
+            "after" => spec.after = Some(v.into()),
+            _ => {
+                return Err(format!(
+                    "--guest '{s}': unknown key '{k}' (name, cmdline, memory, disk, vif, console, after)"
+                ));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// A temporary disk image of the default set, removed at exit.
+struct TempImage(std::path::PathBuf);
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn main() {
@@ -73,12 +174,67 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .into(),
         None => guest::builtin()?,
     };
-    let workloads: Vec<String> = if args.cmdline.is_empty() {
-        DEFAULT_WORKLOADS.iter().map(|s| s.to_string()).collect()
+    let mut temp = Vec::new();
+    let specs: Vec<Spec> = if !args.guest.is_empty() {
+        args.guest
+            .iter()
+            .enumerate()
+            .map(|(i, g)| parse_guest(g, args.memory, i))
+            .collect::<Result<_, _>>()?
+    } else if !args.cmdline.is_empty() || args.guests != 4 {
+        let workloads: Vec<String> = if args.cmdline.is_empty() {
+            vec!["hello".into()]
+        } else {
+            args.cmdline.clone()
+        };
+        (0..args.guests)
+            .map(|i| Spec {
+                name: format!("{}{}", args.name, i + 1),
+                cmdline: workloads[i % workloads.len()].clone(),
+                memory: args.memory,
+                disks: Vec::new(),
+                vifs: Vec::new(),
+                console: "stdout".into(),
+                after: None,
+            })
+            .collect()
     } else {
-        args.cmdline.clone()
+        let path = std::env::temp_dir().join(format!("blanket-example-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(args.disk_size << 20))
+            .map_err(|e| format!("creating the temporary image {}: {e}", path.display()))?;
+        temp.push(TempImage(path.clone()));
+        DEFAULT_SET
+            .iter()
+            .map(|(name, cmdline, dev, after)| Spec {
+                name: name.to_string(),
+                cmdline: cmdline.to_string(),
+                memory: args.memory,
+                disks: if *dev == "disk" {
+                    vec![(path.clone(), false)]
+                } else {
+                    Vec::new()
+                },
+                vifs: if *dev == "vif" {
+                    vec![VifLink::Switch]
+                } else {
+                    Vec::new()
+                },
+                console: "stdout".into(),
+                after: (!after.is_empty()).then(|| after.to_string()),
+            })
+            .collect()
     };
     let hv = Hypervisor::new()?;
+    let ts = Toolstack::new(hv)?;
+    if let Some(sock) = &args.xenstored_socket {
+        ts.xenstored().serve_unix(sock)?;
+        println!(
+            "blanket: xenstored on {} (XENSTORED_PATH={} xenstore-ls)",
+            sock.display(),
+            sock.display()
+        );
+    }
     let quiet = args.quiet;
     let console: blanket_hypervisor::ConsoleSink = Arc::new(move |name: &str, line: &str| {
         if !quiet {
@@ -87,56 +243,139 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     println!(
-        "blanket: booting {} guest(s), {} MiB each, on KVM (ring-3 PV; hypercalls trap through the TSS I/O bitmap)",
-        args.guests, args.memory
+        "blanket: booting {} guest(s) on KVM (ring-3 PV; hypercalls trap through the TSS I/O bitmap), with XenStore, console rings, vbds and vifs served by pv-backend",
+        specs.len()
     );
     let t0 = Instant::now();
-    let mut doms: Vec<(Domain, String)> = Vec::with_capacity(args.guests);
-    for i in 0..args.guests {
-        let cmdline = workloads[i % workloads.len()].clone();
-        let mut cfg = DomainConfig::new(format!("{}{}", args.name, i + 1), kernel.clone());
-        cfg.memory = args.memory << 20;
-        cfg.cmdline = cmdline.clone();
+    // Guests whose `after` has not ended yet wait; the others boot now.
+    let mut slots: Vec<(Spec, Option<Guest>, Option<DomainExit>)> =
+        specs.into_iter().map(|s| (s, None, None)).collect();
+    let boot = |spec: &Spec| -> Result<Guest, Box<dyn std::error::Error>> {
+        let mut cfg = DomainConfig::new(spec.name.clone(), kernel.clone());
+        cfg.memory = spec.memory << 20;
+        cfg.cmdline = spec.cmdline.clone();
+        // console_io lines go to stdout; the console ring goes where the spec says.
         cfg.console = Some(console.clone());
-        let mut d = hv
-            .create_domain(cfg)
-            .map_err(|e| format!("creating domain {} of {}: {e}", i + 1, args.guests))?;
-        d.start()?;
-        doms.push((d, cmdline));
-    }
-    println!(
-        "blanket: {} guest(s) started in {:.1} ms",
-        doms.len(),
-        t0.elapsed().as_secs_f64() * 1e3
-    );
-
+        let mut g = GuestConfig::new(cfg);
+        g.console = match spec.console.as_str() {
+            "stdout" => ConsoleOutput::Lines(Some(console.clone())),
+            "pty" => ConsoleOutput::Pty,
+            "none" => ConsoleOutput::None,
+            c if c.starts_with("log:") => ConsoleOutput::LogFile(c[4..].into()),
+            c => {
+                return Err(format!(
+                    "{}: console '{c}' is not stdout, log:PATH, pty or none",
+                    spec.name
+                )
+                .into());
+            }
+        };
+        for (i, (path, ro)) in spec.disks.iter().enumerate() {
+            g.vbds.push(VbdConfig {
+                devid: xvd_devid(i as u32),
+                path: path.clone(),
+                read_only: *ro,
+            });
+        }
+        for (i, link) in spec.vifs.iter().enumerate() {
+            g.vifs.push(VifConfig {
+                devid: i as u32,
+                mac: [0; 6],
+                link: link.clone(),
+            });
+        }
+        let mut guest = ts
+            .create(g)
+            .map_err(|e| format!("creating {}: {e}", spec.name))?;
+        if let Some(p) = guest.console_pty() {
+            println!("blanket: {}'s console is on {}", spec.name, p.display());
+        }
+        guest.start()?;
+        Ok(guest)
+    };
     let deadline = t0 + Duration::from_secs(args.timeout);
     let mut last_progress = Instant::now();
+    let mut destroying_idle = false;
     loop {
-        let states: Vec<RunState> = doms.iter().map(|(d, _)| d.state()).collect();
-        let dead = states.iter().filter(|s| **s == RunState::Dead).count();
-        if dead == doms.len() {
+        // Boot what may boot.
+        for i in 0..slots.len() {
+            if slots[i].1.is_some() || slots[i].2.is_some() {
+                continue;
+            }
+            let ready = match &slots[i].0.after {
+                None => true,
+                Some(a) => slots.iter().any(|(s, _, e)| &s.name == a && e.is_some()),
+            };
+            if ready {
+                slots[i].1 = Some(boot(&slots[i].0)?);
+            }
+        }
+        // Collect what ended.
+        for (_, g, e) in slots.iter_mut() {
+            if let Some(guest) = g
+                && e.is_none()
+                && guest.domain().state() == RunState::Dead
+            {
+                *e = Some(guest.wait());
+            }
+        }
+        let done = slots.iter().filter(|(_, _, e)| e.is_some()).count();
+        if done == slots.len() {
             break;
+        }
+        // Once every other guest is done, idle ones (that would block for ever) are destroyed.
+        let busy = slots
+            .iter()
+            .filter(|(s, _, e)| e.is_none() && s.cmdline != "idle")
+            .count();
+        if busy == 0 && !destroying_idle && slots.iter().any(|(s, _, _)| s.cmdline != "idle") {
+            destroying_idle = true;
+            println!("blanket: every other guest is done: destroying the idle ones");
+            for (_, g, _) in &slots {
+                if let Some(g) = g {
+                    g.domain().destroy();
+                }
+            }
         }
         if Instant::now() >= deadline {
             println!(
                 "blanket: timeout after {} s: destroying {} guest(s) still running",
                 args.timeout,
-                doms.len() - dead
+                slots.len() - done
             );
-            for (d, _) in &doms {
-                d.destroy();
+            for (_, g, e) in slots.iter_mut() {
+                if let Some(g) = g {
+                    g.domain().destroy();
+                }
+                if e.is_none() && g.is_none() {
+                    *e = Some(DomainExit::Destroyed);
+                }
+            }
+            for (_, g, e) in slots.iter_mut() {
+                if let Some(g) = g
+                    && e.is_none()
+                {
+                    *e = Some(g.wait());
+                }
             }
             break;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
+            let states: Vec<RunState> = slots
+                .iter()
+                .filter_map(|(_, g, _)| g.as_ref().map(|g| g.domain().state()))
+                .collect();
             let running = states.iter().filter(|s| **s == RunState::Running).count();
             let blocked = states.iter().filter(|s| **s == RunState::Blocked).count();
-            let exits: u64 = doms.iter().map(|(d, _)| d.stats().exits).sum();
+            let exits: u64 = slots
+                .iter()
+                .filter_map(|(_, g, _)| g.as_ref().map(|g| g.domain().stats().exits))
+                .sum();
             println!(
-                "blanket: {:>5.1} s  running {running}, blocked {blocked}, done {dead} of {}; {exits} exits so far",
+                "blanket: {:>5.1} s  running {running}, blocked {blocked}, done {done} of {}; {exits} exits, {} back-end events so far",
                 t0.elapsed().as_secs_f64(),
-                doms.len()
+                slots.len(),
+                ts.backend_notifications()
             );
             last_progress = Instant::now();
         }
@@ -149,11 +388,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "domain", "cmdline", "exit", "run ms", "cpu ms", "exits", "hypercalls", "mem KiB"
     );
     let mut failed = 0;
-    for (d, cmdline) in &mut doms {
-        let exit = d.wait();
-        let s = d.stats();
+    for (spec, g, exit) in &slots {
+        let exit = exit.clone().unwrap_or(DomainExit::Destroyed);
         let short = match &exit {
             DomainExit::Shutdown(r) => {
+                if *r == xen_abi::sched::ShutdownReason::Crash {
+                    failed += 1;
+                }
                 format!("shutdown {}", blanket_hypervisor::domain::shutdown_name(*r))
             }
             DomainExit::Crashed(c) => {
@@ -162,26 +403,38 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             DomainExit::Destroyed => "destroyed".into(),
         };
+        let (s, mem) = g
+            .as_ref()
+            .map(|g| (g.domain().stats(), g.domain().host_memory_bytes()))
+            .unwrap_or_default();
         println!(
             "{:<12} {:<20} {:<28} {:>9.1} {:>9.1} {:>8} {:>10} {:>8}",
-            d.name(),
-            truncate(cmdline, 20),
+            spec.name,
+            truncate(&spec.cmdline, 20),
             short,
             s.run_ns as f64 / 1e6,
             s.cpu_ns as f64 / 1e6,
             s.exits,
             s.hypercalls,
-            d.host_memory_bytes() / 1024
+            mem / 1024
         );
         if let DomainExit::Crashed(c) = &exit {
             println!("             {c}");
         }
+        if let Some(g) = g {
+            for e in g.backend_errors() {
+                println!("             back-end: {e}");
+            }
+        }
     }
     println!(
-        "\nblanket: {} guest(s) in {:.2} s, {failed} crashed",
-        doms.len(),
-        t0.elapsed().as_secs_f64()
+        "\nblanket: {} guest(s) in {:.2} s, {failed} crashed or failed; {} back-end events to guests",
+        slots.len(),
+        t0.elapsed().as_secs_f64(),
+        ts.backend_notifications()
     );
+    drop(slots);
+    drop(temp);
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //!   `now_ns` is Xen system time from `vcpu_time_info`.
 //!
 //! Workloads: `xs-test`, `console-ring`, `disk-write=SEED`, `disk-verify=SEED`, `net-echo[=N]`,
-//! `net-ping=N`, `disk-bench=N`. Their results go to the console ring and to `console_io`.
+//! `net-ping=N`, `disk-bench=N`. Their results go to the console ring (`console_io` if the ring is not served).
 
 use core::fmt::Write;
 use core::ptr::NonNull;
@@ -192,7 +192,8 @@ impl WaitEvent for Pv<'_> {
     }
 }
 
-/// Output to the console ring (when it works) and to `console_io`.
+/// Output to the console ring, or to `console_io` once a ring write made no progress for 2 s (nobody serves
+/// the ring) or the ring broke.
 struct Out<'a, 'p> {
     p: &'p Platform,
     cons: Option<ConsoleFront<&'a Pv<'p>, RawRingMemory>>,
@@ -206,12 +207,15 @@ impl Out<'_, '_> {
             return;
         }
         let line = &self.buf[..self.len];
-        if let Some(c) = &mut self.cons
-            && c.write_all(line).is_err()
-        {
+        // The console ring; console_io if the ring is broken or not served (a write made no progress).
+        let ring = match &mut self.cons {
+            Some(c) => c.write_all(line).is_ok(),
+            None => false,
+        };
+        if !ring {
             self.cons = None;
+            self.p.console_write(line);
         }
-        self.p.console_write(line);
         self.len = 0;
     }
 }
@@ -680,6 +684,13 @@ fn net<'a, 'p>(
                 Ok(None) => break,
                 Err(_) => {}
             }
+        }
+        // Let netback take the last frames before the rings go away.
+        let port = net.rings_and_port().2;
+        let until = pv.now_ns() + 1_000_000_000;
+        while net.tx_in_flight() > 0 && pv.now_ns() < until {
+            let _ = net.reap_tx();
+            let _ = pv.wait(port, 10_000_000);
         }
         say!(
             out,

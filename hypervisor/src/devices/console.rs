@@ -201,8 +201,8 @@ impl ConsoleRing {
                         let wait = back
                             .resume_at()
                             .map(|t| t.saturating_duration_since(now))
-                            .unwrap_or(Duration::from_millis(200))
-                            .min(Duration::from_millis(200));
+                            .unwrap_or(Duration::from_secs(2))
+                            .min(Duration::from_secs(2));
                         let wait = if back.pending_output() > 0 {
                             wait.min(Duration::from_millis(5))
                         } else {

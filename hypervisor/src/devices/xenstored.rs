@@ -26,6 +26,9 @@ use super::{DeviceError, Dom0Port, GuestPage};
 use crate::domain::{Domain, Hypervisor};
 use crate::memory::PAGE_SIZE;
 
+/// The longest a ring thread sleeps without an event (the doorbell wakes it for every event and for stop).
+const IDLE_WAIT: Duration = Duration::from_secs(2);
+
 /// The host's xenstored.
 #[derive(Clone)]
 pub struct Xenstored {
@@ -239,12 +242,12 @@ fn serve_ring(
             tracing::warn!(domid, %e, "XenStore ring stopped");
             break;
         }
-        doorbell.wait(Duration::from_millis(200));
+        doorbell.wait(IDLE_WAIT);
         wakeups.fetch_add(1, Ordering::Relaxed);
     }
     // Wait to be stopped, so the page stays owned by this thread until the domain is released.
     while !stop.load(Ordering::SeqCst) {
-        doorbell.wait(Duration::from_millis(200));
+        doorbell.wait(IDLE_WAIT);
     }
 }
 
