@@ -9,7 +9,9 @@
 //! | `0x1000` | IDT (256 gates to the exception stubs) | CPL 0 only |
 //! | `0x2000` | TSS, with an I/O bitmap that allows only [`HYPERCALL_PORT`] | CPL 0 only |
 //! | `0x3000` | exception stubs (ring 0, report to the VMM) | CPL 0 only |
-//! | `0x4000..0x6000` | exception stack | CPL 0 only |
+//! | `0x4000..0x6000` | exception stack (vCPU 0) | CPL 0 only |
+//! | `0x6000..0x8000` | TSSs of vCPUs 1-31, `0x100` apart ([`vcpu_tss`]) | CPL 0 only |
+//! | `0x8000..0x10000` | exception stacks of vCPUs 1-31, 1 KiB each ([`vcpu_exception_stack_top`]) | CPL 0 only |
 //! | `0x10000..0x20000` | GDT (64 KiB; Xen's flat ring-3 selectors at `0xe023..0xe033`) | CPL 0 only |
 //! | `0x200000..` | the kernel's `PT_LOAD` segments, including its hypercall page | read-write |
 //! | after the kernel | `mfn_list`, `start_info`, XenStore page, console page, `shared_info`, grant frames | read-write |
@@ -22,6 +24,40 @@ use xen_abi::xen::{ConsoleDomU, StartInfo, StartInfoConsole};
 use crate::elf::{self, ElfError, LoadedKernel};
 use crate::memory::{GuestRam, MemoryError, PAGE_SIZE};
 use crate::x86::{self, FramePerm};
+
+/// The most vCPUs a domain may have: `XEN_LEGACY_MAX_VCPUS`, the `vcpu_info` slots in `shared_info`.
+pub const MAX_VCPUS: u32 = xen_abi::xen::XEN_LEGACY_MAX_VCPUS as u32;
+
+/// Where vCPU `n`'s TSS is: vCPU 0's at [`TSS_BASE`], the others' from `0x6000`, `0x100` apart (each is
+/// the 104-byte TSS, its 32-byte I/O bitmap and the terminating byte).
+pub const fn vcpu_tss(n: u32) -> u64 {
+    if n == 0 {
+        TSS_BASE
+    } else {
+        0x6000 + n as u64 * 0x100
+    }
+}
+
+/// The top of vCPU `n`'s exception stack (its TSS.RSP0 and IST1): vCPU 0's is [`EXCEPTION_STACK_TOP`] (8
+/// KiB), the others' are 1 KiB each from `0x8000` (an exception stub pushes two words over the CPU's five).
+pub const fn vcpu_exception_stack_top(n: u32) -> u64 {
+    if n == 0 {
+        EXCEPTION_STACK_TOP
+    } else {
+        0x8000 + n as u64 * 0x400
+    }
+}
+
+/// The size of vCPU `n`'s exception stack.
+pub const fn vcpu_exception_stack_size(n: u32) -> u64 {
+    if n == 0 { 0x2000 } else { 0x400 }
+}
+
+/// vCPU `n`'s TSS selector in the GDT: `0x20` for vCPU 0, then 16 bytes apart (a 64-bit TSS descriptor
+/// takes two slots).
+pub const fn vcpu_tss_selector(n: u32) -> u16 {
+    x86::SEL_TSS + (n as u16) * 16
+}
 
 /// The I/O port that the hypercall page's stubs write to (`out %al, $0x99`).
 pub const HYPERCALL_PORT: u16 = 0x99;
@@ -166,20 +202,26 @@ pub fn build(
     }
 
     x86::write_gdt(ram, GDT_BASE, TSS_BASE)?;
-    // The TSS descriptor's limit covers the I/O bitmap.
-    let limit = TSS_LIMIT - 1;
-    let low = (limit & 0xffff)
-        | ((TSS_BASE & 0xff_ffff) << 16)
-        | (0xb << 40)
-        | (1 << 47)
-        | (((limit >> 16) & 0xf) << 48)
-        | (((TSS_BASE >> 24) & 0xff) << 56);
-    ram.write_u64(GDT_BASE + u64::from(x86::SEL_TSS), low)?;
-    x86::write_tss(ram, TSS_BASE, EXCEPTION_STACK_TOP)?;
-    ram.write(TSS_BASE + 0x66, &(x86::TSS_SIZE as u16).to_le_bytes())?;
-    let mut bitmap = [0xffu8; 33];
-    bitmap[usize::from(HYPERCALL_PORT / 8)] &= !(1 << (HYPERCALL_PORT % 8));
-    ram.write(TSS_BASE + x86::TSS_SIZE, &bitmap)?;
+    // One TSS per vCPU (each with its own exception stack), so that vCPUs taking exceptions at once do not
+    // share a ring-0 stack. Each descriptor's limit covers the I/O bitmap.
+    for n in 0..MAX_VCPUS {
+        let tss = vcpu_tss(n);
+        let limit = TSS_LIMIT - 1;
+        let low = (limit & 0xffff)
+            | ((tss & 0xff_ffff) << 16)
+            | (0xb << 40)
+            | (1 << 47)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((tss >> 24) & 0xff) << 56);
+        let sel = u64::from(vcpu_tss_selector(n));
+        ram.write_u64(GDT_BASE + sel, low)?;
+        ram.write_u64(GDT_BASE + sel + 8, tss >> 32)?;
+        x86::write_tss(ram, tss, vcpu_exception_stack_top(n))?;
+        ram.write(tss + 0x66, &(x86::TSS_SIZE as u16).to_le_bytes())?;
+        let mut bitmap = [0xffu8; 33];
+        bitmap[usize::from(HYPERCALL_PORT / 8)] &= !(1 << (HYPERCALL_PORT % 8));
+        ram.write(tss + x86::TSS_SIZE, &bitmap)?;
+    }
     x86::write_idt(ram, IDT_BASE, STUBS_BASE)?;
     x86::write_exception_stubs(ram, STUBS_BASE, EXCEPTION_PORT as u8)?;
 

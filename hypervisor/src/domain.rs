@@ -77,6 +77,10 @@ pub struct DomainConfig {
     /// Without (`false`), the IDT is empty, so any exception becomes a triple fault (`KVM_EXIT_SHUTDOWN`):
     /// how a triple fault is produced on purpose, since a ring-3 guest cannot break the real tables.
     pub exception_reports: bool,
+    /// The number of vCPUs (1 to [`MAX_VCPUS`](crate::builder::MAX_VCPUS)). vCPU 0 starts at the entry
+    /// point; the guest brings up the others with `VCPUOP_initialise` and `VCPUOP_up`. Each has its own
+    /// thread.
+    pub vcpus: u32,
 }
 
 impl std::fmt::Debug for DomainConfig {
@@ -86,6 +90,7 @@ impl std::fmt::Debug for DomainConfig {
             .field("memory", &self.memory)
             .field("cmdline", &self.cmdline)
             .field("kernel_len", &self.kernel.len())
+            .field("vcpus", &self.vcpus)
             .finish()
     }
 }
@@ -100,6 +105,7 @@ impl DomainConfig {
             kernel,
             console: None,
             exception_reports: true,
+            vcpus: 1,
         }
     }
 }
@@ -132,6 +138,8 @@ pub enum CrashKind {
 /// The report of a crashed guest: what happened and the registers of interest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrashReport {
+    /// The vCPU it happened on (the whole domain is stopped).
+    pub vcpu: u32,
     /// What happened.
     pub kind: CrashKind,
     /// The guest's `rip` at the fault.
@@ -175,8 +183,8 @@ impl std::fmt::Display for CrashReport {
         }
         write!(
             f,
-            " at rip {:#x} (cs {:#x}), rsp {:#x}, rax {:#x}, rflags {:#x}",
-            self.rip, self.cs, self.rsp, self.rax, self.rflags
+            " at rip {:#x} (cs {:#x}), rsp {:#x}, rax {:#x}, rflags {:#x}, on vCPU {}",
+            self.rip, self.cs, self.rsp, self.rax, self.rflags, self.vcpu
         )
     }
 }
@@ -291,16 +299,38 @@ pub struct StatsSnapshot {
     pub console_dropped: u64,
     /// Exceptions bounced to the guest's handlers.
     pub bounces: u64,
-    /// CPU time the vCPU thread used, in nanoseconds (its thread CPU clock).
+    /// CPU time the vCPU threads used, in nanoseconds (their thread CPU clocks, summed; per vCPU in
+    /// [`Domain::vcpu_cpu_ns`]).
     pub cpu_ns: u64,
     /// Wall time from start to end (or to now).
     pub run_ns: u64,
 }
 
+/// The state of one vCPU, under the domain's lock.
+#[derive(Default)]
+pub(crate) struct VcpuCtl {
+    /// Runnable (`VCPUOP_up`; vCPU 0 from the start), not down.
+    pub(crate) up: bool,
+    /// Given a context (`VCPUOP_initialise`; vCPU 0 by the builder).
+    pub(crate) initialised: bool,
+    /// The context of `VCPUOP_initialise`, loaded by the vCPU's thread before it first runs.
+    pub(crate) pending: Option<Box<crate::hypercall::InitialState>>,
+    /// The one-shot timer (`set_timer_op`, `VCPUOP_set_singleshot_timer`), a system time.
+    pub(crate) timer: Option<u64>,
+    /// Running, blocked, paused or down.
+    pub(crate) state: Option<RunState>,
+    /// The thread's CPU time, once it ended.
+    pub(crate) cpu_ns: u64,
+    /// The vCPU must flush its TLB before it next enters the guest.
+    pub(crate) flush: bool,
+}
+
 pub(crate) struct Control {
     pub(crate) paused: bool,
     pub(crate) destroy: bool,
-    pub(crate) timer: Option<u64>,
+    pub(crate) vcpus: Vec<VcpuCtl>,
+    /// vCPU threads still running.
+    pub(crate) live: u32,
     pub(crate) state: RunState,
     pub(crate) exit: Option<DomainExit>,
     pub(crate) started: Option<Instant>,
@@ -346,6 +376,9 @@ pub(crate) struct Clock {
     pub(crate) tsc0: u64,
 }
 
+/// A vCPU's virtual IDT: per vector, the handler's address and the `trap_info` flags.
+pub(crate) type TrapTable = [Option<(u64, u8)>; 256];
+
 /// The state of one domain shared by its vCPU thread, its handle and other domains.
 pub(crate) struct DomainCore {
     pub(crate) name: String,
@@ -356,23 +389,34 @@ pub(crate) struct DomainCore {
     pub(crate) host: Weak<HostInner>,
     pub(crate) ctl: Mutex<Control>,
     pub(crate) cv: Condvar,
-    pub(crate) kick_thread: Mutex<Option<libc::pthread_t>>,
+    /// The number of vCPUs.
+    pub(crate) nr_vcpus: u32,
+    /// Per vCPU, its thread while it runs (the target of [`kick`](Self::kick)).
+    pub(crate) kick_thread: Vec<Mutex<Option<libc::pthread_t>>>,
+    /// Per event-channel port, the vCPU it notifies (`bind_virq`, `bind_ipi`, `bind_vcpu`; 0 otherwise).
+    pub(crate) port_vcpu: Vec<std::sync::atomic::AtomicU32>,
     pub(crate) stats: Stats,
     pub(crate) console: Mutex<Console>,
     pub(crate) sink: Option<ConsoleSink>,
     pub(crate) clock: Clock,
     pub(crate) grant_frames: AtomicU64,
-    /// The guest's virtual IDT (`set_trap_table`): per vector, the handler and the `trap_info` flags.
-    pub(crate) traps: Mutex<[Option<(u64, u8)>; 256]>,
+    /// Per vCPU, the guest's virtual IDT (`set_trap_table`): per vector, the handler and the `trap_info`
+    /// flags.
+    pub(crate) traps: Vec<Mutex<TrapTable>>,
     /// Frames the guest gave back (`XENMEM_decrease_reservation`), their memory returned to the host.
     pub(crate) ballooned: Mutex<std::collections::BTreeSet<u64>>,
-    /// The event callback's address (`CALLBACKTYPE_event`), 0 if none.
-    pub(crate) event_callback: AtomicU64,
+    /// Per vCPU, the event callback's address (`CALLBACKTYPE_event`), 0 if none.
+    pub(crate) event_callback: Vec<AtomicU64>,
 }
 
 impl DomainCore {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Control> {
         self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `cr3` names one of the domain's validated top-level page tables (a context's `ctrlreg[3]`).
+    pub(crate) fn valid_root(&self, cr3: u64) -> bool {
+        cr3 == self.layout.pt_base
     }
 
     /// The domain's system time: nanoseconds since it was created.
@@ -384,43 +428,78 @@ impl DomainCore {
         self.clock.scale.scale(tsc.saturating_sub(self.clock.tsc0))
     }
 
-    /// Wakes the vCPU: out of a block (condvar) and out of `KVM_RUN` (a signal).
-    pub(crate) fn kick(&self) {
+    /// Wakes vCPU `vcpu`: out of a block (condvar) and out of `KVM_RUN` (a signal).
+    pub(crate) fn kick(&self, vcpu: u32) {
         self.cv.notify_all();
-        if let Some(t) = *self.kick_thread.lock().unwrap_or_else(|e| e.into_inner()) {
+        let Some(slot) = self.kick_thread.get(vcpu as usize) else {
+            return;
+        };
+        if let Some(t) = *slot.lock().unwrap_or_else(|e| e.into_inner()) {
             // SAFETY: `t` is the vCPU thread, which clears `kick_thread` under this lock before it exits,
             // so it is alive; the signal's handler is installed before the thread is registered.
             unsafe { libc::pthread_kill(t, kick_signal()) };
         }
     }
 
-    /// Marks `port` pending for this domain and wakes it: out of a block or poll (any newly pending port,
-    /// masked or not, since `SCHEDOP_poll` waits on masked ports), and out of guest code when an upcall
-    /// became pending and the guest registered an event callback.
-    pub(crate) fn deliver(&self, port: u32) {
-        let events = self.shared.two_level();
-        if let Ok(n) = events.send(port, &self.shared.vcpu0_events()) {
-            self.after_send(n);
+    /// Wakes every vCPU (to pause, destroy or stop the domain).
+    pub(crate) fn kick_all(&self) {
+        for v in 0..self.nr_vcpus {
+            self.kick(v);
         }
     }
 
-    fn after_send(&self, n: xen_abi::event_channel::Notify) {
+    /// The vCPU `port` notifies.
+    pub(crate) fn port_vcpu(&self, port: u32) -> u32 {
+        self.port_vcpu
+            .get(port as usize)
+            .map(|v| v.load(Ordering::SeqCst))
+            .unwrap_or(0)
+    }
+
+    /// Sets the vCPU `port` notifies.
+    pub(crate) fn set_port_vcpu(&self, port: u32, vcpu: u32) {
+        if let Some(v) = self.port_vcpu.get(port as usize) {
+            v.store(vcpu, Ordering::SeqCst);
+        }
+    }
+
+    /// Marks `port` pending for this domain and wakes the vCPU it is bound to: out of a block or poll (any
+    /// newly pending port, masked or not, since `SCHEDOP_poll` waits on masked ports), and out of guest code
+    /// when an upcall became pending and the guest registered an event callback on that vCPU.
+    pub(crate) fn deliver(&self, port: u32) {
+        let events = self.shared.two_level();
+        let vcpu = self.port_vcpu(port);
+        if let Ok(n) = events.send(port, &self.shared.vcpu_events(vcpu)) {
+            self.after_send(n, vcpu);
+        }
+    }
+
+    pub(crate) fn after_send(&self, n: xen_abi::event_channel::Notify, vcpu: u32) {
         use xen_abi::event_channel::Notify;
         if n == Notify::AlreadyPending {
             return;
         }
         // Take the lock so a vCPU about to sleep sees either the bit or this notification.
-        let running = self.lock().state == RunState::Running;
+        let running = self
+            .lock()
+            .vcpus
+            .get(vcpu as usize)
+            .is_some_and(|v| v.state == Some(RunState::Running));
         self.cv.notify_all();
-        if running && n == Notify::Upcall && self.event_callback.load(Ordering::SeqCst) != 0 {
-            self.kick();
+        let cb = self
+            .event_callback
+            .get(vcpu as usize)
+            .map(|c| c.load(Ordering::SeqCst))
+            .unwrap_or(0);
+        if running && n == Notify::Upcall && cb != 0 {
+            self.kick(vcpu);
         }
     }
 
-    /// Fires the timer of the host's timer thread if it is still the one set for `deadline`.
-    pub(crate) fn timer_expired(&self, deadline: u64) {
+    /// Fires vCPU `vcpu`'s timer from the host's timer thread if it is still the one set for `deadline`.
+    pub(crate) fn timer_expired(&self, vcpu: u32, deadline: u64) {
         let mut c = self.lock();
-        if c.timer != Some(deadline) {
+        if c.vcpus.get(vcpu as usize).and_then(|v| v.timer) != Some(deadline) {
             return;
         }
         let now = self.system_time();
@@ -431,15 +510,16 @@ impl DomainCore {
                 host.timers.add(
                     Instant::now() + Duration::from_nanos(deadline - now),
                     self.domid,
+                    vcpu,
                     deadline,
                 );
             }
             return;
         }
-        let n = self.fire_timer_if_due(&mut c);
+        let n = self.fire_timer_if_due(&mut c, vcpu);
         drop(c);
         if let Some(n) = n {
-            self.after_send(n);
+            self.after_send(n, vcpu);
         }
     }
 
@@ -510,41 +590,47 @@ impl DomainCore {
         }
     }
 
-    /// Publishes vCPU 0's time record from the host TSC.
+    /// Publishes the vCPUs' time records from the host TSC (one record, the same for every vCPU).
     pub(crate) fn update_time(&self) {
-        self.shared.write_time(self.clock.tsc0, 0, self.clock.scale);
+        for v in 0..self.nr_vcpus {
+            self.shared
+                .write_time(v, self.clock.tsc0, 0, self.clock.scale);
+        }
     }
 
-    /// Fires the one-shot timer if it is due: VIRQ_TIMER becomes pending (the caller, holding the lock,
-    /// wakes whoever must be woken with the returned [`Notify`](xen_abi::event_channel::Notify)).
+    /// Fires vCPU `vcpu`'s one-shot timer if it is due: its VIRQ_TIMER becomes pending (the caller, holding
+    /// the lock, wakes whoever must be woken with the returned [`Notify`](xen_abi::event_channel::Notify)).
     pub(crate) fn fire_timer_if_due(
         &self,
         ctl: &mut Control,
+        vcpu: u32,
     ) -> Option<xen_abi::event_channel::Notify> {
-        let deadline = ctl.timer?;
+        let slot = ctl.vcpus.get_mut(vcpu as usize)?;
+        let deadline = slot.timer?;
         if self.system_time() < deadline {
             return None;
         }
-        ctl.timer = None;
+        slot.timer = None;
         let host = self.host.upgrade()?;
         let port = host
             .evtchn()
             .table(self.domid)
             .ok()
-            .and_then(|t| t.virq_port(xen_abi::hypercall::VIRQ_TIMER))?;
-        self.update_time();
+            .and_then(|t| t.virq_port(xen_abi::hypercall::VIRQ_TIMER, vcpu))?;
         self.shared
             .two_level()
-            .send(port, &self.shared.vcpu0_events())
+            .send(port, &self.shared.vcpu_events(vcpu))
             .ok()
     }
 
-    /// Sets (or with `None` cancels) the one-shot timer, at a system time in nanoseconds.
-    pub(crate) fn set_timer(&self, deadline: Option<u64>) {
-        self.lock().timer = deadline;
+    /// Sets (or with `None` cancels) vCPU `vcpu`'s one-shot timer, at a system time in nanoseconds.
+    pub(crate) fn set_timer(&self, vcpu: u32, deadline: Option<u64>) {
+        if let Some(slot) = self.lock().vcpus.get_mut(vcpu as usize) {
+            slot.timer = deadline;
+        }
         if let (Some(d), Some(host)) = (deadline, self.host.upgrade()) {
             let wait = Duration::from_nanos(d.saturating_sub(self.system_time()));
-            host.timers.add(Instant::now() + wait, self.domid, d);
+            host.timers.add(Instant::now() + wait, self.domid, vcpu, d);
         }
     }
 }
@@ -733,6 +819,13 @@ impl Hypervisor {
 
     fn build_domain(&self, domid: DomId, config: DomainConfig) -> Result<Domain, DomainError> {
         let k = |what: &'static str| move |source| DomainError::Kvm { what, source };
+        if config.vcpus == 0 || config.vcpus > builder::MAX_VCPUS {
+            return Err(DomainError::Config(format!(
+                "{} vCPUs: a domain has 1 to {} vCPUs (the vcpu_info slots of shared_info)",
+                config.vcpus,
+                builder::MAX_VCPUS
+            )));
+        }
         let ram = GuestRam::new(&config.name, config.memory)?;
         // The XenStore and console channels are offered to domain 0 (the Blanket layer's back-ends).
         let ports = {
@@ -763,33 +856,40 @@ impl Hypervisor {
         // SAFETY: the region is guest memory's mapping, which lives in the DomainCore as long as the VM
         // (the VmFd is moved into the vCPU thread, which holds an Arc of the core).
         unsafe { vm.set_user_memory_region(region) }.map_err(k("KVM_SET_USER_MEMORY_REGION"))?;
-        let vcpu = vm.create_vcpu(0).map_err(k("KVM_CREATE_VCPU"))?;
         let cpuid = self
             .inner
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(k("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(k("KVM_SET_CPUID2"))?;
-        let mut sregs = vcpu.get_sregs().map_err(k("KVM_GET_SREGS"))?;
-        x86::setup_sregs(
-            &mut sregs,
-            layout.pt_base,
-            builder::GDT_BASE,
-            builder::IDT_BASE,
-            builder::TSS_BASE,
-        );
-        sregs.tr.limit = (x86::TSS_SIZE + 32 - 1) as u32;
-        if !config.exception_reports {
-            sregs.idt.limit = 0;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for n in 0..config.vcpus {
+            let vcpu = vm.create_vcpu(u64::from(n)).map_err(k("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(&cpuid).map_err(k("KVM_SET_CPUID2"))?;
+            let mut sregs = vcpu.get_sregs().map_err(k("KVM_GET_SREGS"))?;
+            x86::setup_sregs(
+                &mut sregs,
+                layout.pt_base,
+                builder::GDT_BASE,
+                builder::IDT_BASE,
+                builder::vcpu_tss(n),
+            );
+            sregs.tr.selector = builder::vcpu_tss_selector(n);
+            sregs.tr.limit = (x86::TSS_SIZE + 32 - 1) as u32;
+            if !config.exception_reports {
+                sregs.idt.limit = 0;
+            }
+            vcpu.set_sregs(&sregs).map_err(k("KVM_SET_SREGS"))?;
+            if n == 0 {
+                let mut regs = vcpu.get_regs().map_err(k("KVM_GET_REGS"))?;
+                regs.rip = layout.kernel.entry;
+                regs.rsp = layout.stack_top;
+                regs.rsi = layout.start_info;
+                regs.rflags = x86::RFLAGS_GUEST & !x86::RFLAGS_IOPL;
+                vcpu.set_regs(&regs).map_err(k("KVM_SET_REGS"))?;
+            }
+            vcpus.push(vcpu);
         }
-        vcpu.set_sregs(&sregs).map_err(k("KVM_SET_SREGS"))?;
-        let mut regs = vcpu.get_regs().map_err(k("KVM_GET_REGS"))?;
-        regs.rip = layout.kernel.entry;
-        regs.rsp = layout.stack_top;
-        regs.rsi = layout.start_info;
-        regs.rflags = x86::RFLAGS_GUEST & !x86::RFLAGS_IOPL;
-        vcpu.set_regs(&regs).map_err(k("KVM_SET_REGS"))?;
-
+        let vcpu = &vcpus[0];
         let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
         let scale = PvClockScale::from_tsc_hz(u64::from(tsc_khz) * 1000)
             .map_err(|e| DomainError::Config(format!("TSC frequency {tsc_khz} kHz: {e}")))?;
@@ -813,7 +913,14 @@ impl Hypervisor {
             ctl: Mutex::new(Control {
                 paused: false,
                 destroy: false,
-                timer: None,
+                vcpus: (0..config.vcpus)
+                    .map(|n| VcpuCtl {
+                        up: n == 0,
+                        initialised: n == 0,
+                        ..Default::default()
+                    })
+                    .collect(),
+                live: 0,
                 state: RunState::Created,
                 exit: None,
                 started: None,
@@ -821,7 +928,11 @@ impl Hypervisor {
                 cpu_ns: 0,
             }),
             cv: Condvar::new(),
-            kick_thread: Mutex::new(None),
+            nr_vcpus: config.vcpus,
+            kick_thread: (0..config.vcpus).map(|_| Mutex::new(None)).collect(),
+            port_vcpu: (0..crate::evtchn::MAX_PORTS)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
             stats: Stats::default(),
             console: Mutex::new(Console::new()),
             sink: config.console.clone(),
@@ -831,9 +942,9 @@ impl Hypervisor {
                 tsc0: guest_tsc,
             },
             grant_frames: AtomicU64::new(0),
-            event_callback: AtomicU64::new(0),
+            event_callback: (0..config.vcpus).map(|_| AtomicU64::new(0)).collect(),
             ballooned: Mutex::new(std::collections::BTreeSet::new()),
-            traps: Mutex::new([None; 256]),
+            traps: (0..config.vcpus).map(|_| Mutex::new([None; 256])).collect(),
         });
         core.update_time();
         if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -847,9 +958,9 @@ impl Hypervisor {
             .insert(domid, Arc::downgrade(&core));
         Ok(Domain {
             core,
-            vm: Some(vm),
-            vcpu: Some(vcpu),
-            thread: None,
+            vm: Some(Arc::new(vm)),
+            vcpus,
+            threads: Vec::new(),
             started: AtomicBool::new(false),
         })
     }
@@ -889,12 +1000,12 @@ pub struct GrantedPage {
     pub readonly: bool,
 }
 
-/// A domain: its memory, its vCPU and the thread that runs it.
+/// A domain: its memory, its vCPUs and the threads that run them (one per vCPU).
 pub struct Domain {
     core: Arc<DomainCore>,
-    vm: Option<VmFd>,
-    vcpu: Option<VcpuFd>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    vm: Option<Arc<VmFd>>,
+    vcpus: Vec<VcpuFd>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     started: AtomicBool,
 }
 
@@ -928,37 +1039,62 @@ impl Domain {
         &self.core.ram
     }
 
-    /// Starts the vCPU thread.
+    /// The number of vCPUs.
+    pub fn nr_vcpus(&self) -> u32 {
+        self.core.nr_vcpus
+    }
+
+    /// Starts the vCPU threads: vCPU 0 runs from the entry point, the others wait for `VCPUOP_up`.
     pub fn start(&mut self) -> Result<(), DomainError> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(DomainError::AlreadyStarted(self.core.name.clone()));
         }
-        let core = self.core.clone();
-        let vm = self.vm.take();
-        let vcpu = self.vcpu.take();
-        let (Some(vm), Some(vcpu)) = (vm, vcpu) else {
+        let Some(vm) = self.vm.take() else {
             return Err(DomainError::AlreadyStarted(self.core.name.clone()));
         };
+        let vcpus = std::mem::take(&mut self.vcpus);
         {
-            let mut c = core.lock();
+            let mut c = self.core.lock();
             c.started = Some(Instant::now());
             c.state = RunState::Running;
+            c.live = vcpus.len() as u32;
         }
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu0-{}", truncate(&core.name, 8)))
-            .spawn(move || crate::vcpu::run_vcpu(core, vm, vcpu))
-            .map_err(|source| DomainError::Thread {
-                name: self.core.name.clone(),
-                source,
-            })?;
-        self.thread = Some(handle);
+        for (n, vcpu) in vcpus.into_iter().enumerate() {
+            let core = self.core.clone();
+            let vm = vm.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{n}-{}", truncate(&core.name, 8)))
+                .spawn(move || crate::vcpu::run_vcpu(core, n as u32, vm, vcpu));
+            match spawned {
+                Ok(h) => self.threads.push(h),
+                Err(source) => {
+                    // The threads not started count as ended; the started ones are stopped.
+                    {
+                        let mut c = self.core.lock();
+                        c.live -= (self.core.nr_vcpus as usize - n) as u32;
+                        c.destroy = true;
+                    }
+                    self.core.kick_all();
+                    return Err(DomainError::Thread {
+                        name: self.core.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Pauses the domain: its vCPU stops at its next exit (it is kicked out of guest code at once).
+    /// The CPU time each vCPU's thread used so far (nanoseconds; for a vCPU still running, as of its last
+    /// exit to the hypervisor... or 0 until its thread ends).
+    pub fn vcpu_cpu_ns(&self) -> Vec<u64> {
+        self.core.lock().vcpus.iter().map(|v| v.cpu_ns).collect()
+    }
+
+    /// Pauses the domain: its vCPUs stop at their next exit (they are kicked out of guest code at once).
     pub fn pause(&self) {
         self.core.lock().paused = true;
-        self.core.kick();
+        self.core.kick_all();
     }
 
     /// Lets a paused domain run again.
@@ -971,7 +1107,7 @@ impl Domain {
     /// [`DomainExit::Destroyed`] unless it had ended already).
     pub fn destroy(&self) {
         self.core.lock().destroy = true;
-        self.core.kick();
+        self.core.kick_all();
     }
 
     /// The current run state.
@@ -986,7 +1122,7 @@ impl Domain {
 
     /// Waits until the domain has ended and returns how.
     pub fn wait(&mut self) -> DomainExit {
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         let mut c = self.core.lock();
@@ -1000,7 +1136,7 @@ impl Domain {
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<DomainExit> {
         let deadline = Instant::now() + timeout;
         let mut c = self.core.lock();
-        while c.exit.is_none() {
+        while c.exit.is_none() || (c.live > 0 && c.state != RunState::Created) {
             let now = Instant::now();
             if now >= deadline {
                 return None;
@@ -1014,7 +1150,7 @@ impl Domain {
         }
         let exit = c.exit.clone();
         drop(c);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         exit
@@ -1120,9 +1256,9 @@ impl Domain {
 
 impl Drop for Domain {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if !self.threads.is_empty() {
             self.destroy();
-            if let Some(t) = self.thread.take() {
+            for t in self.threads.drain(..) {
                 let _ = t.join();
             }
         }
@@ -1143,17 +1279,38 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// Records how the domain ended and wakes waiters.
-pub(crate) fn finish(core: &DomainCore, exit: DomainExit, cpu_ns: u64) {
-    core.flush_console();
+/// Records how vCPU `vcpu`'s thread ended: the first vCPU to end the domain (a shutdown, a crash) names how
+/// it ended and stops the other vCPUs; the domain is dead once every vCPU thread has ended.
+pub(crate) fn finish(core: &DomainCore, vcpu: u32, exit: DomainExit, cpu_ns: u64) {
     let mut c = core.lock();
-    if c.exit.is_none() {
+    let stop_others = exit != DomainExit::Destroyed && !c.destroy;
+    if c.exit.is_none() && (stop_others || c.live <= 1) {
         c.exit = Some(exit);
     }
-    c.state = RunState::Dead;
-    c.ended = Some(Instant::now());
-    c.cpu_ns = cpu_ns;
+    if stop_others {
+        c.destroy = true;
+    }
+    if let Some(v) = c.vcpus.get_mut(vcpu as usize) {
+        v.cpu_ns = cpu_ns;
+        v.state = Some(RunState::Dead);
+    }
+    c.cpu_ns += cpu_ns;
+    c.live = c.live.saturating_sub(1);
+    let last = c.live == 0;
+    if last {
+        c.state = RunState::Dead;
+        c.ended = Some(Instant::now());
+        if c.exit.is_none() {
+            c.exit = Some(DomainExit::Destroyed);
+        }
+    }
     drop(c);
+    if stop_others {
+        core.kick_all();
+    }
+    if last {
+        core.flush_console();
+    }
     core.cv.notify_all();
 }
 
@@ -1192,17 +1349,20 @@ fn install_kick_handler() {
     });
 }
 
-/// Registers this thread's `kvm_run.immediate_exit` as the kick target.
-pub(crate) fn register_kick_target(core: &DomainCore, immediate_exit: *mut u8) {
+/// Registers this thread's `kvm_run.immediate_exit` as vCPU `vcpu`'s kick target.
+pub(crate) fn register_kick_target(core: &DomainCore, vcpu: u32, immediate_exit: *mut u8) {
     IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
-    // SAFETY: pthread_self has no preconditions.
-    *core.kick_thread.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some(unsafe { libc::pthread_self() });
+    if let Some(slot) = core.kick_thread.get(vcpu as usize) {
+        // SAFETY: pthread_self has no preconditions.
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(unsafe { libc::pthread_self() });
+    }
 }
 
-/// Unregisters the kick target (before the vCPU fd is closed).
-pub(crate) fn unregister_kick_target(core: &DomainCore) {
-    *core.kick_thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+/// Unregisters vCPU `vcpu`'s kick target (before the vCPU fd is closed).
+pub(crate) fn unregister_kick_target(core: &DomainCore, vcpu: u32) {
+    if let Some(slot) = core.kick_thread.get(vcpu as usize) {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
     IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
 }
 

@@ -34,24 +34,33 @@ pub enum Channel {
         /// Its port.
         remote_port: EvtchnPort,
     },
-    /// Bound to a virtual IRQ of vCPU 0.
-    Virq(u32),
-    /// An inter-processor interrupt to vCPU 0.
-    Ipi,
+    /// Bound to a virtual IRQ of a vCPU.
+    Virq {
+        /// The VIRQ.
+        virq: u32,
+        /// The vCPU it was bound on.
+        vcpu: u32,
+    },
+    /// An inter-processor interrupt to a vCPU.
+    Ipi {
+        /// The vCPU the IPI goes to.
+        vcpu: u32,
+    },
 }
 
 /// One domain's ports.
 #[derive(Debug, Clone)]
 pub struct EvtchnTable {
     ports: Vec<Channel>,
-    virq: [Option<EvtchnPort>; NR_VIRQS as usize],
+    /// The port of each bound (VIRQ, vCPU).
+    virq: HashMap<(u32, u32), EvtchnPort>,
 }
 
 impl Default for EvtchnTable {
     fn default() -> Self {
         Self {
             ports: vec![Channel::Free; MAX_PORTS as usize],
-            virq: [None; NR_VIRQS as usize],
+            virq: HashMap::new(),
         }
     }
 }
@@ -102,26 +111,22 @@ impl EvtchnTable {
             .map(|(i, _)| i as EvtchnPort)
             .ok_or(ENOSPC)?;
         self.set(port, ch);
-        if let Channel::Virq(v) = ch
-            && let Some(slot) = self.virq.get_mut(v as usize)
-        {
-            *slot = Some(port);
+        if let Channel::Virq { virq, vcpu } = ch {
+            self.virq.insert((virq, vcpu), port);
         }
         Ok(port)
     }
 
-    /// The port bound to `virq`, if any.
-    pub fn virq_port(&self, virq: u32) -> Option<EvtchnPort> {
-        self.virq.get(virq as usize).copied().flatten()
+    /// The port bound to `virq` on `vcpu`, if any.
+    pub fn virq_port(&self, virq: u32, vcpu: u32) -> Option<EvtchnPort> {
+        self.virq.get(&(virq, vcpu)).copied()
     }
 
     /// Frees `port`, returning what it was.
     pub fn free(&mut self, port: EvtchnPort) -> Option<Channel> {
         let old = self.get(port)?;
-        if let Channel::Virq(v) = old
-            && let Some(slot) = self.virq.get_mut(v as usize)
-        {
-            *slot = None;
+        if let Channel::Virq { virq, vcpu } = old {
+            self.virq.remove(&(virq, vcpu));
         }
         self.set(port, Channel::Free);
         Some(old)
@@ -245,13 +250,13 @@ impl EvtchnRegistry {
         port: EvtchnPort,
     ) -> Result<Option<(DomId, EvtchnPort)>, Errno> {
         match self.table(dom)?.get(port) {
-            None | Some(Channel::Free) | Some(Channel::Virq(_)) => Err(EINVAL),
+            None | Some(Channel::Free) | Some(Channel::Virq { .. }) => Err(EINVAL),
             Some(Channel::Unbound { .. }) => Ok(None),
             Some(Channel::Interdomain {
                 remote,
                 remote_port,
             }) => Ok(Some((remote, remote_port))),
-            Some(Channel::Ipi) => Ok(Some((dom, port))),
+            Some(Channel::Ipi { .. }) => Ok(Some((dom, port))),
         }
     }
 }
@@ -298,9 +303,9 @@ mod tests {
     fn port_exhaustion_is_enospc_and_out_of_range_ports_are_einval() {
         let mut t = EvtchnTable::default();
         for _ in 1..MAX_PORTS {
-            t.alloc(Channel::Ipi).unwrap();
+            t.alloc(Channel::Ipi { vcpu: 0 }).unwrap();
         }
-        assert_eq!(t.alloc(Channel::Ipi), Err(ENOSPC));
+        assert_eq!(t.alloc(Channel::Ipi { vcpu: 0 }), Err(ENOSPC));
         let mut r = EvtchnRegistry::default();
         r.add_domain(1);
         assert_eq!(r.send_target(1, MAX_PORTS + 5), Err(EINVAL));

@@ -65,21 +65,21 @@ impl DomainCore {
         self.ram.read_obj(addr).map_err(|_| EFAULT)
     }
 
+    /// Whether the guest may write `addr..addr+len`: guest memory it may read, and none of its page
+    /// tables. Everything the hypervisor writes on a guest's behalf is checked with this.
+    pub(crate) fn guest_writable(&self, addr: u64, len: u64) -> bool {
+        self.layout.guest_writable(&self.ram, addr, len)
+    }
+
     fn copy_out<T: IntoBytes + Immutable>(&self, addr: u64, value: &T) -> Result<(), Errno> {
-        if !self
-            .layout
-            .guest_writable(&self.ram, addr, size_of::<T>() as u64)
-        {
+        if !self.guest_writable(addr, size_of::<T>() as u64) {
             return Err(EFAULT);
         }
         self.ram.write_obj(addr, value).map_err(|_| EFAULT)
     }
 
     fn copy_out_bytes(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
-        if !self
-            .layout
-            .guest_writable(&self.ram, addr, bytes.len() as u64)
-        {
+        if !self.guest_writable(addr, bytes.len() as u64) {
             return Err(EFAULT);
         }
         self.ram.write(addr, bytes).map_err(|_| EFAULT)
@@ -90,27 +90,27 @@ impl DomainCore {
     }
 }
 
-/// Serves one hypercall of `core`'s vCPU (`rsp` is the guest's stack pointer, for `iret`).
-pub(crate) fn dispatch(core: &DomainCore, regs: &HypercallRegs, rsp: u64) -> Outcome {
+/// Serves one hypercall of `core`'s vCPU `vcpu` (`rsp` is the guest's stack pointer, for `iret`).
+pub(crate) fn dispatch(core: &DomainCore, vcpu: u32, regs: &HypercallRegs, rsp: u64) -> Outcome {
     let Ok(inv) = regs.decode() else {
         return Outcome::Return(-ENOSYS);
     };
     let [a1, a2, a3, _a4, _a5] = inv.args;
     if inv.call == Hypercall::Iret {
-        return iret(core, rsp);
+        return iret(core, vcpu, rsp);
     }
     let r: R = match inv.call {
         Hypercall::ConsoleIo => console_io(core, a1, a2, a3),
         Hypercall::XenVersion => xen_version(core, a1, a2),
-        Hypercall::SchedOp => return sched_op(core, a1, a2),
-        Hypercall::SetTimerOp => set_timer_op(core, a1),
-        Hypercall::EventChannelOp => event_channel_op(core, a1, a2),
+        Hypercall::SchedOp => return sched_op(core, vcpu, a1, a2),
+        Hypercall::SetTimerOp => set_timer_op(core, vcpu, a1),
+        Hypercall::EventChannelOp => event_channel_op(core, vcpu, a1, a2),
         Hypercall::GrantTableOp => grant_table_op(core, a1, a2, a3),
         Hypercall::MemoryOp => memory_op(core, a1, a2),
-        Hypercall::VcpuOp => vcpu_op(a1, a2),
-        Hypercall::SetCallbacks => set_callbacks(core, a1),
-        Hypercall::SetTrapTable => set_trap_table(core, a1),
-        Hypercall::CallbackOp => callback_op(core, a1, a2),
+        Hypercall::VcpuOp => vcpu_op(core, vcpu, a1, a2, a3),
+        Hypercall::SetCallbacks => set_callbacks(core, vcpu, a1),
+        Hypercall::SetTrapTable => set_trap_table(core, vcpu, a1),
+        Hypercall::CallbackOp => callback_op(core, vcpu, a1, a2),
         _ => Err(ENOSYS),
     };
     Outcome::Return(r.unwrap_or_else(|e| -e))
@@ -198,14 +198,14 @@ fn xen_version(core: &DomainCore, cmd: u64, arg: u64) -> R {
     }
 }
 
-fn sched_op(core: &DomainCore, cmd: u64, arg: u64) -> Outcome {
+fn sched_op(core: &DomainCore, vcpu: u32, cmd: u64, arg: u64) -> Outcome {
     let r: R = match u32::try_from(cmd).unwrap_or(u32::MAX) {
         sched::SCHEDOP_yield => {
             std::thread::yield_now();
             Ok(0)
         }
         sched::SCHEDOP_block => {
-            block(core, None);
+            block(core, vcpu, None);
             Ok(0)
         }
         sched::SCHEDOP_shutdown => match core.copy_in::<SchedShutdown>(arg) {
@@ -215,7 +215,7 @@ fn sched_op(core: &DomainCore, cmd: u64, arg: u64) -> Outcome {
             },
             Err(e) => Err(e),
         },
-        sched::SCHEDOP_poll => poll(core, arg),
+        sched::SCHEDOP_poll => poll(core, vcpu, arg),
         sched::SCHEDOP_shutdown_code => core.copy_in::<SchedShutdown>(arg).and_then(|s| {
             ShutdownReason::try_from(s.reason)
                 .map(|_| 0)
@@ -227,7 +227,7 @@ fn sched_op(core: &DomainCore, cmd: u64, arg: u64) -> Outcome {
     Outcome::Return(r.unwrap_or_else(|e| -e))
 }
 
-fn poll(core: &DomainCore, arg: u64) -> R {
+fn poll(core: &DomainCore, vcpu: u32, arg: u64) -> R {
     let p: SchedPoll = core.copy_in(arg)?;
     let req = p
         .validate(sched::SCHED_POLL_MAX_PORTS)
@@ -245,28 +245,36 @@ fn poll(core: &DomainCore, arg: u64) -> R {
     if ports.iter().any(|&p| p >= MAX_PORTS) {
         return Err(EINVAL);
     }
-    block(core, Some((&ports, req.timeout)));
+    block(core, vcpu, Some((&ports, req.timeout)));
     Ok(0)
 }
 
 /// Sleeps in `SCHEDOP_block` (`poll` = `None`) or `SCHEDOP_poll`: until an event is pending (an upcall, or
 /// one of the polled ports), the timer or the poll timeout fires, or the domain is paused or destroyed.
-/// The vCPU thread sleeps on the domain's condvar meanwhile and uses no CPU.
-fn block(core: &DomainCore, poll: Option<(&[u32], Option<u64>)>) {
+/// The vCPU thread sleeps on the domain's condvar meanwhile and uses no CPU. A vCPU taken down
+/// (`VCPUOP_down`) returns too, and then waits in its thread until it is up again.
+fn block(core: &DomainCore, vcpu: u32, poll: Option<(&[u32], Option<u64>)>) {
     core.stats.blocks.fetch_add(1, Ordering::Relaxed);
     if poll.is_none() {
         // SCHEDOP_block re-enables event delivery before it checks for events (sched.h).
-        core.shared.upcall_mask().store(0, Ordering::SeqCst);
+        core.shared.upcall_mask(vcpu).store(0, Ordering::SeqCst);
     }
+    let id = vcpu as usize;
     let mut c = core.lock();
-    c.state = RunState::Blocked;
+    c.vcpus[id].state = Some(RunState::Blocked);
+    if id == 0 {
+        c.state = RunState::Blocked;
+    }
     loop {
-        if c.destroy || c.paused {
+        if c.destroy || c.paused || !c.vcpus[id].up {
             break;
         }
-        let _ = core.fire_timer_if_due(&mut c);
+        if let Some(n) = core.fire_timer_if_due(&mut c, vcpu) {
+            // Our own timer: other vCPUs only need waking if it was bound elsewhere (it is not).
+            let _ = n;
+        }
         let woken = match poll {
-            None => core.shared.upcall_pending(),
+            None => core.shared.upcall_pending(vcpu),
             Some((ports, _)) => {
                 let events = core.shared.two_level();
                 ports.iter().any(|&p| events.is_pending(p).unwrap_or(false))
@@ -280,7 +288,10 @@ fn block(core: &DomainCore, poll: Option<(&[u32], Option<u64>)>) {
         if poll_timeout.is_some_and(|t| now >= t) {
             break;
         }
-        let deadline = [c.timer, poll_timeout].into_iter().flatten().min();
+        let deadline = [c.vcpus[id].timer, poll_timeout]
+            .into_iter()
+            .flatten()
+            .min();
         c = match deadline {
             Some(d) => {
                 let wait = Duration::from_nanos(d.saturating_sub(now).max(1));
@@ -292,22 +303,25 @@ fn block(core: &DomainCore, poll: Option<(&[u32], Option<u64>)>) {
             None => core.cv.wait(c).unwrap_or_else(|e| e.into_inner()),
         };
     }
-    c.state = RunState::Running;
-    drop(c);
-    core.update_time();
+    c.vcpus[id].state = Some(RunState::Running);
+    if id == 0 {
+        c.state = RunState::Running;
+    }
 }
 
-fn set_timer_op(core: &DomainCore, timeout: u64) -> R {
-    core.set_timer(if timeout == 0 { None } else { Some(timeout) });
+fn set_timer_op(core: &DomainCore, vcpu: u32, timeout: u64) -> R {
+    core.set_timer(vcpu, if timeout == 0 { None } else { Some(timeout) });
     Ok(0)
 }
 
 /// `HYPERVISOR_set_trap_table`: installs entries of the guest's virtual IDT, up to the terminating entry
 /// (at most 256 are read); a null table clears it. Exceptions whose vector has an entry are bounced to the
 /// handler instead of stopping the domain.
-fn set_trap_table(core: &DomainCore, table: u64) -> R {
+fn set_trap_table(core: &DomainCore, vcpu: u32, table: u64) -> R {
     use xen_abi::hypercall::TrapInfo;
-    let mut traps = core.traps.lock().unwrap_or_else(|e| e.into_inner());
+    let mut traps = core.traps[vcpu as usize]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if table == 0 {
         *traps = [None; 256];
         return Ok(0);
@@ -338,7 +352,7 @@ const IRET_RFLAGS: u64 =
 /// the guest's stack, as the iret stub left it, and returns to it; the upcall mask becomes the inverse of
 /// the frame's IF, as in Xen. A frame outside guest memory or with other than the flat ring-3 selectors
 /// stops the domain (Xen crashes it too).
-fn iret(core: &DomainCore, rsp: u64) -> Outcome {
+fn iret(core: &DomainCore, vcpu: u32, rsp: u64) -> Outcome {
     let mut words = [0u64; 9];
     if !core.layout.guest_readable(&core.ram, rsp, 72)
         || core.ram.read(rsp, words.as_mut_bytes()).is_err()
@@ -357,7 +371,7 @@ fn iret(core: &DomainCore, rsp: u64) -> Outcome {
         ));
     }
     core.shared
-        .upcall_mask()
+        .upcall_mask(vcpu)
         .store(u8::from(rflags & (1 << 9) == 0), Ordering::SeqCst);
     Outcome::Iret(IretFrame {
         rax,
@@ -388,26 +402,26 @@ struct CallbackRegister {
     address: u64,
 }
 
-fn set_event_callback(core: &DomainCore, address: u64) -> R {
+fn set_event_callback(core: &DomainCore, vcpu: u32, address: u64) -> R {
     if address != 0 && !core.layout.guest_readable(&core.ram, address, 1) {
         return Err(EINVAL);
     }
-    core.event_callback.store(address, Ordering::SeqCst);
+    core.event_callback[vcpu as usize].store(address, Ordering::SeqCst);
     Ok(0)
 }
 
 /// `HYPERVISOR_set_callbacks(event, failsafe, syscall)`: the event callback is used; the failsafe and
 /// syscall callbacks are accepted and not needed (no segment reloads fail, no guest user mode).
-fn set_callbacks(core: &DomainCore, event: u64) -> R {
-    set_event_callback(core, event)
+fn set_callbacks(core: &DomainCore, vcpu: u32, event: u64) -> R {
+    set_event_callback(core, vcpu, event)
 }
 
-fn callback_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
+fn callback_op(core: &DomainCore, vcpu: u32, cmd: u64, arg: u64) -> R {
     match cmd {
         CALLBACKOP_REGISTER => {
             let cb: CallbackRegister = core.copy_in(arg)?;
             match cb.kind {
-                CALLBACKTYPE_EVENT => set_event_callback(core, cb.address),
+                CALLBACKTYPE_EVENT => set_event_callback(core, vcpu, cb.address),
                 CALLBACKTYPE_FAILSAFE => Ok(0),
                 _ => Err(EINVAL),
             }
@@ -415,7 +429,7 @@ fn callback_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
         CALLBACKOP_UNREGISTER => {
             let kind: u16 = core.copy_in(arg)?;
             match kind {
-                CALLBACKTYPE_EVENT => set_event_callback(core, 0),
+                CALLBACKTYPE_EVENT => set_event_callback(core, vcpu, 0),
                 _ => Err(EINVAL),
             }
         }
@@ -423,7 +437,7 @@ fn callback_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
     }
 }
 
-fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
+fn event_channel_op(core: &DomainCore, vcpu: u32, cmd: u64, arg: u64) -> R {
     let Some(host) = core.host.upgrade() else {
         return Err(ESRCH);
     };
@@ -466,17 +480,27 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
             if a.virq >= NR_VIRQS {
                 return Err(EINVAL);
             }
-            if a.vcpu != 0 {
+            if a.vcpu >= core.nr_vcpus {
                 return Err(ENOENT);
+            }
+            // Global VIRQs are bound on vCPU 0 (event_channel.h); per-vCPU ones on any.
+            let per_vcpu =
+                xen_abi::hypercall::Virq::try_from(a.virq).is_ok_and(|v| v.is_per_vcpu());
+            if a.vcpu != 0 && !per_vcpu {
+                return Err(EINVAL);
             }
             {
                 let mut reg = host.evtchn();
                 let t = reg.table(me)?;
-                if t.virq_port(a.virq).is_some() {
+                if t.virq_port(a.virq, a.vcpu).is_some() {
                     return Err(EEXIST);
                 }
-                a.port = t.alloc(Channel::Virq(a.virq))?;
+                a.port = t.alloc(Channel::Virq {
+                    virq: a.virq,
+                    vcpu: a.vcpu,
+                })?;
             }
+            core.set_port_vcpu(a.port, a.vcpu);
             core.copy_out(arg, &a).inspect_err(|_| {
                 let _ = host.evtchn().close(me, a.port);
             })?;
@@ -484,10 +508,14 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
         }
         ev::EVTCHNOP_bind_ipi => {
             let mut a: ev::EvtchnBindIpi = core.copy_in(arg)?;
-            if a.vcpu != 0 {
+            if a.vcpu >= core.nr_vcpus {
                 return Err(ENOENT);
             }
-            a.port = host.evtchn().table(me)?.alloc(Channel::Ipi)?;
+            a.port = host
+                .evtchn()
+                .table(me)?
+                .alloc(Channel::Ipi { vcpu: a.vcpu })?;
+            core.set_port_vcpu(a.port, a.vcpu);
             core.copy_out(arg, &a).inspect_err(|_| {
                 let _ = host.evtchn().close(me, a.port);
             })?;
@@ -496,8 +524,9 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
         ev::EVTCHNOP_close => {
             let a: ev::EvtchnClose = core.copy_in(arg)?;
             host.evtchn().close(me, a.port)?;
-            // A closed port is no longer pending.
+            // A closed port is no longer pending, and notifies vCPU 0 when it is reused.
             let _ = core.shared.two_level().clear_pending(a.port);
+            core.set_port_vcpu(a.port, 0);
             Ok(0)
         }
         ev::EVTCHNOP_send => {
@@ -531,10 +560,10 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
                     dom: remote,
                     port: remote_port,
                 },
-                Channel::Virq(v) => EvtchnStatusKind::Virq(v),
-                Channel::Ipi => EvtchnStatusKind::Ipi,
+                Channel::Virq { virq, .. } => EvtchnStatusKind::Virq(virq),
+                Channel::Ipi { .. } => EvtchnStatusKind::Ipi,
             };
-            a = ev::EvtchnStatus::answer(a.dom, a.port, 0, kind);
+            a = ev::EvtchnStatus::answer(a.dom, a.port, core.port_vcpu(a.port), kind);
             core.copy_out(arg, &a)?;
             Ok(0)
         }
@@ -543,20 +572,37 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
             if a.port >= MAX_PORTS {
                 return Err(EINVAL);
             }
-            let _ = core
+            let target = core.port_vcpu(a.port);
+            if let Ok(n) = core
                 .shared
                 .two_level()
-                .unmask(a.port, &core.shared.vcpu0_events());
+                .unmask(a.port, &core.shared.vcpu_events(target))
+            {
+                // The event now pending on another vCPU wakes it.
+                if target != vcpu {
+                    core.after_send(n, target);
+                }
+            }
             Ok(0)
         }
         ev::EVTCHNOP_bind_vcpu => {
             let a: ev::EvtchnBindVcpu = core.copy_in(arg)?;
-            if a.vcpu != 0 {
+            if a.vcpu >= core.nr_vcpus {
                 return Err(ENOENT);
             }
+            // Xen moves interdomain, unbound and global VIRQ ports; per-vCPU VIRQs and IPIs stay.
             match host.evtchn().table(me)?.get(a.port) {
                 None | Some(Channel::Free) => Err(EINVAL),
-                Some(_) => Ok(0),
+                Some(Channel::Ipi { .. }) => Err(EINVAL),
+                Some(Channel::Virq { virq, .. })
+                    if xen_abi::hypercall::Virq::try_from(virq).is_ok_and(|v| v.is_per_vcpu()) =>
+                {
+                    Err(EINVAL)
+                }
+                Some(_) => {
+                    core.set_port_vcpu(a.port, a.vcpu);
+                    Ok(0)
+                }
             }
         }
         ev::EVTCHNOP_reset => {
@@ -568,6 +614,7 @@ fn event_channel_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
             let ports: Vec<u32> = reg.table(me)?.used().map(|(p, _)| p).collect();
             for p in ports {
                 let _ = reg.close(me, p);
+                core.set_port_vcpu(p, 0);
             }
             Ok(0)
         }
@@ -711,13 +758,288 @@ fn memory_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
     }
 }
 
-fn vcpu_op(cmd: u64, vcpu: u64) -> R {
-    const VCPUOP_IS_UP: u64 = 3;
-    if vcpu != 0 {
+/// `struct vcpu_guest_context` of `arch-x86/xen.h` (x86-64): its size and the offsets of the fields this
+/// hypervisor reads, checked against the C header with `offsetof` (gcc, Xen 4.17 headers).
+pub mod guest_context {
+    /// `sizeof(struct vcpu_guest_context)`.
+    pub const SIZE: usize = 5168;
+    /// `flags` (`VGCF_*`).
+    pub const FLAGS: usize = 512;
+    /// `user_regs` (`struct cpu_user_regs`, 200 bytes).
+    pub const USER_REGS: usize = 520;
+    /// `trap_ctxt[256]` (`struct trap_info`, 16 bytes each).
+    pub const TRAP_CTXT: usize = 720;
+    /// `ldt_ents`.
+    pub const LDT_ENTS: usize = 4824;
+    /// `gdt_ents`.
+    pub const GDT_ENTS: usize = 4960;
+    /// `kernel_ss`.
+    pub const KERNEL_SS: usize = 4968;
+    /// `ctrlreg[8]`.
+    pub const CTRLREG: usize = 4984;
+    /// `debugreg[8]`.
+    pub const DEBUGREG: usize = 5048;
+    /// `event_callback_eip`.
+    pub const EVENT_CALLBACK_EIP: usize = 5112;
+    /// `fs_base`.
+    pub const FS_BASE: usize = 5144;
+    /// `gs_base_kernel`.
+    pub const GS_BASE_KERNEL: usize = 5152;
+    /// Offsets inside `cpu_user_regs`: `r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx,
+    /// rsi, rdi` are the first 15 words; then `error_code`/`entry_vector`, `rip`, `cs`, `rflags`, `rsp`,
+    /// `ss`, `es`, `ds`, `fs`, `gs`.
+    pub const REG_RIP: usize = 128;
+    /// `cpu_user_regs.cs` (16 bits; `saved_upcall_mask` follows).
+    pub const REG_CS: usize = 136;
+    /// `cpu_user_regs.rflags`.
+    pub const REG_RFLAGS: usize = 144;
+    /// `cpu_user_regs.rsp`.
+    pub const REG_RSP: usize = 152;
+    /// `cpu_user_regs.ss`.
+    pub const REG_SS: usize = 160;
+    /// `cpu_user_regs.es`; `ds`, `fs` and `gs` follow, 8 bytes apart.
+    pub const REG_ES: usize = 168;
+    /// `VGCF_i387_valid`, `VGCF_in_kernel`, `VGCF_failsafe_disables_events`,
+    /// `VGCF_syscall_disables_events` and `VGCF_online`: the flags a context may carry.
+    pub const KNOWN_FLAGS: u64 = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5);
+}
+
+/// What `VCPUOP_initialise` gives a vCPU, validated: loaded by the vCPU's thread when it is brought up.
+#[derive(Debug, Clone)]
+pub(crate) struct InitialState {
+    pub(crate) regs: kvm_bindings::kvm_regs,
+    pub(crate) cr3: u64,
+    pub(crate) fs_base: u64,
+    pub(crate) gs_base: u64,
+}
+
+fn is_canonical(a: u64) -> bool {
+    let top = a >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+/// Validates a copied `vcpu_guest_context` (`ctx`, [`guest_context::SIZE`] bytes) for vCPU `vcpu`:
+/// flat ring-3 selectors only (code `FLAT_RING3_CS64`, stack `FLAT_RING3_SS64`, data null or
+/// `FLAT_RING3_DS32`), `rip` in guest memory the guest may read, `rsp` in memory it may write, `cr3` one of
+/// its validated top-level page tables, no LDT, no GDT of its own, no debug registers, only known flags,
+/// trap-table entries and the event callback inside guest memory, canonical segment bases. Anything else
+/// is `-EINVAL`, as Xen's `arch_set_info_guest` refuses what it cannot honour.
+fn validate_context(
+    core: &DomainCore,
+    ctx: &[u8],
+) -> Result<(InitialState, crate::domain::TrapTable, u64), Errno> {
+    use guest_context as gc;
+    let word = |off: usize| -> u64 {
+        ctx.get(off..off + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(u64::MAX)
+    };
+    let reg = |off: usize| word(gc::USER_REGS + off);
+    if word(gc::FLAGS) & !gc::KNOWN_FLAGS != 0 {
+        return Err(EINVAL);
+    }
+    let cs = reg(gc::REG_CS) & 0xffff;
+    let ss = reg(gc::REG_SS) & 0xffff;
+    if cs != u64::from(crate::x86::FLAT_RING3_CS64) || ss != u64::from(crate::x86::FLAT_RING3_SS64)
+    {
+        return Err(EINVAL);
+    }
+    for i in 0..4 {
+        let sel = reg(gc::REG_ES + 8 * i) & 0xffff;
+        if sel != 0 && sel != u64::from(crate::x86::FLAT_RING3_SS64) {
+            return Err(EINVAL);
+        }
+    }
+    let kernel_ss = word(gc::KERNEL_SS) & 0xffff;
+    if kernel_ss != 0 && kernel_ss != u64::from(crate::x86::FLAT_RING3_SS64) {
+        return Err(EINVAL);
+    }
+    let (rip, rsp) = (reg(gc::REG_RIP), reg(gc::REG_RSP));
+    if !core.layout.guest_readable(&core.ram, rip, 1) || rsp < 8 || !core.guest_writable(rsp - 8, 8)
+    {
+        return Err(EINVAL);
+    }
+    if word(gc::LDT_ENTS) != 0 || word(gc::GDT_ENTS) != 0 {
+        return Err(EINVAL);
+    }
+    if (0..8).any(|i| word(gc::DEBUGREG + 8 * i) != 0) {
+        return Err(EINVAL);
+    }
+    let cr3 = word(gc::CTRLREG + 3 * 8);
+    if !core.valid_root(cr3) {
+        return Err(EINVAL);
+    }
+    let callback = word(gc::EVENT_CALLBACK_EIP);
+    if callback != 0 && !core.layout.guest_readable(&core.ram, callback, 1) {
+        return Err(EINVAL);
+    }
+    let (fs_base, gs_base) = (word(gc::FS_BASE), word(gc::GS_BASE_KERNEL));
+    if !is_canonical(fs_base) || !is_canonical(gs_base) {
+        return Err(EINVAL);
+    }
+    let mut traps = [None; 256];
+    for (v, slot) in traps.iter_mut().enumerate() {
+        let at = gc::TRAP_CTXT + v * 16;
+        let flags = ctx.get(at + 1).copied().unwrap_or(0);
+        let tcs = u64::from(u16::from_le_bytes([
+            ctx.get(at + 2).copied().unwrap_or(0),
+            ctx.get(at + 3).copied().unwrap_or(0),
+        ]));
+        let address = word(at + 8);
+        if address == 0 {
+            continue;
+        }
+        if tcs != u64::from(crate::x86::FLAT_RING3_CS64)
+            || !core.layout.guest_readable(&core.ram, address, 1)
+        {
+            return Err(EINVAL);
+        }
+        *slot = Some((address, flags));
+    }
+    let g = |i: usize| reg(8 * i);
+    let regs = kvm_bindings::kvm_regs {
+        r15: g(0),
+        r14: g(1),
+        r13: g(2),
+        r12: g(3),
+        rbp: g(4),
+        rbx: g(5),
+        r11: g(6),
+        r10: g(7),
+        r9: g(8),
+        r8: g(9),
+        rax: g(10),
+        rcx: g(11),
+        rdx: g(12),
+        rsi: g(13),
+        rdi: g(14),
+        rip,
+        rsp,
+        rflags: (reg(gc::REG_RFLAGS) & IRET_RFLAGS) | 0x202,
+    };
+    Ok((
+        InitialState {
+            regs,
+            cr3,
+            fs_base,
+            gs_base,
+        },
+        traps,
+        callback,
+    ))
+}
+
+/// `VCPUOP_*` in `vcpu.h`.
+pub mod vcpuop {
+    /// `VCPUOP_initialise`.
+    pub const INITIALISE: u64 = 0;
+    /// `VCPUOP_up`.
+    pub const UP: u64 = 1;
+    /// `VCPUOP_down`.
+    pub const DOWN: u64 = 2;
+    /// `VCPUOP_is_up`.
+    pub const IS_UP: u64 = 3;
+    /// `VCPUOP_set_singleshot_timer`.
+    pub const SET_SINGLESHOT_TIMER: u64 = 8;
+    /// `VCPUOP_stop_singleshot_timer`.
+    pub const STOP_SINGLESHOT_TIMER: u64 = 9;
+    /// `VCPU_SSHOTTMR_future`: fail with `-ETIME` if the deadline has passed.
+    pub const SSHOTTMR_FUTURE: u32 = 1;
+}
+
+/// `ETIME`.
+const ETIME: Errno = 62;
+
+/// `struct vcpu_set_singleshot_timer` in `vcpu.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable)]
+struct SingleshotTimer {
+    timeout_abs_ns: u64,
+    flags: u32,
+    _pad: u32,
+}
+
+/// `HYPERVISOR_vcpu_op(cmd, vcpuid, arg)` from vCPU `caller`.
+fn vcpu_op(core: &DomainCore, caller: u32, cmd: u64, target: u64, arg: u64) -> R {
+    if target >= u64::from(core.nr_vcpus) {
         return Err(ENOENT);
     }
+    let t = target as u32;
+    let id = target as usize;
     match cmd {
-        VCPUOP_IS_UP => Ok(1),
+        vcpuop::INITIALISE => {
+            if !core
+                .layout
+                .guest_readable(&core.ram, arg, guest_context::SIZE as u64)
+            {
+                return Err(EFAULT);
+            }
+            let mut ctx = vec![0u8; guest_context::SIZE];
+            core.ram.read(arg, &mut ctx).map_err(|_| EFAULT)?;
+            let (state, traps, callback) = validate_context(core, &ctx)?;
+            let mut c = core.lock();
+            if c.vcpus[id].initialised {
+                return Err(EEXIST);
+            }
+            c.vcpus[id].initialised = true;
+            c.vcpus[id].pending = Some(Box::new(state));
+            drop(c);
+            *core.traps[id].lock().unwrap_or_else(|e| e.into_inner()) = traps;
+            core.event_callback[id].store(callback, Ordering::SeqCst);
+            Ok(0)
+        }
+        vcpuop::UP => {
+            let mut c = core.lock();
+            if !c.vcpus[id].initialised {
+                return Err(EINVAL);
+            }
+            c.vcpus[id].up = true;
+            drop(c);
+            core.cv.notify_all();
+            Ok(0)
+        }
+        vcpuop::DOWN => {
+            core.lock().vcpus[id].up = false;
+            if t != caller {
+                core.kick(t);
+            }
+            Ok(0)
+        }
+        vcpuop::IS_UP => Ok(i64::from(core.lock().vcpus[id].up)),
+        vcpuop::SET_SINGLESHOT_TIMER => {
+            if t != caller {
+                return Err(EINVAL);
+            }
+            let st: SingleshotTimer = core.copy_in(arg)?;
+            if st.flags & vcpuop::SSHOTTMR_FUTURE != 0 && st.timeout_abs_ns < core.system_time() {
+                return Err(ETIME);
+            }
+            core.set_timer(t, Some(st.timeout_abs_ns));
+            Ok(0)
+        }
+        vcpuop::STOP_SINGLESHOT_TIMER => {
+            if t != caller {
+                return Err(EINVAL);
+            }
+            core.set_timer(t, None);
+            Ok(0)
+        }
         _ => Err(ENOSYS),
     }
+}
+
+/// Makes the vCPU flush its TLB (and, under shadow paging, drop its shadow of the guest's page tables):
+/// `KVM_SET_SREGS` with a changed CR3 resets the vCPU's MMU context, so CR3 is set to the same root with
+/// PWT toggled and back.
+pub(crate) fn flush_tlb(fd: &kvm_ioctls::VcpuFd) -> Result<(), String> {
+    let mut s = fd.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let cr3 = s.cr3;
+    s.cr3 = cr3 ^ (1 << 3);
+    fd.set_sregs(&s)
+        .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+    s.cr3 = cr3;
+    fd.set_sregs(&s)
+        .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::mem::offset_of;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use xen_abi::event_channel::{EVTCHN_2L_NR_WORDS, TwoLevel, VcpuEvents};
-use xen_abi::xen::{SharedInfo, VcpuInfo, VcpuTimeInfo};
+use xen_abi::xen::{SharedInfo, VcpuInfo, VcpuTimeInfo, XEN_LEGACY_MAX_VCPUS};
 
 use crate::memory::{GuestRam, MemoryError, PAGE_SIZE};
 
@@ -23,6 +23,17 @@ unsafe impl Send for SharedInfoView {}
 unsafe impl Sync for SharedInfoView {}
 
 const VCPU0: usize = offset_of!(SharedInfo, vcpu_info);
+
+/// The offset of vCPU `n`'s `vcpu_info` in the page (`n` below [`XEN_LEGACY_MAX_VCPUS`], else vCPU 0's:
+/// callers pass vCPU ids the domain has, which are below that bound).
+fn vcpu_off(n: u32) -> usize {
+    let n = if (n as usize) < XEN_LEGACY_MAX_VCPUS {
+        n as usize
+    } else {
+        0
+    };
+    VCPU0 + n * size_of::<VcpuInfo>()
+}
 
 impl SharedInfoView {
     /// The view of the page at guest-physical `addr` of `ram`.
@@ -60,40 +71,43 @@ impl SharedInfoView {
         )
     }
 
-    /// vCPU 0's selector and upcall flag.
-    pub fn vcpu0_events(&self) -> VcpuEvents<'_> {
+    /// vCPU `n`'s selector and upcall flag.
+    pub fn vcpu_events(&self, n: u32) -> VcpuEvents<'_> {
+        let off = vcpu_off(n);
         VcpuEvents {
-            pending_sel: self.atomic_u64(VCPU0 + offset_of!(VcpuInfo, evtchn_pending_sel)),
-            upcall_pending: self.atomic_u8(VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_pending)),
+            pending_sel: self.atomic_u64(off + offset_of!(VcpuInfo, evtchn_pending_sel)),
+            upcall_pending: self.atomic_u8(off + offset_of!(VcpuInfo, evtchn_upcall_pending)),
         }
     }
 
-    /// Sets vCPU 0's `arch.cr2` (the faulting address of a page fault bounced to the guest).
-    pub fn set_cr2(&self, cr2: u64) {
-        let off = VCPU0 + offset_of!(VcpuInfo, arch) + offset_of!(xen_abi::xen::ArchVcpuInfo, cr2);
+    /// Sets vCPU `n`'s `arch.cr2` (the faulting address of a page fault bounced to the guest).
+    pub fn set_cr2(&self, n: u32, cr2: u64) {
+        let off =
+            vcpu_off(n) + offset_of!(VcpuInfo, arch) + offset_of!(xen_abi::xen::ArchVcpuInfo, cr2);
         self.atomic_u64(off).store(cr2, Ordering::SeqCst);
     }
 
-    /// vCPU 0's `evtchn_upcall_pending`.
-    pub fn upcall_pending(&self) -> bool {
-        self.atomic_u8(VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_pending))
+    /// vCPU `n`'s `evtchn_upcall_pending`.
+    pub fn upcall_pending(&self, n: u32) -> bool {
+        self.atomic_u8(vcpu_off(n) + offset_of!(VcpuInfo, evtchn_upcall_pending))
             .load(Ordering::SeqCst)
             != 0
     }
 
-    /// vCPU 0's `evtchn_upcall_mask`.
-    pub fn upcall_mask(&self) -> &AtomicU8 {
-        self.atomic_u8(VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_mask))
+    /// vCPU `n`'s `evtchn_upcall_mask`.
+    pub fn upcall_mask(&self, n: u32) -> &AtomicU8 {
+        self.atomic_u8(vcpu_off(n) + offset_of!(VcpuInfo, evtchn_upcall_mask))
     }
 
-    /// Publishes vCPU 0's time record under its seqlock (version odd while writing, then even).
+    /// Publishes vCPU `n`'s time record under its seqlock (version odd while writing, then even).
     pub fn write_time(
         &self,
+        n: u32,
         tsc_timestamp: u64,
         system_time: u64,
         scale: xen_abi::xen::PvClockScale,
     ) {
-        let off = VCPU0 + offset_of!(VcpuInfo, time);
+        let off = vcpu_off(n) + offset_of!(VcpuInfo, time);
         let version = self.atomic_u32(off + offset_of!(VcpuTimeInfo, version));
         let v = version.load(Ordering::SeqCst);
         let next = (v | 1).wrapping_add(1);

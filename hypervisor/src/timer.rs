@@ -1,7 +1,7 @@
 //! The host's timer thread: fires the domains' one-shot timers (`set_timer_op`) at their deadlines, also
 //! for vCPUs that are running guest code rather than blocked.
 //!
-//! One armed deadline per domain is kept; stale heap entries (a timer re-armed or cancelled) are skipped when
+//! One armed deadline per vCPU is kept; stale heap entries (a timer re-armed or cancelled) are skipped when
 //! they come due, and the heap is rebuilt from the armed deadlines whenever it grows beyond a few entries per
 //! domain, so a guest re-arming its timer in a loop cannot grow it without bound.
 
@@ -14,10 +14,13 @@ use xen_abi::DomId;
 
 use crate::domain::HostInner;
 
+/// When, for which (domain, vCPU), at which system time.
+type Entry = (Instant, (DomId, u32), u64);
+
 #[derive(Default)]
 struct Queue {
-    heap: BinaryHeap<Reverse<(Instant, DomId, u64)>>,
-    armed: HashMap<DomId, (Instant, u64)>,
+    heap: BinaryHeap<Reverse<Entry>>,
+    armed: HashMap<(DomId, u32), (Instant, u64)>,
 }
 
 /// The deadlines of all domains.
@@ -28,8 +31,9 @@ pub(crate) struct TimerQueue {
 }
 
 impl TimerQueue {
-    /// Arms `dom`'s timer for `at` (system time `deadline`), replacing its previous one.
-    pub(crate) fn add(&self, at: Instant, dom: DomId, deadline: u64) {
+    /// Arms the timer of vCPU `vcpu` of `dom` for `at` (system time `deadline`), replacing its previous one.
+    pub(crate) fn add(&self, at: Instant, dom: DomId, vcpu: u32, deadline: u64) {
+        let dom = (dom, vcpu);
         let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
         q.armed.insert(dom, (at, deadline));
         q.heap.push(Reverse((at, dom, deadline)));
@@ -76,8 +80,8 @@ fn run(timers: &TimerQueue, host: &Weak<HostInner>) {
             drop(q);
             if let Some(h) = host.upgrade() {
                 for (dom, deadline) in due {
-                    if let Some(d) = h.domain(dom) {
-                        d.timer_expired(deadline);
+                    if let Some(d) = h.domain(dom.0) {
+                        d.timer_expired(dom.1, deadline);
                     }
                 }
             }
@@ -108,9 +112,9 @@ mod tests {
         let q = TimerQueue::default();
         let now = Instant::now();
         for i in 0..100_000u64 {
-            q.add(now + Duration::from_secs(3600 + i), 7, i);
+            q.add(now + Duration::from_secs(3600 + i), 7, 0, i);
         }
-        q.add(now + Duration::from_secs(10), 8, 1);
+        q.add(now + Duration::from_secs(10), 8, 1, 1);
         let inner = q.q.lock().unwrap();
         assert!(
             inner.heap.len() <= 4 * 2 + 64 + 1,
@@ -118,7 +122,7 @@ mod tests {
             inner.heap.len()
         );
         assert_eq!(
-            inner.armed.get(&7).map(|&(_, d)| d),
+            inner.armed.get(&(7, 0)).map(|&(_, d)| d),
             Some(99_999),
             "the last one counts"
         );

@@ -26,6 +26,7 @@
 //! - `trap-upcall`: takes `#UD` traps in a loop while timer upcalls arrive;
 //! - `iret`: returns to a label through `HYPERVISOR_iret` with chosen rax, rcx and r11; `iret-ring0` tries
 //!   the same into ring 0 (the hypervisor stops the domain);
+//! - `smp-cpu=N`, `vcpu-ctx`, `smp-fault`: SMP workloads (see `smp.rs`);
 //! - `fault`: dereferences a null pointer; `triple-fault`: executes `ud2` (a triple fault when the
 //!   hypervisor gives the domain no IDT).
 #![no_std]
@@ -148,14 +149,14 @@ boot_stack_top:
 );
 
 /// A `core::fmt::Write` over `console_io`, line-buffered.
-struct Console<'a> {
+pub(crate) struct Console<'a> {
     p: &'a Platform,
     buf: [u8; 256],
     len: usize,
 }
 
 impl<'a> Console<'a> {
-    fn new(p: &'a Platform) -> Self {
+    pub(crate) fn new(p: &'a Platform) -> Self {
         Self {
             p,
             buf: [0; 256],
@@ -200,8 +201,9 @@ macro_rules! println {
 }
 
 mod devices;
+mod smp;
 
-static mut START_INFO: *const StartInfo = core::ptr::null();
+pub(crate) static mut START_INFO: *const StartInfo = core::ptr::null();
 
 #[unsafe(no_mangle)]
 extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
@@ -292,6 +294,9 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         "xs-test" | "console-ring" | "disk-write" | "disk-verify" | "disk-bench" | "net-echo"
         | "net-ping" => devices::run(&p, name, arg),
+        "smp-cpu" => smp::smp_cpu(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(40)),
+        "vcpu-ctx" => smp::vcpu_ctx(&p),
+        "smp-fault" => smp::smp_fault(&mut p),
         "iret" => iret(&p, 0xe033),
         "iret-ring0" => iret(&p, 0x08),
         "hcbench" => hcbench(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(1000)),

@@ -158,6 +158,19 @@ impl Platform {
         }
     }
 
+    /// `EVTCHNOP_bind_virq` on vCPU `vcpu`.
+    pub fn bind_virq_on(&self, virq: u32, vcpu: u32) -> Result<u32, i64> {
+        let mut a = ev::EvtchnBindVirq {
+            virq,
+            vcpu,
+            port: 0,
+        };
+        match self.evtchn_op(ev::EVTCHNOP_bind_virq, &mut a) {
+            0 => Ok(a.port),
+            e => Err(e),
+        }
+    }
+
     /// Binds VIRQ_TIMER (once) and returns its port.
     pub fn timer_port(&mut self) -> u32 {
         if let Some(p) = self.timer_port {
@@ -188,6 +201,19 @@ impl Platform {
     /// vCPU 0's selector and upcall flag.
     pub fn vcpu_events(&self) -> VcpuEvents<'_> {
         let v = &self.shared().vcpu_info[0];
+        // SAFETY: as in `events`: atomics over fields the hypervisor updates atomically.
+        unsafe {
+            VcpuEvents {
+                pending_sel: &*(&raw const v.evtchn_pending_sel as *const AtomicU64),
+                upcall_pending: &*(&raw const v.evtchn_upcall_pending
+                    as *const core::sync::atomic::AtomicU8),
+            }
+        }
+    }
+
+    /// vCPU `n`'s selector and upcall flag.
+    pub fn vcpu_events_of(&self, n: u32) -> VcpuEvents<'_> {
+        let v = &self.shared().vcpu_info[n as usize % self.shared().vcpu_info.len()];
         // SAFETY: as in `events`: atomics over fields the hypervisor updates atomically.
         unsafe {
             VcpuEvents {
