@@ -918,3 +918,275 @@ impl<T: Transport + CompletionSource + Send + 'static> BlockQueue for VirtioBloc
         lock(&self.shared.inner).queues[self.id].in_flight()
     }
 }
+
+/// A virtio-net device as netback's [`NetDevice`](pv_backend::net::NetDevice): frames and their
+/// offload metadata go to and from queue pair 0 of a [`NetDriver`](crate::net::NetDriver).
+///
+/// Metadata maps to the virtio-net header where the device offers the offload: a
+/// [`Checksum::Partial`](pv_backend::net::Checksum::Partial) frame is sent with
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` and its `csum_start`/`csum_offset` (only with
+/// `VIRTIO_NET_F_CSUM`), a GSO super-frame with `VIRTIO_NET_HDR_GSO_TCPV4`/`6`, its MSS and
+/// header length (only with `HOST_TSO4`/`6`; a header length of 0 is filled in from the TCP
+/// header); received headers map back (`NEEDS_CSUM` to `Partial`, `DATA_VALID` to `Validated`,
+/// GSO types and sizes), already validated by the driver. Build the driver with
+/// `NetOptions::offloads` to negotiate them.
+///
+/// [`NetDevice::wait_readable`](pv_backend::net::NetDevice::wait_readable) waits through
+/// [`NetDriver::recv_wait_on`](crate::net::NetDriver::recv_wait_on), in steps of the driver's
+/// `NetOptions::timeout` (so give it a short one, such as 10 ms); a frame it finds is kept for
+/// the next receive.
+#[derive(Debug)]
+pub struct VirtioNet<T: Transport + Send> {
+    driver: std::cell::RefCell<crate::net::NetDriver<T>>,
+    stash: std::cell::RefCell<VecDeque<(crate::net::NetHdr, Vec<u8>)>>,
+}
+
+mod net_bridge {
+    use std::io;
+    use std::time::{Duration, Instant};
+
+    use pv_backend::net::{
+        Checksum, FrameMeta, Gso, GsoType, NetDevice, NetError, Offloads, RxInfo,
+    };
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    };
+
+    use super::VirtioNet;
+    use crate::net::{self, MAX_GSO_FRAME, NetDriver, NetHdr};
+    use crate::transport::{self, Transport};
+
+    fn bit(features: u64, b: u32) -> bool {
+        features & (1u64 << b) != 0
+    }
+
+    /// How a driver error shows to netback.
+    fn net_error(op: &str, e: net::Error) -> NetError {
+        match e {
+            net::Error::TxFull => NetError::WouldBlock,
+            net::Error::Transport(transport::Error::DeviceGone(_)) => NetError::Disconnected,
+            e => NetError::Io {
+                op: format!("virtio-net {op}"),
+                source: io::Error::other(e),
+            },
+        }
+    }
+
+    /// The virtio-net header for a frame's metadata.
+    pub(super) fn hdr_for(frame: &[u8], meta: &FrameMeta) -> Result<NetHdr, NetError> {
+        let mut h = NetHdr::default();
+        if let Checksum::Partial { start, offset } = meta.checksum {
+            h = NetHdr::partial_csum(start, offset);
+        }
+        if let Some(g) = meta.gso {
+            h.gso_type = match g.gso_type {
+                GsoType::TcpV4 => NetHdr::GSO_TCPV4,
+                GsoType::TcpV6 => NetHdr::GSO_TCPV6,
+                _ => {
+                    return Err(NetError::Unsupported {
+                        what: "this GSO type (virtio-net has TCPv4 and TCPv6)",
+                    });
+                }
+            };
+            h.gso_size = g.size;
+            h.hdr_len = g.hdr_len;
+            if h.hdr_len == 0 {
+                // The TCP header's data offset, in 32-bit words, in the top nibble of byte 12.
+                let doff = frame
+                    .get(usize::from(h.csum_start) + 12)
+                    .map_or(0, |b| u16::from(b >> 4) * 4);
+                h.hdr_len = h.csum_start.saturating_add(doff);
+            }
+        }
+        Ok(h)
+    }
+
+    /// The metadata of a received header (validated by the driver against the features).
+    pub(super) fn meta_of(h: &NetHdr) -> FrameMeta {
+        let checksum = if h.flags & NetHdr::NEEDS_CSUM != 0 {
+            Checksum::Partial {
+                start: h.csum_start,
+                offset: h.csum_offset,
+            }
+        } else if h.flags & NetHdr::DATA_VALID != 0 {
+            Checksum::Validated
+        } else {
+            Checksum::None
+        };
+        let gso_type = match h.gso_type & !NetHdr::GSO_ECN {
+            NetHdr::GSO_TCPV4 => Some(GsoType::TcpV4),
+            NetHdr::GSO_TCPV6 => Some(GsoType::TcpV6),
+            _ => None,
+        };
+        let gso = gso_type.filter(|_| h.gso_size > 0).map(|gso_type| Gso {
+            gso_type,
+            size: h.gso_size,
+            hdr_len: h.hdr_len,
+        });
+        FrameMeta { checksum, gso }
+    }
+
+    impl<T: Transport + Send> VirtioNet<T> {
+        /// Wraps `driver`.
+        pub fn new(driver: NetDriver<T>) -> Self {
+            Self {
+                driver: std::cell::RefCell::new(driver),
+                stash: std::cell::RefCell::default(),
+            }
+        }
+
+        /// Runs `f` on the driver (its config, features, control commands).
+        pub fn with_driver<R>(&self, f: impl FnOnce(&mut NetDriver<T>) -> R) -> R {
+            f(&mut self.driver.borrow_mut())
+        }
+    }
+
+    impl<T: Transport + Send> NetDevice for VirtioNet<T> {
+        fn offloads(&self) -> Offloads {
+            let f = self.driver.borrow().features();
+            Offloads {
+                csum: bit(f, VIRTIO_NET_F_CSUM),
+                tso4: bit(f, VIRTIO_NET_F_CSUM) && bit(f, VIRTIO_NET_F_HOST_TSO4),
+                tso6: bit(f, VIRTIO_NET_F_CSUM) && bit(f, VIRTIO_NET_F_HOST_TSO6),
+            }
+        }
+
+        fn max_frame_len(&self) -> usize {
+            let d = self.driver.borrow();
+            let f = d.features();
+            if bit(f, VIRTIO_NET_F_GUEST_TSO4) || bit(f, VIRTIO_NET_F_GUEST_TSO6) {
+                MAX_GSO_FRAME
+            } else {
+                d.config().max_frame()
+            }
+        }
+
+        fn send(&mut self, frame: &[u8], meta: &FrameMeta) -> Result<(), NetError> {
+            if frame.len() < pv_backend::net::ETH_HLEN {
+                return Err(NetError::FrameTooShort { len: frame.len() });
+            }
+            meta.validate(frame.len())?;
+            self.offloads().allows(meta)?;
+            let hdr = hdr_for(frame, meta)?;
+            let mut d = self.driver.borrow_mut();
+            d.send_on(0, frame, &hdr).map_err(|e| match e {
+                net::Error::BadFrameLength { len, max, .. } => NetError::FrameTooLong { len, max },
+                e => net_error("send", e),
+            })
+        }
+
+        fn recv(&mut self, buf: &mut [u8]) -> Result<Option<RxInfo>, NetError> {
+            let next = match self.stash.get_mut().pop_front() {
+                Some(f) => Some(f),
+                None => self
+                    .driver
+                    .get_mut()
+                    .recv_on(0)
+                    .map_err(|e| net_error("receive", e))?,
+            };
+            let Some((hdr, frame)) = next else {
+                return Ok(None);
+            };
+            if buf.len() < frame.len() {
+                let need = frame.len();
+                self.stash.get_mut().push_front((hdr, frame));
+                return Err(NetError::BufferTooSmall {
+                    len: buf.len(),
+                    need,
+                });
+            }
+            buf[..frame.len()].copy_from_slice(&frame);
+            Ok(Some(RxInfo {
+                len: frame.len(),
+                meta: meta_of(&hdr),
+            }))
+        }
+
+        fn wait_readable(&self, timeout: Duration) -> Result<bool, NetError> {
+            if !self.stash.borrow().is_empty() {
+                return Ok(true);
+            }
+            let end = Instant::now() + timeout;
+            let mut d = self.driver.borrow_mut();
+            loop {
+                match d.recv_wait_on(0) {
+                    Ok(f) => {
+                        self.stash.borrow_mut().push_back(f);
+                        return Ok(true);
+                    }
+                    Err(net::Error::Transport(transport::Error::Timeout { .. })) => {
+                        if Instant::now() >= end {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) => return Err(net_error("wait", e)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pv_backend::net::{Checksum, FrameMeta, Gso, GsoType};
+
+    use super::net_bridge::{hdr_for, meta_of};
+    use crate::net::NetHdr;
+
+    #[test]
+    fn gso_metadata_maps_to_the_virtio_header_and_back() {
+        // Ethernet + IPv4 (20) + TCP with a data offset of 8 words (32 bytes).
+        let mut frame = vec![0u8; 200];
+        frame[34 + 12] = 8 << 4;
+        let meta = FrameMeta {
+            checksum: Checksum::Partial {
+                start: 34,
+                offset: 16,
+            },
+            gso: Some(Gso {
+                gso_type: GsoType::TcpV4,
+                size: 1448,
+                hdr_len: 0,
+            }),
+        };
+        let h = hdr_for(&frame, &meta).unwrap();
+        assert_eq!(h.flags, NetHdr::NEEDS_CSUM);
+        assert_eq!((h.csum_start, h.csum_offset), (34, 16));
+        assert_eq!((h.gso_type, h.gso_size), (NetHdr::GSO_TCPV4, 1448));
+        assert_eq!(
+            h.hdr_len,
+            34 + 32,
+            "header length filled from the TCP data offset"
+        );
+        let back = meta_of(&h);
+        assert_eq!(back.checksum, meta.checksum);
+        assert_eq!(
+            back.gso.map(|g| (g.gso_type, g.size)),
+            Some((GsoType::TcpV4, 1448))
+        );
+    }
+
+    #[test]
+    fn received_headers_map_to_metadata() {
+        let valid = NetHdr {
+            flags: NetHdr::DATA_VALID,
+            ..NetHdr::default()
+        };
+        assert_eq!(meta_of(&valid).checksum, Checksum::Validated);
+        assert_eq!(meta_of(&NetHdr::default()), FrameMeta::default());
+        let ecn = NetHdr {
+            flags: NetHdr::NEEDS_CSUM,
+            gso_type: NetHdr::GSO_TCPV6 | NetHdr::GSO_ECN,
+            gso_size: 1000,
+            csum_start: 54,
+            csum_offset: 16,
+            hdr_len: 74,
+        };
+        let m = meta_of(&ecn);
+        assert_eq!(m.gso.map(|g| g.gso_type), Some(GsoType::TcpV6));
+        // A GSO type with a size of 0 is not GSO.
+        let zero = NetHdr { gso_size: 0, ..ecn };
+        assert_eq!(meta_of(&zero).gso, None);
+    }
+}
