@@ -7,7 +7,9 @@
 //! - `direct`: `BlkDriver` alone, waiting with `BlkDriver::wait` (`EVENT_IDX` on, its default);
 //! - `bridge-zero-copy`: front end -> blkback -> bridge, the guest's memory a memfd registered as
 //!   a foreign region (the descriptors point at the granted guest pages);
-//! - `bridge-bounce`: the same with anonymous guest memory, through the bounce pool (one copy).
+//! - `bridge-bounce`: the same with anonymous guest memory, through the bounce pool (one copy);
+//! - `blkback-mem`: for scale, the same front end and blkback over pv-backend's in-memory disk
+//!   (`MemDevice`) instead of the bridge: what the front end and blkback cost without the device.
 //!
 //! At the end it prints a table: IOPS of each variant (median of interleaved rounds, each
 //! running every variant for `BLANKET_BENCH_ROUND_MS`, default 300 ms) and the ratios
@@ -43,7 +45,7 @@ const BLOCK: usize = 4096;
 const DEPTHS: [usize; 2] = [1, 32];
 const GUEST_PAGES: u32 = 2048;
 const GUEST_BYTES: usize = GUEST_PAGES as usize * 4096;
-const VARIANTS: [&str; 3] = ["direct", "bridge-zero-copy", "bridge-bounce"];
+const VARIANTS: [&str; 4] = ["direct", "bridge-zero-copy", "bridge-bounce", "blkback-mem"];
 
 struct Daemon {
     child: Child,
@@ -175,6 +177,19 @@ fn memfd(len: usize) -> File {
 }
 
 impl Bridged {
+    fn on_memory() -> Self {
+        let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
+        let evtchns = LocalEventChannels::new();
+        let guest = TestGuest::new(5, 0, GUEST_PAGES, 8);
+        let dev = Arc::new(pv_backend::blk::MemDevice::new(DISK_BYTES, 512));
+        let paths = add_vbd(&store, 5, 51712);
+        let grants: Arc<dyn GrantAccess> = Arc::new(guest.grants.clone());
+        let blk = BlkBack::new(grants, evtchns.clone(), dev, BlkConfig::default());
+        let back = BackendThread::spawn(&store, &paths.backend, blk);
+        let front = BlkFront::connect(guest, &store, evtchns, paths, FrontOptions::default());
+        Self { front, _back: back }
+    }
+
     fn connect(d: &Daemon, zero_copy: bool) -> Self {
         let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
         let evtchns = LocalEventChannels::new();
@@ -262,6 +277,7 @@ fn connect(d: &Daemon, v: &str) -> Box<dyn Runner> {
     match v {
         "direct" => Box::new(Direct::connect(d)),
         "bridge-zero-copy" => Box::new(Bridged::connect(d, true)),
+        "blkback-mem" => Box::new(Bridged::on_memory()),
         _ => Box::new(Bridged::connect(d, false)),
     }
 }
@@ -313,20 +329,22 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(300);
     println!("\npv-backend bridge, null-co, 4 KiB random reads: median of 5 interleaved rounds");
     println!(
-        "{:<6} {:>12} {:>18} {:>15} {:>14} {:>14} {:>16}",
+        "{:<6} {:>10} {:>17} {:>14} {:>12} {:>10} {:>14} {:>17} {:>16}",
         "depth",
         "direct",
         "bridge-zero-copy",
         "bridge-bounce",
+        "blkback-mem",
         "zc/direct",
         "bounce/direct",
-        "zero-copy/bounce"
+        "zero-copy/bounce",
+        "zc/blkback-mem"
     );
     for depth in DEPTHS {
-        let mut each = [Vec::new(), Vec::new(), Vec::new()];
-        let mut ratios = [Vec::new(), Vec::new(), Vec::new()];
+        let mut each = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut ratios = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..5 {
-            let mut round = [0.0; 3];
+            let mut round = [0.0; 4];
             for (i, v) in VARIANTS.iter().enumerate() {
                 let mut r = connect(&d, v);
                 round[i] = iops(r.as_mut(), depth, round_ms);
@@ -335,16 +353,19 @@ fn bench(c: &mut Criterion) {
             ratios[0].push(round[1] / round[0]);
             ratios[1].push(round[2] / round[0]);
             ratios[2].push(round[1] / round[2]);
+            ratios[3].push(round[1] / round[3]);
         }
         println!(
-            "{:<6} {:>10.1}k {:>16.1}k {:>13.1}k {:>14.2} {:>14.2} {:>16.2}",
+            "{:<6} {:>9.1}k {:>16.1}k {:>13.1}k {:>11.1}k {:>10.2} {:>14.2} {:>17.2} {:>16.2}",
             depth,
             median(&mut each[0]) / 1e3,
             median(&mut each[1]) / 1e3,
             median(&mut each[2]) / 1e3,
+            median(&mut each[3]) / 1e3,
             median(&mut ratios[0]),
             median(&mut ratios[1]),
             median(&mut ratios[2]),
+            median(&mut ratios[3]),
         );
     }
 }
