@@ -25,7 +25,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::memory::DmaMemory;
 use crate::queue::VirtQueue;
@@ -490,6 +490,8 @@ pub struct BlkDriver<T: Transport> {
     /// Completions of queue 0 that a blocking helper saw while waiting for its own; handed out
     /// by the next [`BlkDriver::poll`] of queue 0.
     stashed: Vec<BlkCompletion>,
+    /// Scratch for the chain [`BlkDriver::submit`] builds.
+    segs: Vec<Segment>,
 }
 
 impl<T: Transport> BlkDriver<T> {
@@ -574,6 +576,7 @@ impl<T: Transport> BlkDriver<T> {
             segment_bytes,
             timeout: options.timeout,
             stashed: Vec::new(),
+            segs: Vec::new(),
         })
     }
 
@@ -789,12 +792,17 @@ impl<T: Transport> BlkDriver<T> {
             bytes[28..32].copy_from_slice(&flags.to_le_bytes());
         }
         bytes[SLOT_STATUS as usize] = 0xff;
+        // One bounds-checked slice of the region (the slots are in one allocation), without
+        // the region iterator of `Bytes::write_slice`: this is the I/O path.
         self.mem
             .guest_memory()
-            .write_slice(&bytes, slot)
+            .get_slice(slot, bytes.len())
+            .and_then(|s| s.write_slice(&bytes, 0).map_err(Into::into))
             .map_err(Error::Access)?;
 
-        let mut segs: Vec<Segment> = Vec::with_capacity(segments_needed);
+        // The chain is built in a buffer kept across requests: no allocation per request.
+        let segs = &mut self.segs;
+        segs.clear();
         segs.push(Segment {
             addr: slot,
             len: 16,
@@ -817,7 +825,7 @@ impl<T: Transport> BlkDriver<T> {
             len: 1,
             device_writable: true,
         });
-        let added = q.vq.add(&segs)?;
+        let added = q.vq.add(segs)?;
         debug_assert_eq!(added, head);
         q.tags[usize::from(added)] = Some(tag);
         Ok(())
@@ -869,7 +877,8 @@ impl<T: Transport> BlkDriver<T> {
             let status: u8 = self
                 .mem
                 .guest_memory()
-                .read_obj(status_addr)
+                .get_slice(status_addr, 1)
+                .and_then(|s| s.read_obj(0).map_err(Into::into))
                 .map_err(Error::Access)?;
             out.push(BlkCompletion {
                 tag,

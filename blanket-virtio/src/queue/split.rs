@@ -82,7 +82,7 @@ enum Slot {
 
 /// The driver side of one split virtqueue.
 #[derive(Debug)]
-pub struct SplitQueue<M: GuestMemory = GuestMemoryMmap> {
+pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     mem: Arc<M>,
     layout: QueueLayout,
     features: QueueFeatures,
@@ -153,7 +153,7 @@ impl SplitQueue<GuestMemoryMmap> {
     }
 }
 
-impl<M: GuestMemory> SplitQueue<M> {
+impl<M: GuestMemoryBackend> SplitQueue<M> {
     /// A queue over rings already placed in `mem`. `indirect_tables`, needed when
     /// `features.indirect_desc`, is room for `layout.size * MAX_INDIRECT_DESCRIPTORS`
     /// descriptors. The rings are zeroed.
@@ -301,9 +301,7 @@ impl<M: GuestMemory> SplitQueue<M> {
         }
         let mut writable = 0u64;
         for s in segments {
-            if !self
-                .mem
-                .check_range(s.addr, s.len as usize, Permissions::ReadWrite)
+            if !GuestMemory::check_range(&*self.mem, s.addr, s.len as usize, Permissions::ReadWrite)
             {
                 return Err(Error::SegmentOutsideMemory {
                     addr: s.addr.0,
@@ -341,9 +339,7 @@ impl<M: GuestMemory> SplitQueue<M> {
             .layout
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(slot));
-        self.mem
-            .write_obj(Le16::from(head), entry)
-            .map_err(Error::Access)?;
+        self.put(Le16::from(head), entry)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.in_flight += 1;
         Ok(head)
@@ -374,7 +370,7 @@ impl<M: GuestMemory> SplitQueue<M> {
             flags: Le16::from(flags as u16),
             next: Le16::from(next),
         };
-        self.mem.write_obj(d, at).map_err(Error::Access)
+        self.put(d, at)
     }
 
     fn write_direct(&mut self, head: u16, segments: &[Segment]) -> Result<(), Error> {
@@ -504,6 +500,23 @@ impl<M: GuestMemory> SplitQueue<M> {
             .map_err(Error::Access)
     }
 
+    /// Writes `v` at `addr` in one region (`get_slice`: a bounds-checked slice of the region,
+    /// without the region iterator `Bytes::write_obj` goes through on every call).
+    fn put<T: ByteValued>(&self, v: T, addr: GuestAddress) -> Result<(), Error> {
+        self.mem
+            .get_slice(addr, size_of::<T>())
+            .and_then(|s| s.write_obj(v, 0).map_err(Into::into))
+            .map_err(Error::Access)
+    }
+
+    /// Reads a `T` at `addr` in one region, as [`Self::put`] writes.
+    fn get<T: ByteValued>(&self, addr: GuestAddress) -> Result<T, Error> {
+        self.mem
+            .get_slice(addr, size_of::<T>())
+            .and_then(|s| s.read_obj(0).map_err(Into::into))
+            .map_err(Error::Access)
+    }
+
     /// Takes the next used element, if any, validated: an id in range, outstanding, at the head
     /// of a chain, not completed twice, with a length no larger than the writable bytes. Any
     /// violation breaks the queue.
@@ -540,7 +553,7 @@ impl<M: GuestMemory> SplitQueue<M> {
                 + size_of::<vring_used_elem>() as u64 * u64::from(slot),
         );
         // One volatile copy of the element; only the copy is looked at from here on.
-        let elem: UsedElem = self.mem.read_obj(elem_addr).map_err(Error::Access)?;
+        let elem: UsedElem = self.get(elem_addr)?;
         let id = elem.id.to_native();
         let len = elem.len.to_native();
         if id >= u32::from(self.layout.size) {
@@ -624,7 +637,7 @@ impl<M: GuestMemory> SplitQueue<M> {
     }
 }
 
-impl<M: GuestMemory + std::fmt::Debug + Send + Sync> super::VirtQueue for SplitQueue<M> {
+impl<M: GuestMemoryBackend + std::fmt::Debug + Send + Sync> super::VirtQueue for SplitQueue<M> {
     fn layout(&self) -> QueueLayout {
         SplitQueue::layout(self)
     }
