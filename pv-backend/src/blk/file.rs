@@ -35,6 +35,72 @@ pub(super) struct FileInner {
     pub(super) buffered: File,
     pub(super) direct: Option<File>,
     info: BlockInfo,
+    /// How a discard is done.
+    discard: DiscardHow,
+}
+
+/// How [`IoOp::Discard`] reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiscardHow {
+    /// Not offered.
+    None,
+    /// A regular file: `fallocate(FALLOC_FL_PUNCH_HOLE)`.
+    PunchHole,
+    /// A block device that discards: `BLKDISCARD`, then `BLKZEROOUT` if the device refuses it.
+    BlkDiscard,
+    /// A block device that only writes zeroes efficiently: `BLKZEROOUT`.
+    BlkZeroOut,
+}
+
+/// `BLKDISCARD` (`_IO(0x12, 119)` in `linux/fs.h`): discard a byte range `[start, len]` of a block device.
+const BLKDISCARD: libc::c_ulong = 0x1277;
+/// `BLKZEROOUT` (`_IO(0x12, 127)` in `linux/fs.h`): zero a byte range `[start, len]` of a block device
+/// (with the device's write-zeroes command when it has one, unmapping where it can).
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+/// What sysfs says about a block device's discard and write-zeroes support.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BlockDiscardInfo {
+    granularity: u32,
+    alignment: u32,
+    discard: bool,
+    write_zeroes: bool,
+}
+
+/// Reads `/sys/dev/block/MAJ:MIN/queue/discard_granularity`, `queue/discard_max_bytes`,
+/// `queue/write_zeroes_max_bytes` and `discard_alignment` of the device `rdev`; missing files count as
+/// no support.
+fn block_discard_info(rdev: u64) -> BlockDiscardInfo {
+    let dir = format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(rdev as libc::dev_t),
+        libc::minor(rdev as libc::dev_t)
+    );
+    let read = |name: &str| -> u64 {
+        std::fs::read_to_string(format!("{dir}/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    BlockDiscardInfo {
+        granularity: u32::try_from(read("queue/discard_granularity")).unwrap_or(0),
+        alignment: u32::try_from(read("discard_alignment")).unwrap_or(0),
+        discard: read("queue/discard_max_bytes") > 0,
+        write_zeroes: read("queue/write_zeroes_max_bytes") > 0,
+    }
+}
+
+/// `BLKDISCARD` or `BLKZEROOUT` of `len` bytes at `offset` of the block device `file`.
+fn block_range_ioctl(file: &File, request: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: both ioctls read a `[u64; 2]` (start, length) from the pointer, which points at `range`
+    // on the stack for the whole call; the descriptor is ours.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), request as _, range.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The options of [`FileDevice::open`].
@@ -93,7 +159,25 @@ impl FileDevice {
         };
         let lbs = opts.logical_block_size;
         let size = size - size % u64::from(lbs.max(512));
-        let is_file = meta.file_type().is_file();
+        let (discard, granularity, alignment) = if opts.read_only {
+            (DiscardHow::None, 4096, 0)
+        } else if meta.file_type().is_file() {
+            (DiscardHow::PunchHole, 4096, 0)
+        } else if meta.file_type().is_block_device() {
+            use std::os::unix::fs::MetadataExt;
+            let d = block_discard_info(meta.rdev());
+            let how = if d.discard {
+                DiscardHow::BlkDiscard
+            } else if d.write_zeroes {
+                DiscardHow::BlkZeroOut
+            } else {
+                DiscardHow::None
+            };
+            // A granularity below the logical block (or none, for write-zeroes only) is one block.
+            (how, d.granularity.max(lbs), d.alignment)
+        } else {
+            (DiscardHow::None, 4096, 0)
+        };
         Ok(Self {
             inner: Arc::new(FileInner {
                 buffered,
@@ -104,10 +188,11 @@ impl FileDevice {
                     physical_block_size: lbs.max(4096),
                     read_only: opts.read_only,
                     flush: true,
-                    discard: is_file && !opts.read_only,
-                    discard_granularity: 4096,
-                    discard_alignment: 0,
+                    discard: discard != DiscardHow::None,
+                    discard_granularity: granularity,
+                    discard_alignment: alignment,
                 },
+                discard,
             }),
             threads: opts.threads.max(1),
             io_uring: opts.io_uring,
@@ -200,8 +285,54 @@ impl FileInner {
                 self.rw(true, *offset, bufs)
             }
             IoOp::Flush => self.buffered.sync_data(),
-            IoOp::Discard { offset, len } => {
-                let (Ok(off), Ok(n)) = (i64::try_from(*offset), i64::try_from(*len)) else {
+            IoOp::Discard { offset, len } => self.discard(*offset, *len),
+        }
+    }
+
+    /// Checks a discard against the disk's size.
+    pub(super) fn check_discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.info.size)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "discard of bytes {offset} + {len} is past the end of the {}-byte disk",
+                    self.info.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a discard is `fallocate(PUNCH_HOLE)` on the file (which io_uring can do), rather than an
+    /// ioctl of a block device (done synchronously).
+    pub(super) fn discard_punches_holes(&self) -> bool {
+        self.discard == DiscardHow::PunchHole
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_discard(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        match self.discard {
+            DiscardHow::None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this disk does not discard (read-only, or a device without discard or write-zeroes)",
+            )),
+            DiscardHow::BlkDiscard => {
+                match block_range_ioctl(&self.buffered, BLKDISCARD, offset, len) {
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        block_range_ioctl(&self.buffered, BLKZEROOUT, offset, len)
+                    }
+                    r => r,
+                }
+            }
+            DiscardHow::BlkZeroOut => block_range_ioctl(&self.buffered, BLKZEROOUT, offset, len),
+            DiscardHow::PunchHole => {
+                let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
                     return Err(io::Error::from_raw_os_error(libc::EINVAL));
                 };
                 // SAFETY: fallocate on a descriptor we own, with integer arguments only.

@@ -1,6 +1,6 @@
 //! The io_uring engine of [`FileDevice`](super::FileDevice) (`FileOptions::io_uring`): one ring per queue,
 //! `IORING_OP_READV`/`WRITEV` on the `O_DIRECT` descriptor, `FSYNC` (datasync) for flushes, `FALLOCATE`
-//! (punch hole) for discards. Completions are reaped from the completion ring without a system call; the
+//! (punch hole) for discards on a file (a block device's `BLKDISCARD` is done synchronously). Completions are reaped from the completion ring without a system call; the
 //! queue's doorbell (an eventfd) is registered with the ring, so a completion wakes a sleeping queue
 //! directly.
 //!
@@ -119,6 +119,20 @@ impl UringQueue {
                 Vec::new(),
                 0,
             ),
+            IoOp::Discard { offset, len }
+                if !self.inner.discard_punches_holes()
+                    || *len == 0
+                    || self.inner.check_discard(*offset, *len).is_err() =>
+            {
+                // A block device's BLKDISCARD/BLKZEROOUT (io_uring has no such opcode on every kernel),
+                // or a discard refused before it reaches the disk: synchronously.
+                let result = self.inner.run_buffered(&req.op);
+                self.ready.push(IoCompletion {
+                    tag: req.tag,
+                    result,
+                });
+                return;
+            }
             IoOp::Discard { offset, len } => (
                 opcode::Fallocate::new(bfd, *len)
                     .offset(*offset)
