@@ -54,6 +54,9 @@ struct Args {
     /// Memory per guest, in MiB.
     #[arg(short, long, default_value_t = 32)]
     memory: u64,
+    /// vCPUs per guest (1 to 32); vCPU 0 boots, the guest brings up the others (try `--cmdline smp-cpu=40`).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
     /// Domain name prefix (guests are PREFIX1, PREFIX2, ...).
     #[arg(long, default_value = "guest")]
     name: String,
@@ -254,6 +257,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut cfg = DomainConfig::new(spec.name.clone(), kernel.clone());
         cfg.memory = spec.memory << 20;
         cfg.cmdline = spec.cmdline.clone();
+        cfg.vcpus = args.vcpus;
         // console_io lines go to stdout; the console ring goes where the spec says.
         cfg.console = Some(console.clone());
         let mut g = GuestConfig::new(cfg);

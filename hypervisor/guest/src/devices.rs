@@ -10,12 +10,13 @@
 //!   `now_ns` is Xen system time from `vcpu_time_info`.
 //!
 //! Workloads: `xs-test`, `console-ring`, `disk-write=SEED`, `disk-verify=SEED`, `net-echo[=N]`,
-//! `net-ping=N`, `disk-bench=N`. Their results go to the console ring (`console_io` if the ring is not served).
+//! `net-ping=N`, `disk-bench=N` (N passes of reads over the disk, one request at a time), `disk-load=N` (the
+//! same with every ring slot kept busy). Their results go to the console ring (`console_io` if the ring is not served).
 
 use core::fmt::Write;
 use core::ptr::NonNull;
 
-use blanket_xen::blk::{BlkConfig, BlkFront};
+use blanket_xen::blk::{BlkConfig, BlkFront, RequestId};
 use blanket_xen::console::ConsoleFront;
 use blanket_xen::net::{NetConfig, NetFront};
 use blanket_xen::platform::{
@@ -321,7 +322,7 @@ fn run_workload(p: &Platform, name: &str, arg: Option<&str>) -> ! {
             say!(out, "console-ring: hello through the PV console ring");
             true
         }
-        "disk-write" | "disk-verify" | "disk-bench" => {
+        "disk-write" | "disk-verify" | "disk-bench" | "disk-load" => {
             let seed: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1);
             disk(&mut out, &pv, &mut xb, name, seed)
         }
@@ -480,6 +481,9 @@ fn disk<'a, 'p>(out: &mut Out, pv: &'a Pv<'p>, xb: &mut Xb<'a, 'p>, name: &str, 
     let mut off = 0u64;
     let mut ios = 0u64;
     let mut ok = true;
+    if name == "disk-load" {
+        return disk_load(out, pv, blk, xb, bytes, chunk, seed.max(1));
+    }
     let rounds = if name == "disk-bench" { seed.max(1) } else { 1 };
     for _ in 0..rounds {
         off = 0;
@@ -542,7 +546,7 @@ fn disk<'a, 'p>(out: &mut Out, pv: &'a Pv<'p>, xb: &mut Xb<'a, 'p>, name: &str, 
         ),
         "disk-bench" => say!(
             out,
-            "disk-bench: {ios} reads of {chunk} bytes in {} us: {} IOPS",
+            "disk-bench: {ios} reads of {chunk} bytes in {} us: {} IOPS ({ns} ns)",
             ns / 1000,
             ios * 1_000_000_000 / ns
         ),
@@ -550,6 +554,65 @@ fn disk<'a, 'p>(out: &mut Out, pv: &'a Pv<'p>, xb: &mut Xb<'a, 'p>, name: &str, 
     }
     let _ = blk.close(xb);
     ok
+}
+
+/// `disk-load=ROUNDS`: `rounds` passes of `chunk`-byte reads over the disk with every slot of the ring
+/// busy (a new read is submitted as soon as the oldest completes), so the back-end sees a loaded ring.
+fn disk_load<'a, 'p>(
+    out: &mut Out,
+    pv: &'a Pv<'p>,
+    mut blk: BlkFront<&'a Pv<'p>, RawRingMemory, RawRingMemory>,
+    xb: &mut Xb<'a, 'p>,
+    bytes: u64,
+    chunk: usize,
+    rounds: u64,
+) -> bool {
+    const MAX_DEPTH: usize = 32;
+    let depth = blk.nr_slots().clamp(1, MAX_DEPTH);
+    let per_round = bytes.div_ceil(chunk as u64);
+    let total = per_round * rounds;
+    let mut ids = [RequestId(0); MAX_DEPTH];
+    let (mut head, mut tail) = (0u64, 0u64);
+    let t0 = pv.now_ns();
+    while tail < total {
+        while head < total && head - tail < depth as u64 {
+            let off = (head % per_round) * chunk as u64;
+            let n = (chunk as u64).min(bytes - off) as usize;
+            match blk.submit_read(off / 512, n) {
+                Ok(id) => ids[(head % MAX_DEPTH as u64) as usize] = id,
+                Err(e) => {
+                    say!(out, "disk-load: submit at sector {}: {e}", off / 512);
+                    return false;
+                }
+            }
+            head += 1;
+        }
+        let id = ids[(tail % MAX_DEPTH as u64) as usize];
+        let r = blk
+            .wait_for(id)
+            .and_then(|()| blk.take_completion(id, buf()));
+        match r {
+            Ok(c) if c.status == xen_abi::blkif::BlkifStatus::Okay => {}
+            Ok(c) => {
+                say!(out, "disk-load: read {tail} ended with {:?}", c.status);
+                return false;
+            }
+            Err(e) => {
+                say!(out, "disk-load: read {tail}: {e}");
+                return false;
+            }
+        }
+        tail += 1;
+    }
+    let ns = pv.now_ns().saturating_sub(t0).max(1);
+    say!(
+        out,
+        "disk-load: {total} reads of {chunk} bytes at depth {depth} in {} us: {} IOPS ({ns} ns)",
+        ns / 1000,
+        total * 1_000_000_000 / ns
+    );
+    let _ = blk.close(xb);
+    true
 }
 
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
@@ -653,8 +716,9 @@ fn net<'a, 'p>(
         let ns = pv.now_ns().saturating_sub(t0).max(1);
         say!(
             out,
-            "net-ping: {good}/{n} pongs checked, {} us per round trip",
-            ns / 1000 / good.saturating_sub(1).max(1)
+            "net-ping: {good}/{n} pongs checked, {} us per round trip ({ns} ns for {} round trips)",
+            ns / 1000 / good.saturating_sub(1).max(1),
+            good.saturating_sub(1)
         );
         good == n
     } else {
