@@ -23,7 +23,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, virtio_blk_config,
 };
-use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{
+    VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -370,6 +372,9 @@ pub struct BlkOptions {
     pub indirect_desc: bool,
     /// Use packed rings (`VIRTIO_F_RING_PACKED`) when offered.
     pub packed_ring: bool,
+    /// Use `VIRTIO_F_IN_ORDER` when offered: descriptors in ring order, and completions
+    /// checked to come in the order requests were made available (batches allowed).
+    pub in_order: bool,
 }
 
 impl Default for BlkOptions {
@@ -382,6 +387,7 @@ impl Default for BlkOptions {
             event_idx: true,
             indirect_desc: true,
             packed_ring: true,
+            in_order: true,
         }
     }
 }
@@ -526,6 +532,11 @@ impl<T: Transport> BlkDriver<T> {
         if options.packed_ring {
             wanted |= 1 << VIRTIO_F_RING_PACKED;
         }
+        if options.in_order {
+            wanted |= 1 << VIRTIO_F_IN_ORDER;
+        }
+        // Per-queue reset (BlkDriver::reset_queue), when the device has it.
+        wanted |= 1 << VIRTIO_F_RING_RESET;
         let features = offered & wanted;
         transport.set_driver_features(features)?;
 
@@ -543,6 +554,7 @@ impl<T: Transport> BlkDriver<T> {
         let qf = QueueFeatures {
             event_idx: bit(features, VIRTIO_RING_F_EVENT_IDX),
             indirect_desc: bit(features, VIRTIO_RING_F_INDIRECT_DESC),
+            in_order: bit(features, VIRTIO_F_IN_ORDER),
         };
         let mut queues = Vec::with_capacity(usize::from(nq));
         for i in 0..nq {
@@ -618,6 +630,32 @@ impl<T: Transport> BlkDriver<T> {
         (self.max_segments, self.segment_bytes) = segment_limits(&config, indirect, size);
         self.transport = transport;
         self.config = config;
+        lost.retain(|&t| t != BLOCKING_TAG);
+        Ok(lost)
+    }
+
+    /// Resets queue `queue` alone and starts it again, empty, while the other queues keep
+    /// running (virtio 1.2, 2.6.1; over vhost-user the ring is stopped with `GET_VRING_BASE`
+    /// and given again). This is how a queue that a device error broke is made usable without
+    /// resetting the device. Returns the tags of the requests that were in flight on it: they
+    /// are lost (they may or may not have reached the disk) and are to be resubmitted by the
+    /// caller. Fails with [`transport::Error::QueueResetUnsupported`] when the transport or the
+    /// device cannot reset one queue (`VIRTIO_F_RING_RESET` not offered).
+    pub fn reset_queue(&mut self, queue: u16) -> Result<Vec<u64>, Error> {
+        let nq = self.num_queues();
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .ok_or(Error::NoSuchQueue(queue, nq))?;
+        if !self.transport.can_reset_queue() {
+            return Err(transport::Error::QueueResetUnsupported(queue).into());
+        }
+        self.transport.reset_queue(queue)?;
+        // The device no longer uses the rings: they can be zeroed and given again.
+        let mut lost: Vec<u64> = q.tags.iter_mut().filter_map(Option::take).collect();
+        q.vq.reset()?;
+        self.transport.setup_queue(queue, &q.vq.layout())?;
+        self.transport.enable_queue(queue)?;
         lost.retain(|&t| t != BLOCKING_TAG);
         Ok(lost)
     }

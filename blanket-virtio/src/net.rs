@@ -18,7 +18,9 @@ use std::mem::{offset_of, size_of};
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{
+    VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN,
@@ -474,6 +476,9 @@ pub struct NetOptions {
     pub timeout: Duration,
     /// Use packed rings when offered.
     pub packed_ring: bool,
+    /// Use `VIRTIO_F_IN_ORDER` when offered: descriptors in ring order, and completions
+    /// checked to come in the order buffers were made available (batches allowed).
+    pub in_order: bool,
     /// Negotiate checksum and TCP segmentation offloads when offered: `CSUM`, `GUEST_CSUM`,
     /// `HOST_TSO4`/`6`, and `GUEST_TSO4`/`6` (those with mergeable receive buffers only).
     /// Received frames then carry a [`NetHdr`] to read with [`NetDriver::recv_with_hdr`].
@@ -490,6 +495,7 @@ impl Default for NetOptions {
             queue_size: 256,
             timeout: Duration::from_secs(5),
             packed_ring: true,
+            in_order: true,
             offloads: false,
             queue_pairs: 1,
         }
@@ -570,6 +576,11 @@ impl<T: Transport> NetDriver<T> {
         if options.packed_ring {
             wanted |= 1 << VIRTIO_F_RING_PACKED;
         }
+        if options.in_order {
+            wanted |= 1 << VIRTIO_F_IN_ORDER;
+        }
+        // Per-queue reset (NetDriver::reset_queue_pair), when the device has it.
+        wanted |= 1 << VIRTIO_F_RING_RESET;
         if options.offloads {
             wanted |= 1 << VIRTIO_NET_F_CSUM
                 | 1 << VIRTIO_NET_F_GUEST_CSUM
@@ -622,6 +633,7 @@ impl<T: Transport> NetDriver<T> {
         let qf = QueueFeatures {
             event_idx: bit(features, VIRTIO_RING_F_EVENT_IDX),
             indirect_desc: bit(features, VIRTIO_RING_F_INDIRECT_DESC),
+            in_order: bit(features, VIRTIO_F_IN_ORDER),
         };
         let packed = bit(features, VIRTIO_F_RING_PACKED);
         let new_queue = |index: u16, transport: &mut T| -> Result<Box<dyn VirtQueue>, Error> {
@@ -750,6 +762,35 @@ impl<T: Transport> NetDriver<T> {
     fn rx_buffer(p: &QueuePair, head: u16) -> GuestAddress {
         p.rx_buffers
             .unchecked_add(u64::from(head) * u64::from(RX_BUFFER_BYTES))
+    }
+
+    /// Resets the receive and transmit queues of pair `pair` alone and starts them again
+    /// while the other pairs (and the control queue) keep running (virtio 1.2, 2.6.1; over
+    /// vhost-user the rings are stopped with `GET_VRING_BASE` and given again): frames being
+    /// transmitted on the pair, and frames received into it and not yet read, are lost. The
+    /// receive queue is filled again. This is how a pair that a device error broke is made
+    /// usable without resetting the device. Fails with
+    /// [`transport::Error::QueueResetUnsupported`] when the transport or the device cannot
+    /// reset one queue.
+    pub fn reset_queue_pair(&mut self, pair: u16) -> Result<(), Error> {
+        if !self.transport.can_reset_queue() {
+            return Err(transport::Error::QueueResetUnsupported(2 * pair).into());
+        }
+        self.pair(pair)?;
+        for index in [2 * pair, 2 * pair + 1] {
+            self.transport.reset_queue(index)?;
+        }
+        let p = self.pair(pair)?;
+        p.rx.reset()?;
+        p.tx.reset()?;
+        p.gso_free = (0..p.gso_slots.len()).rev().collect();
+        p.gso_of_id.fill(None);
+        let (rx, tx) = (p.rx.layout(), p.tx.layout());
+        self.transport.setup_queue(2 * pair, &rx)?;
+        self.transport.setup_queue(2 * pair + 1, &tx)?;
+        self.transport.enable_queue(2 * pair)?;
+        self.transport.enable_queue(2 * pair + 1)?;
+        self.refill(pair)
     }
 
     /// Posts receive buffers into every free slot of pair `pair`'s receive queue.

@@ -288,3 +288,224 @@ fn packed_ring_out_of_order_completions_and_wrap() {
         assert!(out.iter().all(|c| c.status == Status::Ok));
     }
 }
+
+fn in_order_driver(packed: bool, batch: u16, options: BlkOptions) -> Driver {
+    let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
+    let mut dev = MemBlkDevice::new(4096);
+    dev.packed = packed;
+    dev.in_order = true;
+    dev.in_order_batch = batch;
+    let d = BlkDriver::new(InProcessTransport::new(mem, dev), options).unwrap();
+    let in_order = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
+    assert!(d.features() & in_order != 0);
+    d
+}
+
+#[test]
+fn in_order_batches_complete_every_request_once_and_wrap() {
+    // The device reports completions in batches (one used element or descriptor for up to
+    // `batch` requests, naming the last). Direct chains of 3 descriptors in a ring of 16 (the
+    // descriptors are used in ring order and wrap at the table's end), or indirect ones; more
+    // than 2^16 requests, so the indices wrap too.
+    for (packed, indirect_desc, batch, rounds) in [
+        (false, false, 3, 13200u64),
+        (false, true, 8, 13200),
+        (true, false, 3, 3000),
+        (true, true, 1, 3000),
+    ] {
+        let mut d = in_order_driver(
+            packed,
+            batch,
+            BlkOptions {
+                indirect_desc,
+                queue_size: 16,
+                ..BlkOptions::default()
+            },
+        );
+        let mem = d.memory().clone();
+        let bufs: Vec<DataBuf> = (0..5)
+            .map(|_| DataBuf {
+                addr: mem.alloc(4096).unwrap(),
+                len: 4096,
+            })
+            .collect();
+        let mut out = Vec::new();
+        for round in 0..rounds {
+            for (i, b) in bufs.iter().enumerate() {
+                let sector = i as u64 * 8;
+                if round % 2 == 0 {
+                    mem.guest_memory()
+                        .write_slice(&[(round as u8).wrapping_add(i as u8); 4096], b.addr)
+                        .unwrap();
+                }
+                let req = if round % 2 == 0 {
+                    Request::Write {
+                        sector,
+                        bufs: std::slice::from_ref(b),
+                    }
+                } else {
+                    Request::Read {
+                        sector,
+                        bufs: std::slice::from_ref(b),
+                    }
+                };
+                d.submit(0, &req, round * 10 + i as u64).unwrap();
+            }
+            d.kick(0).unwrap();
+            out.clear();
+            while out.len() < bufs.len() {
+                d.wait(0, &mut out).unwrap();
+            }
+            let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+            let want: Vec<u64> = (0..5).map(|i| round * 10 + i).collect();
+            assert_eq!(tags, want, "packed {packed} batch {batch} round {round}");
+            assert!(out.iter().all(|c| c.status == Status::Ok));
+            if round % 2 == 1 {
+                for (i, b) in bufs.iter().enumerate() {
+                    let mut back = [0u8; 4096];
+                    mem.guest_memory().read_slice(&mut back, b.addr).unwrap();
+                    let v = ((round - 1) as u8).wrapping_add(i as u8);
+                    assert!(back.iter().all(|&x| x == v), "round {round} buf {i}");
+                }
+            }
+        }
+        let mut back = vec![0u8; 4096];
+        d.read(0, &mut back).unwrap();
+    }
+}
+
+fn read_on(d: &mut Driver, queue: u16, sector: u64, tag: u64) -> Result<Vec<u8>, blk::Error> {
+    let buf = DataBuf {
+        addr: d.memory().alloc(4096).unwrap(),
+        len: 4096,
+    };
+    let req = Request::Read {
+        sector,
+        bufs: std::slice::from_ref(&buf),
+    };
+    d.submit(queue, &req, tag)?;
+    d.kick(queue)?;
+    let mut out = Vec::new();
+    while out.is_empty() {
+        d.wait(queue, &mut out)?;
+    }
+    assert_eq!(out[0].tag, tag);
+    assert_eq!(out[0].status, Status::Ok);
+    let mut back = vec![0u8; 4096];
+    d.memory()
+        .guest_memory()
+        .read_slice(&mut back, buf.addr)
+        .unwrap();
+    Ok(back)
+}
+
+#[test]
+fn a_queue_broken_by_the_device_is_reset_alone() {
+    use blanket_virtio::queue::Error as QueueError;
+    use blanket_virtio::transport::inproc::Hostile;
+    for packed in [false, true] {
+        let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
+        let mut dev = MemBlkDevice::new(4096);
+        dev.num_queues = 2;
+        dev.packed = packed;
+        dev.disk[8 * 512..9 * 512].fill(0x5a);
+        let mut d = BlkDriver::new(
+            InProcessTransport::new(mem, dev),
+            BlkOptions {
+                num_queues: 2,
+                ..BlkOptions::default()
+            },
+        )
+        .unwrap();
+        let ring_reset = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_RING_RESET;
+        assert!(d.features() & ring_reset != 0);
+        // A device error breaks queue 1.
+        d.transport_mut().device_mut().hostile = Hostile::UsedLenTooLarge;
+        let e = read_on(&mut d, 1, 8, 1).unwrap_err();
+        assert!(
+            matches!(e, blk::Error::Queue(QueueError::UsedLenTooLarge { .. })),
+            "{e:?}"
+        );
+        assert!(matches!(
+            read_on(&mut d, 1, 8, 2),
+            Err(blk::Error::Queue(QueueError::Broken))
+        ));
+        d.transport_mut().device_mut().hostile = Hostile::None;
+        // A request made available on queue 0 and not yet kicked stays there.
+        let buf = DataBuf {
+            addr: d.memory().alloc(4096).unwrap(),
+            len: 4096,
+        };
+        d.submit(
+            0,
+            &Request::Read {
+                sector: 8,
+                bufs: std::slice::from_ref(&buf),
+            },
+            100,
+        )
+        .unwrap();
+        // The broken request is the one lost.
+        assert_eq!(d.reset_queue(1).unwrap(), [1]);
+        assert_eq!(d.transport().device().queue_resets, [1]);
+        d.kick(0).unwrap();
+        let mut out = Vec::new();
+        d.wait(0, &mut out).unwrap();
+        assert_eq!((out[0].tag, out[0].status), (100, Status::Ok));
+        // Queue 1 works again, from a fresh ring, and so does queue 0.
+        for tag in 3..40 {
+            let back = read_on(&mut d, 1, 8, tag).unwrap();
+            assert!(back[..512].iter().all(|&b| b == 0x5a), "packed {packed}");
+        }
+        read_on(&mut d, 0, 8, 50).unwrap();
+    }
+}
+
+#[test]
+fn requests_in_flight_on_a_reset_queue_are_returned_as_lost() {
+    use blanket_virtio::transport::inproc::Hostile;
+    let mut d = driver_with(BlkOptions {
+        num_queues: 2,
+        ..BlkOptions::default()
+    });
+    d.transport_mut().device_mut().hostile = Hostile::NeverCompletes;
+    let buf = DataBuf {
+        addr: d.memory().alloc(4096).unwrap(),
+        len: 4096,
+    };
+    for tag in [7, 8, 9] {
+        let req = Request::Write {
+            sector: tag * 8,
+            bufs: std::slice::from_ref(&buf),
+        };
+        d.submit(1, &req, tag).unwrap();
+    }
+    d.kick(1).unwrap();
+    let mut lost = d.reset_queue(1).unwrap();
+    lost.sort();
+    assert_eq!(lost, [7, 8, 9]);
+    d.transport_mut().device_mut().hostile = Hostile::None;
+    read_on(&mut d, 1, 0, 10).unwrap();
+}
+
+#[test]
+fn queue_reset_needs_ring_reset() {
+    let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
+    let mut dev = MemBlkDevice::new(4096);
+    dev.ring_reset = false;
+    let mut d = BlkDriver::new(InProcessTransport::new(mem, dev), BlkOptions::default()).unwrap();
+    let e = d.reset_queue(0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            blk::Error::Transport(blanket_virtio::transport::Error::QueueResetUnsupported(0))
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(
+        d.reset_queue(5),
+        Err(blk::Error::NoSuchQueue(5, 1))
+    ));
+    // Nothing was reset: the queue still works.
+    read_on(&mut d, 0, 0, 1).unwrap();
+}

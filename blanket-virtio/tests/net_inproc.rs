@@ -605,3 +605,41 @@ fn config_max_virtqueue_pairs_with_garbage() {
         );
     }
 }
+
+#[test]
+fn a_queue_pair_is_reset_alone() {
+    for packed in [false, true] {
+        let mut dev = ctrl_device(2);
+        dev.packed = packed;
+        let mut d = driver_with_pairs(dev, 2).unwrap();
+        let hdr = NetHdr::default();
+        // A device error on pair 1's receive queue.
+        d.transport_mut().device_mut().hostile = NetHostile::ShortRx;
+        d.send_on(1, &frame(60, 3), &hdr).unwrap();
+        assert!(matches!(
+            d.recv_wait_on(1),
+            Err(net::Error::ShortRxBuffer { len: 3, .. })
+        ));
+        d.transport_mut().device_mut().hostile = NetHostile::None;
+        // A frame for pair 0 that the device holds until pair 0 posts buffers again is not
+        // touched by pair 1's reset.
+        let f0 = frame(70, 5);
+        d.send_on(0, &f0, &hdr).unwrap();
+        d.reset_queue_pair(1).unwrap();
+        assert_eq!(d.recv_wait_on(0).unwrap().1, f0, "packed {packed}");
+        // Both pairs carry frames again, more than a ring holds.
+        for i in 0..600usize {
+            let pair = (i % 2) as u16;
+            let f = frame(60 + i % 1400, i as u8 | 1);
+            d.send_on(pair, &f, &hdr).unwrap();
+            assert_eq!(
+                d.recv_wait_on(pair).unwrap().1,
+                f,
+                "packed {packed} frame {i}"
+            );
+        }
+        // The control queue was not reset.
+        d.set_promisc(true).unwrap();
+        assert!(d.transport().device().promisc);
+    }
+}

@@ -103,6 +103,23 @@ pub enum Error {
         /// The writable bytes in the chain.
         writable: u64,
     },
+    /// With `VIRTIO_F_IN_ORDER` on a split ring, a used element naming a buffer further along
+    /// than the used buffers `used.idx` accounts for: the batch it would end (every buffer from
+    /// the oldest outstanding one to it, section 2.7.9) is longer than `used.idx` moved. The
+    /// device used buffers out of the order they were made available.
+    #[error(
+        "in-order used id {id} would end a batch of {batch} buffers from {expected}, but used.idx moved by {pending}"
+    )]
+    UsedIdOutOfOrder {
+        /// The id the device wrote.
+        id: u16,
+        /// The head of the oldest outstanding buffer, the next one in order.
+        expected: u16,
+        /// Buffers the batch would hold.
+        batch: u16,
+        /// Used buffers `used.idx` accounts for.
+        pending: u16,
+    },
     /// A packed ring descriptor marked used while nothing is in flight.
     #[error("the device marked ring position {0} used with nothing in flight")]
     SpuriousUsed(u16),
@@ -163,6 +180,11 @@ pub struct QueueFeatures {
     pub event_idx: bool,
     /// `VIRTIO_F_INDIRECT_DESC` was negotiated.
     pub indirect_desc: bool,
+    /// `VIRTIO_F_IN_ORDER` was negotiated: the device uses buffers in the order they were made
+    /// available and may report a batch with one used element (split, 2.7.9) or one used
+    /// descriptor (packed, 2.8.8) naming the batch's last buffer. The driver then uses
+    /// descriptors in ring order, and checks every completion against that order.
+    pub in_order: bool,
 }
 
 /// One buffer of a chain.

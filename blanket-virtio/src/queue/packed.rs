@@ -11,6 +11,15 @@
 //! Buffer ids are the driver's own (0..size). Every completion is validated against the driver's
 //! private record: an id in range and outstanding, not completed twice, a length no larger than
 //! the buffer's device-writable bytes. Any violation breaks the queue.
+//!
+//! With `VIRTIO_F_IN_ORDER` (2.8.8) the device may write one used descriptor for a batch of
+//! buffers, with the id of the batch's last buffer, at the ring position of its first, and skip
+//! forward by the batch's descriptors. The driver keeps the ids in the order they were made
+//! available: a used id must be outstanding, and the buffers before it in that order complete
+//! with it, "used completely" (their whole device-writable length). The ring positions the
+//! batch skips are never read. (Unlike a split ring, where `used.idx` says how many buffers
+//! were used, nothing tells an out-of-order completion from a batch here; a buffer completed
+//! twice that way is caught as a duplicate.)
 
 use std::collections::VecDeque;
 use std::mem::size_of;
@@ -92,6 +101,12 @@ pub struct PackedQueue<M: GuestMemory = GuestMemoryMmap> {
     added_since_publish: u16,
     in_flight: u16,
     broken: bool,
+    /// With `IN_ORDER`: the ids in flight, in the order they were made available.
+    order: VecDeque<u16>,
+    /// With `IN_ORDER`: buffers of the current batch not yet handed out (the last is the one
+    /// the used descriptor named), and that descriptor's length.
+    batch_left: u16,
+    batch_len: u32,
 }
 
 impl PackedQueue<GuestMemoryMmap> {
@@ -158,6 +173,9 @@ impl<M: GuestMemory> PackedQueue<M> {
             added_since_publish: 0,
             in_flight: 0,
             broken: false,
+            order: VecDeque::new(),
+            batch_left: 0,
+            batch_len: 0,
         };
         q.zero_areas()?;
         Ok(q)
@@ -328,6 +346,9 @@ impl<M: GuestMemory> PackedQueue<M> {
     }
 
     fn pop_used_inner(&mut self) -> Result<Option<Completion>, Error> {
+        if self.features.in_order {
+            return self.pop_used_in_order();
+        }
         // Acquire on the flags: the id and len below were written before them (2.8.20).
         if !self.used_at_next()? {
             return Ok(None);
@@ -364,6 +385,13 @@ impl<M: GuestMemory> PackedQueue<M> {
         if u64::from(len) > writable {
             return Err(Error::UsedLenTooLarge { id, len, writable });
         }
+        self.complete(id, ring_descs);
+        Ok(Some(Completion { head: id, len }))
+    }
+
+    /// Frees buffer `id` and moves the used position past its `ring_descs` descriptors.
+    fn complete(&mut self, id: u16, ring_descs: u16) {
+        let size = self.layout.size;
         self.ids[usize::from(id)] = IdState::Completed;
         self.free_ids.push_back(id);
         self.num_free += ring_descs;
@@ -375,6 +403,70 @@ impl<M: GuestMemory> PackedQueue<M> {
         } else {
             self.next_used = advanced as u16;
         }
+    }
+
+    /// `pop_used` with `IN_ORDER` (2.8.8): at the start of a batch, the used descriptor at the
+    /// oldest buffer's position is copied out once; its id must be outstanding, and every
+    /// buffer from the oldest up to it is part of the batch. The batch is handed out one
+    /// completion at a time, oldest first, without reading the ring again (the positions it
+    /// skips hold no used descriptors): the buffers before the named one carry their whole
+    /// device-writable length, the named one the descriptor's length.
+    fn pop_used_in_order(&mut self) -> Result<Option<Completion>, Error> {
+        if self.batch_left == 0 {
+            // Acquire on the flags: the id and len below were written before them (2.8.20).
+            if !self.used_at_next()? {
+                return Ok(None);
+            }
+            if self.in_flight == 0 {
+                return Err(Error::SpuriousUsed(self.next_used));
+            }
+            let d: PackedDesc = self
+                .mem
+                .read_obj(self.desc_addr(self.next_used))
+                .map_err(Error::Access)?;
+            let id = d.id.to_native();
+            let size = self.layout.size;
+            if id >= size {
+                return Err(Error::UsedIdOutOfRange {
+                    id: id.into(),
+                    size,
+                });
+            }
+            let writable = match self.ids[usize::from(id)] {
+                IdState::InFlight { writable, .. } => writable,
+                IdState::Completed => return Err(Error::UsedIdDuplicate(id)),
+                IdState::Free => return Err(Error::UsedIdNotOutstanding(id)),
+            };
+            // In flight means in `order`: the batch ends there.
+            let Some(at) = self.order.iter().position(|&i| i == id) else {
+                return Err(Error::UsedIdNotOutstanding(id));
+            };
+            // The length is reserved for a buffer the device only reads (2.8.4).
+            let len = if writable == 0 { 0 } else { d.len.to_native() };
+            if u64::from(len) > writable {
+                return Err(Error::UsedLenTooLarge { id, len, writable });
+            }
+            self.batch_left = at as u16 + 1;
+            self.batch_len = len;
+        }
+        let Some(id) = self.order.pop_front() else {
+            return Err(Error::SpuriousUsed(self.next_used));
+        };
+        let IdState::InFlight {
+            ring_descs,
+            writable,
+        } = self.ids[usize::from(id)]
+        else {
+            return Err(Error::UsedIdNotOutstanding(id));
+        };
+        self.batch_left -= 1;
+        let len = if self.batch_left == 0 {
+            self.batch_len
+        } else {
+            // Skipped buffers are used completely (2.8.8).
+            u32::try_from(writable).unwrap_or(u32::MAX)
+        };
+        self.complete(id, ring_descs);
         Ok(Some(Completion { head: id, len }))
     }
 }
@@ -451,6 +543,9 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
                     ring_descs,
                     writable,
                 };
+                if self.features.in_order {
+                    self.order.push_back(id);
+                }
                 self.in_flight += 1;
                 Ok(id)
             }
@@ -524,7 +619,8 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
             self.write_driver_event(0, VRING_PACKED_EVENT_FLAG_ENABLE as u16)?;
         }
         fence(Ordering::SeqCst);
-        self.used_at_next()
+        // In the middle of an in-order batch the rest is already used.
+        Ok(self.batch_left > 0 || self.used_at_next()?)
     }
 
     fn disable_notifications(&mut self) -> Result<(), Error> {
@@ -543,6 +639,8 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
         self.added_since_publish = 0;
         self.in_flight = 0;
         self.broken = false;
+        self.order.clear();
+        self.batch_left = 0;
         self.zero_areas()
     }
 
@@ -560,6 +658,7 @@ mod tests {
         let features = QueueFeatures {
             event_idx,
             indirect_desc: false,
+            in_order: false,
         };
         let q = PackedQueue::allocate(&dma, 8, features).unwrap();
         (dma, q)
@@ -626,6 +725,86 @@ mod tests {
                 writable: 512
             }) if i == id
         ));
+    }
+
+    #[test]
+    fn in_order_batch_skips_the_batch_positions() {
+        use crate::transport::inproc::DeviceQueue;
+        let dma = DmaMemory::new(1 << 20).unwrap();
+        let features = QueueFeatures {
+            event_idx: true,
+            indirect_desc: false,
+            in_order: true,
+        };
+        let mut q = PackedQueue::allocate(&dma, 8, features).unwrap();
+        let mut dev = DeviceQueue::new_packed(q.layout());
+        let mem = dma.guest_memory();
+        let two = |dma: &DmaMemory| {
+            [
+                Segment {
+                    addr: dma.alloc(16).unwrap(),
+                    len: 16,
+                    device_writable: false,
+                },
+                seg(dma),
+            ]
+        };
+        // Lap after lap: three buffers of 2 descriptors, reported as one batch naming the
+        // third, then one more on its own; positions and wrap counters move by 6 then 2.
+        for lap in 0..20u32 {
+            let ids: Vec<u16> = (0..3).map(|_| q.add(&two(&dma)).unwrap()).collect();
+            q.publish().unwrap();
+            for _ in 0..3 {
+                dev.pop_avail(mem).unwrap().unwrap();
+            }
+            dev.push_used_batch(mem, 3, ids[2].into(), 5).unwrap();
+            assert!(q.enable_notifications().unwrap());
+            let got: Vec<(u16, u32)> = std::iter::from_fn(|| q.pop_used().unwrap())
+                .map(|c| (c.head, c.len))
+                .collect();
+            assert_eq!(
+                got,
+                [(ids[0], 512), (ids[1], 512), (ids[2], 5)],
+                "lap {lap}"
+            );
+            let id = q.add(&two(&dma)).unwrap();
+            q.publish().unwrap();
+            dev.pop_avail(mem).unwrap().unwrap();
+            dev.push_used_batch(mem, 1, id.into(), 1).unwrap();
+            assert_eq!(q.pop_used().unwrap(), Some(Completion { head: id, len: 1 }));
+            assert_eq!(q.pop_used().unwrap(), None);
+            assert!(!q.enable_notifications().unwrap());
+        }
+    }
+
+    #[test]
+    fn in_order_buffer_completed_again_after_a_batch_is_a_duplicate() {
+        use crate::transport::inproc::DeviceQueue;
+        let dma = DmaMemory::new(1 << 20).unwrap();
+        let features = QueueFeatures {
+            event_idx: false,
+            indirect_desc: false,
+            in_order: true,
+        };
+        let mut q = PackedQueue::allocate(&dma, 8, features).unwrap();
+        let mut dev = DeviceQueue::new_packed(q.layout());
+        let mem = dma.guest_memory();
+        let a = q.add(&[seg(&dma)]).unwrap();
+        let b = q.add(&[seg(&dma)]).unwrap();
+        q.add(&[seg(&dma)]).unwrap();
+        q.publish().unwrap();
+        for _ in 0..3 {
+            dev.pop_avail(mem).unwrap().unwrap();
+        }
+        // Out of order: b, then a. b's descriptor is a batch of a and b.
+        dev.push_used(mem, b.into(), 0).unwrap();
+        dev.push_used(mem, a.into(), 0).unwrap();
+        assert_eq!(q.pop_used().unwrap().map(|c| c.head), Some(a));
+        assert_eq!(q.pop_used().unwrap().map(|c| c.head), Some(b));
+        // The device's second descriptor sits in the batch's skipped positions, unread; the
+        // third, at the driver's next position, names a again.
+        dev.push_used(mem, a.into(), 0).unwrap();
+        assert!(matches!(q.pop_used(), Err(Error::UsedIdDuplicate(i)) if i == a));
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! `avail.idx` is published with a release store. The used ring is read with an acquire load of
 //! `used.idx` before the used elements are read. With `VIRTIO_F_EVENT_IDX` a full fence separates
 //! publishing `avail.idx` (or `used_event`) from reading the device's suppression fields.
+//!
+//! With `VIRTIO_F_IN_ORDER` (2.7.5, 2.7.9) descriptors are used in ring order (the free list is
+//! first in first out, and completions in order put them back in that order), and the device
+//! may report a batch of buffers with one used element naming the last buffer's head, moving
+//! `used.idx` by the batch's size. The driver keeps the heads in the order they were made
+//! available: a used id must be one of the oldest `used.idx - last_used` of them, and the
+//! buffers before it in order are completed with it, "used completely" (their whole
+//! device-writable length).
 
 use std::collections::VecDeque;
 use std::mem::{offset_of, size_of};
@@ -105,6 +113,23 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     /// [`SplitQueue::allocate`]): polling reads it with one atomic load instead of
     /// `vm-memory`'s checked access, which walks the regions on every call.
     used_idx_host: Option<usize>,
+    /// With `IN_ORDER`: the heads in flight, in the order they were made available.
+    order: VecDeque<u16>,
+    /// With `IN_ORDER`: buffers of the current batch not yet handed out, the last one's
+    /// used length, and where the next descriptor in ring order is.
+    batch: InOrderBatch,
+}
+
+/// The batch an in-order used element reported (section 2.7.9), handed out one completion at a
+/// time.
+#[derive(Clone, Copy, Debug, Default)]
+struct InOrderBatch {
+    /// Buffers of the batch still to complete (the last of them is the one the element named).
+    left: u16,
+    /// The used length the element carried, for its own buffer.
+    len: u32,
+    /// The descriptor the next chain must start at (ring order, 2.7.5).
+    next_desc: u16,
 }
 
 impl SplitQueue<GuestMemoryMmap> {
@@ -189,6 +214,8 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             in_flight: 0,
             broken: false,
             used_idx_host: None,
+            order: VecDeque::new(),
+            batch: InOrderBatch::default(),
         };
         q.zero_rings()?;
         Ok(q)
@@ -218,6 +245,8 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         self.last_used = 0;
         self.in_flight = 0;
         self.broken = false;
+        self.order.clear();
+        self.batch = InOrderBatch::default();
         self.zero_rings()
     }
 
@@ -332,6 +361,14 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             ring_descs: ring_descs as u16,
             writable,
         };
+        if self.features.in_order {
+            // Ring order (2.7.5): the free list hands descriptors out in the order completions
+            // in order gave them back, which is the table's order, wrapping at its end.
+            debug_assert_eq!(head, self.batch.next_desc);
+            self.batch.next_desc =
+                ((u32::from(head) + ring_descs as u32) % u32::from(self.layout.size)) as u16;
+            self.order.push_back(head);
+        }
 
         // The available ring entry; avail.idx itself is published by `publish`.
         let slot = self.avail_idx & (self.layout.size - 1);
@@ -534,6 +571,9 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     }
 
     fn pop_used_inner(&mut self) -> Result<Option<Completion>, Error> {
+        if self.features.in_order {
+            return self.pop_used_in_order();
+        }
         // Acquire: the used elements below were written before this idx (section 2.7.13).
         let used_idx = self.used_idx()?;
         let pending = used_idx.wrapping_sub(self.last_used);
@@ -547,35 +587,20 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
                 in_flight: self.in_flight,
             });
         }
-        let slot = self.last_used & (self.layout.size - 1);
-        let elem_addr = self.layout.used_ring.unchecked_add(
-            offset_of!(vring_used, ring) as u64
-                + size_of::<vring_used_elem>() as u64 * u64::from(slot),
-        );
         // One volatile copy of the element; only the copy is looked at from here on.
-        let elem: UsedElem = self.get(elem_addr)?;
-        let id = elem.id.to_native();
-        let len = elem.len.to_native();
-        if id >= u32::from(self.layout.size) {
-            return Err(Error::UsedIdOutOfRange {
-                id,
-                size: self.layout.size,
-            });
-        }
+        let (id, len) = self.read_used_elem(self.last_used)?;
+        let (writable, ring_descs) = self.outstanding_head(id)?;
         let id = id as u16;
-        let (ring_descs, writable) = match self.slots[usize::from(id)] {
-            Slot::Head {
-                ring_descs,
-                writable,
-            } => (ring_descs, writable),
-            Slot::Member { head } => return Err(Error::UsedIdNotHead { id, head }),
-            Slot::Completed => return Err(Error::UsedIdDuplicate(id)),
-            Slot::Free => return Err(Error::UsedIdNotOutstanding(id)),
-        };
         if u64::from(len) > writable {
             return Err(Error::UsedLenTooLarge { id, len, writable });
         }
-        // Free the chain by walking our private links, bounded by the count we recorded.
+        self.complete(id, ring_descs);
+        Ok(Some(Completion { head: id, len }))
+    }
+
+    /// Frees the chain headed by `id` by walking our private links, bounded by the count we
+    /// recorded, and moves past one used element.
+    fn complete(&mut self, id: u16, ring_descs: u16) {
         let mut current = id;
         for i in 0..ring_descs {
             let next = self.next[usize::from(current)];
@@ -585,7 +610,116 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         }
         self.last_used = self.last_used.wrapping_add(1);
         self.in_flight -= 1;
-        Ok(Some(Completion { head: id, len }))
+    }
+
+    /// `pop_used` with `IN_ORDER` (section 2.7.9): at the start of a batch, one used element is
+    /// read at `last_used`; its id must be one of the oldest `used.idx - last_used` heads in
+    /// flight (in the order they were made available, and published), and every buffer up to
+    /// it is part of the batch. The batch is then handed out one completion at a time, oldest
+    /// first, without reading the ring again: the buffers before the named one carry their
+    /// whole device-writable length ("used completely"), the named one the element's length.
+    fn pop_used_in_order(&mut self) -> Result<Option<Completion>, Error> {
+        if self.batch.left == 0 {
+            // Acquire: the used element below was written before this idx (section 2.7.13).
+            let used_idx = self.used_idx()?;
+            let pending = used_idx.wrapping_sub(self.last_used);
+            if pending == 0 {
+                return Ok(None);
+            }
+            // Only published buffers can have been used.
+            let unpublished = self.avail_idx.wrapping_sub(self.published_avail);
+            let published = self.in_flight - unpublished;
+            if pending > published {
+                return Err(Error::UsedIdxTooFarAhead {
+                    used_idx,
+                    last_used: self.last_used,
+                    in_flight: published,
+                });
+            }
+            // One volatile copy of the element; only the copy is looked at from here on.
+            let (id, len) = self.read_used_elem(self.last_used)?;
+            let (writable, _) = self.outstanding_head(id)?;
+            let id = id as u16;
+            let expected = self.order.front().copied().unwrap_or(id);
+            // The batch ends at `id`: its position among the oldest `pending` heads.
+            let Some(at) = self
+                .order
+                .iter()
+                .take(usize::from(pending))
+                .position(|&h| h == id)
+            else {
+                let batch = self
+                    .order
+                    .iter()
+                    .position(|&h| h == id)
+                    .map_or(u16::MAX, |p| (p + 1) as u16);
+                return Err(Error::UsedIdOutOfOrder {
+                    id,
+                    expected,
+                    batch,
+                    pending,
+                });
+            };
+            if u64::from(len) > writable {
+                return Err(Error::UsedLenTooLarge { id, len, writable });
+            }
+            self.batch.left = at as u16 + 1;
+            self.batch.len = len;
+        }
+        // The oldest buffer in flight: the next of the batch. Its slot is a head (it was made
+        // available and not completed), which `order` and `slots` agree on.
+        let Some(head) = self.order.pop_front() else {
+            return Err(Error::SpuriousUsed(self.last_used));
+        };
+        let Slot::Head {
+            ring_descs,
+            writable,
+        } = self.slots[usize::from(head)]
+        else {
+            return Err(Error::UsedIdNotOutstanding(head));
+        };
+        self.batch.left -= 1;
+        let len = if self.batch.left == 0 {
+            self.batch.len
+        } else {
+            // Skipped buffers "are assumed to have been used (read or written) by the device
+            // completely" (2.7.9).
+            u32::try_from(writable).unwrap_or(u32::MAX)
+        };
+        self.complete(head, ring_descs);
+        Ok(Some(Completion { head, len }))
+    }
+
+    /// Copies the used element at `index` (mod the size) out of the ring, once.
+    fn read_used_elem(&self, index: u16) -> Result<(u32, u32), Error> {
+        let slot = index & (self.layout.size - 1);
+        let elem_addr = self.layout.used_ring.unchecked_add(
+            offset_of!(vring_used, ring) as u64
+                + size_of::<vring_used_elem>() as u64 * u64::from(slot),
+        );
+        let elem: UsedElem = self.get(elem_addr)?;
+        Ok((elem.id.to_native(), elem.len.to_native()))
+    }
+
+    /// Checks that `id` names the head of a chain in flight; gives its writable bytes and ring
+    /// descriptors.
+    fn outstanding_head(&self, id: u32) -> Result<(u64, u16), Error> {
+        if id >= u32::from(self.layout.size) {
+            return Err(Error::UsedIdOutOfRange {
+                id,
+                size: self.layout.size,
+            });
+        }
+        let id = id as u16;
+        match self.slots[usize::from(id)] {
+            Slot::Head {
+                ring_descs,
+                writable,
+            } => Ok((writable, ring_descs)),
+            Slot::Member { head } => Err(Error::UsedIdNotHead { id, head }),
+            Slot::Completed => Err(Error::UsedIdDuplicate(id)),
+            Slot::Free => Err(Error::UsedIdNotOutstanding(id)),
+        }
     }
 
     /// Asks the device for a notification at the next used buffer (`used_event` with
@@ -730,6 +864,7 @@ mod tests {
                 QueueFeatures {
                     event_idx: true,
                     indirect_desc,
+                    in_order: false,
                 },
             );
             let segs = [
@@ -800,6 +935,138 @@ mod tests {
         ));
     }
 
+    const IN_ORDER: QueueFeatures = QueueFeatures {
+        event_idx: true,
+        indirect_desc: false,
+        in_order: true,
+    };
+
+    #[test]
+    fn in_order_batches_complete_in_order_with_skipped_buffers_used_completely() {
+        let (dma, mut q, mut dev) = queue(8, IN_ORDER);
+        let mem = dma.guest_memory();
+        // Chains of 2 descriptors: heads 0, 2, 4, 6.
+        let mut heads = Vec::new();
+        for _ in 0..4 {
+            heads.push(
+                q.add(&[seg(&dma, 16, false), seg(&dma, 100, true)])
+                    .unwrap(),
+            );
+        }
+        assert_eq!(heads, [0, 2, 4, 6]);
+        q.publish().unwrap();
+        for _ in 0..4 {
+            dev.pop_avail(mem).unwrap().unwrap();
+        }
+        // Two batches before the driver looks: [0, 2] named by 2, then [4, 6] named by 6.
+        dev.push_used_batch(mem, 2, 2, 7).unwrap();
+        dev.push_used_batch(mem, 2, 6, 9).unwrap();
+        let mut got = Vec::new();
+        while let Some(c) = q.pop_used().unwrap() {
+            got.push((c.head, c.len));
+        }
+        assert_eq!(got, [(0, 100), (2, 7), (4, 100), (6, 9)]);
+        assert_eq!(q.in_flight(), 0);
+        assert_eq!(q.free_descriptors(), 8);
+        // Ring order goes on from where it was, and a chain wraps at the table's end.
+        let a = q.add(&[seg(&dma, 16, false)]).unwrap();
+        let b = q
+            .add(&[seg(&dma, 16, false), seg(&dma, 8, true), seg(&dma, 8, true)])
+            .unwrap();
+        assert_eq!((a, b), (0, 1));
+        for _ in 0..4 {
+            q.add(&[seg(&dma, 16, false)]).unwrap();
+        }
+        q.publish().unwrap();
+        for _ in 0..6 {
+            dev.pop_avail(mem).unwrap().unwrap();
+        }
+        dev.push_used_batch(mem, 6, 7, 0).unwrap();
+        let mut n = 0;
+        while q.pop_used().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 6);
+        let segs = [seg(&dma, 16, false), seg(&dma, 8, true), seg(&dma, 8, true)];
+        // Next in ring order is 0; then 1, 2, 3 ... with a wrap: place a chain at 6, 7, 0.
+        for _ in 0..6 {
+            q.add(&[seg(&dma, 16, false)]).unwrap();
+        }
+        q.publish().unwrap();
+        for _ in 0..6 {
+            dev.pop_avail(mem).unwrap().unwrap();
+        }
+        dev.push_used_batch(mem, 6, 5, 0).unwrap();
+        while q.pop_used().unwrap().is_some() {}
+        let head = q.add(&segs).unwrap();
+        assert_eq!(head, 6);
+        q.publish().unwrap();
+        let chain = dev.pop_avail(mem).unwrap().unwrap();
+        assert_eq!(chain.head, 6);
+        assert_eq!(chain.segments, segs);
+        assert_eq!(q.next[6], 7);
+        assert_eq!(q.next[7], 0);
+    }
+
+    #[test]
+    fn in_order_used_id_beyond_used_idx_is_out_of_order() {
+        let (dma, mut q, mut dev) = queue(8, IN_ORDER);
+        let mem = dma.guest_memory();
+        for _ in 0..3 {
+            q.add(&[seg(&dma, 64, true)]).unwrap();
+        }
+        q.publish().unwrap();
+        // Head 2 with used.idx moved by 2: a batch of 3 would be needed.
+        dev.push_used_batch(mem, 2, 2, 64).unwrap();
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedIdOutOfOrder {
+                id: 2,
+                expected: 0,
+                batch: 3,
+                pending: 2
+            })
+        ));
+        assert!(q.is_broken());
+    }
+
+    #[test]
+    fn in_order_used_buffers_cannot_include_unpublished_ones() {
+        let (dma, mut q, mut dev) = queue(8, IN_ORDER);
+        let mem = dma.guest_memory();
+        q.add(&[seg(&dma, 64, true)]).unwrap();
+        q.publish().unwrap();
+        // Added, not published: the device cannot have used it.
+        q.add(&[seg(&dma, 64, true)]).unwrap();
+        dev.push_used_batch(mem, 2, 1, 64).unwrap();
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedIdxTooFarAhead {
+                used_idx: 2,
+                last_used: 0,
+                in_flight: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn in_order_batch_length_is_checked_for_the_named_buffer() {
+        let (dma, mut q, mut dev) = queue(8, IN_ORDER);
+        let mem = dma.guest_memory();
+        q.add(&[seg(&dma, 64, true)]).unwrap();
+        q.add(&[seg(&dma, 32, true)]).unwrap();
+        q.publish().unwrap();
+        dev.push_used_batch(mem, 2, 1, 33).unwrap();
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedLenTooLarge {
+                id: 1,
+                len: 33,
+                writable: 32
+            })
+        ));
+    }
+
     #[test]
     fn suppressed_notifications_are_honoured() {
         let (dma, mut q, _dev) = queue(
@@ -807,6 +1074,7 @@ mod tests {
             QueueFeatures {
                 event_idx: true,
                 indirect_desc: false,
+                in_order: false,
             },
         );
         let mem = dma.guest_memory();

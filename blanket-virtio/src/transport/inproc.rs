@@ -18,7 +18,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, virtio_blk_config,
 };
 use virtio_bindings::virtio_config::{
-    VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+    VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
@@ -75,6 +75,8 @@ pub struct DeviceQueue {
     used_idx: u16,
     /// Packed ring state: `Some` for a packed queue.
     packed: Option<PackedDeviceState>,
+    /// `VIRTIO_F_IN_ORDER` was negotiated.
+    in_order: bool,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,7 @@ impl DeviceQueue {
             last_avail: 0,
             used_idx: 0,
             packed: None,
+            in_order: false,
         }
     }
 
@@ -107,7 +110,44 @@ impl DeviceQueue {
                 used_wrap: true,
                 popped: Default::default(),
             }),
+            in_order: false,
         }
+    }
+
+    /// Whether `VIRTIO_F_IN_ORDER` was negotiated for this queue (the transport sets it from
+    /// the driver's features): a device model may then report batches with
+    /// [`DeviceQueue::push_used_batch`].
+    pub fn in_order(&self) -> bool {
+        self.in_order
+    }
+
+    /// Sets whether `VIRTIO_F_IN_ORDER` was negotiated.
+    pub fn set_in_order(&mut self, in_order: bool) {
+        self.in_order = in_order;
+    }
+
+    /// Reports the next `buffers` chains popped (in order) as used with one used element
+    /// (split: written at the batch's first slot, `used.idx` moved by `buffers`, 2.7.9) or one
+    /// used descriptor (packed: at the batch's first position, the ring skipped by the batch's
+    /// descriptors, 2.8.8), naming `id`, which an honest in-order device sets to the last
+    /// chain's head. Hostile models pass other ids or counts.
+    pub fn push_used_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        buffers: u16,
+        id: u32,
+        len: u32,
+    ) -> Result<(), Error> {
+        let Some(st) = self.packed.as_mut() else {
+            self.write_used_elem(mem, id, len)?;
+            return self.set_used_idx(mem, self.used_idx.wrapping_add(buffers));
+        };
+        let mut count = 0u32;
+        for _ in 0..buffers {
+            count += u32::from(st.popped.pop_front().unwrap_or(1));
+        }
+        st.popped.push_front(count.min(u32::from(u16::MAX)) as u16);
+        self.push_used_packed(mem, id, len)
     }
 
     fn pop_avail_packed(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DeviceChain>, Error> {
@@ -318,6 +358,12 @@ impl DeviceQueue {
         if self.packed.is_some() {
             return self.push_used_packed(mem, id, len);
         }
+        self.write_used_elem(mem, id, len)?;
+        self.set_used_idx(mem, self.used_idx.wrapping_add(1))
+    }
+
+    /// Writes the split ring's used element at `used.idx`, without publishing it.
+    fn write_used_elem(&self, mem: &GuestMemoryMmap, id: u32, len: u32) -> Result<(), Error> {
         let slot = self.used_idx & (self.layout.size - 1);
         let at = self.layout.used_ring.unchecked_add(
             offset_of!(vring_used, ring) as u64
@@ -326,8 +372,7 @@ impl DeviceQueue {
         let mut raw = [0u8; 8];
         raw[0..4].copy_from_slice(&id.to_le_bytes());
         raw[4..8].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&raw, at).map_err(Error::Memory)?;
-        self.set_used_idx(mem, self.used_idx.wrapping_add(1))
+        mem.write_slice(&raw, at).map_err(Error::Memory)
     }
 
     /// Stores `used.idx` (release) without writing an element. Does nothing on a packed queue,
@@ -367,6 +412,9 @@ pub trait DeviceModel {
     fn gone(&self) -> bool {
         false
     }
+    /// Forgets what the device held for queue `index` (its in-flight buffers), at a queue
+    /// reset. The transport forgets the queue's rings itself.
+    fn reset_queue(&mut self, _index: u16) {}
 }
 
 /// The in-process transport: a [`DeviceModel`] run synchronously on each kick.
@@ -376,6 +424,9 @@ pub struct InProcessTransport<D: DeviceModel> {
     device: D,
     queues: Vec<Option<DeviceQueue>>,
     signalled: Vec<bool>,
+    /// Whether each queue runs: false from [`Transport::reset_queue`] until
+    /// [`Transport::enable_queue`].
+    enabled: Vec<bool>,
     driver_features: u64,
 }
 
@@ -388,6 +439,7 @@ impl<D: DeviceModel> InProcessTransport<D> {
             device,
             queues: (0..n).map(|_| None).collect(),
             signalled: vec![false; n],
+            enabled: vec![true; n],
             driver_features: 0,
         }
     }
@@ -453,11 +505,13 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
             .queues
             .get_mut(usize::from(index))
             .ok_or(Error::NoSuchQueue(index))?;
-        *q = Some(if self.driver_features & (1 << VIRTIO_F_RING_PACKED) != 0 {
+        let mut dq = if self.driver_features & (1 << VIRTIO_F_RING_PACKED) != 0 {
             DeviceQueue::new_packed(*layout)
         } else {
             DeviceQueue::new(*layout)
-        });
+        };
+        dq.set_in_order(self.driver_features & (1 << VIRTIO_F_IN_ORDER) != 0);
+        *q = Some(dq);
         Ok(())
     }
 
@@ -468,6 +522,14 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
     fn notify(&mut self, index: u16) -> Result<(), super::Error> {
         if self.device.gone() {
             return Err(super::Error::DeviceGone("in-process device gone".into()));
+        }
+        if !self
+            .enabled
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(false)
+        {
+            return Err(Error::QueueNotReady(index).into());
         }
         let q = self
             .queues
@@ -481,7 +543,7 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
         // Then every other ready queue, so that a device can move data between queues (a
         // network loopback delivers a transmitted frame into the receive queue).
         for (i, q) in self.queues.iter_mut().enumerate() {
-            if i == usize::from(index) {
+            if i == usize::from(index) || !self.enabled[i] {
                 continue;
             }
             if let Some(q) = q.as_mut() {
@@ -490,6 +552,44 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn can_reset_queue(&self) -> bool {
+        let bit = 1u64 << VIRTIO_F_RING_RESET;
+        self.device.features() & self.driver_features & bit != 0
+    }
+
+    fn reset_queue(&mut self, index: u16) -> Result<(), super::Error> {
+        if !self.can_reset_queue() {
+            return Err(super::Error::QueueResetUnsupported(index));
+        }
+        let q = self
+            .queues
+            .get_mut(usize::from(index))
+            .ok_or(Error::NoSuchQueue(index))?;
+        // The device's view of the rings goes; kicks fail until the queue is set up again.
+        *q = None;
+        self.enabled[usize::from(index)] = false;
+        self.signalled[usize::from(index)] = false;
+        self.device.reset_queue(index);
+        Ok(())
+    }
+
+    fn enable_queue(&mut self, index: u16) -> Result<(), super::Error> {
+        if !self.can_reset_queue() {
+            return Err(super::Error::QueueResetUnsupported(index));
+        }
+        let i = usize::from(index);
+        if self
+            .queues
+            .get(i)
+            .ok_or(Error::NoSuchQueue(index))?
+            .is_none()
+        {
+            return Err(Error::QueueNotReady(index).into());
+        }
+        self.enabled[i] = true;
         Ok(())
     }
 
@@ -542,6 +642,17 @@ pub enum Hostile {
     Config(Vec<u8>),
     /// Writes this status byte.
     Status(u8),
+    /// With `VIRTIO_F_IN_ORDER`: of the requests of each kick, completes only the last, with
+    /// one used element (`used.idx` moved by one): on a split ring it names a buffer that is
+    /// not the next in order.
+    InOrderSkip,
+    /// With `VIRTIO_F_IN_ORDER`: reports each kick's requests as one batch that runs one
+    /// buffer past them (split: `used.idx` moved by one more than the requests; packed: the
+    /// id after the last request's, which is not outstanding).
+    InOrderOverrun,
+    /// With `VIRTIO_F_IN_ORDER`: completes each kick's requests last to first, one used
+    /// element each.
+    InOrderReversed,
 }
 
 /// A virtio-blk device over a RAM disk.
@@ -559,6 +670,15 @@ pub struct MemBlkDevice {
     pub flushes: u64,
     /// Offer packed rings (`VIRTIO_F_RING_PACKED`).
     pub packed: bool,
+    /// Offer `VIRTIO_F_IN_ORDER`. When negotiated, each kick's completions are reported in
+    /// batches of up to `in_order_batch` buffers, one used element (or descriptor) each.
+    pub in_order: bool,
+    /// The largest in-order batch (1: a used element per request).
+    pub in_order_batch: u16,
+    /// Offer `VIRTIO_F_RING_RESET` (on by default).
+    pub ring_reset: bool,
+    /// Queue resets seen, by queue index.
+    pub queue_resets: Vec<u16>,
     gone: bool,
     last_completed: Option<u32>,
 }
@@ -575,6 +695,10 @@ impl MemBlkDevice {
             hostile: Hostile::None,
             flushes: 0,
             packed: false,
+            in_order: false,
+            in_order_batch: 8,
+            ring_reset: true,
+            queue_resets: Vec::new(),
             gone: false,
             last_completed: None,
         }
@@ -756,13 +880,18 @@ impl DeviceModel for MemBlkDevice {
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_CONFIG_WCE
             | 1 << VIRTIO_BLK_F_DISCARD
-            | 1 << VIRTIO_BLK_F_WRITE_ZEROES
-            | 1 << VIRTIO_F_RING_RESET;
+            | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        if self.ring_reset {
+            f |= 1 << VIRTIO_F_RING_RESET;
+        }
         if self.num_queues > 1 {
             f |= 1 << VIRTIO_BLK_F_MQ;
         }
         if self.packed {
             f |= 1 << VIRTIO_F_RING_PACKED;
+        }
+        if self.in_order {
+            f |= 1 << VIRTIO_F_IN_ORDER;
         }
         // A chain's middle is only visible without indirect descriptors.
         if self.hostile != Hostile::UsedIdMidChain {
@@ -797,6 +926,8 @@ impl DeviceModel for MemBlkDevice {
     ) -> Result<bool, Error> {
         let size = u32::from(queue.layout().size);
         let mut any = false;
+        // With IN_ORDER: (head, used length) of the requests run, reported in batches below.
+        let mut done: Vec<(u32, u32)> = Vec::new();
         while let Some(chain) = queue.pop_avail(mem)? {
             if self.hostile == Hostile::GoneOnKick {
                 self.gone = true;
@@ -814,6 +945,11 @@ impl DeviceModel for MemBlkDevice {
                 .filter(|s| s.device_writable)
                 .map(|s| s.len)
                 .sum();
+            any = true;
+            if queue.in_order() {
+                done.push((head, len));
+                continue;
+            }
             match self.hostile {
                 Hostile::UsedIdOutOfRange => queue.push_used(mem, size + 7, len)?,
                 Hostile::UsedIdNotOutstanding => {
@@ -833,13 +969,44 @@ impl DeviceModel for MemBlkDevice {
                 _ => queue.push_used(mem, head, len)?,
             }
             self.last_completed = Some(head);
-            any = true;
+        }
+        if let Some(&(last, last_len)) = done.last() {
+            let n = done.len() as u16;
+            match self.hostile {
+                Hostile::InOrderSkip => queue.push_used_batch(mem, 1, last, last_len)?,
+                Hostile::InOrderOverrun => {
+                    if queue.packed.is_some() {
+                        queue.push_used_batch(mem, n, (last + 1) % size, last_len)?;
+                    } else {
+                        queue.push_used_batch(mem, n + 1, last, last_len)?;
+                    }
+                }
+                Hostile::InOrderReversed => {
+                    for &(head, len) in done.iter().rev() {
+                        queue.push_used(mem, head, len)?;
+                    }
+                }
+                _ => {
+                    // Honest batches: one used element per `in_order_batch` requests, naming
+                    // the batch's last.
+                    for batch in done.chunks(usize::from(self.in_order_batch.max(1))) {
+                        if let Some(&(id, len)) = batch.last() {
+                            queue.push_used_batch(mem, batch.len() as u16, id, len)?;
+                        }
+                    }
+                }
+            }
+            self.last_completed = Some(last);
         }
         Ok(any)
     }
 
     fn gone(&self) -> bool {
         self.gone
+    }
+
+    fn reset_queue(&mut self, index: u16) {
+        self.queue_resets.push(index);
     }
 }
 
@@ -1084,6 +1251,7 @@ impl DeviceModel for MemNetDevice {
         let mut f = 1u64 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_F_RING_RESET
             | 1 << VIRTIO_NET_F_MAC
             | 1 << VIRTIO_NET_F_STATUS
             | 1 << VIRTIO_NET_F_MTU;
@@ -1165,6 +1333,13 @@ impl DeviceModel for MemNetDevice {
             Ok(any)
         } else {
             self.deliver(pair, mem, queue)
+        }
+    }
+
+    fn reset_queue(&mut self, index: u16) {
+        // Frames of the pair waiting for receive buffers are the device's in-flight state.
+        if index < 2 * self.queue_pairs {
+            self.pending(usize::from(index / 2)).clear();
         }
     }
 }

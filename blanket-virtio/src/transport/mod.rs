@@ -34,6 +34,9 @@ pub enum Error {
     /// The device went away (socket closed, daemon killed, device reset).
     #[error("the device is gone: {0}")]
     DeviceGone(String),
+    /// The transport or the device cannot reset one queue alone (no `VIRTIO_F_RING_RESET`).
+    #[error("queue {0} cannot be reset alone: the device or transport has no queue reset")]
+    QueueResetUnsupported(u16),
 }
 
 /// The control plane and notifications of one virtio device, as a driver uses them.
@@ -79,4 +82,25 @@ pub trait Transport {
     /// Waits up to `timeout` for a used-buffer notification on queue `index`. Returns early if
     /// the device goes away.
     fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), Error>;
+
+    /// Whether one queue can be reset and re-enabled while the others run
+    /// ([`Transport::reset_queue`]). Asked after [`Transport::set_driver_features`]: for a
+    /// virtio device this is `VIRTIO_F_RING_RESET` negotiated (virtio 1.2, 2.6.1).
+    fn can_reset_queue(&self) -> bool {
+        false
+    }
+
+    /// Resets queue `index` alone (virtio 1.2, 2.6.1): when it returns, the device no longer
+    /// uses the queue's rings or the buffers in them and has forgotten its state. The driver
+    /// then resets its side of the rings, gives them again with [`Transport::setup_queue`] and
+    /// restarts the queue with [`Transport::enable_queue`]. The other queues keep running.
+    fn reset_queue(&mut self, index: u16) -> Result<(), Error> {
+        Err(Error::QueueResetUnsupported(index))
+    }
+
+    /// Re-enables queue `index` after [`Transport::reset_queue`] and
+    /// [`Transport::setup_queue`].
+    fn enable_queue(&mut self, index: u16) -> Result<(), Error> {
+        Err(Error::QueueResetUnsupported(index))
+    }
 }

@@ -12,6 +12,17 @@
 //! in one epoll set per queue (registered once, so a wait is one `epoll_wait` and no `read`):
 //! a back-end that dies or closes the socket ends the wait with [`super::Error::DeviceGone`],
 //! never a hang.
+//!
+//! One queue is reset alone ([`Transport::reset_queue`]) with the protocol's own ring stop:
+//! `SET_VRING_ENABLE` 0, then `GET_VRING_BASE`, which stops the ring; the back-end answers once
+//! it no longer processes it. [`Transport::setup_queue`] then gives the rings again
+//! (`SET_VRING_NUM`, `_ADDR`, `_BASE`, `_CALL`, `_KICK`, which starts the ring) and
+//! [`Transport::enable_queue`] sends `SET_VRING_ENABLE` 1. vhost-user has no message for a
+//! per-queue reset as such (`RESET_DEVICE` resets them all), and the virtio feature
+//! `VIRTIO_F_RING_RESET` is the front-end's to offer, not the back-end's: the stop and restart
+//! are the front-end's part of a queue reset, as a VMM does for a guest. Whether a back-end
+//! finishes the requests it has in flight before it answers `GET_VRING_BASE` is up to it; the
+//! driver treats them as lost.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -109,6 +120,10 @@ pub struct VhostUserTransport {
     /// Per queue, an epoll set with its call eventfd (edge-triggered) and the socket.
     waits: Vec<Epoll>,
     ready: Vec<bool>,
+    /// Rings stopped by [`Transport::reset_queue`] and not yet enabled again.
+    stopped: Vec<bool>,
+    /// Rings reset since the other rings were last re-announced (see `enable_queue`).
+    reset_batch: Vec<bool>,
 }
 
 impl std::fmt::Debug for VhostUserTransport {
@@ -171,6 +186,8 @@ impl VhostUserTransport {
             calls: Vec::new(),
             waits: Vec::new(),
             ready: Vec::new(),
+            stopped: Vec::new(),
+            reset_batch: Vec::new(),
         })
     }
 
@@ -332,6 +349,8 @@ impl Transport for VhostUserTransport {
             self.kicks.push(Self::eventfd()?);
             self.calls.push(call);
             self.ready.push(false);
+            self.stopped.push(false);
+            self.reset_batch.push(false);
         }
         let config = VringConfigData {
             queue_max_size: layout.size,
@@ -384,6 +403,77 @@ impl Transport for VhostUserTransport {
             op: "write (kick)",
             source,
         })?;
+        Ok(())
+    }
+
+    fn can_reset_queue(&self) -> bool {
+        true
+    }
+
+    fn reset_queue(&mut self, index: u16) -> Result<(), super::Error> {
+        let i = self.check_queue(index)?;
+        if !self.ready.get(i).copied().unwrap_or(false) {
+            return Err(Error::NoSuchQueue {
+                index,
+                max: self.ready.len() as u16,
+            }
+            .into());
+        }
+        if self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            self.frontend
+                .set_vring_enable(i, false)
+                .map_err(protocol("SET_VRING_ENABLE"))?;
+        }
+        // Stops the ring: the back-end replies when it no longer processes it.
+        self.frontend
+            .get_vring_base(i)
+            .map_err(protocol("GET_VRING_BASE"))?;
+        self.ready[i] = false;
+        self.stopped[i] = true;
+        self.reset_batch[i] = true;
+        Ok(())
+    }
+
+    fn enable_queue(&mut self, index: u16) -> Result<(), super::Error> {
+        let i = self.check_queue(index)?;
+        if !self.ready.get(i).copied().unwrap_or(false) {
+            return Err(Error::NoSuchQueue {
+                index,
+                max: self.ready.len() as u16,
+            }
+            .into());
+        }
+        self.stopped[i] = false;
+        // Without protocol features a ring starts enabled at SET_VRING_KICK.
+        if self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+            return Ok(());
+        }
+        self.frontend
+            .set_vring_enable(i, true)
+            .map_err(protocol("SET_VRING_ENABLE"))?;
+        if self.stopped.iter().any(|&s| s) {
+            // More rings of this reset to come back first.
+            return Ok(());
+        }
+        // The rings that were not reset are disabled and enabled again, then kicked. For the
+        // vhost-user protocol this changes nothing (a disabled ring keeps its state, and a
+        // spurious kick is harmless), but DPDK's vhost PMD (testpmd's `net_vhost`) forgets
+        // whether every ring is enabled when one is stopped, and learns it again only from a
+        // ring whose readiness changes: without this, the other queues stay stopped there.
+        let others: Vec<usize> = (0..self.ready.len())
+            .filter(|&j| self.ready[j] && !self.reset_batch[j])
+            .collect();
+        self.reset_batch.fill(false);
+        for &j in &others {
+            for enable in [false, true] {
+                self.frontend
+                    .set_vring_enable(j, enable)
+                    .map_err(protocol("SET_VRING_ENABLE"))?;
+            }
+        }
+        for j in others {
+            self.notify(j as u16)?;
+        }
         Ok(())
     }
 
