@@ -8,6 +8,10 @@
 //! cargo run --release --example blanket -- --cmdline idle --timeout 3
 //! cargo run --release --example blanket -- \
 //!     --guest name=w,cmdline=disk-write=5,disk=/tmp/d.img --guest name=v,cmdline=disk-verify=5,disk=/tmp/d.img,after=w
+//! # a vbd on a vhost-user-blk export (qemu-storage-daemon), zero copy through blanket-virtio:
+//! qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/d.img \
+//!     --export type=vhost-user-blk,id=e0,node-name=f0,writable=on,addr.type=unix,addr.path=/tmp/vub.sock &
+//! cargo run --release --example blanket -- --guest name=w,cmdline=disk-write=5,disk=vhost-user:/tmp/vub.sock
 //! ```
 
 use std::io::Write;
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use blanket_hypervisor::devices::console::ConsoleOutput;
 use blanket_hypervisor::toolstack::{
-    Guest, GuestConfig, Toolstack, VbdConfig, VifConfig, VifLink, xvd_devid,
+    Guest, GuestConfig, Toolstack, VbdBackend, VbdConfig, VifConfig, VifLink, xvd_devid,
 };
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, RunState, guest};
 use clap::Parser;
@@ -70,9 +74,11 @@ struct Args {
     #[arg(short, long)]
     quiet: bool,
     /// A guest, in xl's key=value style, comma-separated: name=NAME, cmdline=WORKLOAD, memory=MIB,
-    /// disk=PATH (a raw image, xvda; disk=PATH:r for read-only; repeat for xvdb...), vif=switch or
-    /// vif=tap:NAME (repeat for more), console=stdout|log:PATH|pty|none, after=NAME (boot once that guest
-    /// ended). Repeat --guest for more guests.
+    /// disk=PATH (a raw image, xvda; disk=PATH:r for read-only; repeat for xvdb...) or
+    /// disk=vhost-user:SOCKET (a vhost-user-blk device, such as a qemu-storage-daemon export, with zero
+    /// copy; :r for read-only), vif=switch or vif=tap:NAME (repeat for more),
+    /// console=stdout|log:PATH|pty|none, after=NAME (boot once that guest ended). Repeat --guest for more
+    /// guests.
     #[arg(short, long)]
     guest: Vec<String>,
     /// Serve the host's xenstored on this Unix socket too (XENSTORED_PATH=PATH xenstore-ls).
@@ -89,7 +95,7 @@ struct Spec {
     name: String,
     cmdline: String,
     memory: u64,
-    disks: Vec<(std::path::PathBuf, bool)>,
+    disks: Vec<(VbdBackend, bool)>,
     vifs: Vec<VifLink>,
     console: String,
     after: Option<String>,
@@ -118,11 +124,23 @@ fn parse_guest(s: &str, default_memory: u64, index: usize) -> Result<Spec, Strin
                     .map_err(|_| format!("--guest '{s}': memory '{v}' is not a number of MiB"))?
             }
             "disk" => {
-                let (path, ro) = match v.strip_suffix(":r") {
+                let (target, ro) = match v.strip_suffix(":r") {
                     Some(p) => (p, true),
                     None => (v.strip_suffix(":w").unwrap_or(v), false),
                 };
-                spec.disks.push((path.into(), ro));
+                let backend = match target.strip_prefix("vhost-user:") {
+                    Some("") => {
+                        return Err(format!(
+                            "--guest '{s}': disk=vhost-user:SOCKET needs the socket's path"
+                        ));
+                    }
+                    Some(sock) => VbdBackend::VhostUser(sock.into()),
+                    None if target.is_empty() => {
+                        return Err(format!("--guest '{s}': disk= needs an image path"));
+                    }
+                    None => VbdBackend::Image(target.into()),
+                };
+                spec.disks.push((backend, ro));
             }
             "vif" => spec.vifs.push(match v {
                 "switch" => VifLink::Switch,
@@ -214,7 +232,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 cmdline: cmdline.to_string(),
                 memory: args.memory,
                 disks: if *dev == "disk" {
-                    vec![(path.clone(), false)]
+                    vec![(VbdBackend::Image(path.clone()), false)]
                 } else {
                     Vec::new()
                 },
@@ -274,10 +292,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .into());
             }
         };
-        for (i, (path, ro)) in spec.disks.iter().enumerate() {
+        for (i, (backend, ro)) in spec.disks.iter().enumerate() {
             g.vbds.push(VbdConfig {
                 devid: xvd_devid(i as u32),
-                path: path.clone(),
+                backend: backend.clone(),
                 read_only: *ro,
             });
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blanket_hypervisor::devices::console::ConsoleOutput;
 use blanket_hypervisor::toolstack::{
-    GuestConfig, Toolstack, VbdConfig, VifConfig, VifLink, xvd_devid,
+    GuestConfig, Toolstack, VbdBackend, VbdConfig, VifConfig, VifLink, xvd_devid,
 };
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, StatsSnapshot, guest};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -75,7 +75,7 @@ fn disk_run(ts: &Toolstack, img: &Image, workload: &str, rounds: u64) -> DiskRun
     let mut cfg = config("disk", &format!("{workload}={rounds}"));
     cfg.vbds.push(VbdConfig {
         devid: xvd_devid(0),
-        path: img.0.clone(),
+        backend: VbdBackend::Image(img.0.clone()),
         read_only: true,
     });
     let ev0 = ts.backend_notifications();

@@ -15,8 +15,9 @@
 //! `device/vif/<devid>` with `mac` and `handle`). Back-ends are generic over pv-backend's traits: grant
 //! access is the guest's own grant table in its memory ([`crate::devices::grant_table`]), events go through
 //! interdomain channels between the guest and domain 0 ([`crate::devices::Dom0Evtchns`]), XenStore is the
-//! host's one xenstored ([`Xenstored`]). A vbd is an image file served by blkback ([`FileDevice`]); a vif is
-//! a port of the host's in-process [`Switch`] or a TAP device, served by netback.
+//! host's one xenstored ([`Xenstored`]). A vbd is served by blkback from an image file ([`FileDevice`]) or
+//! from a vhost-user-blk device through blanket-virtio, zero copy ([`crate::devices::vhost_user`]); see
+//! [`VbdBackend`]. A vif is a port of the host's in-process [`Switch`] or a TAP device, served by netback.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pv_backend::backend::{LocalXs, XenbusBackend, XenbusDevice, XsHandle};
-use pv_backend::blk::{BlkBack, BlkConfig, FileDevice, FileOptions};
+use pv_backend::blk::{BlkBack, BlkConfig, BlockDevice, FileDevice, FileOptions};
 use pv_backend::net::MacAddr;
 use pv_backend::net::switch::{Switch, SwitchConfig};
 use pv_backend::net::tap::{Tap, TapOptions};
@@ -34,6 +35,7 @@ use xen_abi::DomId;
 use xen_abi::xs_wire::{PermKind, XsPerm};
 
 use crate::devices::console::{ConsoleOutput, ConsoleRing};
+use crate::devices::vhost_user::vhost_user_blk;
 use crate::devices::xenstored::{StoreRing, Xenstored};
 use crate::devices::{DeviceError, Dom0Evtchns, grant_table};
 use crate::domain::{Domain, DomainConfig, DomainError, DomainExit, Hypervisor};
@@ -73,15 +75,58 @@ pub enum ToolstackError {
     Config(String),
 }
 
-/// A virtual block device: an image file served by blkback.
+/// What serves a vbd's blocks, under blkback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VbdBackend {
+    /// A raw image file (or block device), through pv-backend's [`FileDevice`]. XenStore: `type = file`,
+    /// `params = PATH`.
+    Image(PathBuf),
+    /// A vhost-user-blk device listening on this Unix socket (such as `qemu-storage-daemon --export
+    /// type=vhost-user-blk,addr.type=unix,addr.path=SOCKET`), through blanket-virtio's virtio-blk driver with
+    /// the guest's memory shared for zero copy ([`crate::devices::vhost_user`]). XenStore:
+    /// `type = vhost-user-blk`, `params = SOCKET`.
+    VhostUser(PathBuf),
+}
+
+impl VbdBackend {
+    /// The XenStore `type` and `params` of the back-end directory.
+    fn type_and_params(&self) -> (&'static str, String) {
+        match self {
+            Self::Image(p) => ("file", p.display().to_string()),
+            Self::VhostUser(p) => ("vhost-user-blk", p.display().to_string()),
+        }
+    }
+}
+
+/// A virtual block device served by blkback.
 #[derive(Clone, Debug)]
 pub struct VbdConfig {
     /// The device number (`xvda` is 51712, `xvdb` 51728, ...; see [`xvd_devid`]).
     pub devid: u32,
-    /// The raw image file (or block device).
-    pub path: PathBuf,
-    /// Present the disk read-only (`mode = r`).
+    /// What serves its blocks.
+    pub backend: VbdBackend,
+    /// Present the disk read-only (`mode = r`), whatever the image or device allows.
     pub read_only: bool,
+}
+
+impl VbdConfig {
+    /// A writable vbd `devid` on the raw image file at `path`.
+    pub fn image(devid: u32, path: impl Into<PathBuf>) -> Self {
+        Self {
+            devid,
+            backend: VbdBackend::Image(path.into()),
+            read_only: false,
+        }
+    }
+
+    /// A writable vbd `devid` on the vhost-user-blk device listening on `socket`.
+    pub fn vhost_user(devid: u32, socket: impl Into<PathBuf>) -> Self {
+        Self {
+            devid,
+            backend: VbdBackend::VhostUser(socket.into()),
+            read_only: false,
+        }
+    }
 }
 
 /// The device number `xl` gives `xvd<letter>` (`(202 << 8) | (index << 4)`), for indices 0 to 15.
@@ -264,15 +309,22 @@ impl Toolstack {
 
     fn add_vbd(&self, domain: &Domain, vbd: &VbdConfig) -> Result<Backend, ToolstackError> {
         let domid = domain.domid();
-        let opts = FileOptions {
-            read_only: vbd.read_only,
-            threads: 2,
-            ..FileOptions::default()
+        let dev: Arc<dyn BlockDevice> = match &vbd.backend {
+            VbdBackend::Image(path) => {
+                let opts = FileOptions {
+                    read_only: vbd.read_only,
+                    threads: 2,
+                    ..FileOptions::default()
+                };
+                let dev = FileDevice::open(path, opts).map_err(|source| ToolstackError::Image {
+                    path: path.clone(),
+                    source,
+                })?;
+                Arc::new(dev)
+            }
+            VbdBackend::VhostUser(socket) => vhost_user_blk(domain, socket, vbd.read_only)?,
         };
-        let dev = FileDevice::open(&vbd.path, opts).map_err(|source| ToolstackError::Image {
-            path: vbd.path.clone(),
-            source,
-        })?;
+        let (kind, params) = vbd.backend.type_and_params();
         let index = (vbd.devid >> 4) & 15;
         let name = format!("xvd{}", (b'a' + index as u8) as char);
         let be = self.write_dirs(
@@ -280,8 +332,8 @@ impl Toolstack {
             "vbd",
             vbd.devid,
             &[
-                ("params", vbd.path.display().to_string()),
-                ("type", "file".into()),
+                ("params", params),
+                ("type", kind.into()),
                 ("mode", if vbd.read_only { "r" } else { "w" }.into()),
                 ("device-type", "disk".into()),
                 ("dev", name),
@@ -296,7 +348,7 @@ impl Toolstack {
         let blk = BlkBack::new(
             Arc::new(grant_table(domain)?),
             Arc::new(self.evtchns.clone()),
-            Arc::new(dev),
+            dev,
             BlkConfig::default(),
         );
         Backend::spawn(&self.xs, be, format!("vbd-{domid}-{}", vbd.devid), blk)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use blanket_hypervisor::devices::console::ConsoleOutput;
 use blanket_hypervisor::toolstack::{
-    GuestConfig, Toolstack, VbdConfig, VifConfig, VifLink, xvd_devid,
+    GuestConfig, Toolstack, VbdBackend, VbdConfig, VifConfig, VifLink, xvd_devid,
 };
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, guest};
 use pv_backend::backend::{LocalXs, XsHandle};
@@ -117,7 +117,7 @@ fn pattern(seed: u64, off: u64) -> u64 {
 fn with_vbd(mut cfg: GuestConfig, image: &Image) -> GuestConfig {
     cfg.vbds.push(VbdConfig {
         devid: xvd_devid(0),
-        path: image.0.clone(),
+        backend: VbdBackend::Image(image.0.clone()),
         read_only: false,
     });
     cfg

@@ -3,7 +3,7 @@
 //! domain's [`ConsoleSink`](crate::ConsoleSink)), a log file, or a pty (whose slave path is written to
 //! `/local/domain/<domid>/console/tty`, as xenconsoled does).
 //!
-//! Everything the ring carried is also kept (the first [`CONSOLE_KEEP`](crate::domain::CONSOLE_KEEP) bytes)
+//! Everything the ring carried is also kept (the first [`CONSOLE_KEEP`] bytes)
 //! for [`ConsoleRing::output`]. The guest's indices are checked by the back-end: a guest that breaks them
 //! gets its console closed; flood control is xenconsoled's.
 

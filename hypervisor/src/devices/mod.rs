@@ -13,9 +13,11 @@
 //!   `GNTTABOP_setup_table` hands out), so every grant a back-end maps is checked against the entry the
 //!   guest wrote;
 //! - [`xenstored`]: one xenstored per host, serving each guest's XenStore page;
-//! - [`console`]: the PV console ring (`start_info.console.domU`), served by pv-backend's console back-end.
+//! - [`console`]: the PV console ring (`start_info.console.domU`), served by pv-backend's console back-end;
+//! - [`vhost_user`]: a vbd on a vhost-user-blk device through blanket-virtio, with zero copy.
 
 pub mod console;
+pub mod vhost_user;
 pub mod xenstored;
 
 use std::ptr::NonNull;
@@ -72,6 +74,16 @@ pub enum DeviceError {
         /// Why.
         #[source]
         source: pv_backend::console::ConsoleError,
+    },
+    /// A vhost-user-blk device could not be set up.
+    #[error(
+        "the vhost-user-blk device on {socket}: {what}; is a vhost-user-blk export (such as qemu-storage-daemon's) listening there?"
+    )]
+    VhostUser {
+        /// Its socket.
+        socket: std::path::PathBuf,
+        /// What failed, and why.
+        what: String,
     },
     /// A host resource (a thread, a file, a pty, a socket) could not be set up.
     #[error("{what}: {source}")]
