@@ -1,7 +1,7 @@
 //! Software segmentation of a TCP GSO super-frame, for a port, device or front end that does not take
 //! GSO: the super-frame (Ethernet, an optional 802.1Q tag, IPv4 or IPv6 with up to 8 extension
-//! headers, TCP) is cut into segments of at most [`Gso::size`] bytes of TCP payload, each with its
-//! own headers:
+//! headers, TCP) is cut into segments of at most [`Gso::size`](super::Gso::size) bytes of TCP
+//! payload, each with its own headers:
 //!
 //! - IPv4: total length, identification (the super-frame's, plus the segment's number, wrapping),
 //!   and the header checksum recomputed; IPv6: the payload length;
