@@ -12,11 +12,17 @@
 //! Both engines are measured, io_uring (`uring`) and the thread pool of `preadv`/`pwritev` (`pool`);
 //! `BLKBACK_ENGINES=uring` (or `pool`) picks one.
 //!
-//! After each pair it prints the ratio (blkback / direct; the goal is >= 0.97) of the criterion runs, the
-//! ratio of ten interleaved rounds of each (less sensitive to a load that changes during the run), and the
-//! events per request in both directions. `BLKBACK_BENCH_DIR` picks the directory of the image (default:
-//! the temp dir); `BLKBACK_POLL_US` sets how long an idle blkback queue polls before it sleeps (default
-//! 50 µs).
+//! After each pair it prints the ratio (blkback / direct; the goal is >= 0.97) of the criterion runs, and
+//! the median, quartiles and extremes of the ratios of `BLKBACK_ROUNDS` (default 30) interleaved rounds:
+//! in each, both sides run the same number of I/Os (about 50 ms' worth), one after the other, the side
+//! that goes first alternating; a load that drifts during the run (the machine is shared) weighs on both
+//! sides of a round alike. Then the events per request in both directions.
+//!
+//! `BLKBACK_BENCH_DIR` picks the directory of the image (default: the temp dir); `BLKBACK_POLL_US` sets
+//! how long an idle blkback queue polls before it sleeps, `BLKBACK_INFLIGHT_POLL_US` how long one with
+//! requests at the device does (`BlkConfig::in_flight_poll_time`); `BLKBACK_PATTERNS` runs only the patterns whose
+//! names contain one of its comma-separated words (`randread-qd1,1m`); `BLKBACK_CRITERION=0` skips the
+//! criterion runs and keeps only the interleaved rounds.
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -114,6 +120,12 @@ fn blk_side(dev: Arc<dyn BlockDevice>) -> BlkSide {
         .and_then(|v| v.parse().ok())
     {
         config.poll_time = Duration::from_micros(us);
+    }
+    if let Some(us) = std::env::var("BLKBACK_INFLIGHT_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.in_flight_poll_time = Duration::from_micros(us);
     }
     let blk = BlkBack::new(grants, evtchns.clone(), dev, config);
     let back = BackendThread::spawn(&store, &paths.backend, blk);
@@ -274,6 +286,34 @@ fn patterns() -> Vec<Pattern> {
     ]
 }
 
+/// The patterns `BLKBACK_PATTERNS` selects (all without it).
+fn selected() -> Vec<Pattern> {
+    let want = std::env::var("BLKBACK_PATTERNS").unwrap_or_default();
+    let words: Vec<&str> = want.split(',').filter(|w| !w.is_empty()).collect();
+    patterns()
+        .into_iter()
+        .filter(|p| words.is_empty() || words.iter().any(|w| p.name.contains(w)))
+        .collect()
+}
+
+/// The CPU time (user and system) of the whole process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes one `rusage` into the zeroed local it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The `q`-quantile (0 to 1) of sorted `v`.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
 fn bench(c: &mut Criterion) {
     let path = image();
     let engines = std::env::var("BLKBACK_ENGINES").unwrap_or_else(|_| "uring,pool".into());
@@ -307,7 +347,13 @@ fn bench(c: &mut Criterion) {
 
 fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut Vec<String>) {
     let mut side = blk_side(Arc::new(dev.clone()));
-    for p in patterns() {
+    let use_criterion = std::env::var("BLKBACK_CRITERION").map_or(true, |v| v != "0");
+    let rounds: usize = std::env::var("BLKBACK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .max(1);
+    for p in selected() {
         let mut g = c.benchmark_group(format!("blkback/{engine}/{}", p.name));
         g.throughput(if p.size >= 1 << 20 {
             Throughput::Bytes(p.size as u64)
@@ -320,49 +366,97 @@ fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut
         let mut direct = direct_side(dev, p);
         let tot_blk = std::cell::Cell::new((0u64, Duration::ZERO));
         let tot_dir = std::cell::Cell::new((0u64, Duration::ZERO));
-        let (r0, _, _, n0, _) = side.back.totals();
-        let k0 = side.front.queues[0].kicks;
         let mut offs = Offsets::new(p);
-        g.bench_function("blkback", |b| {
-            b.iter_custom(|n| {
-                let t = run_blk(&mut side, p, &mut offs, n);
-                let (c, d) = tot_blk.get();
-                tot_blk.set((c + n, d + t));
-                black_box(t)
-            })
-        });
-        let (r1, _, _, n1, _) = side.back.totals();
-        let k1 = side.front.queues[0].kicks;
+        if use_criterion {
+            g.bench_function("blkback", |b| {
+                b.iter_custom(|n| {
+                    let t = run_blk(&mut side, p, &mut offs, n);
+                    let (c, d) = tot_blk.get();
+                    tot_blk.set((c + n, d + t));
+                    black_box(t)
+                })
+            });
+        }
         let mut offs = Offsets::new(p);
-        g.bench_function("direct", |b| {
-            b.iter_custom(|n| {
-                let t = run_direct(&mut direct, p, &mut offs, n);
-                let (c, d) = tot_dir.get();
-                tot_dir.set((c + n, d + t));
-                black_box(t)
-            })
-        });
+        if use_criterion {
+            g.bench_function("direct", |b| {
+                b.iter_custom(|n| {
+                    let t = run_direct(&mut direct, p, &mut offs, n);
+                    let (c, d) = tot_dir.get();
+                    tot_dir.set((c + n, d + t));
+                    black_box(t)
+                })
+            });
+        }
         g.finish();
         let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-        let (rb, rd) = (rate(tot_blk.get()), rate(tot_dir.get()));
-        let reqs = (r1 - r0).max(1) as f64;
-        // Interleaved: ten short rounds of each side in turn, so that a load that drifts during the run
-        // (the machine is shared) weighs on both sides alike.
-        let chunk = ((rd.max(1.0) * 0.1) as u64).max(4);
-        let (mut tb, mut td) = (Duration::ZERO, Duration::ZERO);
+        // Interleaved rounds of about 50 ms a side (sized by a short direct run when criterion did not
+        // run), the side that goes first alternating.
+        let rd0 = if use_criterion {
+            rate(tot_dir.get())
+        } else {
+            let n = if p.size >= 1 << 20 { 32 } else { 256 };
+            rate((n, run_direct(&mut direct, p, &mut offs, n)))
+        };
+        let chunk = ((rd0.max(1.0) * 0.05) as u64).max(8);
         let (mut ob, mut od) = (Offsets::new(p), Offsets::new(p));
-        for _ in 0..10 {
-            tb += run_blk(&mut side, p, &mut ob, chunk);
-            td += run_direct(&mut direct, p, &mut od, chunk);
+        let (mut tb, mut td) = (Duration::ZERO, Duration::ZERO);
+        let mut ratios = Vec::with_capacity(rounds);
+        let (r0, _, _, n0, _) = side.back.totals();
+        let k0 = side.front.queues[0].kicks;
+        let (mut cb, mut cd) = (Duration::ZERO, Duration::ZERO);
+        let mut blk_round = |side: &mut BlkSide, ob: &mut Offsets| {
+            let c0 = cpu_time();
+            let t = run_blk(side, p, ob, chunk);
+            cb += cpu_time() - c0;
+            t
+        };
+        let mut direct_round = |direct: &mut DirectSide, od: &mut Offsets| {
+            let c0 = cpu_time();
+            let t = run_direct(direct, p, od, chunk);
+            cd += cpu_time() - c0;
+            t
+        };
+        for round in 0..rounds {
+            let (b, d) = if round % 2 == 0 {
+                let b = blk_round(&mut side, &mut ob);
+                (b, direct_round(&mut direct, &mut od))
+            } else {
+                let d = direct_round(&mut direct, &mut od);
+                (blk_round(&mut side, &mut ob), d)
+            };
+            tb += b;
+            td += d;
+            ratios.push(d.as_secs_f64() / b.as_secs_f64());
         }
+        let (r1, _, _, n1, _) = side.back.totals();
+        let k1 = side.front.queues[0].kicks;
+        ratios.sort_by(f64::total_cmp);
+        let reqs = (r1 - r0).max(1) as f64;
+        let (rb, rd) = if use_criterion {
+            (rate(tot_blk.get()), rate(tot_dir.get()))
+        } else {
+            let n = chunk * rounds as u64;
+            (rate((n, tb)), rate((n, td)))
+        };
         let line = format!(
-            "{engine:<5} {:<18} blkback {:>9.0} IOPS  direct {:>9.0} IOPS  ratio {:.3}  interleaved ratio {:.3}  \
-             events/request: to front {:.3}, to back {:.3}",
+            "{engine:<5} {:<18} blkback {:>8.0} IOPS  direct {:>8.0} IOPS  ratio {:.3}  {} rounds of {}: \
+             median {:.3} (quartiles {:.3} {:.3}, extremes {:.3} {:.3}), sum {:.3}  \
+             CPU per I/O: blkback {:.1} µs, direct {:.1} µs  events/request: to front {:.3}, to back {:.3}",
             p.name,
             rb,
             rd,
             rb / rd,
+            rounds,
+            chunk,
+            quantile(&ratios, 0.5),
+            quantile(&ratios, 0.25),
+            quantile(&ratios, 0.75),
+            ratios[0],
+            ratios[ratios.len() - 1],
             td.as_secs_f64() / tb.as_secs_f64(),
+            cb.as_secs_f64() * 1e6 / (chunk * rounds as u64) as f64,
+            cd.as_secs_f64() * 1e6 / (chunk * rounds as u64) as f64,
             (n1 - n0) as f64 / reqs,
             (k1 - k0) as f64 / reqs,
         );

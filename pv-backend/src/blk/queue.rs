@@ -107,6 +107,43 @@ pub struct QueueParams {
     pub poll_time: Duration,
 }
 
+/// How long an idle queue polls before it sleeps, adapted as KVM's halt polling adapts its window
+/// (`virt/kvm/kvm_main.c`: `grow_halt_poll_ns`, `shrink_halt_poll_ns`): after a sleep that ended within
+/// the maximum (a longer poll would have seen the work without a wake-up) the window doubles, from
+/// 10 µs, up to the maximum; after one that outlasted the maximum (polling would not have helped) it
+/// halves, to zero below 10 µs. A poll that finds work leaves it as it is. So a queue whose waits are
+/// longer than the maximum (a disk slower than the window, a front end that thinks) stops spending a CPU
+/// on polls that never pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PollWindow {
+    current: Duration,
+    max: Duration,
+}
+
+impl PollWindow {
+    const START: Duration = Duration::from_micros(10);
+
+    fn new(max: Duration) -> Self {
+        Self { current: max, max }
+    }
+
+    fn current(&self) -> Duration {
+        self.current
+    }
+
+    /// The queue slept, and was idle for `idle` in all (its poll and its sleep).
+    fn slept(&mut self, idle: Duration) {
+        if idle > self.max {
+            self.current /= 2;
+            if self.current < Self::START {
+                self.current = Duration::ZERO;
+            }
+        } else {
+            self.current = (self.current * 2).max(Self::START).min(self.max);
+        }
+    }
+}
+
 /// Why a queue stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
@@ -158,6 +195,8 @@ pub struct QueueServer {
     completions: Vec<IoCompletion>,
     unpushed: bool,
     stats: Arc<QueueStats>,
+    /// How long to poll while requests are in flight (see [`QueueServer::with_in_flight_poll_time`]).
+    in_flight_poll: Duration,
 }
 
 impl std::fmt::Debug for QueueServer {
@@ -215,7 +254,17 @@ impl QueueServer {
             completions: Vec::new(),
             unpushed: false,
             stats: Arc::default(),
+            in_flight_poll: params.poll_time,
         })
+    }
+
+    /// Keeps polling for up to `t` without progress while requests are in flight at the device, rather
+    /// than for [`QueueParams::poll_time`] (the default): a completion is then seen without a wake-up.
+    /// A zero `t` keeps `poll_time`.
+    #[must_use]
+    pub fn with_in_flight_poll_time(mut self, t: Duration) -> Self {
+        self.in_flight_poll = t.max(self.params.poll_time);
+        self
     }
 
     /// The queue's counters.
@@ -576,8 +625,8 @@ impl QueueServer {
     }
 
     /// Serves the ring until `stop` is set or the front end breaks it: polls while there is work, keeps
-    /// polling for [`QueueParams::poll_time`] when there is none, then re-arms `req_event` (the final check)
-    /// and sleeps on the doorbell. Waits for the device's in-flight requests before returning, so no
+    /// polling for [`QueueParams::poll_time`] when there is none (or for the in-flight poll time while
+    /// requests are at the device), then re-arms `req_event` (the final check) and sleeps on the doorbell. Waits for the device's in-flight requests before returning, so no
     /// mapping is released while the device still uses it.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
         let r = self.serve(stop);
@@ -586,18 +635,25 @@ impl QueueServer {
     }
 
     fn serve(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
-        let mut idle_since: Option<std::time::Instant> = None;
+        // When the queue went idle, and whether requests were at the device then.
+        let mut idle: Option<(std::time::Instant, bool)> = None;
+        let mut windows = [
+            PollWindow::new(self.params.poll_time),
+            PollWindow::new(self.in_flight_poll),
+        ];
         while !stop.load(Ordering::Acquire) {
             if self.pump()? {
-                idle_since = None;
+                idle = None;
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() < self.params.poll_time {
+            let (since, busy) =
+                *idle.get_or_insert_with(|| (std::time::Instant::now(), !self.inflight.is_empty()));
+            let window = &mut windows[usize::from(busy)];
+            if since.elapsed() < window.current() {
                 std::hint::spin_loop();
                 continue;
             }
-            idle_since = None;
+            idle = None;
             if !self.blocked() {
                 match self.ring.final_check() {
                     Ok(true) => continue,
@@ -612,6 +668,7 @@ impl QueueServer {
             }
             QueueStats::add(&self.stats.sleeps, 1);
             self.doorbell.wait(Duration::from_millis(200));
+            window.slept(since.elapsed());
         }
         Ok(())
     }
@@ -631,5 +688,40 @@ impl QueueServer {
     /// The device properties this queue serves.
     pub fn info(&self) -> &BlockInfo {
         &self.info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PollWindow;
+    use std::time::Duration;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn a_poll_window_shrinks_to_zero_after_long_sleeps_and_grows_back_after_short_ones() {
+        let mut w = PollWindow::new(50 * US);
+        assert_eq!(w.current(), 50 * US);
+        for want_ns in [25_000, 12_500, 0, 0] {
+            w.slept(80 * US);
+            assert_eq!(w.current(), Duration::from_nanos(want_ns));
+        }
+        for want in [10, 20, 40, 50, 50] {
+            w.slept(30 * US);
+            assert_eq!(w.current(), want * US);
+        }
+        // A sleep of exactly the maximum would have been caught by a full window.
+        w.slept(80 * US);
+        w.slept(50 * US);
+        assert_eq!(w.current(), 50 * US);
+    }
+
+    #[test]
+    fn a_zero_poll_window_never_polls() {
+        let mut w = PollWindow::new(Duration::ZERO);
+        w.slept(US);
+        assert_eq!(w.current(), Duration::ZERO);
+        w.slept(Duration::from_secs(1));
+        assert_eq!(w.current(), Duration::ZERO);
     }
 }
