@@ -24,6 +24,7 @@ use blanket_hypervisor::toolstack::{
 };
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, RunState, guest};
 use clap::Parser;
+use xen_abi::sched::ShutdownReason;
 
 /// The guests booted with no arguments: (name, cmdline, devices, boot after). `disk` is one temporary
 /// image, `vif` a port of the in-process switch.
@@ -44,7 +45,8 @@ const DEFAULT_SET: &[(&str, &str, &str, &str)] = &[
 vCPU thread, shows their consoles prefixed by domain name, and prints a summary table.\n\nGuest workloads \
 (--cmdline): hello, idle, cpu=N (N million steps), timer=N (N 10-ms timer wake-ups), shutdown=CODE \
 (poweroff|reboot|suspend|crash|watchdog), bad-hypercall, fault, triple-fault; with devices: xs-test, \
-console-ring, disk-write=SEED, disk-verify=SEED, disk-bench=ROUNDS, net-echo[=N], net-ping=N.\n\nWith no \
+console-ring, disk-write=SEED, disk-verify=SEED, disk-bench=ROUNDS, disk-load=ROUNDS, disk-reboot=SEED \
+(write, reboot, verify), net-echo[=N], net-ping=N. A guest that reboots is restarted (--max-restarts).\n\nWith no \
 arguments it boots a default set on temporary image files and the in-process switch: a disk writer, then a \
 verifier of the same image, a ping pair, a CPU job and an idle guest (destroyed once the others are done)."
 )]
@@ -84,6 +86,10 @@ struct Args {
     /// Serve the host's xenstored on this Unix socket too (XENSTORED_PATH=PATH xenstore-ls).
     #[arg(long)]
     xenstored_socket: Option<std::path::PathBuf>,
+    /// Restart a guest that shuts down with reason reboot (as xl's on_reboot = "restart": same
+    /// configuration, new domain) at most this many times; 0 ends it at its first reboot.
+    #[arg(long, default_value_t = 5)]
+    max_restarts: u32,
     /// Size of the temporary disk images of the default set, in MiB.
     #[arg(long, default_value_t = 8)]
     disk_size: u64,
@@ -332,14 +338,31 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 slots[i].1 = Some(boot(&slots[i].0)?);
             }
         }
-        // Collect what ended.
-        for (_, g, e) in slots.iter_mut() {
-            if let Some(guest) = g
-                && e.is_none()
-                && guest.domain().state() == RunState::Dead
-            {
-                *e = Some(guest.wait());
+        // Collect what ended; restart what rebooted (xl's on_reboot = "restart").
+        for (spec, g, e) in slots.iter_mut() {
+            let Some(guest) = g else { continue };
+            if e.is_some() || guest.domain().state() != RunState::Dead {
+                continue;
             }
+            let exit = guest.wait();
+            if exit == DomainExit::Shutdown(ShutdownReason::Reboot)
+                && guest.restarts() < args.max_restarts
+                && Instant::now() < deadline
+            {
+                println!(
+                    "blanket: {} rebooted: restarting it (restart {} of at most {})",
+                    spec.name,
+                    guest.restarts() + 1,
+                    args.max_restarts
+                );
+                let old = g.take().expect("checked above");
+                *g = Some(
+                    ts.restart(old)
+                        .map_err(|e| format!("restarting {}: {e}", spec.name))?,
+                );
+                continue;
+            }
+            *e = Some(exit);
         }
         let done = slots.iter().filter(|(_, _, e)| e.is_some()).count();
         if done == slots.len() {
@@ -414,7 +437,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let exit = exit.clone().unwrap_or(DomainExit::Destroyed);
         let short = match &exit {
             DomainExit::Shutdown(r) => {
-                if *r == xen_abi::sched::ShutdownReason::Crash {
+                if *r == ShutdownReason::Crash {
                     failed += 1;
                 }
                 format!("shutdown {}", blanket_hypervisor::domain::shutdown_name(*r))
@@ -424,6 +447,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 format!("crashed ({})", crash_short(c))
             }
             DomainExit::Destroyed => "destroyed".into(),
+        };
+        let short = match g.as_ref().map_or(0, |g| g.restarts()) {
+            0 => short,
+            n => format!("{short} ({n} restarts)"),
         };
         let (s, mem) = g
             .as_ref()

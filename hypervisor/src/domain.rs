@@ -648,6 +648,9 @@ pub(crate) struct HostInner {
     pub(crate) timers: Arc<crate::timer::TimerQueue>,
     evtchn: Mutex<EvtchnRegistry>,
     domains: Mutex<HashMap<DomId, Weak<DomainCore>>>,
+    /// The domid given last (Xen's rover): ids are handed out in increasing order, wrapping, so that a
+    /// destroyed domain's id is not reused at once (a restarted guest gets a new one, as under Xen).
+    last_domid: std::sync::atomic::AtomicU16,
     /// Domain 0's event handlers, by dom0 port: how the Blanket layer's back-ends hear guests' events.
     dom0_handlers: Mutex<HashMap<u32, Dom0Handler>>,
 }
@@ -717,6 +720,7 @@ impl Hypervisor {
             timers: timers.clone(),
             evtchn: Mutex::new(evtchn),
             domains: Mutex::new(HashMap::new()),
+            last_domid: std::sync::atomic::AtomicU16::new(0),
             dom0_handlers: Mutex::new(HashMap::new()),
         });
         crate::timer::start(timers, Arc::downgrade(&inner)).map_err(|source| {
@@ -800,9 +804,13 @@ impl Hypervisor {
         let domid = {
             let mut doms = self.inner.domains.lock().unwrap_or_else(|e| e.into_inner());
             doms.retain(|_, d| d.strong_count() > 0);
-            let id = (FIRST_DOMID..=MAX_DOMID)
+            // After the last one given, wrapping to FIRST_DOMID; bounded by the id space.
+            let last = self.inner.last_domid.load(Ordering::Relaxed);
+            let id = (last.saturating_add(1).max(FIRST_DOMID)..=MAX_DOMID)
+                .chain(FIRST_DOMID..=last.min(MAX_DOMID))
                 .find(|id| !doms.contains_key(id))
                 .ok_or(DomainError::NoDomId(doms.len()))?;
+            self.inner.last_domid.store(id, Ordering::Relaxed);
             doms.insert(id, Weak::new());
             id
         };

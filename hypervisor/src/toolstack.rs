@@ -238,6 +238,8 @@ impl Toolstack {
             backends: Vec::new(),
             console: None,
             store: None,
+            config: config.clone(),
+            restarts: 0,
         };
         let domain = guest.domain.as_ref().expect("just set");
         guest.store = Some(self.xs.introduce(&self.hv, domain)?);
@@ -251,6 +253,21 @@ impl Toolstack {
             guest.backends.push(b);
         }
         Ok(guest)
+    }
+
+    /// Restarts a guest that ended, as xl does for `on_reboot = "restart"` (use it when
+    /// [`Guest::wait`] gave [`DomainExit::Shutdown`] with reason reboot): the old domain is destroyed (its
+    /// back-ends stopped, its XenStore directories removed, `@releaseDomain` fired), then a new domain is
+    /// created from the same [`GuestConfig`] (the same name, kernel, command line, images, sockets and
+    /// links; a new domid, as under xl) and started. [`Guest::restarts`] counts the restarts.
+    pub fn restart(&self, guest: Guest) -> Result<Guest, ToolstackError> {
+        let config = guest.config.clone();
+        let restarts = guest.restarts.saturating_add(1);
+        drop(guest);
+        let mut next = self.create(config)?;
+        next.restarts = restarts;
+        next.start()?;
+        Ok(next)
     }
 
     fn write_dirs(
@@ -479,6 +496,8 @@ pub struct Guest {
     backends: Vec<Backend>,
     console: Option<ConsoleRing>,
     store: Option<StoreRing>,
+    config: GuestConfig,
+    restarts: u32,
 }
 
 impl std::fmt::Debug for Guest {
@@ -494,6 +513,16 @@ impl Guest {
     /// The domain.
     pub fn domain(&self) -> &Domain {
         self.domain.as_ref().expect("present until drop")
+    }
+
+    /// The configuration the guest was created from.
+    pub fn config(&self) -> &GuestConfig {
+        &self.config
+    }
+
+    /// How many times [`Toolstack::restart`] restarted this guest (0 for its first boot).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
     }
 
     /// Starts the domain.

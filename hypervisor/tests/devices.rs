@@ -162,6 +162,60 @@ fn disk_data_written_by_one_boot_is_read_back_by_the_next() {
 }
 
 #[test]
+fn a_guest_that_reboots_is_restarted_with_its_devices_and_reads_back_what_it_wrote() {
+    let image = Image::new("reboot", 1 << 20);
+    let ts = toolstack();
+    let xs = ts.xenstored();
+    let mut g = ts
+        .create(with_vbd(guest_config("rebooter", "disk-reboot=5"), &image))
+        .unwrap();
+    g.start().unwrap();
+    let first = g.domain().domid();
+    let exit = g.wait_timeout(Duration::from_secs(60));
+    let out = g.all_output();
+    assert_eq!(exit, DomainExit::Shutdown(ShutdownReason::Reboot), "{out}");
+    assert!(
+        out.contains(
+            "disk-reboot: the disk does not hold seed 5's data: writing it, then rebooting"
+        ),
+        "{out}"
+    );
+    assert_eq!(g.restarts(), 0);
+    // As xl's on_reboot = "restart": the same configuration, a new domain.
+    let mut g = ts.restart(g).expect("restart");
+    let second = g.domain().domid();
+    assert_ne!(first, second, "a new domid");
+    assert_eq!((g.domain().name(), g.restarts()), ("rebooter", 1));
+    assert!(
+        xs.read(&format!("/local/domain/0/backend/vbd/{first}"))
+            .is_none()
+            && xs.read(&format!("/local/domain/{first}")).is_none(),
+        "the old domain's directories are gone"
+    );
+    let exit = g.wait_timeout(Duration::from_secs(60));
+    let out = g.all_output();
+    eprintln!("[rebooter, second boot] {exit}\n{out}");
+    assert_eq!(exit, POWEROFF, "{out}");
+    assert!(
+        out.contains(
+            "disk-reboot: the disk holds seed 5's data from a previous boot: verifying it"
+        ) && out.contains("disk-verify: OK, 1048576 bytes match seed 5"),
+        "{out}"
+    );
+    assert_eq!(
+        String::from_utf8(
+            xs.read(&format!(
+                "/local/domain/0/backend/vbd/{second}/51712/params"
+            ))
+            .unwrap()
+        )
+        .unwrap(),
+        image.0.display().to_string(),
+        "the restarted domain has the same vbd"
+    );
+}
+
+#[test]
 fn the_toolstack_writes_xl_style_vbd_and_vif_directories() {
     let image = Image::new("dirs", 1 << 20);
     let ts = toolstack();

@@ -316,13 +316,13 @@ fn an_event_from_domain_0_wakes_a_blocked_guest() {
 #[test]
 fn an_event_between_two_guests_wakes_the_receiver() {
     let hv = Hypervisor::new().unwrap();
-    // The receiver offers a port to the sender's domain id (the next one handed out).
-    let mut rx = hv.create_domain(config("rx", "wait-event=0")).unwrap();
+    // The receiver offers a port to the sender's domain id (ids are handed out in order).
+    let probe = hv.create_domain(config("probe", "hello")).unwrap();
     let mut tx_cfg = config("tx", "");
-    let rx_id = rx.domid();
+    let rx_id = probe.domid() + 1;
     let tx_id = rx_id + 1;
-    drop(rx);
-    rx = hv
+    drop(probe);
+    let mut rx = hv
         .create_domain(config("rx", &format!("wait-event={tx_id}")))
         .unwrap();
     assert_eq!(rx.domid(), rx_id);
@@ -360,6 +360,19 @@ fn an_event_between_two_guests_wakes_the_receiver() {
         rx.console_output()
             .contains(&format!("got event on port {port}"))
     );
+}
+
+#[test]
+fn domain_ids_are_handed_out_in_order_and_a_destroyed_ones_is_not_reused_at_once() {
+    let hv = Hypervisor::new().unwrap();
+    let a = hv.create_domain(config("a", "hello")).unwrap();
+    let b = hv.create_domain(config("b", "hello")).unwrap();
+    assert_eq!(b.domid(), a.domid() + 1);
+    let (a_id, b_id) = (a.domid(), b.domid());
+    drop(a);
+    let c = hv.create_domain(config("c", "hello")).unwrap();
+    assert_eq!(c.domid(), b_id + 1, "not {a_id}, freed just now");
+    assert!(c.domid() != a_id && c.domid() != b_id);
 }
 
 #[test]
@@ -610,7 +623,8 @@ fn domain_0_exchanges_events_with_a_guest() {
     let heard = Arc::new(AtomicU32::new(0));
     let h = heard.clone();
     let mut probe = hv.create_domain(config("probe", "hello")).unwrap();
-    let next = probe.domid();
+    // Ids are handed out in order: the next domain gets the next one.
+    let next = probe.domid() + 1;
     drop(probe);
     let port = hv
         .dom0_alloc_unbound(next, move |p| {

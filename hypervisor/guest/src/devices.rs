@@ -11,7 +11,8 @@
 //!
 //! Workloads: `xs-test`, `console-ring`, `disk-write=SEED`, `disk-verify=SEED`, `net-echo[=N]`,
 //! `net-ping=N`, `disk-bench=N` (N passes of reads over the disk, one request at a time), `disk-load=N` (the
-//! same with every ring slot kept busy). Their results go to the console ring (`console_io` if the ring is not served).
+//! same with every ring slot kept busy), `disk-reboot=SEED` (verify the disk if a previous boot wrote SEED's
+//! pattern, else write it and shut down with reason reboot). Their results go to the console ring (`console_io` if the ring is not served).
 
 use core::fmt::Write;
 use core::ptr::NonNull;
@@ -316,15 +317,16 @@ fn run_workload(p: &Platform, name: &str, arg: Option<&str>) -> ! {
             p.shutdown(ShutdownReason::Crash)
         }
     };
+    let mut reboot = false;
     let ok = match name {
         "xs-test" => xs_test(&mut out, &mut xb),
         "console-ring" => {
             say!(out, "console-ring: hello through the PV console ring");
             true
         }
-        "disk-write" | "disk-verify" | "disk-bench" | "disk-load" => {
+        "disk-write" | "disk-verify" | "disk-bench" | "disk-load" | "disk-reboot" => {
             let seed: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1);
-            disk(&mut out, &pv, &mut xb, name, seed)
+            disk(&mut out, &pv, &mut xb, name, seed, &mut reboot)
         }
         "net-echo" => net(
             &mut out,
@@ -342,10 +344,10 @@ fn run_workload(p: &Platform, name: &str, arg: Option<&str>) -> ! {
         ),
         _ => false,
     };
-    p.shutdown(if ok {
-        ShutdownReason::Poweroff
-    } else {
-        ShutdownReason::Crash
+    p.shutdown(match (ok, reboot) {
+        (false, _) => ShutdownReason::Crash,
+        (true, true) => ShutdownReason::Reboot,
+        (true, false) => ShutdownReason::Poweroff,
     })
 }
 
@@ -443,7 +445,14 @@ fn buf() -> &'static mut [u8] {
     unsafe { &mut (*(&raw mut BUF)).0.as_flattened_mut()[..] }
 }
 
-fn disk<'a, 'p>(out: &mut Out, pv: &'a Pv<'p>, xb: &mut Xb<'a, 'p>, name: &str, seed: u64) -> bool {
+fn disk<'a, 'p>(
+    out: &mut Out,
+    pv: &'a Pv<'p>,
+    xb: &mut Xb<'a, 'p>,
+    name: &str,
+    seed: u64,
+    reboot: &mut bool,
+) -> bool {
     let mut node = [0u8; 64];
     let Some(node) = first_device(xb, b"vbd", &mut node) else {
         say!(out, "{name}: no vbd in device/vbd");
@@ -477,6 +486,29 @@ fn disk<'a, 'p>(out: &mut Out, pv: &'a Pv<'p>, xb: &mut Xb<'a, 'p>, name: &str, 
         core::str::from_utf8(node).unwrap_or("?"),
         blk.nr_slots()
     );
+    // `disk-reboot`: verify the data a previous boot wrote, or write it and reboot.
+    let mut name = name;
+    if name == "disk-reboot" {
+        let b = &mut buf()[..512];
+        if let Err(e) = blk.read(0, b) {
+            say!(out, "disk-reboot: reading sector 0: {e}");
+            return false;
+        }
+        if u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])) == pattern(seed, 0) {
+            say!(
+                out,
+                "disk-reboot: the disk holds seed {seed}'s data from a previous boot: verifying it"
+            );
+            name = "disk-verify";
+        } else {
+            say!(
+                out,
+                "disk-reboot: the disk does not hold seed {seed}'s data: writing it, then rebooting"
+            );
+            name = "disk-write";
+            *reboot = true;
+        }
+    }
     let t0 = pv.now_ns();
     let mut off = 0u64;
     let mut ios = 0u64;

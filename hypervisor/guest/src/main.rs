@@ -293,7 +293,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             p.shutdown(ShutdownReason::Poweroff)
         }
         "xs-test" | "console-ring" | "disk-write" | "disk-verify" | "disk-bench" | "disk-load"
-        | "net-echo" | "net-ping" => devices::run(&p, name, arg),
+        | "disk-reboot" | "net-echo" | "net-ping" => devices::run(&p, name, arg),
         "smp-cpu" => smp::smp_cpu(&p, arg.and_then(|a| a.parse().ok()).unwrap_or(40)),
         "vcpu-ctx" => smp::vcpu_ctx(&p),
         "smp-fault" => smp::smp_fault(&mut p),

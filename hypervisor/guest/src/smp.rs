@@ -43,6 +43,8 @@ static UNITS: AtomicU64 = AtomicU64::new(0);
 static NR: AtomicU32 = AtomicU32::new(1);
 /// What the secondary vCPUs do: 0 the CPU job, 1 fault, 2 idle.
 static MODE: AtomicU32 = AtomicU32::new(0);
+/// `smp-fault`: set by vCPU 0 once it has printed, so that vCPU 1's fault comes after the line.
+static FAULT_GO: AtomicU32 = AtomicU32::new(0);
 
 global_asm!(
     r#"
@@ -150,6 +152,13 @@ extern "C" fn ap_main(id: u64) -> ! {
     RUNNING[id as usize].store(1, Ordering::SeqCst);
     match MODE.load(Ordering::SeqCst) {
         1 => {
+            // Bounded: vCPU 0 sets it right after one console write.
+            for _ in 0..1_000_000_000u64 {
+                if FAULT_GO.load(Ordering::SeqCst) != 0 {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
             // SAFETY: deliberately not: page 0 is unmapped, so this faults on this vCPU.
             let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
             core::hint::black_box(v);
@@ -288,6 +297,7 @@ pub fn smp_fault(p: &mut Platform) -> ! {
         "smp-fault: vCPU 1 initialise {r} up {u}; it reads address 0"
     );
     drop(c);
+    FAULT_GO.store(1, Ordering::SeqCst);
     let port = p.timer_port();
     loop {
         p.set_timer(p.time_ns() + 1_000_000_000);
