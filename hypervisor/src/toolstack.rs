@@ -244,6 +244,7 @@ impl Toolstack {
         let domain = guest.domain.as_ref().expect("just set");
         guest.store = Some(self.xs.introduce(&self.hv, domain)?);
         guest.console = ConsoleRing::attach(&self.hv, domain, config.console.clone())?;
+        self.write_console_dir(domain, &config.console, guest.console_pty())?;
         for vbd in &config.vbds {
             let b = self.add_vbd(domain, vbd)?;
             guest.backends.push(b);
@@ -253,6 +254,54 @@ impl Toolstack {
             guest.backends.push(b);
         }
         Ok(guest)
+    }
+
+    /// The guest's `console` directory, as libxl writes it for a PV console served by xenconsoled:
+    /// `ring-ref` (the ring's frame), `port` (its event channel), `type`, `output` and, for a pty, `tty`
+    /// (the slave's path). Owned by domain 0, readable by the guest.
+    fn write_console_dir(
+        &self,
+        domain: &Domain,
+        output: &ConsoleOutput,
+        pty: Option<&std::path::Path>,
+    ) -> Result<(), ToolstackError> {
+        let domid = domain.domid();
+        let dir = format!("/local/domain/{domid}/console");
+        let perms = [
+            XsPerm {
+                kind: PermKind::None,
+                domid: 0,
+            },
+            XsPerm {
+                kind: PermKind::Read,
+                domid,
+            },
+        ];
+        let port = crate::devices::boot_ports(domain)?.1;
+        let kind = match output {
+            ConsoleOutput::None => "none",
+            ConsoleOutput::Lines(_) => "lines",
+            ConsoleOutput::LogFile(_) => "file",
+            ConsoleOutput::Pty => "pty",
+        };
+        let mut keys = vec![
+            (
+                "ring-ref",
+                (domain.layout().console / crate::memory::PAGE_SIZE).to_string(),
+            ),
+            ("port", port.to_string()),
+            ("type", "xenconsoled".to_string()),
+            ("output", kind.to_string()),
+        ];
+        if let Some(p) = pty {
+            keys.push(("tty", p.display().to_string()));
+        }
+        self.xs.write_with_perms(&dir, b"", &perms)?;
+        for (k, v) in keys {
+            self.xs
+                .write_with_perms(&format!("{dir}/{k}"), v.as_bytes(), &perms)?;
+        }
+        Ok(())
     }
 
     /// Restarts a guest that ended, as xl does for `on_reboot = "restart"` (use it when

@@ -106,6 +106,82 @@ fn the_console_ring_reaches_the_console_back_end() {
     assert!(!io.contains("console-ring:"), "{io}");
 }
 
+#[test]
+fn the_console_ring_goes_to_a_log_file() {
+    let ts = toolstack();
+    let log = std::env::temp_dir().join(format!("blanket-devtest-{}-cons.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut cfg = guest_config("conslog", "console-ring");
+    cfg.console = ConsoleOutput::LogFile(log.clone());
+    let mut g = ts.create(cfg).unwrap();
+    let d = g.domain().domid();
+    assert_eq!(
+        ts.xenstored()
+            .read(&format!("/local/domain/{d}/console/output"))
+            .as_deref(),
+        Some(&b"file"[..])
+    );
+    g.start().unwrap();
+    assert_eq!(g.wait_timeout(Duration::from_secs(30)), POWEROFF);
+    drop(g);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.contains("console-ring: hello through the PV console ring"),
+        "log: {text:?}"
+    );
+}
+
+#[test]
+fn the_console_ring_goes_to_a_pty_named_in_xenstore() {
+    use std::io::Read;
+    let ts = toolstack();
+    let mut cfg = guest_config("conspty", "console-ring");
+    cfg.console = ConsoleOutput::Pty;
+    let mut g = ts.create(cfg).unwrap();
+    let d = g.domain().domid();
+    let pty = g.console_pty().expect("a pty").to_path_buf();
+    let tty = ts
+        .xenstored()
+        .read(&format!("/local/domain/{d}/console/tty"))
+        .expect("console/tty written");
+    assert_eq!(tty, pty.display().to_string().into_bytes());
+    let port = ts
+        .xenstored()
+        .read(&format!("/local/domain/{d}/console/port"))
+        .unwrap();
+    assert!(std::str::from_utf8(&port).unwrap().parse::<u32>().is_ok());
+    // Open the slave before the guest writes, as a `xl console` client would.
+    let mut slave = std::fs::File::open(&pty).unwrap();
+    g.start().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains("PV console ring") {
+            match slave.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    assert_eq!(g.wait_timeout(Duration::from_secs(30)), POWEROFF);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing read from {}",
+            pty.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = reader.join().unwrap();
+    assert!(
+        text.contains("console-ring: hello through the PV console ring"),
+        "pty: {text:?}"
+    );
+}
+
 /// The guest's pattern (hypervisor/guest/src/devices.rs): the 64-bit word at byte `off` of the disk.
 fn pattern(seed: u64, off: u64) -> u64 {
     let mut z = seed ^ off.wrapping_mul(0x9e37_79b9_7f4a_7c15);
