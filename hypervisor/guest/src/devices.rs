@@ -9,7 +9,7 @@
 //! - `WaitEvent`: test-and-clear the port's pending bit, else `SCHEDOP_poll` on it until the deadline;
 //!   `now_ns` is Xen system time from `vcpu_time_info`.
 //!
-//! Workloads: `xs-test`, `console-ring`, `disk-write=SEED`, `disk-verify=SEED`, `net-echo[=N]`,
+//! Workloads: `xs-test`, `console-ring[=MS]`, `disk-write=SEED`, `disk-verify=SEED`, `net-echo[=N]`,
 //! `net-ping=N`, `disk-bench=N` (N passes of reads over the disk, one request at a time), `disk-load=N` (the
 //! same with every ring slot kept busy), `disk-reboot=SEED` (verify the disk if a previous boot wrote SEED's
 //! pattern, else write it and shut down with reason reboot). Their results go to the console ring (`console_io` if the ring is not served).
@@ -322,6 +322,15 @@ fn run_workload(p: &Platform, name: &str, arg: Option<&str>) -> ! {
         "xs-test" => xs_test(&mut out, &mut xb),
         "console-ring" => {
             say!(out, "console-ring: hello through the PV console ring");
+            // `console-ring=MS`: stay MS milliseconds longer (for a console client to read the line).
+            if let Some(ms) = arg.and_then(|a| a.parse::<u64>().ok()) {
+                let until = pv.now_ns().saturating_add(ms.saturating_mul(1_000_000));
+                let port = si.console.domu().evtchn;
+                // Bounded by the deadline.
+                while pv.now_ns() < until {
+                    let _ = pv.wait(port, until.saturating_sub(pv.now_ns()));
+                }
+            }
             true
         }
         "disk-write" | "disk-verify" | "disk-bench" | "disk-load" | "disk-reboot" => {
