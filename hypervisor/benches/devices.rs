@@ -1,6 +1,7 @@
 //! Criterion benchmarks of guests' devices on real KVM, from the guest's blanket-xen front-ends through
-//! pv-backend's back-ends: 32 KiB reads of a vbd (blkback over an image file) at queue depth 1 and with
-//! every ring slot busy, and a ping-pong between two guests through netback and the in-process switch, all
+//! pv-backend's back-ends: 32 KiB reads of a vbd (blkback over an image file, and over a vhost-user-blk
+//! export of the same file by qemu-storage-daemon when it is installed) at queue depth 1 and with every ring
+//! slot busy, and a ping-pong between two guests through netback and the in-process switch, all
 //! timed by the guest's own clock.
 //!
 //! Besides the times, it prints the exits, hypercalls and back-end event notifications per I/O: the
@@ -47,6 +48,61 @@ fn image() -> Image {
     Image(p)
 }
 
+/// qemu-storage-daemon exporting `img` as vhost-user-blk (read-only, 2 queues); killed on drop. `None`, with
+/// a message, when it is not installed.
+struct Daemon {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Daemon {
+    fn start(img: &Image) -> Option<Self> {
+        let sock =
+            std::env::temp_dir().join(format!("blanket-devbench-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        let child = std::process::Command::new("qemu-storage-daemon")
+            .args([
+                "--blockdev",
+                &format!(
+                    "driver=file,node-name=file0,filename={},cache.direct=off",
+                    img.0.display()
+                ),
+                "--export",
+                &format!(
+                    "type=vhost-user-blk,id=exp0,node-name=file0,writable=off,num-queues=2,\
+                     addr.type=unix,addr.path={}",
+                    sock.display()
+                ),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("qemu-storage-daemon is not installed: no vhost-user-blk figures");
+            return None;
+        };
+        let mut d = Self { child, sock };
+        let t0 = std::time::Instant::now();
+        while !d.sock.exists() {
+            if t0.elapsed() > Duration::from_secs(10) || d.child.try_wait().ok().flatten().is_some()
+            {
+                eprintln!("qemu-storage-daemon made no socket: no vhost-user-blk figures");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(d)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
 /// The number after `key` in `out`.
 fn after(out: &str, key: &str) -> u64 {
     out.split(key)
@@ -71,11 +127,11 @@ struct DiskRun {
 
 /// Runs `workload=rounds` (`disk-bench` or `disk-load`), checking that the guest read the whole image
 /// `rounds` times in 32 KiB requests.
-fn disk_run(ts: &Toolstack, img: &Image, workload: &str, rounds: u64) -> DiskRun {
+fn disk_run(ts: &Toolstack, backend: &VbdBackend, workload: &str, rounds: u64) -> DiskRun {
     let mut cfg = config("disk", &format!("{workload}={rounds}"));
     cfg.vbds.push(VbdConfig {
         devid: xvd_devid(0),
-        backend: VbdBackend::Image(img.0.clone()),
+        backend: backend.clone(),
         read_only: true,
     });
     let ev0 = ts.backend_notifications();
@@ -152,40 +208,51 @@ fn net_run(ts: &Toolstack, n: u64) -> (u64, u64, u64, u64) {
 fn disk(c: &mut Criterion) {
     let ts = Toolstack::new(Hypervisor::new().expect("/dev/kvm")).unwrap();
     let img = image();
-    for workload in ["disk-bench", "disk-load"] {
-        // Per I/O: a long run minus a short one.
-        let short = disk_run(&ts, &img, workload, 1);
-        let long = disk_run(&ts, &img, workload, 8);
-        let (x, h, e) = per_read(&short, &long);
-        eprintln!(
-            "vbd 32 KiB reads, depth {} ({workload}), per I/O: {x:.2} exits, {h:.2} hypercalls, {e:.2} back-end events; {:.0} IOPS ({:.1} MiB/s)",
-            long.depth,
-            long.reads as f64 * 1e9 / long.ns as f64,
-            (long.reads * READ_BYTES) as f64 / f64::from(1 << 20) * 1e9 / long.ns as f64,
-        );
+    let daemon = Daemon::start(&img);
+    let mut backends = vec![("a file", VbdBackend::Image(img.0.clone()))];
+    if let Some(d) = &daemon {
+        backends.push((
+            "vhost-user-blk (qemu-storage-daemon, zero copy)",
+            VbdBackend::VhostUser(d.sock.clone()),
+        ));
+    }
+    for (what, backend) in &backends {
+        for workload in ["disk-bench", "disk-load"] {
+            // Per I/O: a long run minus a short one.
+            let short = disk_run(&ts, backend, workload, 1);
+            let long = disk_run(&ts, backend, workload, 8);
+            let (x, h, e) = per_read(&short, &long);
+            eprintln!(
+                "vbd on {what}: 32 KiB reads, depth {} ({workload}), per I/O: {x:.2} exits, {h:.2} hypercalls, {e:.2} back-end events; {:.0} IOPS ({:.1} MiB/s)",
+                long.depth,
+                long.reads as f64 * 1e9 / long.ns as f64,
+                (long.reads * READ_BYTES) as f64 / f64::from(1 << 20) * 1e9 / long.ns as f64,
+            );
+        }
     }
     let mut g = c.benchmark_group("vbd");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_millis(500));
-    for (workload, what) in [
-        ("disk-bench", "QD 1"),
-        ("disk-load", "every ring slot busy"),
-    ] {
-        g.bench_function(
-            format!(
-                "32 KiB read, {what}, guest blkfront to blkback on a file (guest-timed, per read)"
-            ),
-            |b| {
-                b.iter_custom(|iters| {
-                    let rounds = iters.div_ceil(READS_PER_ROUND).max(1);
-                    let r = disk_run(&ts, &img, workload, rounds);
-                    Duration::from_nanos(r.ns * iters / r.reads)
-                })
-            },
-        );
+    for (what, backend) in &backends {
+        for (workload, depth) in [
+            ("disk-bench", "QD 1"),
+            ("disk-load", "every ring slot busy"),
+        ] {
+            g.bench_function(
+                format!("32 KiB read, {depth}, guest blkfront to blkback on {what} (guest-timed, per read)"),
+                |b| {
+                    b.iter_custom(|iters| {
+                        let rounds = iters.div_ceil(READS_PER_ROUND).max(1);
+                        let r = disk_run(&ts, backend, workload, rounds);
+                        Duration::from_nanos(r.ns * iters / r.reads)
+                    })
+                },
+            );
+        }
     }
     g.finish();
+    drop(daemon);
 }
 
 fn net(c: &mut Criterion) {

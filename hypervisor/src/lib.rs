@@ -54,10 +54,10 @@
 //! | `xen_version` | version (4.17), extraversion, compile_info, capabilities, changeset, platform_parameters, get_features (none), pagesize, guest_handle; commandline and build_id are `-EPERM` |
 //! | `sched_op` | yield, block, poll (up to 128 ports, with timeout), shutdown (poweroff, reboot, suspend, crash, watchdog, soft_reset; another reason is `-EINVAL`), shutdown_code; remote_shutdown is `-EPERM` |
 //! | `set_timer_op` | a one-shot timer at an absolute system time (0 cancels), delivered on `VIRQ_TIMER` |
-//! | `event_channel_op` | alloc_unbound, bind_interdomain (other domains of this hypervisor, or itself), bind_virq (vCPU 0), bind_ipi, send, close, status, unmask, bind_vcpu (vCPU 0), reset; 1024 ports |
+//! | `event_channel_op` | alloc_unbound, bind_interdomain (other domains of this hypervisor, domain 0's back-ends, or itself), bind_virq (global VIRQs on vCPU 0, per-vCPU ones such as `VIRQ_TIMER` on any), bind_ipi (any vCPU), send, close, status, unmask, bind_vcpu (any vCPU), reset; 1024 ports |
 //! | `grant_table_op` | setup_table (up to 4 frames, reserved by the builder), query_size, set_version (1 only; 2 is `-EOPNOTSUPP`) |
 //! | `memory_op` | current_reservation (less what was given back), maximum_reservation, maximum_ram_page; decrease_reservation and populate_physmap for ballooning (order 0, up to 512 frames a call, only frames above the boot structures): a frame given back is punched out of the memfd, so its memory returns to the host, and reads as zero |
-//! | `vcpu_op` | is_up (vCPU 0) |
+//! | `vcpu_op` | initialise (a `vcpu_guest_context`, validated as Xen's `arch_set_info_guest` does: flat ring-3 selectors, `rip`/`rsp`/callbacks/trap table in guest memory, `cr3` one of the guest's page tables; else `-EINVAL`, and `-EEXIST` the second time), up (`-EINVAL` before initialise), down, is_up, set_singleshot_timer and stop_singleshot_timer (the caller's own vCPU; `VCPU_SSHOTTMR_future` gives `-ETIME` for a past deadline); a vCPU number at or above the domain's is `-ENOENT` |
 //! | `iret` | Xen's iret: jump (do not call) to stub 23 with `flags, rip, cs, rflags, rsp, ss` on the stack; the stub pushes `rcx, r11, rax` and the hypervisor restores all of `struct iret_context` (selectors must be the flat ring-3 ones, else the domain is stopped; IOPL and the like cannot be set); the upcall mask becomes the inverse of the frame's IF |
 //! | `set_trap_table` | the guest's virtual IDT: handlers (code selector `FLAT_RING3_CS64`, in guest memory) for exceptions 0-31; a null table clears it; an unterminated table (more than 256 entries) is `-EINVAL` |
 //! | `set_callbacks`, `callback_op` | the event callback (`CALLBACKTYPE_event`, register and unregister); a failsafe callback is accepted and unused |
@@ -70,12 +70,19 @@
 //! `store_evtchn`) and [`Hypervisor::dom0_send`]; a guest binds and sends to domain 0 as to any domain.
 //! Pages a guest grants to domain 0 in its v1 grant table are found with [`Domain::resolve_grant`].
 //!
-//! **Events and time.** The 2-level event ABI in `shared_info` (`evtchn_pending`, `evtchn_mask`, vCPU 0's
-//! `evtchn_pending_sel` and `evtchn_upcall_pending`), set with atomics as Xen does. `SCHEDOP_block` clears
+//! **vCPUs.** A domain has [`DomainConfig::vcpus`] vCPUs (1 to [`builder::MAX_VCPUS`]), each a host thread.
+//! vCPU 0 boots; the others start down and run once the guest initialises and ups them
+//! (`VCPUOP_initialise`, `VCPUOP_up`). Each has its own `vcpu_info` in `shared_info`, TSS, exception stack,
+//! timer, event callback and trap table. A fault on any vCPU stops the whole domain, and the report names
+//! the vCPU.
+//!
+//! **Events and time.** The 2-level event ABI in `shared_info` (`evtchn_pending`, `evtchn_mask`, and each
+//! vCPU's `evtchn_pending_sel` and `evtchn_upcall_pending`, for the ports bound to it), set with atomics as
+//! Xen does. `SCHEDOP_block` clears
 //! `evtchn_upcall_mask` and returns once an upcall is pending (the vCPU thread sleeps on a condvar
-//! meanwhile, using no CPU); spurious returns are possible, as in Xen. vCPU 0's `vcpu_time_info` gives system
-//! time (nanoseconds since the domain was created) from the TSC: one record, written at creation and never
-//! moved, so time never goes backwards; the hypervisor computes the domain's system time from the TSC the
+//! meanwhile, using no CPU); spurious returns are possible, as in Xen. Each vCPU's `vcpu_time_info` gives system
+//! time (nanoseconds since the domain was created) from the TSC: one record per vCPU, the same for all,
+//! written at creation and never moved, so time never goes backwards; the hypervisor computes the domain's system time from the TSC the
 //! same way, so timer deadlines mean the same to both. The wall clock in `shared_info` is set at creation.
 //!
 //! **Upcalls.** With an event callback registered, an upcall that is pending and not masked is delivered
@@ -101,10 +108,22 @@
 //!
 //! # Not yet
 //!
-//! More than one vCPU (`VCPUOP_up`), `mmu_update` and `update_va_mapping` (guests keep the initial page
-//! tables), software interrupts (`int n` through a DPL-3 trap entry), and grant mapping by back-ends. The
+//! `mmu_update` and `update_va_mapping` (guests keep the initial page tables), software interrupts (`int n`
+//! through a DPL-3 trap entry), `GNTTABOP_map_grant_ref` for guests (back-ends in domain 0 reach granted
+//! pages through [`devices::grant_table`] instead), grant table v2, FIFO event channels, and suspend/resume
+//! (`SHUTDOWN_suspend` is reported, not acted on). Stock PV kernels such as Mini-OS need the first two. The
 //! design leaves room for them: the page tables are the guest's (read-only, Xen-style), the selectors are
 //! Xen's, and exceptions arrive in the VMM with their frame.
+//!
+//! # Devices
+//!
+//! [`toolstack::Toolstack`] is the xl of this hypervisor: from a [`toolstack::GuestConfig`] it creates the
+//! domain, introduces it to the host's one xenstored, serves its console ring (lines, a log file or a pty),
+//! writes xl's vbd and vif directories and starts pv-backend's blkback and netback for them. A vbd is an
+//! image file, or a vhost-user-blk device driven by blanket-virtio with zero copy
+//! ([`toolstack::VbdBackend`], [`devices::vhost_user`]); a vif is a port of the in-process switch or a TAP
+//! device. [`toolstack::Toolstack::restart`] restarts a guest that rebooted, as xl's `on_reboot =
+//! "restart"` does.
 //!
 //! # Why the hypercall trap is an `out` through the TSS I/O bitmap
 //!
