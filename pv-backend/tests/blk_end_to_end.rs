@@ -451,3 +451,49 @@ fn assert_serves_quiet(front: &mut pv_backend::blk::front::BlkFront) {
     let data = pattern(1, 4096);
     assert!(front.write(0, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
 }
+
+/// The io_uring engine stops the kernel's eventfd signals while the queue is awake and re-arms them
+/// before it sleeps: a queue that sleeps with a request at the disk is still woken by its completion
+/// (a lost wake-up would cost the doorbell's 200 ms timeout per request).
+#[test]
+fn io_uring_completions_wake_a_queue_that_sleeps_with_io_in_flight() {
+    let dir = std::env::temp_dir().join(format!("blkback-e2e-wake-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("disk.img");
+    std::fs::write(&path, pattern(3, 8 * MIB as usize)).unwrap();
+    let opts = FileOptions {
+        io_uring: true,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(&path, opts).unwrap();
+    assert!(dev.is_direct(), "O_DIRECT works on this file system");
+    let env = Env::new();
+    let config = BlkConfig {
+        poll_time: Duration::ZERO,
+        ..BlkConfig::default()
+    };
+    let mut v = env.vbd(13, 2048, Arc::new(dev), config, FrontOptions::default());
+    let expect = pattern(3, 8 * MIB as usize);
+    let sleeps0 = v.back.totals().4;
+    let t = std::time::Instant::now();
+    let n = 40u64;
+    for i in 0..n {
+        let sector = i * 97 % 2000 * 8;
+        let mut back = vec![0; 4096];
+        assert_eq!(v.front.read(sector, &mut back), vec![BLKIF_RSP_OKAY]);
+        let at = sector as usize * 512;
+        assert_eq!(back, expect[at..at + 4096], "sector {sector}");
+    }
+    let took = t.elapsed();
+    let sleeps = v.back.totals().4 - sleeps0;
+    assert!(
+        sleeps >= n,
+        "the queue slept at least once per request ({sleeps} sleeps for {n} requests)"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "{n} reads one at a time took {took:?}: completions were not waking the queue"
+    );
+    drop(v);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,7 +29,10 @@ pub struct BlkConfig {
     pub max_persistent_grants: usize,
     /// `feature-barrier`.
     pub barrier: bool,
-    /// How long an idle queue keeps polling before it sleeps.
+    /// How long an idle queue keeps polling (at most: the window adapts) before it sleeps. Zero (the
+    /// default) sleeps at once, as Linux's blkback does: on the 2-vCPU machine of the benchmark, shared
+    /// with other work, every poll cost more CPU than the wake-up it saved (see the README); a host
+    /// with cores to spare may trade some for latency.
     pub poll_time: std::time::Duration,
     /// How long a queue with requests at the device keeps polling (the ring and the device's
     /// completions) while nothing happens, before it sleeps until an event or a completion rings its
@@ -49,7 +52,7 @@ impl Default for BlkConfig {
             persistent_grants: true,
             max_persistent_grants: 1056,
             barrier: true,
-            poll_time: std::time::Duration::from_micros(50),
+            poll_time: std::time::Duration::ZERO,
             in_flight_poll_time: std::time::Duration::ZERO,
         }
     }

@@ -56,6 +56,21 @@ impl IoBuf {
         Self { ptr, len }
     }
 
+    /// Extends the buffer over `next` when `next` starts where it ends (two segments on adjacent
+    /// bytes of guest memory become one iovec); returns whether it did.
+    pub(crate) fn merge(&mut self, next: &IoBuf) -> bool {
+        if self.ptr.as_ptr().wrapping_add(self.len) != next.ptr.as_ptr() {
+            return false;
+        }
+        let Some(len) = self.len.checked_add(next.len) else {
+            return false;
+        };
+        // Both ranges are valid under `new`'s contract until the same completion, and they are
+        // adjacent, so their union is one valid range.
+        self.len = len;
+        true
+    }
+
     /// The start.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -155,6 +170,15 @@ pub trait BlockQueue: Send {
     fn reap(&mut self, out: &mut Vec<IoCompletion>) -> usize;
     /// The number of submitted requests not yet reaped.
     fn in_flight(&self) -> usize;
+    /// A hint: the caller is awake and will [`reap`](Self::reap) without being rung, so the queue may
+    /// stop ringing the doorbell for completions until [`arm`](Self::arm). The default does nothing.
+    fn quiet(&mut self) {}
+    /// The caller is about to sleep on the doorbell: from now on, ring it for every completion (undoing
+    /// [`quiet`](Self::quiet)). Returns whether a completion is ready already (then the caller should
+    /// reap rather than sleep). The default returns `false`: such a queue always rings.
+    fn arm(&mut self) -> bool {
+        false
+    }
 }
 
 /// A block device that blkback serves.
@@ -171,5 +195,28 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     fn open_queue(&self) -> io::Result<Box<dyn BlockQueue>> {
         (**self).open_queue()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IoBuf;
+    use std::ptr::NonNull;
+
+    #[test]
+    fn io_bufs_merge_only_when_adjacent() {
+        let mut mem = vec![0u8; 3 * 4096];
+        let base = mem.as_mut_ptr();
+        let at = |off: usize, len: usize| {
+            let p = NonNull::new(base.wrapping_add(off)).unwrap();
+            // SAFETY: `off + len` lies inside `mem`, which outlives the buffers; nothing reads them.
+            unsafe { IoBuf::new(p, len) }
+        };
+        let mut a = at(0, 4096);
+        assert!(a.merge(&at(4096, 512)));
+        assert_eq!(a.len(), 4608);
+        assert!(!a.merge(&at(8192, 512)), "a gap of 3584 bytes");
+        assert!(!a.merge(&at(0, 512)), "before the start");
+        assert_eq!(a.len(), 4608);
     }
 }

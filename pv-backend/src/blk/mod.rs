@@ -30,3 +30,28 @@ pub use device::{BlockDevice, BlockInfo, BlockQueue, IoBuf, IoCompletion, IoOp, 
 pub use file::{FileDevice, FileOptions};
 pub use mem::MemDevice;
 pub use queue::{QueueError, QueueParams, QueueServer, QueueStats};
+
+/// A map keyed by the tags blkback gives its own requests (a counter, never a guest's value): one
+/// multiplication instead of SipHash per insert and removal. Keys a guest chooses (grant refs) keep
+/// the default hasher.
+pub(crate) type TagMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<TagHasher>>;
+
+/// The hasher of [`TagMap`]: Fibonacci hashing of one `u64` (the high bits, which hashbrown uses
+/// for its control bytes, take every bit of the key).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}

@@ -186,7 +186,7 @@ pub struct QueueServer {
     doorbell: Arc<Doorbell>,
     params: QueueParams,
     info: BlockInfo,
-    inflight: HashMap<u64, Inflight>,
+    inflight: super::TagMap<Inflight>,
     next_tag: u64,
     persistent: HashMap<GrantRef, GrantMapping>,
     deferred: Option<Deferred>,
@@ -245,7 +245,7 @@ impl QueueServer {
             doorbell,
             params,
             info,
-            inflight: HashMap::new(),
+            inflight: super::TagMap::default(),
             next_tag: 1,
             persistent: HashMap::new(),
             deferred: None,
@@ -596,7 +596,14 @@ impl QueueServer {
                             seg.len(),
                         )
                     };
-                    bufs.push(buf);
+                    // Segments on adjacent bytes (consecutive pages of a contiguous guest buffer)
+                    // go to the device as one buffer: fewer iovecs for the kernel to walk.
+                    if !bufs
+                        .last_mut()
+                        .is_some_and(|last: &mut IoBuf| last.merge(&buf))
+                    {
+                        bufs.push(buf);
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(domid = self.domid, id, error = %e, "segment grant refused");
@@ -629,6 +636,7 @@ impl QueueServer {
     /// requests are at the device), then re-arms `req_event` (the final check) and sleeps on the doorbell. Waits for the device's in-flight requests before returning, so no
     /// mapping is released while the device still uses it.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
+        self.dev.quiet();
         let r = self.serve(stop);
         self.drain();
         r
@@ -666,8 +674,13 @@ impl QueueServer {
                     }
                 }
             }
+            if self.dev.arm() {
+                self.dev.quiet();
+                continue;
+            }
             QueueStats::add(&self.stats.sleeps, 1);
             self.doorbell.wait(Duration::from_millis(200));
+            self.dev.quiet();
             window.slept(since.elapsed());
         }
         Ok(())
@@ -676,7 +689,7 @@ impl QueueServer {
     fn drain(&mut self) {
         // Bounded by the device: every submitted request completes (a file I/O or a memory copy).
         while self.dev.in_flight() > 0 {
-            if !self.reap() {
+            if !self.reap() && !self.dev.arm() {
                 self.doorbell.wait(Duration::from_millis(10));
             }
         }

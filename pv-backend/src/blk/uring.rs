@@ -2,12 +2,11 @@
 //! `IORING_OP_READV`/`WRITEV` on the `O_DIRECT` descriptor, `FSYNC` (datasync) for flushes, `FALLOCATE`
 //! (punch hole) for discards on a file (a block device's `BLKDISCARD` is done synchronously). Completions are reaped from the completion ring without a system call; the
 //! queue's doorbell (an eventfd) is registered with the ring, so a completion wakes a sleeping queue
-//! directly.
+//! directly; while the queue is awake ([`BlockQueue::quiet`]) the kernel does not signal it.
 //!
 //! A request that the kernel refuses with `EINVAL` (not aligned for `O_DIRECT`) or that transfers less
 //! than asked is done again synchronously on the buffered descriptor, as the thread pool does.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ unsafe impl Send for Pending {}
 pub(super) struct UringQueue {
     inner: Arc<FileInner>,
     ring: IoUring,
-    pending: HashMap<u64, Pending>,
+    pending: super::TagMap<Pending>,
     ready: Vec<IoCompletion>,
     next: u64,
     doorbell: Option<Arc<Doorbell>>,
@@ -52,7 +51,7 @@ impl UringQueue {
         Ok(Self {
             inner,
             ring: IoUring::new(entries)?,
-            pending: HashMap::new(),
+            pending: super::TagMap::default(),
             ready: Vec::new(),
             next: 1,
             doorbell: None,
@@ -220,6 +219,20 @@ impl BlockQueue for UringQueue {
 
     fn in_flight(&self) -> usize {
         self.pending.len() + self.ready.len()
+    }
+
+    fn quiet(&mut self) {
+        // The kernel stops signalling the eventfd for each completion (`IORING_CQ_EVENTFD_DISABLED`).
+        self.ring.completion().disable_eventfd();
+    }
+
+    fn arm(&mut self) -> bool {
+        self.ring.completion().enable_eventfd();
+        // A completion posted before the flag was seen signalled nothing: look once more, after a full
+        // fence (the flag's store must not pass the load of the tail). Were the kernel's side to miss
+        // it anyway, the sleeper's timeout bounds the delay.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        !self.ready.is_empty() || !self.ring.completion().is_empty()
     }
 }
 
