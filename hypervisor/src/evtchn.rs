@@ -11,6 +11,10 @@ use xen_abi::event_channel::EvtchnPort;
 
 /// The number of ports a domain may use (a policy bound below the 2-level ABI's 4096).
 pub const MAX_PORTS: u32 = 1024;
+/// The number of ports of domain 0, the Blanket layer itself: it is no guest (no `shared_info` bitmap
+/// bounds it), and it holds two ports per guest (XenStore and console) plus one per ring of each device,
+/// so a guest's bound would cap the host at about 500 guests. This is the FIFO ABI's limit (2^17).
+pub const DOM0_MAX_PORTS: u32 = 1 << 17;
 /// `NR_VIRQS` in `xen.h`.
 pub const NR_VIRQS: u32 = 24;
 /// `DOMID_SELF` in `xen.h`.
@@ -58,10 +62,7 @@ pub struct EvtchnTable {
 
 impl Default for EvtchnTable {
     fn default() -> Self {
-        Self {
-            ports: vec![Channel::Free; MAX_PORTS as usize],
-            virq: HashMap::new(),
-        }
+        Self::with_ports(MAX_PORTS)
     }
 }
 
@@ -89,6 +90,19 @@ pub const ENOSYS: Errno = 38;
 pub const EOPNOTSUPP: Errno = 95;
 
 impl EvtchnTable {
+    /// A table of `ports` ports, all free.
+    pub fn with_ports(ports: u32) -> Self {
+        Self {
+            ports: vec![Channel::Free; ports as usize],
+            virq: HashMap::new(),
+        }
+    }
+
+    /// The number of ports.
+    pub fn nr_ports(&self) -> u32 {
+        self.ports.len() as u32
+    }
+
     /// The state of `port`, or `None` if it is out of range.
     pub fn get(&self, port: EvtchnPort) -> Option<Channel> {
         self.ports.get(port as usize).copied()
@@ -149,9 +163,10 @@ pub struct EvtchnRegistry {
 }
 
 impl EvtchnRegistry {
-    /// Adds an empty table for `dom`.
+    /// Adds an empty table for `dom` ([`DOM0_MAX_PORTS`] ports for domain 0, [`MAX_PORTS`] for guests).
     pub fn add_domain(&mut self, dom: DomId) {
-        self.tables.insert(dom, EvtchnTable::default());
+        let ports = if dom == 0 { DOM0_MAX_PORTS } else { MAX_PORTS };
+        self.tables.insert(dom, EvtchnTable::with_ports(ports));
     }
 
     /// Removes `dom`'s table; every port of another domain bound to it goes back to unbound (as Xen does
@@ -311,5 +326,26 @@ mod tests {
         assert_eq!(r.send_target(1, MAX_PORTS + 5), Err(EINVAL));
         assert_eq!(r.send_target(1, u32::MAX), Err(EINVAL));
         assert_eq!(r.close(1, u32::MAX), Err(EINVAL));
+    }
+
+    #[test]
+    fn domain_0_has_room_for_the_ports_of_thousands_of_guests() {
+        let mut r = EvtchnRegistry::default();
+        r.add_domain(0);
+        r.add_domain(1);
+        assert_eq!(r.table(0).unwrap().nr_ports(), DOM0_MAX_PORTS);
+        assert_eq!(r.table(1).unwrap().nr_ports(), MAX_PORTS);
+        // Three guests' worth of ports per guest port, well past a guest's bound.
+        let t = r.table(0).unwrap();
+        for _ in 0..3 * MAX_PORTS {
+            t.alloc(Channel::Unbound { remote: 1 }).unwrap();
+        }
+        assert_eq!(t.used().count() as u32, 3 * MAX_PORTS);
+        // A guest's table still stops at its bound.
+        let g = r.table(1).unwrap();
+        for _ in 1..MAX_PORTS {
+            g.alloc(Channel::Unbound { remote: 0 }).unwrap();
+        }
+        assert_eq!(g.alloc(Channel::Unbound { remote: 0 }), Err(ENOSPC));
     }
 }
