@@ -8,10 +8,11 @@
 //!   `physical-sector-size`. Front ends may speak the native, `x86_64-abi` or `x86_32-abi` protocol.
 //! - [`QueueServer`] serves one ring: each request is copied out of the ring once and checked with
 //!   `xen_abi::blkif`'s validation; refused requests get `BLKIF_RSP_ERROR` or `BLKIF_RSP_EOPNOTSUPP`;
-//!   responses are built zeroed and written whole into the slot. Barriers and flushes wait for the
-//!   requests before them, then write their data and flush. A queue keeps polling while it has work and
-//!   sleeps on its doorbell, after ring.h's final check, when it has none; responses are pushed with
-//!   ring.h's notify check.
+//!   responses are built zeroed and written whole into the slot. A barrier waits for the writes before
+//!   it (not the reads), writes its data and flushes, and the writes after it wait for it (reads do
+//!   not), as `io/blkif.h` says; a flush waits for nothing. A queue works while it has work and sleeps
+//!   on its doorbell, after ring.h's final check, when it has none; responses are pushed with ring.h's
+//!   notify check.
 //! - The bottom: [`BlockDevice`]/[`BlockQueue`] (batched submission, completions reaped later), with
 //!   [`FileDevice`] (a raw image file or block device, `O_DIRECT` when possible, a thread pool) and
 //!   [`MemDevice`] (memory).

@@ -167,9 +167,11 @@ struct Inflight {
     _mappings: Vec<GrantMapping>,
     /// Flush after this write completes (barrier and flush-cache with data).
     then_flush: bool,
+    /// It changes the disk (a write, discard or flush): a barrier waits for it.
+    write: bool,
 }
 
-/// A barrier or flush waiting for earlier requests to finish.
+/// A barrier waiting for the writes before it to finish.
 struct Deferred {
     id: u64,
     operation: u8,
@@ -189,8 +191,14 @@ pub struct QueueServer {
     inflight: super::TagMap<Inflight>,
     next_tag: u64,
     persistent: HashMap<GrantRef, GrantMapping>,
+    /// A barrier waiting for earlier writes.
     deferred: Option<Deferred>,
+    /// The barrier at the device (its write, then its flush).
     ordered_tag: Option<u64>,
+    /// Requests that change the disk, taken off the ring while a barrier is pending or at the device:
+    /// they start, in order, when it completes. Bounded by the ring: each is a consumed request not yet
+    /// answered.
+    held: std::collections::VecDeque<BlkifRequest>,
     batch: Vec<IoRequest>,
     completions: Vec<IoCompletion>,
     unpushed: bool,
@@ -250,6 +258,7 @@ impl QueueServer {
             persistent: HashMap::new(),
             deferred: None,
             ordered_tag: None,
+            held: std::collections::VecDeque::new(),
             batch: Vec::new(),
             completions: Vec::new(),
             unpushed: false,
@@ -294,8 +303,18 @@ impl QueueServer {
         }
     }
 
-    fn blocked(&self) -> bool {
+    /// A barrier is pending or at the device: later writes wait (`io/blkif.h`: "All writes issued
+    /// after the barrier request must not execute until after the completion of the barrier
+    /// request"); reads do not.
+    fn barrier_active(&self) -> bool {
         self.deferred.is_some() || self.ordered_tag.is_some()
+    }
+
+    /// Whether a write (of any kind) is at the device: a pending barrier waits until none is ("All
+    /// writes issued prior to a request with the BLKIF_OP_WRITE_BARRIER operation code must be
+    /// completed prior to the execution of the barrier request").
+    fn writes_in_flight(&self) -> bool {
+        self.inflight.values().any(|f| f.write)
     }
 
     /// Does everything that can be done now without waiting: takes requests, submits them, reaps
@@ -303,12 +322,16 @@ impl QueueServer {
     pub fn pump(&mut self) -> Result<bool, QueueError> {
         let mut progress = false;
         let max = self.ring.size() as usize;
-        while !self.blocked() && self.inflight.len() < max {
+        while self.inflight.len() + self.held.len() < max {
             match self.ring.pop() {
                 Ok(Some(req)) => {
                     progress = true;
                     QueueStats::add(&self.stats.requests, 1);
-                    self.handle(req);
+                    if self.barrier_active() && req.response_operation() != BLKIF_OP_READ {
+                        self.held.push_back(req);
+                    } else {
+                        self.handle(req);
+                    }
                 }
                 Ok(None) => break,
                 Err(source) => {
@@ -324,10 +347,26 @@ impl QueueServer {
             self.dev.submit(&mut self.batch);
         }
         progress |= self.reap();
-        if self.deferred.is_some() && self.inflight.is_empty() {
-            self.start_deferred();
+        // A barrier starts once the writes before it are done; the writes held behind it start once it
+        // is done. Each round either starts something or ends the loop, and `held` only shrinks.
+        loop {
+            if self.deferred.is_some() && !self.writes_in_flight() {
+                self.start_deferred();
+            } else if !self.barrier_active() && !self.held.is_empty() {
+                while !self.barrier_active() {
+                    let Some(req) = self.held.pop_front() else {
+                        break;
+                    };
+                    self.handle(req);
+                }
+                if !self.batch.is_empty() {
+                    self.dev.submit(&mut self.batch);
+                }
+            } else {
+                break;
+            }
             progress = true;
-            progress |= self.reap();
+            self.reap();
         }
         self.flush_responses();
         Ok(progress)
@@ -413,13 +452,41 @@ impl QueueServer {
                 rw.segments.as_slice(),
                 false,
             ),
-            BlkifOperation::WriteBarrier(rw) | BlkifOperation::FlushDiskcache(rw) => {
+            BlkifOperation::WriteBarrier(rw) => {
                 let data = (!rw.segments.is_empty())
                     .then(|| (rw.sector_number, rw.segments.as_slice().to_vec()));
                 self.deferred = Some(Deferred {
                     id: req.id,
                     operation: req.operation,
                     direction_data: data,
+                });
+            }
+            // A flush commits what has completed (`io/blkif.h`: "Commit any uncommitted contents of the
+            // backing device's volatile cache"), so it waits for nothing: the front end waits for the
+            // writes it means before it flushes. Its data, if any, is written first.
+            BlkifOperation::FlushDiskcache(rw) if !rw.segments.is_empty() => self.start_rw(
+                req.id,
+                req.operation,
+                BlkifDirection::Write,
+                rw.sector_number,
+                rw.segments.as_slice(),
+                true,
+            ),
+            BlkifOperation::FlushDiskcache(_) => {
+                let tag = self.tag();
+                self.inflight.insert(
+                    tag,
+                    Inflight {
+                        id: req.id,
+                        operation: req.operation,
+                        _mappings: Vec::new(),
+                        then_flush: false,
+                        write: true,
+                    },
+                );
+                self.batch.push(IoRequest {
+                    tag,
+                    op: IoOp::Flush,
                 });
             }
             BlkifOperation::Discard(d) => {
@@ -433,6 +500,7 @@ impl QueueServer {
                         operation: BLKIF_OP_DISCARD,
                         _mappings: Vec::new(),
                         then_flush: false,
+                        write: true,
                     },
                 );
                 self.batch.push(IoRequest {
@@ -517,6 +585,7 @@ impl QueueServer {
                         operation: d.operation,
                         _mappings: Vec::new(),
                         then_flush: false,
+                        write: true,
                     },
                 );
                 self.ordered_tag = Some(tag);
@@ -626,6 +695,7 @@ impl QueueServer {
                 operation,
                 _mappings: mappings,
                 then_flush,
+                write: direction == BlkifDirection::Write,
             },
         );
         self.batch.push(IoRequest { tag, op });
@@ -662,16 +732,14 @@ impl QueueServer {
                 continue;
             }
             idle = None;
-            if !self.blocked() {
-                match self.ring.final_check() {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(source) => {
-                        return Err(QueueError::Ring {
-                            domid: self.domid,
-                            source,
-                        });
-                    }
+            match self.ring.final_check() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(source) => {
+                    return Err(QueueError::Ring {
+                        domid: self.domid,
+                        source,
+                    });
                 }
             }
             if self.dev.arm() {
