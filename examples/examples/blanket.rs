@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use blanket_hypervisor::devices::console::ConsoleOutput;
 use blanket_hypervisor::toolstack::{
-    Guest, GuestConfig, Toolstack, VbdBackend, VbdConfig, VifConfig, VifLink, xvd_devid,
+    Guest, GuestConfig, Toolstack, ToolstackError, VbdBackend, VbdConfig, VifConfig, VifLink,
+    xvd_devid,
 };
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, RunState, guest};
 use clap::Parser;
@@ -277,7 +278,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Guests whose `after` has not ended yet wait; the others boot now.
     let mut slots: Vec<(Spec, Option<Guest>, Option<DomainExit>)> =
         specs.into_iter().map(|s| (s, None, None)).collect();
-    let boot = |spec: &Spec| -> Result<Guest, Box<dyn std::error::Error>> {
+    // Ok(Err(why)): the host refused the guest (no room); Err: a fatal error.
+    type Booted = Result<Result<Guest, String>, Box<dyn std::error::Error>>;
+    let boot = |spec: &Spec| -> Booted {
         let mut cfg = DomainConfig::new(spec.name.clone(), kernel.clone());
         cfg.memory = spec.memory << 20;
         cfg.cmdline = spec.cmdline.clone();
@@ -312,15 +315,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 link: link.clone(),
             });
         }
-        let mut guest = ts
-            .create(g)
-            .map_err(|e| format!("creating {}: {e}", spec.name))?;
+        let mut guest = match ts.create(g) {
+            Ok(g) => g,
+            // The host has no room for it: refused, the others go on.
+            Err(e @ ToolstackError::OutOfFiles { .. }) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(format!("creating {}: {e}", spec.name).into()),
+        };
         if let Some(p) = guest.console_pty() {
             println!("blanket: {}'s console is on {}", spec.name, p.display());
         }
         guest.start()?;
-        Ok(guest)
+        Ok(Ok(guest))
     };
+    let mut refused: Vec<usize> = Vec::new();
     let deadline = t0 + Duration::from_secs(args.timeout);
     let mut last_progress = Instant::now();
     let mut destroying_idle = false;
@@ -335,7 +342,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Some(a) => slots.iter().any(|(s, _, e)| &s.name == a && e.is_some()),
             };
             if ready {
-                slots[i].1 = Some(boot(&slots[i].0)?);
+                match boot(&slots[i].0)? {
+                    Ok(g) => slots[i].1 = Some(g),
+                    Err(why) => {
+                        if refused.is_empty() {
+                            println!("blanket: {} refused: {why}", slots[i].0.name);
+                        }
+                        refused.push(i);
+                        slots[i].2 = Some(DomainExit::Destroyed);
+                    }
+                }
             }
         }
         // Collect what ended; restart what rebooted (xl's on_reboot = "restart").
@@ -432,10 +448,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "{:<12} {:<20} {:<28} {:>9} {:>9} {:>8} {:>10} {:>8}",
         "domain", "cmdline", "exit", "run ms", "cpu ms", "exits", "hypercalls", "mem KiB"
     );
-    let mut failed = 0;
-    for (spec, g, exit) in &slots {
+    let mut failed = refused.len();
+    for (i, (spec, g, exit)) in slots.iter().enumerate() {
         let exit = exit.clone().unwrap_or(DomainExit::Destroyed);
         let short = match &exit {
+            _ if refused.contains(&i) => "refused (no room)".into(),
             DomainExit::Shutdown(r) => {
                 if *r == ShutdownReason::Crash {
                     failed += 1;
@@ -476,8 +493,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    if !refused.is_empty() {
+        println!(
+            "\nblanket: {} guest(s) refused by the host, the first after {} were created",
+            refused.len(),
+            slots[..refused[0]]
+                .iter()
+                .filter(|(_, g, _)| g.is_some())
+                .count()
+        );
+    }
     println!(
-        "\nblanket: {} guest(s) in {:.2} s, {failed} crashed or failed; {} back-end events to guests",
+        "\nblanket: {} guest(s) in {:.2} s, {failed} crashed, failed or refused; {} back-end events to guests",
         slots.len(),
         t0.elapsed().as_secs_f64(),
         ts.backend_notifications()

@@ -73,6 +73,18 @@ pub enum ToolstackError {
     /// A device configuration value is invalid.
     #[error("invalid device configuration: {0}")]
     Config(String),
+    /// The process has too few file descriptors left for another guest.
+    #[error(
+        "no room for another guest: {used} of the process's {limit} file descriptors are in use and this guest needs about {needed} (raise RLIMIT_NOFILE, `ulimit -n`, or run guests in more processes)"
+    )]
+    OutOfFiles {
+        /// Descriptors open now.
+        used: u64,
+        /// The soft `RLIMIT_NOFILE`.
+        limit: u64,
+        /// What the guest would need.
+        needed: u64,
+    },
 }
 
 /// What serves a vbd's blocks, under blkback.
@@ -230,7 +242,12 @@ impl Toolstack {
 
     /// Creates the domain, writes its XenStore directories, starts its back-ends and its console; the
     /// domain is not started ([`Guest::start`]).
+    ///
+    /// A guest that would leave the process with too few file descriptors is refused with
+    /// [`ToolstackError::OutOfFiles`] before anything is created (rather than fail half-way, where some of
+    /// the back-ends' set-up cannot report it).
     pub fn create(&self, config: GuestConfig) -> Result<Guest, ToolstackError> {
+        check_files(&config)?;
         let domain = self.hv.create_domain(config.domain.clone())?;
         let mut guest = Guest {
             xs: self.xs.clone(),
@@ -470,6 +487,49 @@ impl Toolstack {
             }
         }
     }
+}
+
+/// File descriptors a guest may open, with room to spare: the VM, its vCPUs, its memfd, the XenStore and
+/// console doorbells, and per device its doorbells, files, sockets and eventfds.
+fn files_needed(config: &GuestConfig) -> u64 {
+    let vbds: u64 = config
+        .vbds
+        .iter()
+        .map(|v| match v.backend {
+            VbdBackend::Image(_) => 8,
+            // The socket, the guest's memfd again, a kick and a call eventfd per queue, the relays.
+            VbdBackend::VhostUser(_) => 24,
+        })
+        .sum();
+    16 + u64::from(config.domain.vcpus) + vbds + 8 * config.vifs.len() as u64
+}
+
+/// Refuses `config` if the process has fewer descriptors left than it needs.
+fn check_files(config: &GuestConfig) -> Result<(), ToolstackError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return Ok(());
+    }
+    // Bounded by the limit itself.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Ok(());
+    };
+    let used = dir.count() as u64;
+    let needed = files_needed(config);
+    if used.saturating_add(needed) > lim.rlim_cur {
+        return Err(ToolstackError::OutOfFiles {
+            used,
+            limit: lim.rlim_cur,
+            needed,
+        });
+    }
+    Ok(())
 }
 
 /// One back-end's XenBus handshake and device, served on a thread until stopped.
