@@ -19,10 +19,10 @@
 //! sides of a round alike. Then the events per request in both directions.
 //!
 //! `BLKBACK_BENCH_DIR` picks the directory of the image (default: the temp dir); `BLKBACK_POLL_US` sets
-//! how long an idle blkback queue polls before it sleeps, `BLKBACK_INFLIGHT_POLL_US` how long one with
-//! requests at the device does (`BlkConfig::in_flight_poll_time`); `BLKBACK_PATTERNS` runs only the patterns whose
-//! names contain one of its comma-separated words (`randread-qd1,1m`); `BLKBACK_CRITERION=0` skips the
-//! criterion runs and keeps only the interleaved rounds.
+//! how long an idle blkback queue polls before it sleeps (default 0), `BLKBACK_INFLIGHT_POLL_US` how
+//! long one with requests at the device does (`BlkConfig::in_flight_poll_time`); `BLKBACK_PATTERNS`
+//! runs only the patterns whose names contain one of its comma-separated words (`randread-qd1,1m`);
+//! `BLKBACK_CRITERION=0` skips the criterion runs and keeps only the interleaved rounds.
 
 use std::hint::black_box;
 use std::ptr::NonNull;

@@ -701,10 +701,11 @@ impl QueueServer {
         self.batch.push(IoRequest { tag, op });
     }
 
-    /// Serves the ring until `stop` is set or the front end breaks it: polls while there is work, keeps
-    /// polling for [`QueueParams::poll_time`] when there is none (or for the in-flight poll time while
-    /// requests are at the device), then re-arms `req_event` (the final check) and sleeps on the doorbell. Waits for the device's in-flight requests before returning, so no
-    /// mapping is released while the device still uses it.
+    /// Serves the ring until `stop` is set or the front end breaks it: works while there is work, polls
+    /// for up to [`QueueParams::poll_time`] when there is none (or the in-flight poll time while
+    /// requests are at the device; zero by default, and the windows adapt), then re-arms `req_event`
+    /// (the final check) and sleeps on the doorbell. Waits for the device's in-flight requests before
+    /// returning, so no mapping is released while the device still uses it.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), QueueError> {
         self.dev.quiet();
         let r = self.serve(stop);

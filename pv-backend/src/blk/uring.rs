@@ -1,8 +1,9 @@
 //! The io_uring engine of [`FileDevice`](super::FileDevice) (`FileOptions::io_uring`): one ring per queue,
 //! `IORING_OP_READV`/`WRITEV` on the `O_DIRECT` descriptor, `FSYNC` (datasync) for flushes, `FALLOCATE`
-//! (punch hole) for discards on a file (a block device's `BLKDISCARD` is done synchronously). Completions are reaped from the completion ring without a system call; the
-//! queue's doorbell (an eventfd) is registered with the ring, so a completion wakes a sleeping queue
-//! directly; while the queue is awake ([`BlockQueue::quiet`]) the kernel does not signal it.
+//! (punch hole) for discards on a file (a block device's `BLKDISCARD` is done synchronously).
+//! Completions are reaped from the completion ring without a system call; the queue's doorbell (an
+//! eventfd) is registered with the ring, so a completion wakes a sleeping queue directly; while the
+//! queue is awake ([`BlockQueue::quiet`]) the kernel does not signal it.
 //!
 //! A request that the kernel refuses with `EINVAL` (not aligned for `O_DIRECT`) or that transfers less
 //! than asked is done again synchronously on the buffered descriptor, as the thread pool does.
