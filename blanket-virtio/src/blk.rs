@@ -27,7 +27,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use crate::memory::DmaMemory;
 use crate::queue::VirtQueue;
@@ -477,7 +477,28 @@ type RangeSeg = (u64, u32, u32);
 struct BlkQueue {
     vq: Box<dyn VirtQueue>,
     slots: GuestAddress,
+    /// The host address of `slots` (`size * SLOT_BYTES` bytes in one region of the driver's
+    /// memory), so the I/O path writes headers and reads status bytes without a region lookup.
+    slots_host: Option<usize>,
     tags: Vec<Option<u64>>,
+}
+
+impl BlkQueue {
+    /// The host view of `len` bytes at `offset` into the slots, if it is mapped.
+    fn slot_slice(&self, offset: u64, len: usize) -> Option<VolatileSlice<'_>> {
+        let host = self.slots_host?;
+        let size = usize::from(self.vq.layout().size);
+        let offset = usize::try_from(offset).ok()?;
+        if offset.checked_add(len)? > size * SLOT_BYTES as usize {
+            return None;
+        }
+        // SAFETY: `host` maps the `size * SLOT_BYTES` bytes of the slots, one region of the
+        // driver's memory (checked with `get_slice` when it was taken), and `offset + len` is
+        // within them. The driver holds an `Arc` of that memory for as long as the queue
+        // lives, and its regions are never unmapped or moved while it lives. The device shares
+        // the slots, so only volatile accesses are made to them, which `VolatileSlice` does.
+        Some(unsafe { VolatileSlice::new((host + offset) as *mut u8, len) })
+    }
 }
 
 /// A virtio-blk driver.
@@ -565,9 +586,19 @@ impl<T: Transport> BlkDriver<T> {
             };
             transport.setup_queue(i, &vq.layout())?;
             let slots = mem.alloc(u64::from(size) * SLOT_BYTES)?;
+            let bytes = usize::from(size) * SLOT_BYTES as usize;
+            let slots_host = match mem.guest_memory().get_slice(slots, bytes) {
+                Ok(_) => mem
+                    .guest_memory()
+                    .get_host_address(slots)
+                    .ok()
+                    .map(|p| p as usize),
+                Err(_) => None,
+            };
             queues.push(BlkQueue {
                 vq,
                 slots,
+                slots_host,
                 tags: vec![None; usize::from(size)],
             });
         }
@@ -830,13 +861,19 @@ impl<T: Transport> BlkDriver<T> {
             bytes[28..32].copy_from_slice(&flags.to_le_bytes());
         }
         bytes[SLOT_STATUS as usize] = 0xff;
-        // One bounds-checked slice of the region (the slots are in one allocation), without
-        // the region iterator of `Bytes::write_slice`: this is the I/O path.
-        self.mem
-            .guest_memory()
-            .get_slice(slot, bytes.len())
-            .and_then(|s| s.write_slice(&bytes, 0).map_err(Into::into))
-            .map_err(Error::Access)?;
+        // The host view of the slots, or one bounds-checked slice of the region, without the
+        // region iterator of `Bytes::write_slice`: this is the I/O path.
+        match q.slot_slice(u64::from(head) * SLOT_BYTES, bytes.len()) {
+            Some(s) => s
+                .write_slice(&bytes, 0)
+                .map_err(|e| Error::Access(e.into()))?,
+            None => self
+                .mem
+                .guest_memory()
+                .get_slice(slot, bytes.len())
+                .and_then(|s| s.write_slice(&bytes, 0).map_err(Into::into))
+                .map_err(Error::Access)?,
+        }
 
         // The chain is built in a buffer kept across requests: no allocation per request.
         let segs = &mut self.segs;
@@ -909,15 +946,16 @@ impl<T: Transport> BlkDriver<T> {
             let tag = q.tags[usize::from(c.head)]
                 .take()
                 .ok_or(Error::NoRequest(c.head))?;
-            let status_addr = q
-                .slots
-                .unchecked_add(u64::from(c.head) * SLOT_BYTES + SLOT_STATUS);
-            let status: u8 = self
-                .mem
-                .guest_memory()
-                .get_slice(status_addr, 1)
-                .and_then(|s| s.read_obj(0).map_err(Into::into))
-                .map_err(Error::Access)?;
+            let offset = u64::from(c.head) * SLOT_BYTES + SLOT_STATUS;
+            let status: u8 = match q.slot_slice(offset, 1) {
+                Some(s) => s.read_obj(0).map_err(|e| Error::Access(e.into()))?,
+                None => self
+                    .mem
+                    .guest_memory()
+                    .get_slice(q.slots.unchecked_add(offset), 1)
+                    .and_then(|s| s.read_obj(0).map_err(Into::into))
+                    .map_err(Error::Access)?,
+            };
             out.push(BlkCompletion {
                 tag,
                 status: status.into(),

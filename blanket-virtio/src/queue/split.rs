@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::mem::{offset_of, size_of};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 
 use virtio_bindings::virtio_ring::{
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -31,7 +31,7 @@ use virtio_bindings::virtio_ring::{
 };
 use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
-    Le16, Le32, Le64, Permissions,
+    Le16, Le32, Le64, Permissions, VolatileSlice,
 };
 
 use crate::memory::DmaMemory;
@@ -109,15 +109,25 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     last_used: u16,
     in_flight: u16,
     broken: bool,
-    /// The host address of `used.idx` when the rings are in memory this process maps (set by
-    /// [`SplitQueue::allocate`]): polling reads it with one atomic load instead of
-    /// `vm-memory`'s checked access, which walks the regions on every call.
-    used_idx_host: Option<usize>,
+    /// The host addresses of the rings (and indirect tables) when they are in memory this
+    /// process maps (set by [`SplitQueue::allocate`]): the I/O path then reaches them through a
+    /// `VolatileSlice` made from the address, without looking the region up on every access.
+    host: HostAreas,
+    /// Whether `host` is used (see [`SplitQueue::set_host_view`]).
+    host_view: bool,
     /// With `IN_ORDER`: the heads in flight, in the order they were made available.
     order: VecDeque<u16>,
     /// With `IN_ORDER`: buffers of the current batch not yet handed out, the last one's
     /// used length, and where the next descriptor in ring order is.
     batch: InOrderBatch,
+}
+
+/// Where the queue's areas are mapped in this process: (guest address, host address, bytes),
+/// each inside one region of the queue's memory.
+#[derive(Clone, Copy, Debug, Default)]
+struct HostAreas {
+    areas: [(u64, usize, usize); 4],
+    len: usize,
 }
 
 /// The batch an in-order used element reported (section 2.7.9), handed out one completion at a
@@ -162,17 +172,31 @@ impl SplitQueue<GuestMemoryMmap> {
             packed: false,
         };
         let mut q = Self::new(dma.guest_memory().clone(), layout, features, indirect)?;
-        let idx = layout
-            .used_ring
-            .unchecked_add(offset_of!(vring_used, idx) as u64);
-        // Two bytes in one mapped region (get_slice checks it), whose address stays valid while
-        // `q.mem` holds the memory.
-        if dma.guest_memory().get_slice(idx, 2).is_ok() {
-            q.used_idx_host = dma
-                .guest_memory()
-                .get_host_address(idx)
-                .ok()
-                .map(|p| p as usize);
+        let mut areas = vec![
+            (desc_table, QueueLayout::desc_table_bytes(size)),
+            (avail_ring, QueueLayout::avail_ring_bytes(size)),
+            (used_ring, QueueLayout::used_ring_bytes(size)),
+        ];
+        if let Some(t) = indirect {
+            areas.push((
+                t,
+                u64::from(size)
+                    * u64::from(MAX_INDIRECT_DESCRIPTORS)
+                    * size_of::<Descriptor>() as u64,
+            ));
+        }
+        for (addr, len) in areas {
+            // Inside one mapped region (get_slice checks it), whose mapping stays while `q.mem`
+            // holds the memory.
+            let mem = dma.guest_memory();
+            if mem.get_slice(addr, len as usize).is_err() {
+                continue;
+            }
+            if let Ok(host) = mem.get_host_address(addr) {
+                let i = q.host.len;
+                q.host.areas[i] = (addr.0, host as usize, len as usize);
+                q.host.len += 1;
+            }
         }
         Ok(q)
     }
@@ -213,7 +237,8 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             last_used: 0,
             in_flight: 0,
             broken: false,
-            used_idx_host: None,
+            host: HostAreas::default(),
+            host_view: true,
             order: VecDeque::new(),
             batch: InOrderBatch::default(),
         };
@@ -253,6 +278,14 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     /// The ring addresses and size, to give to the device.
     pub fn layout(&self) -> QueueLayout {
         self.layout
+    }
+
+    /// Whether the I/O path reaches the rings through the host addresses taken by
+    /// [`SplitQueue::allocate`] (`true`, the default) or through `vm-memory`'s per-access
+    /// region lookup (`false`). Both are bounds-checked and give the same results; the switch
+    /// exists to measure the difference (`benches/ring.rs`).
+    pub fn set_host_view(&mut self, on: bool) {
+        self.host_view = on;
     }
 
     /// The queue size.
@@ -330,7 +363,14 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         }
         let mut writable = 0u64;
         for s in segments {
-            if !GuestMemory::check_range(&*self.mem, s.addr, s.len as usize, Permissions::ReadWrite)
+            // Inside one region (one lookup), or else across regions (vm-memory's walk).
+            if self.mem.get_slice(s.addr, s.len as usize).is_err()
+                && !GuestMemory::check_range(
+                    &*self.mem,
+                    s.addr,
+                    s.len as usize,
+                    Permissions::ReadWrite,
+                )
             {
                 return Err(Error::SegmentOutsideMemory {
                     addr: s.addr.0,
@@ -475,29 +515,19 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .layout
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, idx) as u64);
-        self.mem
-            .store(u16::to_le(new), idx_addr, Ordering::Release)
-            .map_err(Error::Access)?;
+        self.store16(new, idx_addr, Ordering::Release)?;
         self.published_avail = new;
         // Order the avail.idx store before the loads of the device's suppression fields.
         fence(Ordering::SeqCst);
         if self.features.event_idx {
-            let event = u16::from_le(
-                self.mem
-                    .load(self.avail_event_addr(), Ordering::Acquire)
-                    .map_err(Error::Access)?,
-            );
+            let event = self.load16(self.avail_event_addr(), Ordering::Acquire)?;
             Ok(need_event(event, new, old))
         } else {
             let flags_addr = self
                 .layout
                 .used_ring
                 .unchecked_add(offset_of!(vring_used, flags) as u64);
-            let flags = u16::from_le(
-                self.mem
-                    .load(flags_addr, Ordering::Acquire)
-                    .map_err(Error::Access)?,
-            );
+            let flags = self.load16(flags_addr, Ordering::Acquire)?;
             Ok(u32::from(flags) & VRING_USED_F_NO_NOTIFY == 0)
         }
     }
@@ -516,42 +546,87 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     }
 
     fn used_idx(&self) -> Result<u16, Error> {
-        if let Some(p) = self.used_idx_host {
-            // SAFETY: `p` is the host address of `used.idx`, two bytes inside one region of
-            // `self.mem` (checked with `get_slice` when it was taken). `self.mem` is an `Arc` of
-            // the `GuestMemoryMmap` that maps it, whose regions are never unmapped or moved
-            // while it lives, and the queue holds it, so the address is valid for the queue's
-            // lifetime. It is 2-byte aligned (the used ring is page-aligned and `idx` is at
-            // offset 2), as `AtomicU16` needs; the device writes it concurrently, which atomic
-            // access allows, and only atomic accesses are made to it from this side.
-            let idx = unsafe { &*(p as *const AtomicU16) }.load(Ordering::Acquire);
-            return Ok(u16::from_le(idx));
-        }
         let addr = self
             .layout
             .used_ring
             .unchecked_add(offset_of!(vring_used, idx) as u64);
-        self.mem
-            .load::<u16>(addr, Ordering::Acquire)
-            .map(u16::from_le)
-            .map_err(Error::Access)
+        self.load16(addr, Ordering::Acquire)
     }
 
-    /// Writes `v` at `addr` in one region (`get_slice`: a bounds-checked slice of the region,
-    /// without the region iterator `Bytes::write_obj` goes through on every call).
+    /// The host view of `len` bytes at `addr`, when they lie inside one of the queue's areas
+    /// mapped in this process: a `VolatileSlice` made from the address taken at
+    /// [`SplitQueue::allocate`], with no region lookup.
+    fn host_slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {
+        if !self.host_view {
+            return None;
+        }
+        for &(gpa, host, area_len) in &self.host.areas[..self.host.len] {
+            let Some(off) = addr.0.checked_sub(gpa) else {
+                continue;
+            };
+            let off = usize::try_from(off).ok()?;
+            if off.checked_add(len).is_some_and(|end| end <= area_len) {
+                // SAFETY: `host..host + area_len` is the mapping of one region of `self.mem`
+                // (checked with `get_slice` when the address was taken), and `off + len` is
+                // within it. `self.mem` is an `Arc` of the `GuestMemoryMmap` that maps it,
+                // whose regions are never unmapped or moved while it lives, and the queue holds
+                // it: the memory stays valid for the slice's lifetime (a borrow of `self`). The
+                // device shares it, so only volatile (or atomic) accesses are made to it, which
+                // is what `VolatileSlice` does.
+                return Some(unsafe { VolatileSlice::new((host + off) as *mut u8, len) });
+            }
+        }
+        None
+    }
+
+    /// Writes `v` at `addr`: through the host view of the rings when there is one, else one
+    /// bounds-checked slice of the region (`get_slice`, without the region iterator
+    /// `Bytes::write_obj` goes through on every call).
     fn put<T: ByteValued>(&self, v: T, addr: GuestAddress) -> Result<(), Error> {
-        self.mem
-            .get_slice(addr, size_of::<T>())
-            .and_then(|s| s.write_obj(v, 0).map_err(Into::into))
-            .map_err(Error::Access)
+        match self.host_slice(addr, size_of::<T>()) {
+            Some(s) => s.write_obj(v, 0).map_err(|e| Error::Access(e.into())),
+            None => self
+                .mem
+                .get_slice(addr, size_of::<T>())
+                .and_then(|s| s.write_obj(v, 0).map_err(Into::into))
+                .map_err(Error::Access),
+        }
     }
 
-    /// Reads a `T` at `addr` in one region, as [`Self::put`] writes.
+    /// Reads a `T` at `addr`, as [`Self::put`] writes.
     fn get<T: ByteValued>(&self, addr: GuestAddress) -> Result<T, Error> {
-        self.mem
-            .get_slice(addr, size_of::<T>())
-            .and_then(|s| s.read_obj(0).map_err(Into::into))
-            .map_err(Error::Access)
+        match self.host_slice(addr, size_of::<T>()) {
+            Some(s) => s.read_obj(0).map_err(|e| Error::Access(e.into())),
+            None => self
+                .mem
+                .get_slice(addr, size_of::<T>())
+                .and_then(|s| s.read_obj(0).map_err(Into::into))
+                .map_err(Error::Access),
+        }
+    }
+
+    /// Stores a little-endian `u16` index or flags field at `addr` with `order`.
+    fn store16(&self, v: u16, addr: GuestAddress, order: Ordering) -> Result<(), Error> {
+        match self.host_slice(addr, 2) {
+            Some(s) => s
+                .store(u16::to_le(v), 0, order)
+                .map_err(|e| Error::Access(e.into())),
+            None => self
+                .mem
+                .store(u16::to_le(v), addr, order)
+                .map_err(Error::Access),
+        }
+    }
+
+    /// Loads a little-endian `u16` index or flags field at `addr` with `order`.
+    fn load16(&self, addr: GuestAddress, order: Ordering) -> Result<u16, Error> {
+        let v = match self.host_slice(addr, 2) {
+            Some(s) => s
+                .load::<u16>(0, order)
+                .map_err(|e| Error::Access(e.into()))?,
+            None => self.mem.load::<u16>(addr, order).map_err(Error::Access)?,
+        };
+        Ok(u16::from_le(v))
     }
 
     /// Takes the next used element, if any, validated: an id in range, outstanding, at the head
@@ -730,13 +805,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             return Err(Error::Broken);
         }
         if self.features.event_idx {
-            self.mem
-                .store(
-                    u16::to_le(self.last_used),
-                    self.used_event_addr(),
-                    Ordering::Release,
-                )
-                .map_err(Error::Access)?;
+            self.store16(self.last_used, self.used_event_addr(), Ordering::Release)?;
         } else {
             self.set_avail_flags(0)?;
         }
@@ -748,13 +817,11 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     pub fn disable_notifications(&mut self) -> Result<(), Error> {
         if self.features.event_idx {
             // used_event one behind last_used: the device notifies only after 2^16 completions.
-            self.mem
-                .store(
-                    u16::to_le(self.last_used.wrapping_sub(1)),
-                    self.used_event_addr(),
-                    Ordering::Relaxed,
-                )
-                .map_err(Error::Access)
+            self.store16(
+                self.last_used.wrapping_sub(1),
+                self.used_event_addr(),
+                Ordering::Relaxed,
+            )
         } else {
             self.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16)
         }
@@ -765,9 +832,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .layout
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, flags) as u64);
-        self.mem
-            .store(u16::to_le(flags), addr, Ordering::Relaxed)
-            .map_err(Error::Access)
+        self.store16(flags, addr, Ordering::Relaxed)
     }
 }
 
@@ -858,7 +923,10 @@ mod tests {
 
     #[test]
     fn direct_and_indirect_chains_reach_the_device_intact() {
-        for indirect_desc in [false, true] {
+        // Through the host view of the rings and through vm-memory's checked accesses.
+        for (indirect_desc, host_view) in
+            [(false, true), (true, true), (false, false), (true, false)]
+        {
             let (dma, mut q, mut dev) = queue(
                 8,
                 QueueFeatures {
@@ -867,6 +935,8 @@ mod tests {
                     in_order: false,
                 },
             );
+            assert_eq!(q.host.len, if indirect_desc { 4 } else { 3 });
+            q.set_host_view(host_view);
             let segs = [
                 seg(&dma, 16, false),
                 seg(&dma, 4096, true),
