@@ -165,7 +165,10 @@ impl ConsoleRing {
             1,
         )?;
         let evtchn = super::boot_ports(domain)?.1;
-        let doorbell = Doorbell::new();
+        let doorbell = Doorbell::try_new().map_err(|source| DeviceError::Io {
+            what: "the console back end's doorbell (an eventfd)".into(),
+            source,
+        })?;
         let port = Dom0Port::bind(hv, domid, evtchn, doorbell.clone(), Arc::default())?;
         let mut back = ConsoleBackend::new(
             page,

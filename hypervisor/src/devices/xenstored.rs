@@ -167,7 +167,10 @@ impl Xenstored {
             self.write_with_perms(&format!("{home}/{dir}"), b"", &owner)?;
         }
 
-        let doorbell = Doorbell::new();
+        let doorbell = Doorbell::try_new().map_err(|source| DeviceError::Io {
+            what: "the XenStore ring's doorbell (an eventfd)".into(),
+            source,
+        })?;
         let port = Dom0Port::bind(hv, domid, evtchn, doorbell.clone(), Arc::default())?;
         let closed = Arc::new(AtomicBool::new(false));
         let conn = {

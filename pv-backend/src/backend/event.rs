@@ -27,8 +27,16 @@ pub struct Doorbell {
 
 impl Default for Doorbell {
     /// A doorbell that has not been rung (see [`Doorbell::new`]).
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot make an eventfd (out of file descriptors); [`Doorbell::try_new`]
+    /// returns that as an error.
     fn default() -> Self {
-        Self::make()
+        match Self::make() {
+            Ok(d) => d,
+            Err(e) => panic!("eventfd for a doorbell: {e}"),
+        }
     }
 }
 
@@ -37,26 +45,33 @@ impl Doorbell {
     ///
     /// # Panics
     ///
-    /// If the process cannot make an eventfd (out of file descriptors).
+    /// If the process cannot make an eventfd (out of file descriptors); [`Doorbell::try_new`]
+    /// returns that as an error.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    fn make() -> Self {
+    /// A doorbell that has not been rung, or the error of the `eventfd` it needs (typically
+    /// `EMFILE`: the process is out of file descriptors; raise `ulimit -n` or serve fewer
+    /// devices). Back-ends use this when a front end connects, so that a host out of descriptors
+    /// fails that one connection instead of the process.
+    pub fn try_new() -> std::io::Result<Arc<Self>> {
+        Self::make().map(Arc::new)
+    }
+
+    fn make() -> std::io::Result<Self> {
         // SAFETY: eventfd takes integer arguments only; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        assert!(
-            fd >= 0,
-            "eventfd for a doorbell: {}",
-            std::io::Error::last_os_error()
-        );
-        Self {
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
             // SAFETY: `fd` is a new descriptor that nothing else owns.
             efd: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
             rung: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             rings: AtomicU64::new(0),
-        }
+        })
     }
 
     /// The eventfd behind the doorbell: writing to it rings it (io_uring's `register_eventfd`).

@@ -89,6 +89,15 @@ pub enum BlkConnectError {
     /// The device could not open a queue.
     #[error("opening a device queue: {0}")]
     Device(#[source] std::io::Error),
+    /// A queue's doorbell (an eventfd) could not be made.
+    #[error("queue {queue}: making its doorbell (an eventfd): {source}")]
+    Doorbell {
+        /// The queue.
+        queue: usize,
+        /// Why (typically `EMFILE`: out of file descriptors).
+        #[source]
+        source: std::io::Error,
+    },
     /// The queue server refused the ring.
     #[error("queue {queue}: {source}")]
     Queue {
@@ -221,7 +230,8 @@ impl BlkBack {
         for (queue, (refs, port)) in plans.into_iter().enumerate() {
             let ring = GrantedRing::map(&*self.grants, domid, &refs)
                 .map_err(|source| dev(BlkConnectError::Ring { queue, source }))?;
-            let doorbell = Doorbell::new();
+            let doorbell = Doorbell::try_new()
+                .map_err(|source| dev(BlkConnectError::Doorbell { queue, source }))?;
             let evtchn = self
                 .evtchns
                 .bind(domid, port, doorbell.clone())

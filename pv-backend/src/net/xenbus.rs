@@ -66,6 +66,10 @@ pub enum NetConnectError {
     /// A queue's thread could not be started.
     #[error("starting a queue's thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A queue's doorbell (an eventfd) could not be made (typically `EMFILE`: out of file
+    /// descriptors).
+    #[error("making a queue's doorbell (an eventfd): {0}")]
+    Doorbell(#[source] std::io::Error),
     /// A ring could not be mapped.
     #[error("{ring} ring: {source}")]
     Ring {
@@ -211,7 +215,7 @@ impl<D: NetDevice + 'static> NetBack<D> {
                 .map_err(|source| dev(NetConnectError::Ring { ring: "tx", source }))?;
             let rx = GrantedRing::map(&*self.grants, domid, &[rx_ref])
                 .map_err(|source| dev(NetConnectError::Ring { ring: "rx", source }))?;
-            let doorbell = Doorbell::new();
+            let doorbell = Doorbell::try_new().map_err(|e| dev(NetConnectError::Doorbell(e)))?;
             let tx_ev = self
                 .evtchns
                 .bind(domid, tx_port, doorbell.clone())
