@@ -106,7 +106,7 @@ impl Drop for Testpmd {
 fn device(t: &Testpmd, offloads: bool) -> VirtioNet<VhostUserTransport> {
     let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
     let tr = VhostUserTransport::connect(&t.sock, mem).unwrap();
-    let d = NetDriver::new(
+    let mut d = NetDriver::new(
         tr,
         NetOptions {
             offloads,
@@ -115,7 +115,37 @@ fn device(t: &Testpmd, offloads: bool) -> VirtioNet<VhostUserTransport> {
         },
     )
     .unwrap();
+    warm_up(&mut d);
     VirtioNet::new(d)
+}
+
+/// Waits until testpmd forwards: its port starts on its own schedule once the vhost-user
+/// handshake is done, and drops what it dequeues before both of its queues are allowed. A
+/// probe frame (EtherType 0x88b6) is sent until one comes back; late copies are then drained.
+fn warm_up(d: &mut NetDriver<VhostUserTransport>) {
+    let mut probe = vec![0xff; 6];
+    probe.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x88, 0xb6]);
+    probe.resize(60, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'probe: loop {
+        assert!(
+            Instant::now() < deadline,
+            "testpmd forwarded no probe within 20 s"
+        );
+        d.send(&probe).unwrap();
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_millis(500) {
+            if d.recv().unwrap().is_some() {
+                break 'probe;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(200) {
+        let _ = d.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Broadcast, a local source, EtherType 0x88b5, a payload different for every `seq`.
