@@ -96,12 +96,11 @@ fn check_completion(model: &mut Model, c: Completion, in_order: bool, packed: bo
         u64::from(c.len) <= writable,
         "completion of {c:?} longer than its {writable} writable bytes"
     );
-    // A packed ring's buffers are visible to the device as soon as they are added. A split ring
-    // without IN_ORDER accepts a used element naming a head that was added but not yet published
-    // (its check is `used.idx - last_used <= in_flight`, counting unpublished chains): a known gap,
-    // reported to the lead, not checked here until it is closed (the IN_ORDER path checks it).
+    // A packed ring's buffers are visible to the device as soon as they are added; a split ring's
+    // only once published (this target found a split ring without IN_ORDER taking a completion of
+    // an unpublished chain; the queue now refuses it with `UsedIdNotPublished`).
     assert!(
-        packed || published || !in_order,
+        packed || published,
         "completion of {c:?}, which the device was never shown (not published)"
     );
 }

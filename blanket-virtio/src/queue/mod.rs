@@ -82,6 +82,10 @@ pub enum Error {
     /// A used id that names a free descriptor.
     #[error("used id {0} is not outstanding")]
     UsedIdNotOutstanding(u16),
+    /// A used id that names a chain the driver added but has not made available yet (its
+    /// `avail.idx` was not published): the device cannot have seen it.
+    #[error("used id {0} names a buffer that was never made available to the device")]
+    UsedIdNotPublished(u16),
     /// A used id that names a descriptor the device already completed.
     #[error("used id {0} was already completed (duplicate completion)")]
     UsedIdDuplicate(u16),

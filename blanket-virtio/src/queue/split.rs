@@ -105,6 +105,9 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     free: VecDeque<u16>,
     /// The next avail idx to write (not yet published past `published_avail`).
     avail_idx: u16,
+    /// The avail idx each head was added at, so that a used element naming a head that was
+    /// added but not yet published is refused.
+    avail_at: Vec<u16>,
     published_avail: u16,
     last_used: u16,
     in_flight: u16,
@@ -233,6 +236,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             next: vec![0; usize::from(size)],
             free: (0..size).collect(),
             avail_idx: 0,
+            avail_at: vec![0; usize::from(size)],
             published_avail: 0,
             last_used: 0,
             in_flight: 0,
@@ -417,6 +421,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(slot));
         self.put(Le16::from(head), entry)?;
+        self.avail_at[usize::from(head)] = self.avail_idx;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.in_flight += 1;
         Ok(head)
@@ -655,17 +660,24 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         if pending == 0 {
             return Ok(None);
         }
-        if pending > self.in_flight {
+        // Only published buffers can have been used.
+        let unpublished = self.avail_idx.wrapping_sub(self.published_avail);
+        let published = self.in_flight - unpublished;
+        if pending > published {
             return Err(Error::UsedIdxTooFarAhead {
                 used_idx,
                 last_used: self.last_used,
-                in_flight: self.in_flight,
+                in_flight: published,
             });
         }
         // One volatile copy of the element; only the copy is looked at from here on.
         let (id, len) = self.read_used_elem(self.last_used)?;
         let (writable, ring_descs) = self.outstanding_head(id)?;
         let id = id as u16;
+        // A head added after the last publish is not the device's to complete.
+        if self.avail_at[usize::from(id)].wrapping_sub(self.published_avail) < unpublished {
+            return Err(Error::UsedIdNotPublished(id));
+        }
         if u64::from(len) > writable {
             return Err(Error::UsedLenTooLarge { id, len, writable });
         }
@@ -978,6 +990,47 @@ mod tests {
         q.reset().unwrap();
         assert!(!q.is_broken());
         assert_eq!(q.free_descriptors(), 4);
+    }
+
+    #[test]
+    fn a_completion_of_a_buffer_never_made_available_is_refused() {
+        // Found by the virtio_used_ring fuzz target: without IN_ORDER, a used element naming a
+        // chain that was added but not yet published was taken as its completion, and its
+        // descriptors freed while the next publish would still hand the stale entry out.
+        let (dma, mut q, mut dev) = queue(8, QueueFeatures::default());
+        let mem = dma.guest_memory();
+        let a = q.add(&[seg(&dma, 512, true)]).unwrap();
+        q.publish().unwrap();
+        dev.pop_avail(mem).unwrap().unwrap();
+        let b = q.add(&[seg(&dma, 512, true)]).unwrap();
+        // The device completes A honestly: fine, with B still unpublished.
+        dev.push_used(mem, u32::from(a), 512).unwrap();
+        assert_eq!(
+            q.pop_used().unwrap(),
+            Some(Completion { head: a, len: 512 })
+        );
+        // Now it names B, which it was never given (used.idx moved by one, B in flight).
+        dev.push_used(mem, u32::from(b), 0).unwrap();
+        assert!(
+            matches!(
+                q.pop_used(),
+                Err(Error::UsedIdxTooFarAhead { in_flight: 0, .. })
+            ),
+            "no published buffer is outstanding"
+        );
+        assert!(q.is_broken());
+
+        // With a published buffer outstanding too, naming the unpublished one is caught by id.
+        q.reset().unwrap();
+        let mut dev = DeviceQueue::new(q.layout());
+        let a = q.add(&[seg(&dma, 512, true)]).unwrap();
+        q.publish().unwrap();
+        dev.pop_avail(mem).unwrap().unwrap();
+        let b = q.add(&[seg(&dma, 512, true)]).unwrap();
+        assert_ne!(a, b);
+        dev.push_used(mem, u32::from(b), 0).unwrap();
+        assert!(matches!(q.pop_used(), Err(Error::UsedIdNotPublished(id)) if id == b));
+        assert!(q.is_broken());
     }
 
     #[test]
