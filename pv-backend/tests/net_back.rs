@@ -971,7 +971,53 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// A network namespace made for one test, deleted on drop.
 struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        ip(&["netns", "add", &name]);
+        Self(name)
+    }
+
+    /// A new TAP device moved into the namespace, with MAC `02:<subnet>:00:00:00:01` and address
+    /// `169.254.<subnet>.1/24`, up.
+    fn tap(&self, name: String, subnet: u8) -> pv_backend::net::tap::Tap {
+        use pv_backend::net::tap::{Tap, TapOptions};
+        let tap = Tap::open(&TapOptions {
+            name,
+            ..TapOptions::default()
+        })
+        .unwrap();
+        let dev = tap.name().to_string();
+        let mac = format!("02:{subnet:02x}:00:00:00:01");
+        let addr = format!("169.254.{subnet}.1/24");
+        ip(&["link", "set", "dev", &dev, "netns", &self.0]);
+        ip(&["-n", &self.0, "link", "set", "dev", &dev, "address", &mac]);
+        ip(&["-n", &self.0, "addr", "add", &addr, "dev", &dev]);
+        ip(&["-n", &self.0, "link", "set", "dev", &dev, "up"]);
+        tap
+    }
+
+    /// Runs `f` on a thread inside the namespace (sockets it makes stay in it) and gives its result.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap();
+                // SAFETY: setns with an open namespace fd changes only this thread's network
+                // namespace; the thread ends with `f`.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -997,49 +1043,21 @@ fn fold(mut s: u32) -> u16 {
 /// in software, the kernel accepts it, and a UDP socket in the namespace gets the payload.
 #[test]
 fn guest_reaches_a_udp_socket_in_a_namespace_through_tap() {
-    use pv_backend::net::tap::{Tap, TapOptions};
     use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-    use std::os::fd::AsRawFd;
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let ns = Netns(format!("pvbnb-{}-{n}", std::process::id()));
-    ip(&["netns", "add", &ns.0]);
-    let tap = Tap::open(&TapOptions {
-        name: format!("pvbn{}x{n}", std::process::id() % 100_000),
-        ..TapOptions::default()
-    })
-    .unwrap();
+    let ns = Netns::new(format!("pvbnb-{}-{n}", std::process::id()));
+    let tap = ns.tap(format!("pvbn{}x{n}", std::process::id() % 100_000), 78);
     let name = tap.name().to_string();
     let (ns_ip, g_ip) = (
         Ipv4Addr::new(169, 254, 78, 1),
         Ipv4Addr::new(169, 254, 78, 2),
     );
-    let ns_mac = [0x02, 0x4e, 0, 0, 0, 1];
-    ip(&["link", "set", "dev", &name, "netns", &ns.0]);
-    ip(&[
-        "-n",
-        &ns.0,
-        "link",
-        "set",
-        "dev",
-        &name,
-        "address",
-        "02:4e:00:00:00:01",
-    ]);
-    ip(&["-n", &ns.0, "addr", "add", "169.254.78.1/24", "dev", &name]);
-    ip(&["-n", &ns.0, "link", "set", "dev", &name, "up"]);
-    let path = format!("/run/netns/{}", ns.0);
-    let sock = std::thread::scope(|s| {
-        s.spawn(|| {
-            let f = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns changes only this thread's network namespace.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let s = UdpSocket::bind(SocketAddrV4::new(ns_ip, 9999)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s
-        })
-        .join()
-        .unwrap()
+    let ns_mac = [0x02, 78, 0, 0, 0, 1];
+    let sock = ns.run(|| {
+        let s = UdpSocket::bind(SocketAddrV4::new(ns_ip, 9999)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
     });
     let mut a = Front::new(1);
     let mut q = a.back(tap, NetQueueConfig::default());
@@ -1376,19 +1394,9 @@ mod handshake {
     /// still wakes it and reaches the guest.
     #[test]
     fn idle_vif_on_a_tap_device_uses_no_cpu_and_still_wakes_for_a_frame() {
-        use pv_backend::net::tap::{Tap, TapOptions};
-        use std::os::fd::AsRawFd;
-        let ns = Netns(format!("pvbidle-{}", std::process::id()));
-        ip(&["netns", "add", &ns.0]);
-        let tap = Tap::open(&TapOptions {
-            name: format!("pvbi{}", std::process::id() % 100_000),
-            ..TapOptions::default()
-        })
-        .unwrap();
+        let ns = Netns::new(format!("pvbidle-{}", std::process::id()));
+        let tap = ns.tap(format!("pvbi{}", std::process::id() % 100_000), 80);
         let name = tap.name().to_string();
-        ip(&["link", "set", "dev", &name, "netns", &ns.0]);
-        ip(&["-n", &ns.0, "addr", "add", "169.254.80.1/24", "dev", &name]);
-        ip(&["-n", &ns.0, "link", "set", "dev", &name, "up"]);
         let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
         let evtchns = LocalEventChannels::new();
         let mut v = vif(&store, &evtchns, tap, 5, false);
@@ -1428,30 +1436,22 @@ mod handshake {
             s1 - s0
         );
         // A datagram from the namespace wakes it.
-        let path = format!("/run/netns/{}", ns.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let f = std::fs::File::open(&path).unwrap();
-                // SAFETY: setns changes only this thread's network namespace.
-                assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-                ip(&[
-                    "-n",
-                    &ns.0,
-                    "neigh",
-                    "add",
-                    "169.254.80.2",
-                    "lladdr",
-                    "02:00:00:00:00:05",
-                    "dev",
-                    &name,
-                    "nud",
-                    "permanent",
-                ]);
-                let u = std::net::UdpSocket::bind("169.254.80.1:0").unwrap();
-                u.send_to(&[0x5a; 321], "169.254.80.2:4321").unwrap();
-            })
-            .join()
-            .unwrap()
+        ns.run(|| {
+            ip(&[
+                "-n",
+                &ns.0,
+                "neigh",
+                "add",
+                "169.254.80.2",
+                "lladdr",
+                "02:00:00:00:00:05",
+                "dev",
+                &name,
+                "nud",
+                "permanent",
+            ]);
+            let u = std::net::UdpSocket::bind("169.254.80.1:0").unwrap();
+            u.send_to(&[0x5a; 321], "169.254.80.2:4321").unwrap();
         });
         let t = Instant::now();
         let got = loop {
@@ -1870,39 +1870,20 @@ fn gso_packet_to_a_front_end_without_gso_arrives_segmented() {
 /// the socket reads the stream byte-identical, then end of file.
 #[test]
 fn guest_streams_gso_packets_to_a_tcp_socket_in_a_namespace_through_tap() {
-    use pv_backend::net::tap::{Tap, TapOptions};
+    use pv_backend::net::tap::Tap;
     use std::io::Read;
     use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-    use std::os::fd::AsRawFd;
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let ns = Netns(format!("pvbgso-{}-{n}", std::process::id()));
-    ip(&["netns", "add", &ns.0]);
-    let tap = Tap::open(&TapOptions {
-        name: format!("pvbg{}x{n}", std::process::id() % 100_000),
-        ..TapOptions::default()
-    })
-    .unwrap();
+    let ns = Netns::new(format!("pvbgso-{}-{n}", std::process::id()));
+    let tap = ns.tap(format!("pvbg{}x{n}", std::process::id() % 100_000), 79);
     assert_eq!(tap.offloads(), pv_backend::net::Offloads::NONE);
     let name = tap.name().to_string();
     let (ns_ip, g_ip) = (
         Ipv4Addr::new(169, 254, 79, 1),
         Ipv4Addr::new(169, 254, 79, 2),
     );
-    let ns_mac = [0x02, 0x4f, 0, 0, 0, 1];
-    ip(&["link", "set", "dev", &name, "netns", &ns.0]);
-    ip(&[
-        "-n",
-        &ns.0,
-        "link",
-        "set",
-        "dev",
-        &name,
-        "address",
-        "02:4f:00:00:00:01",
-    ]);
-    ip(&["-n", &ns.0, "addr", "add", "169.254.79.1/24", "dev", &name]);
-    ip(&["-n", &ns.0, "link", "set", "dev", &name, "up"]);
+    let ns_mac = [0x02, 79, 0, 0, 0, 1];
     ip(&[
         "-n",
         &ns.0,
@@ -1916,17 +1897,7 @@ fn guest_streams_gso_packets_to_a_tcp_socket_in_a_namespace_through_tap() {
         "nud",
         "permanent",
     ]);
-    let path = format!("/run/netns/{}", ns.0);
-    let listener = std::thread::scope(|s| {
-        s.spawn(|| {
-            let f = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns changes only this thread's network namespace.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            TcpListener::bind(SocketAddrV4::new(ns_ip, 7777)).unwrap()
-        })
-        .join()
-        .unwrap()
-    });
+    let listener = ns.run(|| TcpListener::bind(SocketAddrV4::new(ns_ip, 7777)).unwrap());
     listener.set_nonblocking(true).unwrap();
     let reader = std::thread::spawn(move || {
         let t0 = Instant::now();
