@@ -654,22 +654,9 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         if self.features.in_order {
             return self.pop_used_in_order();
         }
-        // Acquire: the used elements below were written before this idx (section 2.7.13).
-        let used_idx = self.used_idx()?;
-        let pending = used_idx.wrapping_sub(self.last_used);
-        if pending == 0 {
+        let Some((_, unpublished)) = self.used_pending()? else {
             return Ok(None);
-        }
-        // Only published buffers can have been used.
-        let unpublished = self.avail_idx.wrapping_sub(self.published_avail);
-        let published = self.in_flight - unpublished;
-        if pending > published {
-            return Err(Error::UsedIdxTooFarAhead {
-                used_idx,
-                last_used: self.last_used,
-                in_flight: published,
-            });
-        }
+        };
         // One volatile copy of the element; only the copy is looked at from here on.
         let (id, len) = self.read_used_elem(self.last_used)?;
         let (writable, ring_descs) = self.outstanding_head(id)?;
@@ -683,6 +670,28 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         }
         self.complete(id, ring_descs);
         Ok(Some(Completion { head: id, len }))
+    }
+
+    /// How many used elements the device added since `last_used` (`None` if none) and how many
+    /// buffers in flight are not published yet. `used.idx` may move only by the published
+    /// buffers in flight: only those can have been used.
+    fn used_pending(&self) -> Result<Option<(u16, u16)>, Error> {
+        // Acquire: the used elements read next were written before this idx (section 2.7.13).
+        let used_idx = self.used_idx()?;
+        let pending = used_idx.wrapping_sub(self.last_used);
+        if pending == 0 {
+            return Ok(None);
+        }
+        let unpublished = self.avail_idx.wrapping_sub(self.published_avail);
+        let published = self.in_flight - unpublished;
+        if pending > published {
+            return Err(Error::UsedIdxTooFarAhead {
+                used_idx,
+                last_used: self.last_used,
+                in_flight: published,
+            });
+        }
+        Ok(Some((pending, unpublished)))
     }
 
     /// Frees the chain headed by `id` by walking our private links, bounded by the count we
@@ -707,22 +716,9 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     /// whole device-writable length ("used completely"), the named one the element's length.
     fn pop_used_in_order(&mut self) -> Result<Option<Completion>, Error> {
         if self.batch.left == 0 {
-            // Acquire: the used element below was written before this idx (section 2.7.13).
-            let used_idx = self.used_idx()?;
-            let pending = used_idx.wrapping_sub(self.last_used);
-            if pending == 0 {
+            let Some((pending, _)) = self.used_pending()? else {
                 return Ok(None);
-            }
-            // Only published buffers can have been used.
-            let unpublished = self.avail_idx.wrapping_sub(self.published_avail);
-            let published = self.in_flight - unpublished;
-            if pending > published {
-                return Err(Error::UsedIdxTooFarAhead {
-                    used_idx,
-                    last_used: self.last_used,
-                    in_flight: published,
-                });
-            }
+            };
             // One volatile copy of the element; only the copy is looked at from here on.
             let (id, len) = self.read_used_elem(self.last_used)?;
             let (writable, _) = self.outstanding_head(id)?;
