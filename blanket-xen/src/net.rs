@@ -24,7 +24,8 @@ use xen_abi::grant_table::GrantRef;
 use xen_abi::netif::{
     ETH_HLEN, MacAddr, NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NetRxFlags, NetTxFlags,
     NetifExtraInfo, NetifRx, NetifRxRequest, NetifRxResponse, NetifTx, NetifTxRequest,
-    XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN,
+    XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE,
+    XEN_NETIF_NR_SLOTS_MIN,
 };
 use xen_abi::ring::{FrontRing, RingError, RingMemory, ring_entries};
 use xen_abi::xenbus::XenbusState;
@@ -42,7 +43,6 @@ pub const NET_RX_RING_SIZE: usize = ring_entries::<NetifRx>(XEN_PAGE_SIZE) as us
 /// The most slots one packet takes on either ring (`XEN_NETIF_NR_SLOTS_MIN`).
 pub const MAX_SLOTS_PER_PACKET: usize = XEN_NETIF_NR_SLOTS_MIN;
 const TX_RETRIES: usize = 16;
-const XEN_NETIF_EXTRA_FLAG_MORE: u8 = 1;
 
 /// What can go wrong in netfront.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

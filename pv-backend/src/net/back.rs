@@ -44,9 +44,10 @@ use super::gso;
 use super::{Checksum, ETH_HLEN, FrameMeta, Gso, NetDevice, NetError, is_multicast};
 use crate::backend::{EventChannel, GrantAccess, GrantAccessMode};
 
-/// The most slots the parser consumes for one TX packet: 18 data slots, one extra of each of the 4
-/// types, and the slot that shows a chain is too long.
-const MAX_PACKET_SLOTS: usize = 18 + xen_abi::netif::MAX_TX_EXTRAS + 1;
+/// The most slots the parser consumes for one TX packet: 18 data slots (`XEN_NETIF_NR_SLOTS_MIN`), one
+/// extra of each of the 4 types, and the slot that shows a chain is too long.
+const MAX_PACKET_SLOTS: usize =
+    xen_abi::netif::XEN_NETIF_NR_SLOTS_MIN + xen_abi::netif::MAX_TX_EXTRAS + 1;
 
 /// How a queue behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
