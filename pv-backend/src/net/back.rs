@@ -863,67 +863,36 @@ struct L4 {
     pseudo: u32,
 }
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-
 /// Parses Ethernet (with one optional 802.1Q tag), IPv4 or IPv6 (with up to 8 extension headers)
 /// and finds the TCP or UDP checksum. Bounded: a fixed number of steps, every access checked.
 fn parse_l4(f: &[u8]) -> Option<L4> {
-    let be16 = |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*f.get(i)?, *f.get(i + 1)?])) };
-    let mut l3 = ETH_HLEN;
-    let mut ethertype = be16(12)?;
-    if ethertype == 0x8100 {
-        ethertype = be16(16)?;
-        l3 += 4;
-    }
+    let (ethertype, l3) = super::ip::l3(f)?;
     let (proto, start, pseudo) = match ethertype {
-        0x0800 => {
-            let vihl = *f.get(l3)?;
-            let ihl = usize::from(vihl & 0xf) * 4;
-            if vihl >> 4 != 4 || ihl < 20 {
-                return None;
-            }
-            let total = usize::from(be16(l3 + 2)?);
-            let frag = be16(l3 + 6)?;
-            if frag & 0x3fff != 0 || total < ihl {
+        super::ip::ETHERTYPE_IPV4 => {
+            let h = super::ip::ipv4(f, l3).ok()?;
+            if h.is_fragment() || h.total < h.ihl {
                 return None; // a fragment has no whole L4 header
             }
-            let proto = *f.get(l3 + 9)?;
-            let l4_len = (total - ihl) as u32;
+            let l4_len = (h.total - h.ihl) as u32;
             let mut sum = csum_add(f.get(l3 + 12..l3 + 20)?, 0);
-            sum += u32::from(proto) + l4_len;
-            (proto, l3 + ihl, sum)
+            sum += u32::from(h.proto) + l4_len;
+            (h.proto, l3 + h.ihl, sum)
         }
-        0x86dd => {
-            if *f.get(l3)? >> 4 != 6 {
-                return None;
-            }
-            let payload = u32::from(be16(l3 + 4)?);
-            let mut next = *f.get(l3 + 6)?;
-            let mut at = l3 + 40;
-            let mut ext_len = 0u32;
-            for _ in 0..8 {
-                match next {
-                    0 | 43 | 60 => {
-                        let len = (usize::from(*f.get(at + 1)?) + 1) * 8;
-                        next = *f.get(at)?;
-                        at += len;
-                        ext_len += len as u32;
-                    }
-                    44 => return None, // a fragment
-                    _ => break,
-                }
-            }
-            let l4_len = payload.checked_sub(ext_len)?;
+        super::ip::ETHERTYPE_IPV6 => {
+            let h = super::ip::ipv6(f, l3).ok()?;
+            // A fragment header (44) or more than 8 extension headers ends here too: neither is
+            // TCP or UDP below.
+            let ext_len = (h.l4 - (l3 + 40)) as u32;
+            let l4_len = (h.payload as u32).checked_sub(ext_len)?;
             let mut sum = csum_add(f.get(l3 + 8..l3 + 40)?, 0);
-            sum += u32::from(next) + l4_len;
-            (next, at, sum)
+            sum += u32::from(h.next) + l4_len;
+            (h.next, h.l4, sum)
         }
         _ => return None,
     };
     let offset = match proto {
-        IPPROTO_TCP => 16,
-        IPPROTO_UDP => 6,
+        super::ip::IPPROTO_TCP => 16,
+        super::ip::IPPROTO_UDP => 6,
         _ => return None,
     };
     if start + offset + 2 > f.len() {

@@ -13,7 +13,7 @@
 //! headers are parsed in a fixed number of steps with every access checked, and a segment size
 //! below [`MIN_SEGMENT`] is refused so that one frame cannot become tens of thousands.
 
-use super::{Checksum, ETH_HLEN, FrameMeta, GsoType};
+use super::{Checksum, FrameMeta, GsoType, ip};
 
 /// The smallest segment size accepted (Linux's `TCP_MIN_SND_MSS`).
 pub const MIN_SEGMENT: u16 = 48;
@@ -52,56 +52,33 @@ struct Layout {
     end: usize,
 }
 
-fn be16(f: &[u8], i: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*f.get(i)?, *f.get(i + 1)?]))
-}
-
 fn layout(f: &[u8], gso_type: GsoType) -> Result<Layout, GsoError> {
     let bad = |what| GsoError::BadHeaders { len: f.len(), what };
     let short = bad("the headers run past the frame");
-    let mut l3 = ETH_HLEN;
-    let mut ethertype = be16(f, 12).ok_or(short.clone())?;
-    if ethertype == 0x8100 {
-        ethertype = be16(f, 16).ok_or(short.clone())?;
-        l3 += 4;
-    }
+    let (ethertype, l3) = ip::l3(f).ok_or(short.clone())?;
     let (v4, ext, l4, end) = match (ethertype, gso_type) {
-        (0x0800, GsoType::TcpV4) => {
-            let vihl = *f.get(l3).ok_or(short.clone())?;
-            let ihl = usize::from(vihl & 0xf) * 4;
-            if vihl >> 4 != 4 || ihl < 20 {
-                return Err(bad("not an IPv4 header"));
-            }
-            if be16(f, l3 + 6).ok_or(short.clone())? & 0x3fff != 0 {
+        (ip::ETHERTYPE_IPV4, GsoType::TcpV4) => {
+            let h = ip::ipv4(f, l3).map_err(|e| match e {
+                ip::IpError::Short => short.clone(),
+                ip::IpError::BadVersion => bad("not an IPv4 header"),
+            })?;
+            if h.is_fragment() {
                 return Err(bad("an IPv4 fragment"));
             }
-            if *f.get(l3 + 9).ok_or(short.clone())? != 6 {
+            if h.proto != ip::IPPROTO_TCP {
                 return Err(bad("IPv4 but not TCP"));
             }
-            let total = usize::from(be16(f, l3 + 2).ok_or(short.clone())?);
-            (true, 0, l3 + ihl, l3 + total)
+            (true, 0, l3 + h.ihl, l3 + h.total)
         }
-        (0x86dd, GsoType::TcpV6) => {
-            if *f.get(l3).ok_or(short.clone())? >> 4 != 6 {
-                return Err(bad("not an IPv6 header"));
-            }
-            let payload = usize::from(be16(f, l3 + 4).ok_or(short.clone())?);
-            let mut next = *f.get(l3 + 6).ok_or(short.clone())?;
-            let mut at = l3 + 40;
-            for _ in 0..8 {
-                match next {
-                    0 | 43 | 60 => {
-                        let len = (usize::from(*f.get(at + 1).ok_or(short.clone())?) + 1) * 8;
-                        next = *f.get(at).ok_or(short.clone())?;
-                        at += len;
-                    }
-                    _ => break,
-                }
-            }
-            if next != 6 {
+        (ip::ETHERTYPE_IPV6, GsoType::TcpV6) => {
+            let h = ip::ipv6(f, l3).map_err(|e| match e {
+                ip::IpError::Short => short.clone(),
+                ip::IpError::BadVersion => bad("not an IPv6 header"),
+            })?;
+            if h.next != ip::IPPROTO_TCP {
                 return Err(bad("IPv6 but not TCP (or more than 8 extension headers)"));
             }
-            (false, at - (l3 + 40), at, l3 + 40 + payload)
+            (false, h.l4 - (l3 + 40), h.l4, l3 + 40 + h.payload)
         }
         _ => return Err(bad("the GSO type does not match the frame's IP version")),
     };
@@ -168,7 +145,7 @@ pub fn segment(frame: &[u8], meta: &FrameMeta) -> Result<Vec<Vec<u8>>, GsoError>
     ]);
     let flags0 = frame[l.l4 + 13];
     let id0 = if l.v4 {
-        be16(frame, l.l3 + 4).unwrap_or(0)
+        ip::be16(frame, l.l3 + 4).unwrap_or(0)
     } else {
         0
     };

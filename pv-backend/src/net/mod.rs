@@ -19,6 +19,7 @@
 pub mod back;
 pub mod ctrl;
 pub mod gso;
+mod ip;
 pub mod mq;
 pub mod switch;
 pub mod tap;

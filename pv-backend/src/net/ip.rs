@@ -1,0 +1,112 @@
+//! The Ethernet, IPv4 and IPv6 header walk shared by the checksum offload ([`super::back`]) and
+//! software GSO ([`super::gso`]): bounded (a fixed number of steps, at most 8 IPv6 extension
+//! headers) and every access to the guest's bytes checked. Each caller applies its own rules to
+//! what it finds.
+
+use super::ETH_HLEN;
+
+/// The 802.1Q tag's EtherType.
+const ETHERTYPE_VLAN: u16 = 0x8100;
+/// IPv4's EtherType.
+pub(super) const ETHERTYPE_IPV4: u16 = 0x0800;
+/// IPv6's EtherType.
+pub(super) const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// TCP's IP protocol number.
+pub(super) const IPPROTO_TCP: u8 = 6;
+/// UDP's IP protocol number.
+pub(super) const IPPROTO_UDP: u8 = 17;
+
+/// Why a header could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IpError {
+    /// The header runs past the frame.
+    Short,
+    /// The version field is not the one the EtherType names (or an IPv4 IHL below 5).
+    BadVersion,
+}
+
+/// The big-endian `u16` at `i`, if the frame holds it.
+pub(super) fn be16(f: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*f.get(i)?, *f.get(i + 1)?]))
+}
+
+/// The frame's EtherType and where its L3 header starts, past one optional 802.1Q tag.
+pub(super) fn l3(f: &[u8]) -> Option<(u16, usize)> {
+    let ethertype = be16(f, 12)?;
+    if ethertype == ETHERTYPE_VLAN {
+        Some((be16(f, 16)?, ETH_HLEN + 4))
+    } else {
+        Some((ethertype, ETH_HLEN))
+    }
+}
+
+/// The fields of an IPv4 header at `l3`.
+pub(super) struct Ipv4 {
+    /// The header's length in bytes (IHL × 4, at least 20).
+    pub(super) ihl: usize,
+    /// Total length (header and payload), as the header says.
+    pub(super) total: usize,
+    /// Flags and fragment offset.
+    pub(super) frag: u16,
+    /// The protocol.
+    pub(super) proto: u8,
+}
+
+impl Ipv4 {
+    /// Whether this is a fragment (more fragments, or a non-zero offset).
+    pub(super) fn is_fragment(&self) -> bool {
+        self.frag & 0x3fff != 0
+    }
+}
+
+/// Reads the IPv4 header at `l3`: version 4 and IHL of at least 5 are checked first.
+pub(super) fn ipv4(f: &[u8], l3: usize) -> Result<Ipv4, IpError> {
+    let vihl = *f.get(l3).ok_or(IpError::Short)?;
+    let ihl = usize::from(vihl & 0xf) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(IpError::BadVersion);
+    }
+    Ok(Ipv4 {
+        ihl,
+        total: usize::from(be16(f, l3 + 2).ok_or(IpError::Short)?),
+        frag: be16(f, l3 + 6).ok_or(IpError::Short)?,
+        proto: *f.get(l3 + 9).ok_or(IpError::Short)?,
+    })
+}
+
+/// The fields of an IPv6 header at `l3`, past its extension headers.
+pub(super) struct Ipv6 {
+    /// Payload length (extension headers and L4), as the header says.
+    pub(super) payload: usize,
+    /// The next header after the hop-by-hop, routing and destination options headers (at most 8
+    /// of them); another value of those three means more than 8, and 44 a fragment header.
+    pub(super) next: u8,
+    /// Where that next header starts.
+    pub(super) l4: usize,
+}
+
+/// Reads the IPv6 header at `l3` (version 6 checked first) and walks its hop-by-hop (0), routing
+/// (43) and destination options (60) headers, at most 8.
+pub(super) fn ipv6(f: &[u8], l3: usize) -> Result<Ipv6, IpError> {
+    if *f.get(l3).ok_or(IpError::Short)? >> 4 != 6 {
+        return Err(IpError::BadVersion);
+    }
+    let payload = usize::from(be16(f, l3 + 4).ok_or(IpError::Short)?);
+    let mut next = *f.get(l3 + 6).ok_or(IpError::Short)?;
+    let mut at = l3 + 40;
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let len = (usize::from(*f.get(at + 1).ok_or(IpError::Short)?) + 1) * 8;
+                next = *f.get(at).ok_or(IpError::Short)?;
+                at += len;
+            }
+            _ => break,
+        }
+    }
+    Ok(Ipv6 {
+        payload,
+        next,
+        l4: at,
+    })
+}
