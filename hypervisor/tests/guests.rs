@@ -31,6 +31,42 @@ fn finish(d: &mut Domain) -> DomainExit {
     exit
 }
 
+/// Waits (10 s at most) until the console shows `marker`, and returns the console's text.
+fn wait_for_console(d: &Domain, marker: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let out = d.console_output();
+        if out.contains(marker) {
+            return out;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?} not printed: {out}",
+            marker
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The port a `wait-event` guest offers, from its console line "wait-event: port N".
+fn offered_port(d: &Domain) -> u32 {
+    let marker = "wait-event: port ";
+    let t0 = Instant::now();
+    loop {
+        let out = wait_for_console(d, marker);
+        let rest = out.split(marker).nth(1).expect("the marker is there");
+        // Only a whole line: the number may still be arriving.
+        if let Some((port, _)) = rest.split_once('\n') {
+            return port
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("port {port:?}: {e}"));
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{out}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_guest_boots_and_prints_on_its_console() {
     let hv = Hypervisor::new().unwrap();
@@ -280,23 +316,7 @@ fn event_channel_operations_work_through_the_abi() {
 fn an_event_from_domain_0_wakes_a_blocked_guest() {
     let hv = Hypervisor::new().unwrap();
     let mut d = boot(&hv, "waiter", "wait-event");
-    let t0 = Instant::now();
-    let port = loop {
-        let out = d.console_output();
-        if let Some(rest) = out.split("wait-event: port ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no port printed: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let port = offered_port(&d);
     while d.state() != RunState::Blocked {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -327,23 +347,7 @@ fn an_event_between_two_guests_wakes_the_receiver() {
         .unwrap();
     assert_eq!(rx.domid(), rx_id);
     rx.start().unwrap();
-    let t0 = Instant::now();
-    let port = loop {
-        let out = rx.console_output();
-        if let Some(rest) = out.split("wait-event: port ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no port printed: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let port = offered_port(&rx);
     tx_cfg.cmdline = format!("send-event={rx_id},{port}");
     let mut tx = hv.create_domain(tx_cfg).unwrap();
     assert_eq!(tx.domid(), tx_id);
@@ -379,23 +383,7 @@ fn domain_ids_are_handed_out_in_order_and_a_destroyed_ones_is_not_reused_at_once
 fn a_port_offered_to_another_domain_cannot_be_bound_by_a_third() {
     let hv = Hypervisor::new().unwrap();
     let mut rx = boot(&hv, "rx", "wait-event=4000");
-    let t0 = Instant::now();
-    let port = loop {
-        let out = rx.console_output();
-        if let Some(rest) = out.split("wait-event: port ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no port printed: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let port = offered_port(&rx);
     let mut intruder = boot(
         &hv,
         "intruder",
@@ -497,22 +485,11 @@ fn a_console_flood_is_rate_limited_and_the_guest_goes_on() {
 fn ballooned_memory_goes_back_to_the_host_and_returns() {
     let hv = Hypervisor::new().unwrap();
     let mut d = boot(&hv, "balloon", "balloon=8");
-    let wait_for = |d: &Domain, what: &str| {
-        let t0 = Instant::now();
-        while !d.console_output().contains(what) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "no '{what}': {}",
-                d.console_output()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    wait_for(&d, "balloon: touched 8 MiB");
+    wait_for_console(&d, "balloon: touched 8 MiB");
     let touched = d.host_memory_bytes();
-    wait_for(&d, "balloon: released");
+    wait_for_console(&d, "balloon: released");
     let released = d.host_memory_bytes();
-    wait_for(&d, "balloon: populated");
+    wait_for_console(&d, "balloon: populated");
     let populated = d.host_memory_bytes();
     assert_eq!(
         finish(&mut d),
@@ -644,23 +621,7 @@ fn domain_0_exchanges_events_with_a_guest() {
     );
     // Dom0 to guest: the guest offers a port to dom0, dom0 binds it and sends.
     let mut rx = boot(&hv, "rx0", "wait-event=0");
-    let t0 = Instant::now();
-    let guest_port = loop {
-        let out = rx.console_output();
-        if let Some(rest) = out.split("wait-event: port ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no port printed: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let guest_port = offered_port(&rx);
     let local = hv
         .dom0_bind_interdomain(rx.domid(), guest_port, |_| {})
         .unwrap();
@@ -689,15 +650,7 @@ fn domain_0_resolves_the_pages_a_guest_granted_it() {
     use xen_abi::grant_table::GrantError;
     let hv = Hypervisor::new().unwrap();
     let mut d = boot(&hv, "granter", "grant");
-    let t0 = Instant::now();
-    while !d.console_output().contains("refs 8 and 9 granted") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{}",
-            d.console_output()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_console(&d, "refs 8 and 9 granted");
     assert!(
         d.console_output()
             .contains("grant: setup_table 0 status 0 frame"),
