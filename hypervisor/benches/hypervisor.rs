@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, RunState, guest};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// Runs `iters` rounds of the guest's `name` benchmark (cmdline `name=iters`) and returns the time the
+/// guest measured itself, which it prints after `marker` in nanoseconds.
+fn guest_timed(hv: &Hypervisor, name: &str, iters: u64, marker: &str) -> Duration {
+    let mut d = hv
+        .create_domain(config(name, &format!("{name}={iters}")))
+        .unwrap();
+    d.start().unwrap();
+    let exit = d.wait();
+    assert!(matches!(exit, DomainExit::Shutdown(_)), "{exit}");
+    let out = d.console_output();
+    let ns: u64 = out
+        .split(marker)
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no timing in: {out}"));
+    Duration::from_nanos(ns)
+}
+
 fn config(name: &str, cmdline: &str) -> DomainConfig {
     let mut c = DomainConfig::new(name, guest::builtin().expect("the guest is built"));
     c.cmdline = cmdline.into();
@@ -22,43 +41,11 @@ fn hypercall_round_trip(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_millis(500));
     g.bench_function("xen_version round trip (guest-timed)", |b| {
-        b.iter_custom(|iters| {
-            let mut d = hv
-                .create_domain(config("hcbench", &format!("hcbench={iters}")))
-                .unwrap();
-            d.start().unwrap();
-            let exit = d.wait();
-            assert!(matches!(exit, DomainExit::Shutdown(_)), "{exit}");
-            let out = d.console_output();
-            let ns: u64 = out
-                .split("calls in ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no timing in: {out}"));
-            Duration::from_nanos(ns)
-        })
+        b.iter_custom(|iters| guest_timed(&hv, "hcbench", iters, "calls in "))
     });
     g.bench_function(
         "exception bounced to the guest's handler and back (guest-timed)",
-        |b| {
-            b.iter_custom(|iters| {
-                let mut d = hv
-                    .create_domain(config("trapbench", &format!("trapbench={iters}")))
-                    .unwrap();
-                d.start().unwrap();
-                let exit = d.wait();
-                assert!(matches!(exit, DomainExit::Shutdown(_)), "{exit}");
-                let out = d.console_output();
-                let ns: u64 = out
-                    .split("traps in ")
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no timing in: {out}"));
-                Duration::from_nanos(ns)
-            })
-        },
+        |b| b.iter_custom(|iters| guest_timed(&hv, "trapbench", iters, "traps in ")),
     );
     g.finish();
 }
