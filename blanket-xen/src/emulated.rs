@@ -262,6 +262,35 @@ impl EmulatedXen {
         }
     }
 
+    fn wait_on_any(
+        &self,
+        owner: DomId,
+        ports: &[EvtchnPort],
+        timeout_ns: u64,
+    ) -> Result<Wake, PlatformError> {
+        let deadline = Instant::now() + Duration::from_nanos(timeout_ns);
+        let mut p = lock(&self.ports);
+        loop {
+            let mut woke = false;
+            for port in ports {
+                let state = Self::port_mut(&mut p, owner, *port)?;
+                woke |= core::mem::take(&mut state.pending);
+            }
+            if woke {
+                return Ok(Wake::Event);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Wake::TimedOut);
+            }
+            p = self
+                .bell
+                .wait_timeout(p, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn close_port(&self, owner: DomId, port: EvtchnPort) -> Result<(), PlatformError> {
         let mut p = lock(&self.ports);
         let peer = Self::port_mut(&mut p, owner, port)?.peer;
@@ -320,6 +349,9 @@ impl Translate for EmulatedXen {
 impl WaitEvent for EmulatedXen {
     fn wait(&self, port: EvtchnPort, timeout_ns: u64) -> Result<Wake, PlatformError> {
         self.wait_on(self.domid, port, timeout_ns)
+    }
+    fn wait_any(&self, ports: &[EvtchnPort], timeout_ns: u64) -> Result<Wake, PlatformError> {
+        self.wait_on_any(self.domid, ports, timeout_ns)
     }
     fn now_ns(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)

@@ -33,6 +33,7 @@ extern crate std;
 pub mod blk;
 pub mod console;
 pub mod net;
+mod netpkt;
 pub mod platform;
 mod shmem;
 pub mod xenbus;

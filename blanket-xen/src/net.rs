@@ -1,30 +1,58 @@
-//! netfront: the guest side of a Xen virtual network interface (`io/netif.h`), one queue, receive by
-//! copy (`feature-rx-copy`), scatter-gather on both rings when the back-end offers `feature-sg`.
+//! netfront: the guest side of a Xen virtual network interface (`io/netif.h`): up to `Q` queues, receive
+//! by copy (`feature-rx-copy`), scatter-gather on both rings when the back-end offers `feature-sg`, split
+//! event channels, checksum offload and TCP segmentation offload (GSO) both ways.
 //!
-//! [`NetFront::connect`] reads `<node>/mac`, waits for the back-end's InitWait, reads `feature-rx-copy`
-//! (required), `feature-sg` and `multi-queue-max-queues`, grants the TX and RX rings, allocates one event
-//! channel, and writes `tx-ring-ref`, `rx-ring-ref`, `event-channel`, `request-rx-copy`, `feature-rx-notify`
-//! and `feature-sg` in one transaction; then Initialised, the back-end's Connected, and Connected.
+//! [`NetFront::connect_with`] reads `<node>/mac`, waits for the back-end's InitWait, reads
+//! `feature-rx-copy` (required), `feature-sg`, `feature-gso-tcpv4`, `feature-gso-tcpv6`,
+//! `feature-no-csum-offload`, `feature-ipv6-csum-offload`, `feature-split-event-channels` and
+//! `multi-queue-max-queues`, and uses `min(Q, multi-queue-max-queues)` queues. For each queue it grants a
+//! TX and an RX ring and allocates one event channel, or two (TX and RX) when the back-end offers split
+//! event channels and [`NetFeatures::split_event_channels`] asks for them. Then, as Linux's xen-netfront
+//! does, it writes in one transaction:
 //!
-//! Buffers are driver-owned pages (the `pool`), each granted once for the driver's lifetime: RX pages
-//! writable, TX pages read-only. A frame to send is copied into TX pages (one slot per 4096 bytes, at most
-//! 18 slots, `NETTXF_more_data` on all but the last); received data is copied out of RX pages once, into
-//! the caller's buffer, and the pages are posted again.
+//! - with one queue, `tx-ring-ref`, `rx-ring-ref` and `event-channel` (or `event-channel-tx` and
+//!   `event-channel-rx`) in the device's own directory; with more, `multi-queue-num-queues` and those
+//!   keys under `queue-0` .. `queue-N-1`;
+//! - `request-rx-copy` = 1, `feature-rx-notify` = 1, `feature-sg`, `feature-gso-tcpv4`,
+//!   `feature-gso-tcpv6` (1 when GSO is asked for and the back-end offers it), `feature-no-csum-offload`
+//!   (1 unless checksum offload is asked for) and `feature-ipv6-csum-offload`;
+//!
+//! then Initialised, the back-end's Connected, and Connected.
+//!
+//! Buffers are driver-owned pages (the `pool`), each granted once for the driver's lifetime: for queue
+//! `q`, pages `q * (rx + tx)` on, RX pages (writable) first, then TX pages (read-only). A frame to send is
+//! copied into TX pages (one slot per 4096 bytes, at most 18 slots, `NETTXF_more_data` on all but the
+//! last; a GSO frame has its GSO extra in the slot after the first); received data is copied out of RX
+//! pages once, into the caller's buffer, and the pages are posted again.
+//!
+//! **Queues.** A frame goes to the TX queue its flow hashes to (the Toeplitz hash, with the RSS key, of
+//! its IPv4 or IPv6 addresses and its TCP or UDP ports, scaled to the queue count; frames that are not IP
+//! use queue 0), so a flow's frames stay in order. [`NetFront::recv`] looks at every queue's RX ring,
+//! round robin from the queue after the one that delivered last.
+//!
+//! **Offloads.** [`TxOffload`] asks for a partial checksum (`NETTXF_csum_blank`: the frame's TCP or UDP
+//! checksum field holds the pseudo-header sum, as Linux's `CHECKSUM_PARTIAL`) or GSO (a GSO extra with
+//! the segment size, which implies the partial checksum). A partial checksum the back-end does not take
+//! for that IP version is completed here before sending; GSO that was not negotiated is refused
+//! ([`NetError::BadOffload`]). Received frames come with their `NETRXF_*` checksum flags and GSO extra
+//! ([`RxMeta`]); when checksum offload was not negotiated, a `NETRXF_csum_blank` frame's checksum is
+//! completed here (a back-end may ignore `feature-no-csum-offload`).
 //!
 //! Everything the back-end writes is checked: a TX response must name a TX buffer in flight and carry a
-//! `NETIF_RSP_*` status (`NETIF_RSP_NULL` only answers extra-info slots, which we never send); an RX
-//! response must answer the request posted in the same ring slot (as netback does), fit its page
+//! `NETIF_RSP_*` status (`NETIF_RSP_NULL` only while a GSO extra is unanswered); an RX response must
+//! answer the request posted in the same ring slot (as netback does), fit its page
 //! (`offset + size <= 4096`), and a packet must end within 18 slots; extra-info slots must have a known
-//! type. A hostile response is a typed [`NetError`] and the packet it belongs to is dropped; a ring whose
-//! `rsp_prod` overflows stops the device.
+//! type, and a GSO extra a known GSO type and a size above 0. A hostile response is a typed [`NetError`]
+//! and the packet it belongs to is dropped; a ring whose `rsp_prod` overflows stops the device.
 
 use xen_abi::DomId;
 use xen_abi::event_channel::EvtchnPort;
 use xen_abi::grant_table::GrantRef;
 use xen_abi::netif::{
-    ETH_HLEN, MacAddr, NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NetRxFlags, NetTxFlags,
-    NetifExtraInfo, NetifRx, NetifRxRequest, NetifRxResponse, NetifTx, NetifTxRequest,
-    XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE,
+    ETH_HLEN, ExtraFlags, GsoType, MacAddr, NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_NULL,
+    NETIF_RSP_OKAY, NetRxFlags, NetTxFlags, NetifExtraInfo, NetifExtraInfoGso, NetifRx,
+    NetifRxRequest, NetifRxResponse, NetifTx, NetifTxRequest, XEN_NETIF_EXTRA_FLAG_MORE,
+    XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
 };
 use xen_abi::ring::{FrontRing, RingError, RingMemory, ring_entries};
@@ -32,9 +60,10 @@ use xen_abi::xenbus::XenbusState;
 use xen_abi::xs_wire::XsErrno;
 use xen_abi::{XEN_PAGE_SIZE, xenbus};
 
+use crate::netpkt;
 use crate::platform::{Platform, PlatformError};
 use crate::shmem;
-use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XenBusError, fmt_decimal};
+use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XenBusError, XsPath, fmt_decimal};
 
 /// Slots of the one-page TX ring: 256.
 pub const NET_TX_RING_SIZE: usize = ring_entries::<NetifTx>(XEN_PAGE_SIZE) as usize;
@@ -79,9 +108,9 @@ pub enum NetError {
         /// Ours.
         front: XenbusState,
     },
-    /// A configuration or pool that cannot work.
+    /// A configuration or pool that cannot work (the pool holds `Q * (rx + tx)` pages).
     #[error(
-        "{rx} RX and {tx} TX buffers need {need} pool pages, {pages} were given (each count 1 to 256)"
+        "{rx} RX and {tx} TX buffers need {need} pool pages, {pages} were given (each count 1 to 256, Q queues at least 1)"
     )]
     BadPool {
         /// RX buffers asked for.
@@ -152,6 +181,21 @@ pub enum NetError {
         /// The type.
         extra_type: u8,
     },
+    /// A frame's offload that cannot be sent: GSO that was not negotiated for its type, or on a frame
+    /// that is not TCP over IPv4 or IPv6 of that type, or a GSO size of 0.
+    #[error("offload cannot be sent: {what}")]
+    BadOffload {
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// Hostile back-end: a GSO extra with an unknown GSO type or a size of 0.
+    #[error("back-end's RX GSO extra has type {gso_type} and size {size}")]
+    BadRxGso {
+        /// The GSO type.
+        gso_type: u8,
+        /// The segment size.
+        size: u16,
+    },
     /// A received packet shorter than an Ethernet header; dropped.
     #[error("back-end delivered a packet of {len} bytes, shorter than an Ethernet header")]
     RxRunt {
@@ -180,9 +224,9 @@ pub enum NetError {
 /// How the driver is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetConfig {
-    /// RX buffers (pages) kept posted: 1 to 256.
+    /// RX buffers (pages) kept posted, per queue: 1 to 256.
     pub rx_buffers: usize,
-    /// TX buffers (pages): 1 to 256.
+    /// TX buffers (pages), per queue: 1 to 256.
     pub tx_buffers: usize,
     /// Timeout of every handshake step and blocking call, in nanoseconds.
     pub timeout_ns: u64,
@@ -198,17 +242,65 @@ impl Default for NetConfig {
     }
 }
 
-/// What the back-end offers and what the toolstack set.
+/// What netfront asks the back-end for, when the back-end offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetFeatures {
+    /// Separate TX and RX event channels per queue (`feature-split-event-channels`).
+    pub split_event_channels: bool,
+    /// Checksum offload both ways: `feature-no-csum-offload` = 0 and `feature-ipv6-csum-offload` = 1, so
+    /// the back-end may deliver `NETRXF_csum_blank` frames, and [`TxOffload::csum_blank`] frames are sent
+    /// as they are (to a back-end that takes them).
+    pub csum_offload: bool,
+    /// GSO both ways (`feature-gso-tcpv4`, `feature-gso-tcpv6`): the back-end may deliver 64 KiB TCP
+    /// frames with a GSO extra, and [`TxOffload::gso`] frames may be sent.
+    pub gso: bool,
+}
+
+impl NetFeatures {
+    /// What [`NetFront::connect`] asks for: split event channels, no offloads (received frames are whole,
+    /// with checksums complete).
+    pub const BASIC: Self = Self {
+        split_event_channels: true,
+        csum_offload: false,
+        gso: false,
+    };
+    /// Everything: split event channels, checksum offload and GSO, as Linux's xen-netfront asks.
+    pub const ALL: Self = Self {
+        split_event_channels: true,
+        csum_offload: true,
+        gso: true,
+    };
+}
+
+impl Default for NetFeatures {
+    fn default() -> Self {
+        Self::BASIC
+    }
+}
+
+/// What the back-end offers, what the toolstack set, and what was negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetInfo {
     /// The interface's MAC address (`<node>/mac`).
     pub mac: MacAddr,
     /// `feature-sg`.
     pub sg: bool,
-    /// `feature-gso-tcpv4` (read, not used).
+    /// `feature-gso-tcpv4` offered.
     pub gso_tcpv4: bool,
-    /// `multi-queue-max-queues` (1 when absent; one queue is used).
+    /// `feature-gso-tcpv6` offered.
+    pub gso_tcpv6: bool,
+    /// The back-end takes partial IPv4 checksums (`feature-no-csum-offload` absent or 0).
+    pub csum_ipv4: bool,
+    /// The back-end takes partial IPv6 checksums (`feature-ipv6-csum-offload`).
+    pub csum_ipv6: bool,
+    /// `feature-split-event-channels` offered.
+    pub split_event_channels: bool,
+    /// `multi-queue-max-queues` (1 when absent).
     pub max_queues: u32,
+    /// The queues in use: `min(Q, max_queues)`.
+    pub queues: usize,
+    /// What was negotiated: what was asked for and offered.
+    pub negotiated: NetFeatures,
 }
 
 /// Counters of what the driver dropped or saw fail.
@@ -224,6 +316,56 @@ pub struct NetStats {
     pub rx_dropped: u64,
     /// TX responses refused as hostile (an id not in flight, an unknown status).
     pub tx_bad_responses: u64,
+    /// Partial checksums completed by the driver (TX to a back-end without checksum offload for that IP
+    /// version, and RX when checksum offload was not negotiated).
+    pub csum_completed: u64,
+}
+
+impl NetStats {
+    fn add(&mut self, o: &Self) {
+        self.tx_packets += o.tx_packets;
+        self.tx_errors += o.tx_errors;
+        self.rx_packets += o.rx_packets;
+        self.rx_dropped += o.rx_dropped;
+        self.tx_bad_responses += o.tx_bad_responses;
+        self.csum_completed += o.csum_completed;
+    }
+}
+
+/// GSO of a TCP super-frame: the protocol and the largest TCP payload per segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetGso {
+    /// TCP over IPv4 or IPv6.
+    pub gso_type: GsoType,
+    /// The segment size (the MSS), above 0.
+    pub size: u16,
+}
+
+/// The offloads of a frame to send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxOffload {
+    /// The TCP or UDP checksum is partial: its field holds the pseudo-header sum (`NETTXF_csum_blank`).
+    pub csum_blank: bool,
+    /// The checksum is known to be good (`NETTXF_data_validated`).
+    pub data_validated: bool,
+    /// GSO: the back-end (or whoever receives it) segments the frame. Implies `csum_blank`.
+    pub gso: Option<NetGso>,
+}
+
+/// A received packet: its length, queue and offload flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta {
+    /// Its length in the caller's buffer.
+    pub len: usize,
+    /// The queue it came on.
+    pub queue: usize,
+    /// `NETRXF_csum_blank`: the checksum field holds the pseudo-header sum (only when checksum offload
+    /// was negotiated, or when the driver could not complete it: not TCP or UDP over IP).
+    pub csum_blank: bool,
+    /// `NETRXF_data_validated`.
+    pub data_validated: bool,
+    /// The GSO extra, for a super-frame (only when GSO was negotiated).
+    pub gso: Option<NetGso>,
 }
 
 fn parse_mac(v: &[u8]) -> Option<MacAddr> {
@@ -251,44 +393,63 @@ struct Frag {
     size: u16,
 }
 
-/// A connected netfront.
-pub struct NetFront<P, M, B> {
-    platform: P,
-    tx: FrontRing<M, NetifTx>,
-    rx: FrontRing<M, NetifRx>,
-    tx_ref: GrantRef,
-    rx_ref: GrantRef,
-    port: EvtchnPort,
-    device: FrontendDevice,
-    info: NetInfo,
-    pool: B,
+/// What every queue needs to know of the negotiation.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
     nrx: usize,
     ntx: usize,
+    backend: DomId,
+    /// Complete `NETRXF_csum_blank` checksums (checksum offload not negotiated).
+    rx_complete_csum: bool,
+    /// GSO extras may arrive.
+    rx_gso: bool,
+}
+
+/// How one frame goes on the TX ring.
+#[derive(Debug, Clone, Copy)]
+struct TxPlan {
+    /// The first slot's checksum flags.
+    flags: NetTxFlags,
+    /// The GSO extra, after the first slot.
+    gso: Option<NetGso>,
+    /// A checksum completed here: its field's offset in the frame and its value.
+    csum_patch: Option<(usize, [u8; 2])>,
+}
+
+/// One queue: its two rings, their grants and ports, its buffers and its RX packet in assembly.
+struct Queue<M> {
+    tx: FrontRing<M, NetifTx>,
+    rx: FrontRing<M, NetifRx>,
+    /// The rings' grants (`tx-ring-ref`, `rx-ring-ref`); `ngranted_rings` of them are live.
+    ring_refs: [GrantRef; 2],
+    ngranted_rings: usize,
+    tx_port: Option<EvtchnPort>,
+    /// `None` without split event channels: RX uses `tx_port`.
+    rx_port: Option<EvtchnPort>,
+    /// The first pool page of this queue.
+    base: usize,
     rx_grefs: [GrantRef; NET_RX_RING_SIZE],
+    nrx_granted: usize,
+    tx_grefs: [GrantRef; NET_TX_RING_SIZE],
+    ntx_granted: usize,
     rx_posted: [bool; NET_RX_RING_SIZE],
     /// The buffer posted in each RX ring slot.
     rx_slot_buf: [u16; NET_RX_RING_SIZE],
-    tx_grefs: [GrantRef; NET_TX_RING_SIZE],
     tx_busy: [bool; NET_TX_RING_SIZE],
+    /// GSO extras sent and not yet answered (with `NETIF_RSP_NULL`).
+    tx_extras: usize,
     frags: [Frag; MAX_SLOTS_PER_PACKET],
     nfrags: usize,
     in_packet: bool,
     expect_extra: bool,
+    /// The first slot's flags of the packet being assembled.
+    first_flags: NetRxFlags,
+    /// The GSO extra of the packet being assembled.
+    gso: Option<NetGso>,
     /// The packet being assembled is dropped, with this error.
     dropping: Option<NetError>,
     stats: NetStats,
-    timeout_ns: u64,
     stopped: bool,
-}
-
-impl<P, M, B> core::fmt::Debug for NetFront<P, M, B> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("NetFront")
-            .field("device", &self.device)
-            .field("info", &self.info)
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
 }
 
 fn backend_number<P: Platform, XM: RingMemory>(
@@ -307,303 +468,172 @@ fn backend_number<P: Platform, XM: RingMemory>(
     }
 }
 
-impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
-    /// Connects to the back-end of the vif at `node` (for example `device/vif/0`), with `tx_page` and
-    /// `rx_page` as the rings and `pool` (page-aligned memory of this domain) holding
-    /// `rx_buffers + tx_buffers` pages.
-    ///
-    /// On an error after the rings were published, the grants are ended where the back-end let go; a page
-    /// it still maps stays granted and must not be reused (the error does not say which: treat the ring and
-    /// pool memory as lost to the back-end).
-    pub fn connect<XM: RingMemory>(
-        platform: P,
-        xb: &mut XenBus<P, XM>,
-        node: &[u8],
-        tx_page: M,
-        rx_page: M,
-        pool: B,
-        config: NetConfig,
-    ) -> Result<Self, NetError> {
-        let pages = pool.len() / XEN_PAGE_SIZE;
-        let need = config.rx_buffers + config.tx_buffers;
-        if !(1..=NET_RX_RING_SIZE).contains(&config.rx_buffers)
-            || !(1..=NET_TX_RING_SIZE).contains(&config.tx_buffers)
-            || pages < need
-            || (pool.as_ptr() as usize) % XEN_PAGE_SIZE != 0
-        {
-            return Err(NetError::BadPool {
-                rx: config.rx_buffers,
-                tx: config.tx_buffers,
-                need,
-                pages,
-            });
-        }
-        let timeout = config.timeout_ns;
-        let mut dev = FrontendDevice::probe(xb, node)?;
-        let mut macbuf = [0u8; 32];
-        let mac = match xb.read(XBT_NIL, dev.node().join(b"mac")?.as_bytes(), &mut macbuf) {
-            Ok(n) => parse_mac(&macbuf[..n]).ok_or(NetError::BadNode {
-                key: "mac",
-                what: "not a MAC address aa:bb:cc:dd:ee:ff",
-            })?,
-            Err(XenBusError::Xs(XsErrno::ENOENT)) => {
-                return Err(NetError::BadNode {
-                    key: "mac",
-                    what: "missing",
-                });
-            }
-            Err(XenBusError::BufferTooSmall { .. }) => {
-                return Err(NetError::BadNode {
-                    key: "mac",
-                    what: "not a MAC address aa:bb:cc:dd:ee:ff",
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let backend: DomId = dev.backend_id();
-        let front = dev.state();
-        let state_error = move |e: XenBusError| match e {
-            XenBusError::State(xenbus::XenbusError::IllegalTransition { to, .. }) => {
-                NetError::BackendState { state: to, front }
-            }
-            e => e.into(),
-        };
-        dev.wait_for_backend(
-            xb,
-            |s| matches!(s, XenbusState::InitWait | XenbusState::Initialised),
-            |s| {
-                matches!(
-                    s,
-                    XenbusState::Connected | XenbusState::Closing | XenbusState::Closed
-                )
-            },
-            timeout,
-        )
-        .map_err(state_error)?;
-        if backend_number(xb, &dev, "feature-rx-copy")?.unwrap_or(0) == 0 {
-            return Err(NetError::NotOffered {
-                feature: "feature-rx-copy",
-            });
-        }
-        let sg = backend_number(xb, &dev, "feature-sg")?.unwrap_or(0) != 0;
-        let gso_tcpv4 = backend_number(xb, &dev, "feature-gso-tcpv4")?.unwrap_or(0) != 0;
-        let max_queues = match backend_number(xb, &dev, "multi-queue-max-queues")? {
-            None => 1,
-            Some(0) => {
-                return Err(NetError::BadNode {
-                    key: "multi-queue-max-queues",
-                    what: "0 (at least one queue is needed)",
-                });
-            }
-            Some(n) => u32::try_from(n).map_err(|_| NetError::BadNode {
-                key: "multi-queue-max-queues",
-                what: "larger than 2^32 - 1",
-            })?,
-        };
-        let info = NetInfo {
-            mac,
-            sg,
-            gso_tcpv4,
-            max_queues,
-        };
+fn backend_flag<P: Platform, XM: RingMemory>(
+    xb: &mut XenBus<P, XM>,
+    dev: &FrontendDevice,
+    key: &'static str,
+) -> Result<bool, NetError> {
+    Ok(backend_number(xb, dev, key)?.unwrap_or(0) != 0)
+}
 
-        // Rings, their grants, the event channel and the buffers' grants.
-        let tx = FrontRing::<M, NetifTx>::new(tx_page)?;
-        let rx = FrontRing::<M, NetifRx>::new(rx_page)?;
-        let mut granted: [GrantRef; NET_RX_RING_SIZE + NET_TX_RING_SIZE + 2] =
-            [0; NET_RX_RING_SIZE + NET_TX_RING_SIZE + 2];
-        let mut ngranted = 0;
-        let mut port = None;
-        let result = (|| -> Result<(), NetError> {
-            for (mem, readonly) in [
-                (tx.memory().as_ptr() as usize, false),
-                (rx.memory().as_ptr() as usize, false),
-            ] {
-                let f = platform.frame_of(mem)?;
-                granted[ngranted] = platform.grant_access(backend, f, readonly)?;
-                ngranted += 1;
-            }
-            for page in 0..need {
-                let f = platform.frame_of(pool.as_ptr() as usize + page * XEN_PAGE_SIZE)?;
-                // RX pages are written by the back-end, TX pages only read.
-                let readonly = page >= config.rx_buffers;
-                granted[ngranted] = platform.grant_access(backend, f, readonly)?;
-                ngranted += 1;
-            }
-            port = Some(platform.alloc_unbound(backend)?);
-            Ok(())
-        })();
-        let cleanup = |platform: &P, granted: &[GrantRef], port: Option<EvtchnPort>| {
-            if let Some(p) = port {
-                let _ = platform.close(p);
-            }
-            for g in granted {
-                let _ = platform.end_access(*g);
-            }
-        };
-        if let Err(e) = result {
-            cleanup(&platform, &granted[..ngranted], port);
-            return Err(e);
-        }
-        let port = port.unwrap_or(0);
-        let (tx_ref, rx_ref) = (granted[0], granted[1]);
-        let publish = (|| -> Result<(), NetError> {
-            Self::publish(xb, &dev, tx_ref, rx_ref, port, sg)?;
-            dev.switch_state(xb, XBT_NIL, XenbusState::Initialised)?;
-            let front = dev.state();
-            dev.wait_for_backend(
-                xb,
-                |s| s == XenbusState::Connected,
-                |s| {
-                    matches!(
-                        s,
-                        XenbusState::Closing
-                            | XenbusState::Closed
-                            | XenbusState::Initialising
-                            | XenbusState::Unknown
-                    )
-                },
-                timeout,
-            )
-            .map_err(|e| match e {
-                XenBusError::State(xenbus::XenbusError::IllegalTransition { to, .. }) => {
-                    NetError::BackendState { state: to, front }
-                }
-                e => e.into(),
-            })?;
-            dev.switch_state(xb, XBT_NIL, XenbusState::Connected)?;
-            Ok(())
-        })();
-        if let Err(e) = publish {
-            let _ = dev.switch_state(xb, XBT_NIL, XenbusState::Closing);
-            cleanup(&platform, &granted[..ngranted], Some(port));
-            return Err(e);
-        }
-        let mut rx_grefs = [0; NET_RX_RING_SIZE];
-        rx_grefs[..config.rx_buffers].copy_from_slice(&granted[2..2 + config.rx_buffers]);
-        let mut tx_grefs = [0; NET_TX_RING_SIZE];
-        tx_grefs[..config.tx_buffers].copy_from_slice(&granted[2 + config.rx_buffers..2 + need]);
-        let mut net = Self {
-            platform,
+impl<M: RingMemory> Queue<M> {
+    fn new(tx: FrontRing<M, NetifTx>, rx: FrontRing<M, NetifRx>, base: usize) -> Self {
+        Self {
             tx,
             rx,
-            tx_ref,
-            rx_ref,
-            port,
-            device: dev,
-            info,
-            pool,
-            nrx: config.rx_buffers,
-            ntx: config.tx_buffers,
-            rx_grefs,
+            ring_refs: [0; 2],
+            ngranted_rings: 0,
+            tx_port: None,
+            rx_port: None,
+            base,
+            rx_grefs: [0; NET_RX_RING_SIZE],
+            nrx_granted: 0,
+            tx_grefs: [0; NET_TX_RING_SIZE],
+            ntx_granted: 0,
             rx_posted: [false; NET_RX_RING_SIZE],
             rx_slot_buf: [0; NET_RX_RING_SIZE],
-            tx_grefs,
             tx_busy: [false; NET_TX_RING_SIZE],
+            tx_extras: 0,
             frags: [Frag::default(); MAX_SLOTS_PER_PACKET],
             nfrags: 0,
             in_packet: false,
             expect_extra: false,
+            first_flags: NetRxFlags::empty(),
+            gso: None,
             dropping: None,
             stats: NetStats::default(),
-            timeout_ns: timeout,
             stopped: false,
-        };
-        net.refill()?;
-        Ok(net)
+        }
     }
 
-    fn publish<XM: RingMemory>(
-        xb: &mut XenBus<P, XM>,
-        dev: &FrontendDevice,
-        tx_ref: GrantRef,
-        rx_ref: GrantRef,
-        port: EvtchnPort,
-        sg: bool,
+    fn tx_port(&self) -> EvtchnPort {
+        self.tx_port.unwrap_or(0)
+    }
+
+    fn rx_port(&self) -> EvtchnPort {
+        self.rx_port.unwrap_or(self.tx_port())
+    }
+
+    /// Grants the rings and this queue's pool pages to the back-end and allocates its port(s). What was
+    /// done is recorded, for [`release`](Self::release).
+    fn setup<P: Platform>(
+        &mut self,
+        platform: &P,
+        pool_addr: usize,
+        shape: &Shape,
+        split: bool,
     ) -> Result<(), NetError> {
-        let node = dev.node();
-        let (mut a, mut b, mut c) = ([0u8; 20], [0u8; 20], [0u8; 20]);
-        let values: [(&[u8], &[u8]); 6] = [
-            (b"tx-ring-ref", fmt_decimal(u64::from(tx_ref), &mut a)),
-            (b"rx-ring-ref", fmt_decimal(u64::from(rx_ref), &mut b)),
-            (b"event-channel", fmt_decimal(u64::from(port), &mut c)),
-            (b"request-rx-copy", b"1"),
-            (b"feature-rx-notify", b"1"),
-            (b"feature-sg", if sg { b"1" } else { b"0" }),
-        ];
-        // Bounded: a few retries when the transaction conflicts.
-        for _ in 0..TX_RETRIES {
-            let tx = xb.transaction_start()?;
-            let mut writes = Ok(());
-            for (key, value) in values {
-                writes = node
-                    .join(key)
-                    .and_then(|p| xb.write(tx, p.as_bytes(), value));
-                if writes.is_err() {
-                    break;
-                }
-            }
-            if let Err(e) = writes {
-                if !e.is_fatal() {
-                    let _ = xb.transaction_end(tx, false);
-                }
-                return Err(e.into());
-            }
-            match xb.transaction_end(tx, true) {
-                Ok(()) => return Ok(()),
-                Err(XenBusError::Xs(XsErrno::EAGAIN)) => continue,
-                Err(e) => return Err(e.into()),
+        for mem in [
+            self.tx.memory().as_ptr() as usize,
+            self.rx.memory().as_ptr() as usize,
+        ] {
+            let f = platform.frame_of(mem)?;
+            self.ring_refs[self.ngranted_rings] = platform.grant_access(shape.backend, f, false)?;
+            self.ngranted_rings += 1;
+        }
+        for b in 0..shape.nrx + shape.ntx {
+            let page = pool_addr + (self.base + b) * XEN_PAGE_SIZE;
+            let f = platform.frame_of(page)?;
+            // RX pages are written by the back-end, TX pages only read.
+            if b < shape.nrx {
+                self.rx_grefs[b] = platform.grant_access(shape.backend, f, false)?;
+                self.nrx_granted += 1;
+            } else {
+                self.tx_grefs[b - shape.nrx] = platform.grant_access(shape.backend, f, true)?;
+                self.ntx_granted += 1;
             }
         }
-        Err(XenBusError::Xs(XsErrno::EAGAIN).into())
+        self.tx_port = Some(platform.alloc_unbound(shape.backend)?);
+        if split {
+            self.rx_port = Some(platform.alloc_unbound(shape.backend)?);
+        }
+        Ok(())
     }
 
-    /// Sets the timeout of the blocking calls from now on, in nanoseconds.
-    pub fn set_timeout_ns(&mut self, timeout_ns: u64) {
-        self.timeout_ns = timeout_ns;
+    /// Closes the ports and ends every grant made; the first failure is returned after the rest are
+    /// done (a grant the back-end still maps stays granted).
+    fn release<P: Platform>(&mut self, platform: &P) -> Result<(), PlatformError> {
+        let mut first = Ok(());
+        for port in [self.tx_port.take(), self.rx_port.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = platform.close(port)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        let grants = self.rx_grefs[..self.nrx_granted]
+            .iter()
+            .chain(&self.tx_grefs[..self.ntx_granted])
+            .chain(&self.ring_refs[..self.ngranted_rings]);
+        for gref in grants {
+            if let Err(e) = platform.end_access(*gref)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        self.nrx_granted = 0;
+        self.ntx_granted = 0;
+        self.ngranted_rings = 0;
+        first
     }
 
-    /// What the back-end offers.
-    pub fn info(&self) -> &NetInfo {
-        &self.info
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> NetStats {
-        self.stats
-    }
-
-    /// The xenbus device.
-    pub fn device(&self) -> &FrontendDevice {
-        &self.device
-    }
-
-    /// The rings' grant references and the event channel.
-    pub fn rings_and_port(&self) -> (GrantRef, GrantRef, EvtchnPort) {
-        (self.tx_ref, self.rx_ref, self.port)
-    }
-
-    /// The longest frame [`send`](Self::send) takes: 65535 bytes with `feature-sg`, a page without.
-    pub fn max_frame(&self) -> usize {
-        if self.info.sg {
-            usize::from(XEN_NETIF_MAX_TX_SIZE)
-        } else {
-            XEN_PAGE_SIZE
+    /// Writes this queue's keys (`tx-ring-ref`, `rx-ring-ref`, the event channel or channels) under
+    /// `dir` in transaction `t`.
+    fn write_keys<P: Platform, XM: RingMemory>(
+        &self,
+        xb: &mut XenBus<P, XM>,
+        t: u32,
+        dir: &XsPath,
+    ) -> Result<(), XenBusError> {
+        let mut num = [0u8; 20];
+        let [tx_ref, rx_ref] = self.ring_refs;
+        xb.write(
+            t,
+            dir.join(b"tx-ring-ref")?.as_bytes(),
+            fmt_decimal(u64::from(tx_ref), &mut num),
+        )?;
+        xb.write(
+            t,
+            dir.join(b"rx-ring-ref")?.as_bytes(),
+            fmt_decimal(u64::from(rx_ref), &mut num),
+        )?;
+        match self.rx_port {
+            None => xb.write(
+                t,
+                dir.join(b"event-channel")?.as_bytes(),
+                fmt_decimal(u64::from(self.tx_port()), &mut num),
+            ),
+            Some(rx) => {
+                xb.write(
+                    t,
+                    dir.join(b"event-channel-tx")?.as_bytes(),
+                    fmt_decimal(u64::from(self.tx_port()), &mut num),
+                )?;
+                xb.write(
+                    t,
+                    dir.join(b"event-channel-rx")?.as_bytes(),
+                    fmt_decimal(u64::from(rx), &mut num),
+                )
+            }
         }
     }
 
     fn rx_page(&self, buf: usize) -> usize {
-        buf * XEN_PAGE_SIZE
+        (self.base + buf) * XEN_PAGE_SIZE
     }
 
-    fn tx_page(&self, buf: usize) -> usize {
-        (self.nrx + buf) * XEN_PAGE_SIZE
+    fn tx_page(&self, shape: &Shape, buf: usize) -> usize {
+        (self.base + shape.nrx + buf) * XEN_PAGE_SIZE
     }
 
     /// Posts every RX buffer that is not posted.
-    fn refill(&mut self) -> Result<(), NetError> {
+    fn refill<P: Platform>(&mut self, platform: &P, shape: &Shape) -> Result<(), NetError> {
         let mut posted = false;
-        for b in 0..self.nrx {
+        for b in 0..shape.nrx {
             if self.rx_posted[b] || self.rx.is_full() {
                 continue;
             }
@@ -615,14 +645,12 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
             posted = true;
         }
         if posted && self.rx.push_requests_and_check_notify() {
-            self.platform.notify(self.port)?;
+            platform.notify(self.rx_port())?;
         }
         Ok(())
     }
 
-    /// Reaps TX completions; returns how many slots were freed. The first hostile response is returned as
-    /// an error after the ring is drained.
-    pub fn reap_tx(&mut self) -> Result<usize, NetError> {
+    fn reap_tx(&mut self, shape: &Shape) -> Result<usize, NetError> {
         if self.stopped {
             return Err(NetError::Stopped);
         }
@@ -646,8 +674,13 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
                 },
             };
             let id = rsp.id;
+            if rsp.status == NETIF_RSP_NULL && self.tx_extras > 0 {
+                // The answer to a GSO extra's slot (its id is not meaningful: Linux leaves it unset).
+                self.tx_extras -= 1;
+                continue;
+            }
             let b = usize::from(id);
-            if b >= self.ntx || !self.tx_busy[b] {
+            if b >= shape.ntx || !self.tx_busy[b] {
                 self.stats.tx_bad_responses += 1;
                 first_err.get_or_insert(NetError::BadTxId { id });
                 continue;
@@ -670,27 +703,34 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         }
     }
 
-    /// Sends one Ethernet frame (copied into TX pages now). Reaps TX completions first; hostile TX
-    /// responses met there are counted in [`NetStats::tx_bad_responses`] and do not stop the send.
-    pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
-        let reaped = self.reap_tx();
-        if let Err(NetError::Stopped | NetError::Ring(_)) = reaped {
-            return reaped.map(|_| ());
-        }
+    /// Puts one frame on this queue's TX ring: `flags` on the first slot, the GSO extra after it.
+    fn send<P: Platform, B: RingMemory>(
+        &mut self,
+        platform: &P,
+        pool: &B,
+        shape: &Shape,
+        frame: &[u8],
+        plan: TxPlan,
+    ) -> Result<(), NetError> {
+        let TxPlan {
+            flags,
+            gso,
+            csum_patch,
+        } = plan;
         let len = frame.len();
-        let max = self.max_frame();
-        if len < usize::from(ETH_HLEN) || len > max {
-            return Err(NetError::BadFrame { len, max });
-        }
         let needed = len.div_ceil(XEN_PAGE_SIZE);
-        let free_bufs = self.tx_busy[..self.ntx].iter().filter(|b| !**b).count();
-        let free = free_bufs.min(self.tx.free_requests() as usize);
-        if needed > free {
-            return Err(NetError::TxFull { needed, free });
+        let slots = needed + usize::from(gso.is_some());
+        let free_bufs = self.tx_busy[..shape.ntx].iter().filter(|b| !**b).count();
+        let free_slots = self.tx.free_requests() as usize;
+        if needed > free_bufs || slots > free_slots {
+            return Err(NetError::TxFull {
+                needed: slots,
+                free: free_bufs.min(free_slots),
+            });
         }
         let mut bufs = [0u16; MAX_SLOTS_PER_PACKET];
         let mut found = 0;
-        for b in 0..self.ntx {
+        for b in 0..shape.ntx {
             if found == needed {
                 break;
             }
@@ -701,21 +741,45 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         }
         for (i, chunk) in frame.chunks(XEN_PAGE_SIZE).enumerate() {
             let b = usize::from(bufs[i]);
-            shmem::write(&self.pool, self.tx_page(b), chunk);
-            let more = i + 1 < needed;
-            let flags = if more {
-                NetTxFlags::MORE_DATA
-            } else {
-                NetTxFlags::empty()
-            };
+            let page = self.tx_page(shape, b);
+            shmem::write(pool, page, chunk);
+            if let Some((field, csum)) = csum_patch {
+                // The completed checksum goes into the copy, whichever page its field falls in.
+                let start = i * XEN_PAGE_SIZE;
+                for (k, byte) in csum.iter().enumerate() {
+                    if let Some(at) = (field + k).checked_sub(start)
+                        && at < chunk.len()
+                    {
+                        shmem::write(pool, page + at, &[*byte]);
+                    }
+                }
+            }
+            let mut slot_flags = if i == 0 { flags } else { NetTxFlags::empty() };
+            if i + 1 < needed {
+                slot_flags |= NetTxFlags::MORE_DATA;
+            }
+            if i == 0 && gso.is_some() {
+                slot_flags |= NetTxFlags::EXTRA_INFO;
+            }
             // The first slot carries the whole packet's size; the others their fragment's.
             let size = if i == 0 { len } else { chunk.len() } as u16;
-            let req = NetifTxRequest::new(self.tx_grefs[b], 0, flags, b as u16, size);
+            let req = NetifTxRequest::new(self.tx_grefs[b], 0, slot_flags, b as u16, size);
             self.tx.put_request(&req)?;
             self.tx_busy[b] = true;
+            if i == 0
+                && let Some(g) = gso
+            {
+                let extra = NetifExtraInfo::gso(
+                    NetifExtraInfoGso::new(g.size, g.gso_type as u8, 0),
+                    ExtraFlags::empty(),
+                );
+                self.tx
+                    .put_request(&NetifTxRequest::from_extra_info(&extra))?;
+                self.tx_extras += 1;
+            }
         }
         if self.tx.push_requests_and_check_notify() {
-            self.platform.notify(self.port)?;
+            platform.notify(self.tx_port())?;
         }
         self.stats.tx_packets += 1;
         Ok(())
@@ -727,10 +791,14 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         }
     }
 
-    /// Receives one packet into `buf`: `Ok(Some(len))`, or `Ok(None)` when no complete packet is waiting.
-    /// A packet the back-end got wrong (or that does not fit `buf`) is dropped and its error returned; call
-    /// again for the next one.
-    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
+    /// Receives one packet of this queue into `buf`, as [`NetFront::recv_meta`].
+    fn recv<P: Platform, B: RingMemory>(
+        &mut self,
+        platform: &P,
+        pool: &B,
+        shape: &Shape,
+        buf: &mut [u8],
+    ) -> Result<Option<RxMeta>, NetError> {
         if self.stopped {
             return Err(NetError::Stopped);
         }
@@ -754,8 +822,8 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
             };
             // The response answers the buffer posted in its slot, whatever it says.
             let posted = self.rx_slot_buf[slot];
-            let done = self.rx_slot(posted, &rsp, buf);
-            self.refill()?;
+            let done = self.rx_slot(pool, shape, posted, &rsp, buf);
+            self.refill(platform, shape)?;
             if let Some(done) = done {
                 return done;
             }
@@ -772,24 +840,47 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         self.nfrags = 0;
     }
 
+    /// Reads one extra-info slot of the packet being assembled.
+    fn rx_extra(&mut self, shape: &Shape, rsp: &NetifRxResponse) {
+        let extra: NetifExtraInfo = zerocopy::transmute!(*rsp);
+        if extra.r#type == 0 || extra.r#type >= XEN_NETIF_EXTRA_TYPE_MAX {
+            self.drop_packet(NetError::BadRxExtra {
+                extra_type: extra.r#type,
+            });
+        } else if extra.r#type == XEN_NETIF_EXTRA_TYPE_GSO {
+            let g = extra.u.gso();
+            match GsoType::try_from(g.r#type) {
+                Ok(gso_type) if g.size > 0 => {
+                    if shape.rx_gso {
+                        self.gso = Some(NetGso {
+                            gso_type,
+                            size: g.size,
+                        });
+                    }
+                }
+                _ => self.drop_packet(NetError::BadRxGso {
+                    gso_type: g.r#type,
+                    size: g.size,
+                }),
+            }
+        }
+        self.expect_extra = extra.flags & XEN_NETIF_EXTRA_FLAG_MORE != 0;
+    }
+
     /// Handles one RX response; `Some` when a packet ended (delivered or dropped). The buffer of the slot
     /// is kept while it holds a fragment of the packet, and given back otherwise.
-    fn rx_slot(
+    fn rx_slot<B: RingMemory>(
         &mut self,
+        pool: &B,
+        shape: &Shape,
         posted: u16,
         rsp: &NetifRxResponse,
         buf: &mut [u8],
-    ) -> Option<Result<Option<usize>, NetError>> {
+    ) -> Option<Result<Option<RxMeta>, NetError>> {
         let mut held = false;
         let more;
         if self.expect_extra {
-            let extra: NetifExtraInfo = zerocopy::transmute!(*rsp);
-            if extra.r#type == 0 || extra.r#type >= XEN_NETIF_EXTRA_TYPE_MAX {
-                self.drop_packet(NetError::BadRxExtra {
-                    extra_type: extra.r#type,
-                });
-            }
-            self.expect_extra = extra.flags & XEN_NETIF_EXTRA_FLAG_MORE != 0;
+            self.rx_extra(shape, rsp);
             // The data fragments follow the extras.
             more = true;
         } else {
@@ -797,8 +888,12 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
             self.in_packet = true;
             let flags = NetRxFlags::from_bits_retain(rsp.flags);
             more = flags.contains(NetRxFlags::MORE_DATA);
-            if first && flags.contains(NetRxFlags::EXTRA_INFO) {
-                self.expect_extra = true;
+            if first {
+                self.first_flags = flags;
+                self.gso = None;
+                if flags.contains(NetRxFlags::EXTRA_INFO) {
+                    self.expect_extra = true;
+                }
             }
             if rsp.id != posted {
                 self.drop_packet(NetError::BadRxId {
@@ -842,28 +937,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
             self.stats.rx_dropped += 1;
             return Some(Err(e));
         }
-        let nfrags = self.nfrags;
-        let len: usize = self.frags[..nfrags]
-            .iter()
-            .map(|f| usize::from(f.size))
-            .sum();
-        let result = if len < usize::from(ETH_HLEN) {
-            Err(NetError::RxRunt { len })
-        } else if len > buf.len() {
-            Err(NetError::BufferTooSmall {
-                len,
-                available: buf.len(),
-            })
-        } else {
-            let mut at = 0;
-            for f in &self.frags[..nfrags] {
-                let size = usize::from(f.size);
-                let off = self.rx_page(usize::from(f.buf)) + usize::from(f.offset);
-                shmem::read(&self.pool, off, &mut buf[at..at + size]);
-                at += size;
-            }
-            Ok(Some(len))
-        };
+        let result = self.deliver(pool, shape, buf);
         self.release_frags();
         match result {
             Ok(_) => self.stats.rx_packets += 1,
@@ -872,33 +946,621 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         Some(result)
     }
 
+    /// Copies the assembled packet into `buf` and completes its checksum if the driver must.
+    fn deliver<B: RingMemory>(
+        &mut self,
+        pool: &B,
+        shape: &Shape,
+        buf: &mut [u8],
+    ) -> Result<Option<RxMeta>, NetError> {
+        let nfrags = self.nfrags;
+        let len: usize = self.frags[..nfrags]
+            .iter()
+            .map(|f| usize::from(f.size))
+            .sum();
+        if len < usize::from(ETH_HLEN) {
+            return Err(NetError::RxRunt { len });
+        }
+        let Some(out) = buf.get_mut(..len) else {
+            return Err(NetError::BufferTooSmall {
+                len,
+                available: buf.len(),
+            });
+        };
+        let mut at = 0;
+        for f in &self.frags[..nfrags] {
+            let size = usize::from(f.size);
+            let off = self.rx_page(usize::from(f.buf)) + usize::from(f.offset);
+            shmem::read(pool, off, &mut out[at..at + size]);
+            at += size;
+        }
+        let flags = self.first_flags;
+        let mut csum_blank = flags.contains(NetRxFlags::CSUM_BLANK);
+        if csum_blank
+            && shape.rx_complete_csum
+            && self.gso.is_none()
+            && let Some((field, csum)) = netpkt::complete_checksum(out)
+        {
+            out[field..field + 2].copy_from_slice(&csum);
+            csum_blank = false;
+            self.stats.csum_completed += 1;
+        }
+        Ok(Some(RxMeta {
+            len,
+            queue: 0,
+            csum_blank,
+            data_validated: flags.contains(NetRxFlags::DATA_VALIDATED),
+            gso: self.gso.take(),
+        }))
+    }
+}
+
+/// A connected netfront of up to `Q` queues (one by default).
+pub struct NetFront<P, M, B, const Q: usize = 1> {
+    platform: P,
+    queues: [Option<Queue<M>>; Q],
+    nq: usize,
+    device: FrontendDevice,
+    info: NetInfo,
+    shape: Shape,
+    pool: B,
+    /// The queue [`NetFront::recv`] looks at first.
+    rx_next: usize,
+    timeout_ns: u64,
+}
+
+impl<P, M, B, const Q: usize> core::fmt::Debug for NetFront<P, M, B, Q> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NetFront")
+            .field("device", &self.device)
+            .field("info", &self.info)
+            .field("queues", &self.nq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B, 1> {
+    /// Connects one queue to the back-end of the vif at `node` (for example `device/vif/0`), with
+    /// `tx_page` and `rx_page` as the rings and `pool` (page-aligned memory of this domain) holding
+    /// `rx_buffers + tx_buffers` pages; asks for [`NetFeatures::BASIC`]. See
+    /// [`connect_with`](Self::connect_with).
+    pub fn connect<XM: RingMemory>(
+        platform: P,
+        xb: &mut XenBus<P, XM>,
+        node: &[u8],
+        tx_page: M,
+        rx_page: M,
+        pool: B,
+        config: NetConfig,
+    ) -> Result<Self, NetError> {
+        Self::connect_with(
+            platform,
+            xb,
+            node,
+            [(tx_page, rx_page)],
+            pool,
+            config,
+            NetFeatures::BASIC,
+        )
+    }
+}
+
+impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B, Q> {
+    /// Connects to the back-end of the vif at `node` with up to `Q` queues: `rings` are each queue's TX
+    /// and RX ring pages, and `pool` (page-aligned memory of this domain) holds
+    /// `Q * (rx_buffers + tx_buffers)` pages. Uses `min(Q, multi-queue-max-queues)` queues (the rest of
+    /// `rings` and `pool` stay unused) and asks for `features` where the back-end offers them.
+    ///
+    /// On an error after the rings were published, the grants are ended where the back-end let go; a page
+    /// it still maps stays granted and must not be reused (the error does not say which: treat the ring and
+    /// pool memory as lost to the back-end).
+    pub fn connect_with<XM: RingMemory>(
+        platform: P,
+        xb: &mut XenBus<P, XM>,
+        node: &[u8],
+        rings: [(M, M); Q],
+        pool: B,
+        config: NetConfig,
+        features: NetFeatures,
+    ) -> Result<Self, NetError> {
+        let pages = pool.len() / XEN_PAGE_SIZE;
+        let per_queue = config.rx_buffers + config.tx_buffers;
+        let need = per_queue * Q;
+        if Q == 0
+            || !(1..=NET_RX_RING_SIZE).contains(&config.rx_buffers)
+            || !(1..=NET_TX_RING_SIZE).contains(&config.tx_buffers)
+            || pages < need
+            || (pool.as_ptr() as usize) % XEN_PAGE_SIZE != 0
+        {
+            return Err(NetError::BadPool {
+                rx: config.rx_buffers,
+                tx: config.tx_buffers,
+                need,
+                pages,
+            });
+        }
+        let timeout = config.timeout_ns;
+        let mut dev = FrontendDevice::probe(xb, node)?;
+        let mut macbuf = [0u8; 32];
+        let bad_mac = NetError::BadNode {
+            key: "mac",
+            what: "not a MAC address aa:bb:cc:dd:ee:ff",
+        };
+        let mac = match xb.read(XBT_NIL, dev.node().join(b"mac")?.as_bytes(), &mut macbuf) {
+            Ok(n) => parse_mac(&macbuf[..n]).ok_or(bad_mac)?,
+            Err(XenBusError::Xs(XsErrno::ENOENT)) => {
+                return Err(NetError::BadNode {
+                    key: "mac",
+                    what: "missing",
+                });
+            }
+            Err(XenBusError::BufferTooSmall { .. }) => return Err(bad_mac),
+            Err(e) => return Err(e.into()),
+        };
+        let backend: DomId = dev.backend_id();
+        let front = dev.state();
+        let state_error = move |e: XenBusError| match e {
+            XenBusError::State(xenbus::XenbusError::IllegalTransition { to, .. }) => {
+                NetError::BackendState { state: to, front }
+            }
+            e => e.into(),
+        };
+        dev.wait_for_backend(
+            xb,
+            |s| matches!(s, XenbusState::InitWait | XenbusState::Initialised),
+            |s| {
+                matches!(
+                    s,
+                    XenbusState::Connected | XenbusState::Closing | XenbusState::Closed
+                )
+            },
+            timeout,
+        )
+        .map_err(state_error)?;
+        if !backend_flag(xb, &dev, "feature-rx-copy")? {
+            return Err(NetError::NotOffered {
+                feature: "feature-rx-copy",
+            });
+        }
+        let sg = backend_flag(xb, &dev, "feature-sg")?;
+        let gso_tcpv4 = backend_flag(xb, &dev, "feature-gso-tcpv4")?;
+        let gso_tcpv6 = backend_flag(xb, &dev, "feature-gso-tcpv6")?;
+        let csum_ipv4 = !backend_flag(xb, &dev, "feature-no-csum-offload")?;
+        let csum_ipv6 = backend_flag(xb, &dev, "feature-ipv6-csum-offload")?;
+        let split = backend_flag(xb, &dev, "feature-split-event-channels")?;
+        let max_queues = match backend_number(xb, &dev, "multi-queue-max-queues")? {
+            None => 1,
+            Some(0) => {
+                return Err(NetError::BadNode {
+                    key: "multi-queue-max-queues",
+                    what: "0 (at least one queue is needed)",
+                });
+            }
+            Some(n) => u32::try_from(n).map_err(|_| NetError::BadNode {
+                key: "multi-queue-max-queues",
+                what: "larger than 2^32 - 1",
+            })?,
+        };
+        let nq = Q.min(max_queues as usize);
+        let negotiated = NetFeatures {
+            split_event_channels: features.split_event_channels && split,
+            csum_offload: features.csum_offload,
+            // GSO needs scatter-gather: a super-frame takes up to 17 slots.
+            gso: features.gso && sg && (gso_tcpv4 || gso_tcpv6),
+        };
+        let info = NetInfo {
+            mac,
+            sg,
+            gso_tcpv4,
+            gso_tcpv6,
+            csum_ipv4,
+            csum_ipv6,
+            split_event_channels: split,
+            max_queues,
+            queues: nq,
+            negotiated,
+        };
+        let shape = Shape {
+            nrx: config.rx_buffers,
+            ntx: config.tx_buffers,
+            backend,
+            rx_complete_csum: !negotiated.csum_offload,
+            rx_gso: negotiated.gso,
+        };
+
+        // Rings, their grants, the event channels and the buffers' grants.
+        let mut ring_error = None;
+        let mut base = 0;
+        let mut queues = rings.map(|(tx, rx)| {
+            let q = match (FrontRing::new(tx), FrontRing::new(rx)) {
+                (Ok(tx), Ok(rx)) => Some(Queue::new(tx, rx, base)),
+                (Err(e), _) | (_, Err(e)) => {
+                    ring_error.get_or_insert(e);
+                    None
+                }
+            };
+            base += per_queue;
+            q
+        });
+        if let Some(e) = ring_error {
+            return Err(e.into());
+        }
+        let pool_addr = pool.as_ptr() as usize;
+        let mut result = Ok(());
+        for q in queues.iter_mut().take(nq).flatten() {
+            result = q.setup(
+                &platform,
+                pool_addr,
+                &shape,
+                negotiated.split_event_channels,
+            );
+            if result.is_err() {
+                break;
+            }
+        }
+        let cleanup = |platform: &P, queues: &mut [Option<Queue<M>>; Q]| {
+            for q in queues.iter_mut().flatten() {
+                let _ = q.release(platform);
+            }
+        };
+        if let Err(e) = result {
+            cleanup(&platform, &mut queues);
+            return Err(e);
+        }
+        let publish = (|| -> Result<(), NetError> {
+            Self::publish(xb, &dev, &queues[..nq], &info)?;
+            dev.switch_state(xb, XBT_NIL, XenbusState::Initialised)?;
+            let front = dev.state();
+            dev.wait_for_backend(
+                xb,
+                |s| s == XenbusState::Connected,
+                |s| {
+                    matches!(
+                        s,
+                        XenbusState::Closing
+                            | XenbusState::Closed
+                            | XenbusState::Initialising
+                            | XenbusState::Unknown
+                    )
+                },
+                timeout,
+            )
+            .map_err(|e| match e {
+                XenBusError::State(xenbus::XenbusError::IllegalTransition { to, .. }) => {
+                    NetError::BackendState { state: to, front }
+                }
+                e => e.into(),
+            })?;
+            dev.switch_state(xb, XBT_NIL, XenbusState::Connected)?;
+            Ok(())
+        })();
+        if let Err(e) = publish {
+            let _ = dev.switch_state(xb, XBT_NIL, XenbusState::Closing);
+            cleanup(&platform, &mut queues);
+            return Err(e);
+        }
+        let mut net = Self {
+            platform,
+            queues,
+            nq,
+            device: dev,
+            info,
+            shape,
+            pool,
+            rx_next: 0,
+            timeout_ns: timeout,
+        };
+        for q in net.queues.iter_mut().take(nq).flatten() {
+            q.refill(&net.platform, &net.shape)?;
+        }
+        Ok(net)
+    }
+
+    fn publish<XM: RingMemory>(
+        xb: &mut XenBus<P, XM>,
+        dev: &FrontendDevice,
+        queues: &[Option<Queue<M>>],
+        info: &NetInfo,
+    ) -> Result<(), NetError> {
+        let node = dev.node();
+        let f = info.negotiated;
+        let flag = |on: bool| -> &'static [u8] { if on { b"1" } else { b"0" } };
+        let gso = f.gso;
+        let values: [(&[u8], &[u8]); 7] = [
+            (b"request-rx-copy", b"1"),
+            (b"feature-rx-notify", b"1"),
+            (b"feature-sg", flag(info.sg)),
+            (b"feature-gso-tcpv4", flag(gso && info.gso_tcpv4)),
+            (b"feature-gso-tcpv6", flag(gso && info.gso_tcpv6)),
+            (b"feature-no-csum-offload", flag(!f.csum_offload)),
+            (b"feature-ipv6-csum-offload", flag(f.csum_offload)),
+        ];
+        let write_all = |xb: &mut XenBus<P, XM>, t: u32| -> Result<(), XenBusError> {
+            if queues.len() == 1 {
+                if let Some(q) = &queues[0] {
+                    q.write_keys(xb, t, node)?;
+                }
+            } else {
+                let mut num = [0u8; 20];
+                xb.write(
+                    t,
+                    node.join(b"multi-queue-num-queues")?.as_bytes(),
+                    fmt_decimal(queues.len() as u64, &mut num),
+                )?;
+                for (i, q) in queues.iter().enumerate() {
+                    let mut name = [0u8; 26];
+                    name[..6].copy_from_slice(b"queue-");
+                    let digits = fmt_decimal(i as u64, &mut num);
+                    let n = 6 + digits.len();
+                    name[6..n].copy_from_slice(digits);
+                    if let Some(q) = q {
+                        q.write_keys(xb, t, &node.join(&name[..n])?)?;
+                    }
+                }
+            }
+            for (key, value) in values {
+                xb.write(t, node.join(key)?.as_bytes(), value)?;
+            }
+            Ok(())
+        };
+        // Bounded: a few retries when the transaction conflicts.
+        for _ in 0..TX_RETRIES {
+            let t = xb.transaction_start()?;
+            if let Err(e) = write_all(xb, t) {
+                if !e.is_fatal() {
+                    let _ = xb.transaction_end(t, false);
+                }
+                return Err(e.into());
+            }
+            match xb.transaction_end(t, true) {
+                Ok(()) => return Ok(()),
+                Err(XenBusError::Xs(XsErrno::EAGAIN)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(XenBusError::Xs(XsErrno::EAGAIN).into())
+    }
+
+    /// Sets the timeout of the blocking calls from now on, in nanoseconds.
+    pub fn set_timeout_ns(&mut self, timeout_ns: u64) {
+        self.timeout_ns = timeout_ns;
+    }
+
+    /// What the back-end offers and what was negotiated.
+    pub fn info(&self) -> &NetInfo {
+        &self.info
+    }
+
+    /// The counters, summed over the queues.
+    pub fn stats(&self) -> NetStats {
+        let mut s = NetStats::default();
+        for q in self.active() {
+            s.add(&q.stats);
+        }
+        s
+    }
+
+    /// The counters of queue `q` (`None` past the queues in use).
+    pub fn queue_stats(&self, q: usize) -> Option<NetStats> {
+        self.active().nth(q).map(|q| q.stats)
+    }
+
+    /// The queues in use.
+    pub fn queues(&self) -> usize {
+        self.nq
+    }
+
+    /// The xenbus device.
+    pub fn device(&self) -> &FrontendDevice {
+        &self.device
+    }
+
+    /// Queue 0's rings' grant references and its (TX) event channel.
+    pub fn rings_and_port(&self) -> (GrantRef, GrantRef, EvtchnPort) {
+        self.queue_rings_and_ports(0)
+            .map_or((0, 0, 0), |(t, r, tp, _)| (t, r, tp))
+    }
+
+    /// Queue `q`'s TX and RX rings' grant references and its TX and RX event channels (the same port
+    /// twice without split event channels).
+    pub fn queue_rings_and_ports(
+        &self,
+        q: usize,
+    ) -> Option<(GrantRef, GrantRef, EvtchnPort, EvtchnPort)> {
+        self.active()
+            .nth(q)
+            .map(|q| (q.ring_refs[0], q.ring_refs[1], q.tx_port(), q.rx_port()))
+    }
+
+    /// The longest frame [`send`](Self::send) takes: 65535 bytes with `feature-sg`, a page without.
+    pub fn max_frame(&self) -> usize {
+        if self.info.sg {
+            usize::from(XEN_NETIF_MAX_TX_SIZE)
+        } else {
+            XEN_PAGE_SIZE
+        }
+    }
+
+    /// The TX queue a frame goes to (see the module's documentation).
+    pub fn tx_queue_of(&self, frame: &[u8]) -> usize {
+        netpkt::tx_queue(frame, self.nq)
+    }
+
+    fn active(&self) -> impl Iterator<Item = &Queue<M>> {
+        self.queues.iter().take(self.nq).flatten()
+    }
+
+    /// Reaps TX completions of every queue; returns how many slots were freed. The first hostile
+    /// response is returned as an error after the rings are drained.
+    pub fn reap_tx(&mut self) -> Result<usize, NetError> {
+        let mut freed = 0;
+        let mut first_err = None;
+        for q in self.queues.iter_mut().take(self.nq).flatten() {
+            match q.reap_tx(&self.shape) {
+                Ok(n) => freed += n,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(freed),
+        }
+    }
+
+    /// Sends one Ethernet frame (copied into TX pages now) on its flow's queue. Reaps that queue's TX
+    /// completions first; hostile TX responses met there are counted in [`NetStats::tx_bad_responses`]
+    /// and do not stop the send.
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.send_with(frame, TxOffload::default())
+    }
+
+    /// Sends one Ethernet frame with offloads, as [`send`](Self::send).
+    pub fn send_with(&mut self, frame: &[u8], offload: TxOffload) -> Result<(), NetError> {
+        let len = frame.len();
+        let max = self.max_frame();
+        if len < usize::from(ETH_HLEN) || len > max {
+            return Err(NetError::BadFrame { len, max });
+        }
+        let mut flags = NetTxFlags::empty();
+        let mut csum_patch = None;
+        if let Some(g) = offload.gso {
+            let offered = match g.gso_type {
+                GsoType::TcpV4 => self.info.gso_tcpv4,
+                GsoType::TcpV6 => self.info.gso_tcpv6,
+                _ => false,
+            };
+            if !self.info.negotiated.gso || !offered {
+                return Err(NetError::BadOffload {
+                    what: "GSO of this type was not negotiated",
+                });
+            }
+            if g.size == 0 {
+                return Err(NetError::BadOffload { what: "GSO size 0" });
+            }
+            let tcp = netpkt::headers(frame).is_some_and(|h| {
+                h.proto == 6 && h.l4.is_some() && h.v6 == matches!(g.gso_type, GsoType::TcpV6)
+            });
+            if !tcp {
+                return Err(NetError::BadOffload {
+                    what: "a GSO frame must be TCP over the IP version of its GSO type",
+                });
+            }
+            // As Linux's netfront: a GSO frame's checksum is partial.
+            flags |= NetTxFlags::CSUM_BLANK | NetTxFlags::DATA_VALIDATED;
+        } else if offload.csum_blank {
+            let takes = match netpkt::is_ipv6(frame) {
+                Some(false) => self.info.csum_ipv4,
+                Some(true) => self.info.csum_ipv6,
+                None => false,
+            };
+            if takes {
+                flags |= NetTxFlags::CSUM_BLANK | NetTxFlags::DATA_VALIDATED;
+            } else {
+                // The back-end cannot take it: complete it here (a frame that is not TCP or UDP over
+                // IP is sent as it is).
+                csum_patch = netpkt::complete_checksum(frame);
+            }
+        }
+        if offload.data_validated {
+            flags |= NetTxFlags::DATA_VALIDATED;
+        }
+        let qi = netpkt::tx_queue(frame, self.nq);
+        let Some(q) = self.queues.iter_mut().take(self.nq).flatten().nth(qi) else {
+            return Err(NetError::Stopped);
+        };
+        let reaped = q.reap_tx(&self.shape);
+        if let Err(NetError::Stopped | NetError::Ring(_)) = reaped {
+            return reaped.map(|_| ());
+        }
+        q.send(
+            &self.platform,
+            &self.pool,
+            &self.shape,
+            frame,
+            TxPlan {
+                flags,
+                gso: offload.gso,
+                csum_patch,
+            },
+        )?;
+        if csum_patch.is_some() {
+            q.stats.csum_completed += 1;
+        }
+        Ok(())
+    }
+
+    /// Receives one packet into `buf`: `Ok(Some(len))`, or `Ok(None)` when no complete packet is waiting
+    /// on any queue. A packet the back-end got wrong (or that does not fit `buf`) is dropped and its error
+    /// returned; call again for the next one. Offload flags are not returned: see
+    /// [`recv_meta`](Self::recv_meta).
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
+        Ok(self.recv_meta(buf)?.map(|m| m.len))
+    }
+
+    /// Receives one packet into `buf`, with its queue and offload flags, looking at every queue in turn.
+    pub fn recv_meta(&mut self, buf: &mut [u8]) -> Result<Option<RxMeta>, NetError> {
+        let nq = self.nq;
+        for k in 0..nq {
+            let qi = (self.rx_next + k) % nq;
+            let Some(Some(q)) = self.queues.get_mut(qi) else {
+                continue;
+            };
+            if let Some(mut meta) = q.recv(&self.platform, &self.pool, &self.shape, buf)? {
+                meta.queue = qi;
+                self.rx_next = (qi + 1) % nq;
+                return Ok(Some(meta));
+            }
+        }
+        Ok(None)
+    }
+
     /// Waits up to the timeout for a packet and receives it as [`recv`](Self::recv) does.
     pub fn recv_wait(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
+        Ok(self.recv_meta_wait(buf)?.map(|m| m.len))
+    }
+
+    /// Waits up to the timeout for a packet and receives it as [`recv_meta`](Self::recv_meta) does.
+    pub fn recv_meta_wait(&mut self, buf: &mut [u8]) -> Result<Option<RxMeta>, NetError> {
         let deadline = self.platform.now_ns().saturating_add(self.timeout_ns);
+        let mut ports = [0; Q];
+        for (p, q) in ports.iter_mut().zip(self.active()) {
+            *p = q.rx_port();
+        }
         // Bounded by the deadline.
         loop {
-            if let Some(n) = self.recv(buf)? {
-                return Ok(Some(n));
+            if let Some(m) = self.recv_meta(buf)? {
+                return Ok(Some(m));
             }
             let now = self.platform.now_ns();
             if now >= deadline {
                 return Ok(None);
             }
-            self.platform.wait(self.port, deadline - now)?;
+            self.platform.wait_any(&ports[..self.nq], deadline - now)?;
         }
     }
 
-    /// Sends a frame, waiting (up to the timeout) for TX room if the ring or the buffers are full.
+    /// Sends a frame, waiting (up to the timeout) for TX room if its queue's ring or buffers are full.
     pub fn send_wait(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.send_with_wait(frame, TxOffload::default())
+    }
+
+    /// Sends a frame with offloads, waiting as [`send_wait`](Self::send_wait) does.
+    pub fn send_with_wait(&mut self, frame: &[u8], offload: TxOffload) -> Result<(), NetError> {
         let deadline = self.platform.now_ns().saturating_add(self.timeout_ns);
+        let port = self
+            .active()
+            .nth(netpkt::tx_queue(frame, self.nq))
+            .map_or(0, Queue::tx_port);
         loop {
-            match self.send(frame) {
+            match self.send_with(frame, offload) {
                 Err(NetError::TxFull { needed, free }) => {
                     let now = self.platform.now_ns();
                     if now >= deadline {
                         return Err(NetError::TxFull { needed, free });
                     }
-                    self.platform.wait(self.port, deadline - now)?;
+                    self.platform.wait(port, deadline - now)?;
                 }
                 other => return other,
             }
@@ -906,9 +1568,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
     }
 
     /// Closes the interface: `state` Closing, the back-end followed to Closing or Closed (within the
-    /// timeout), `state` Closed, the event channel closed, and every grant ended. A grant the back-end still
-    /// maps is reported ([`PlatformError::GrantInUse`]) after the others are ended; its page must not be
-    /// reused.
+    /// timeout), `state` Closed, the event channels closed, and every grant ended. A grant the back-end
+    /// still maps is reported ([`PlatformError::GrantInUse`]) after the others are ended; its page must not
+    /// be reused.
     pub fn close<XM: RingMemory>(mut self, xb: &mut XenBus<P, XM>) -> Result<(), NetError> {
         self.device
             .switch_state(xb, XBT_NIL, XenbusState::Closing)?;
@@ -919,14 +1581,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
             self.timeout_ns,
         );
         self.device.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
-        self.platform.close(self.port)?;
         let mut first = Ok(());
-        let pages = self.rx_grefs[..self.nrx]
-            .iter()
-            .chain(&self.tx_grefs[..self.ntx])
-            .chain([&self.tx_ref, &self.rx_ref]);
-        for gref in pages {
-            if let Err(e) = self.platform.end_access(*gref)
+        for q in self.queues.iter_mut().flatten() {
+            if let Err(e) = q.release(&self.platform)
                 && first.is_ok()
             {
                 first = Err(e.into());
@@ -935,8 +1592,10 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B> {
         first
     }
 
-    /// TX slots in flight.
+    /// TX slots in flight, over every queue.
     pub fn tx_in_flight(&self) -> usize {
-        self.tx_busy[..self.ntx].iter().filter(|b| **b).count()
+        self.active()
+            .map(|q| q.tx_busy[..self.shape.ntx].iter().filter(|b| **b).count())
+            .sum()
     }
 }

@@ -155,6 +155,41 @@ pub trait WaitEvent {
     /// event. An event that arrived before the call returns at once (events are level-triggered pending
     /// bits, as Xen's are), so "check the ring, then wait" loses no wake-up.
     fn wait(&self, port: EvtchnPort, timeout_ns: u64) -> Result<Wake, PlatformError>;
+    /// Waits until an event is pending on any of `ports` or `timeout_ns` nanoseconds pass, and clears the
+    /// pending events of `ports` (`SCHEDOP_poll` takes such a list). The default looks at each port in
+    /// turn and waits on them one at a time, at most a millisecond each: a platform that can wait on
+    /// several ports at once should override it.
+    fn wait_any(&self, ports: &[EvtchnPort], timeout_ns: u64) -> Result<Wake, PlatformError> {
+        match ports {
+            [] => Ok(Wake::TimedOut),
+            [port] => self.wait(*port, timeout_ns),
+            _ => {
+                let deadline = self.now_ns().saturating_add(timeout_ns);
+                // Bounded by the deadline.
+                loop {
+                    let mut woke = false;
+                    for p in ports {
+                        woke |= self.wait(*p, 0)? == Wake::Event;
+                    }
+                    if woke {
+                        return Ok(Wake::Event);
+                    }
+                    let now = self.now_ns();
+                    if now >= deadline {
+                        return Ok(Wake::TimedOut);
+                    }
+                    for p in ports {
+                        let now = self.now_ns();
+                        if self.wait(*p, deadline.saturating_sub(now).min(1_000_000))?
+                            == Wake::Event
+                        {
+                            return Ok(Wake::Event);
+                        }
+                    }
+                }
+            }
+        }
+    }
     /// A monotonic clock in nanoseconds (a PV guest reads Xen's system time).
     fn now_ns(&self) -> u64;
 }
@@ -201,6 +236,9 @@ macro_rules! forward_platform {
         impl<T: WaitEvent + ?Sized> WaitEvent for $ptr {
             fn wait(&self, port: EvtchnPort, timeout_ns: u64) -> Result<Wake, PlatformError> {
                 (**self).wait(port, timeout_ns)
+            }
+            fn wait_any(&self, ports: &[EvtchnPort], timeout_ns: u64) -> Result<Wake, PlatformError> {
+                (**self).wait_any(ports, timeout_ns)
             }
             fn now_ns(&self) -> u64 {
                 (**self).now_ns()
