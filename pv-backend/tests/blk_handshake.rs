@@ -17,6 +17,30 @@ fn opts() -> FrontOptions {
     FrontOptions::default()
 }
 
+/// Two queues.
+fn two_queues() -> FrontOptions {
+    FrontOptions {
+        queues: Some(2),
+        ..opts()
+    }
+}
+
+/// A fresh store, event channels, a guest (domain 1) and blkback on a memory disk, and a front end
+/// (`o`) that has published nothing yet.
+fn prepared(o: FrontOptions) -> Prepared {
+    Env::new().prepared(1, BlkConfig::default(), o)
+}
+
+/// A front end (`o`) publishes its keys, `break_keys` spoils them, it goes Initialised and must be
+/// refused with an error containing `what`; then it starts over and connects.
+fn refused_then_recovers(o: FrontOptions, what: &str, break_keys: impl FnOnce(&mut Prepared)) {
+    let mut p = prepared(o);
+    p.front.publish_keys();
+    break_keys(&mut p);
+    expect_refused(&mut p, what);
+    recover(&mut p);
+}
+
 /// The front end breaks something, goes Initialised, and must see Closing with an error containing `what`.
 fn expect_refused(p: &mut Prepared, what: &str) {
     p.front.set_state(XenbusState::Initialised);
@@ -60,8 +84,7 @@ fn recover(p: &mut Prepared) {
 
 #[test]
 fn features_are_published_in_init_wait() {
-    let env = Env::new();
-    let p = env.prepared(1, BlkConfig::default(), opts());
+    let p = prepared(opts());
     assert_eq!(p.front.backend_state(), XenbusState::InitWait);
     let b = &p.front.paths.backend;
     use pv_backend::backend::XsHandle;
@@ -81,8 +104,7 @@ fn features_are_published_in_init_wait() {
 
 #[test]
 fn skipped_state_initialised_is_accepted() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    let mut p = prepared(opts());
     p.front.publish_keys();
     // Straight from Initialising to Connected.
     p.front.set_state(XenbusState::Connected);
@@ -92,8 +114,7 @@ fn skipped_state_initialised_is_accepted() {
 
 #[test]
 fn state_changes_out_of_order_connected_before_any_key() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    let mut p = prepared(opts());
     p.front.set_state(XenbusState::Connected);
     let s = p.front.wait_backend(&[XenbusState::Closing], T);
     assert_eq!(s, XenbusState::Closing);
@@ -108,8 +129,7 @@ fn state_changes_out_of_order_connected_before_any_key() {
 
 #[test]
 fn state_changes_out_of_order_garbage_and_unknown_states() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    let mut p = prepared(opts());
     for bad in ["abc", "9", "", "4 ", "-1", "99999999999999999999"] {
         p.front.write_key("state", bad);
         std::thread::sleep(Duration::from_millis(30));
@@ -132,22 +152,16 @@ fn state_changes_out_of_order_garbage_and_unknown_states() {
 
 #[test]
 fn missing_keys_ring_ref() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    p.front.remove_key("ring-ref");
-    expect_refused(&mut p, "ring-ref is missing");
-    recover(&mut p);
+    refused_then_recovers(opts(), "ring-ref is missing", |p| {
+        p.front.remove_key("ring-ref")
+    });
 }
 
 #[test]
 fn missing_keys_event_channel() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    p.front.remove_key("event-channel");
-    expect_refused(&mut p, "event-channel is missing");
-    recover(&mut p);
+    refused_then_recovers(opts(), "event-channel is missing", |p| {
+        p.front.remove_key("event-channel")
+    });
 }
 
 #[test]
@@ -162,128 +176,83 @@ fn non_numeric_keys() {
         ("multi-queue-num-queues", "two"),
         ("ring-page-order", "1.0"),
     ] {
-        let env = Env::new();
-        let mut p = env.prepared(1, BlkConfig::default(), opts());
-        p.front.publish_keys();
-        p.front.write_key(key, value);
-        expect_refused(&mut p, "not a decimal number");
-        recover(&mut p);
+        refused_then_recovers(opts(), "not a decimal number", |p| {
+            p.front.write_key(key, value)
+        });
     }
 }
 
 #[test]
 fn queue_count_of_zero() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    p.front.write_key("multi-queue-num-queues", "0");
-    expect_refused(&mut p, "multi-queue-num-queues is 0");
-    recover(&mut p);
+    refused_then_recovers(opts(), "multi-queue-num-queues is 0", |p| {
+        p.front.write_key("multi-queue-num-queues", "0")
+    });
 }
 
 #[test]
 fn queue_count_above_the_maximum() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    p.front.write_key("multi-queue-num-queues", "5");
-    expect_refused(&mut p, "multi-queue-num-queues is 5");
-    recover(&mut p);
+    refused_then_recovers(opts(), "multi-queue-num-queues is 5", |p| {
+        p.front.write_key("multi-queue-num-queues", "5")
+    });
 }
 
 #[test]
 fn ring_page_order_above_the_maximum() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    p.front.write_key("ring-page-order", "5");
-    expect_refused(&mut p, "above max-ring-page-order");
-    recover(&mut p);
+    refused_then_recovers(opts(), "above max-ring-page-order", |p| {
+        p.front.write_key("ring-page-order", "5")
+    });
 }
 
 #[test]
 fn duplicate_queue_directories() {
-    let env = Env::new();
-    let o = FrontOptions {
-        queues: Some(2),
-        ..opts()
-    };
-    let mut p = env.prepared(1, BlkConfig::default(), o);
-    p.front.publish_keys();
-    let r = p.front.queues[1].ring_refs[0].to_string();
-    p.front.write_key("queue-01/ring-ref", &r);
-    p.front.write_key(
-        "queue-01/event-channel",
-        &p.front.queues[1].port.to_string(),
-    );
-    expect_refused(&mut p, "both name queue 1");
-    recover(&mut p);
+    refused_then_recovers(two_queues(), "both name queue 1", |p| {
+        let r = p.front.queues[1].ring_refs[0].to_string();
+        p.front.write_key("queue-01/ring-ref", &r);
+        let port = p.front.queues[1].port.to_string();
+        p.front.write_key("queue-01/event-channel", &port);
+    });
 }
 
 #[test]
 fn missing_queue_directory() {
-    let env = Env::new();
-    let o = FrontOptions {
-        queues: Some(2),
-        ..opts()
-    };
-    let mut p = env.prepared(1, BlkConfig::default(), o);
-    p.front.publish_keys();
-    p.front.remove_key("queue-1");
-    expect_refused(&mut p, "queue-1 is missing");
-    recover(&mut p);
+    refused_then_recovers(two_queues(), "queue-1 is missing", |p| {
+        p.front.remove_key("queue-1")
+    });
 }
 
 #[test]
 fn unknown_protocol() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    p.front.write_key("protocol", "sparc-abi");
-    expect_refused(&mut p, "sparc-abi");
-    recover(&mut p);
+    refused_then_recovers(opts(), "sparc-abi", |p| {
+        p.front.write_key("protocol", "sparc-abi")
+    });
 }
 
 #[test]
 fn ring_granted_read_only_or_to_another_domain() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    let frame = p.guest.alloc_pages(1);
-    let ro = p.guest.grant(frame, true);
-    p.front.write_key("ring-ref", &ro.to_string());
-    expect_refused(&mut p, "read-only");
-    recover(&mut p);
-
-    let mut p = env.prepared(2, BlkConfig::default(), opts());
-    p.front.publish_keys();
-    let frame = p.guest.alloc_pages(1);
-    let gref = 4000;
-    p.guest.grants.grant(gref, 7, frame, false).unwrap();
-    p.front.write_key("ring-ref", &gref.to_string());
-    expect_refused(&mut p, "granted to domain 7");
-    recover(&mut p);
+    refused_then_recovers(opts(), "read-only", |p| {
+        let frame = p.guest.alloc_pages(1);
+        let ro = p.guest.grant(frame, true);
+        p.front.write_key("ring-ref", &ro.to_string());
+    });
+    refused_then_recovers(opts(), "granted to domain 7", |p| {
+        let frame = p.guest.alloc_pages(1);
+        let gref = 4000;
+        p.guest.grants.grant(gref, 7, frame, false).unwrap();
+        p.front.write_key("ring-ref", &gref.to_string());
+    });
 }
 
 #[test]
 fn the_same_ring_ref_for_two_queues() {
-    let env = Env::new();
-    let o = FrontOptions {
-        queues: Some(2),
-        ..opts()
-    };
-    let mut p = env.prepared(1, BlkConfig::default(), o);
-    p.front.publish_keys();
-    let r = p.front.queues[0].ring_refs[0].to_string();
-    p.front.write_key("queue-1/ring-ref", &r);
-    expect_refused(&mut p, "given twice");
-    recover(&mut p);
+    refused_then_recovers(two_queues(), "given twice", |p| {
+        let r = p.front.queues[0].ring_refs[0].to_string();
+        p.front.write_key("queue-1/ring-ref", &r);
+    });
 }
 
 #[test]
 fn reconnection_after_closing_and_closed() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    let mut p = prepared(opts());
     p.front.publish();
     assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
     assert_serves(&mut p.front, 5);
@@ -338,8 +307,7 @@ fn reconnection_after_closing_and_closed() {
 
 #[test]
 fn front_end_state_node_removed_closes_the_back_end() {
-    let env = Env::new();
-    let mut p = env.prepared(1, BlkConfig::default(), opts());
+    let mut p = prepared(opts());
     p.front.publish();
     assert_eq!(p.front.wait_connected(T), XenbusState::Connected);
     p.front.remove_key("state");
