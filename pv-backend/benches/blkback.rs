@@ -23,6 +23,9 @@
 //! long one with requests at the device does (`BlkConfig::in_flight_poll_time`); `BLKBACK_PATTERNS`
 //! runs only the patterns whose names contain one of its comma-separated words (`randread-qd1,1m`);
 //! `BLKBACK_CRITERION=0` skips the criterion runs and keeps only the interleaved rounds.
+//! The direct side waits for its completions as blkback's queue does (`BlockQueue::sleep`: in the
+//! ring, for io_uring); `BLKBACK_DIRECT_WAIT=doorbell` makes it arm the queue and sleep on the
+//! doorbell's eventfd instead (`poll` and `read`), as both sides did before.
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -184,6 +187,8 @@ struct DirectSide {
     queue: Box<dyn BlockQueue>,
     doorbell: Arc<Doorbell>,
     buf: Vec<u8>,
+    /// Sleep on the doorbell (`BLKBACK_DIRECT_WAIT=doorbell`) rather than `BlockQueue::sleep`.
+    doorbell_wait: bool,
 }
 
 fn direct_side(dev: &FileDevice, p: Pattern) -> DirectSide {
@@ -194,6 +199,7 @@ fn direct_side(dev: &FileDevice, p: Pattern) -> DirectSide {
         queue,
         doorbell,
         buf: vec![0x3Cu8; p.qd * p.size + 4096],
+        doorbell_wait: std::env::var("BLKBACK_DIRECT_WAIT").is_ok_and(|v| v == "doorbell"),
     }
 }
 
@@ -228,7 +234,15 @@ fn run_direct(d: &mut DirectSide, p: Pattern, offs: &mut Offsets, n: u64) -> Dur
         d.queue.submit(&mut batch);
         out.clear();
         while d.queue.reap(&mut out) == 0 {
-            d.doorbell.wait(Duration::from_millis(100));
+            if d.doorbell_wait {
+                // As before `BlockQueue::sleep`: arm, then sleep on the doorbell's eventfd.
+                if !d.queue.arm() {
+                    d.doorbell.wait(Duration::from_millis(100));
+                }
+            } else {
+                // As blkback's queue sleeps (in the ring, for the io_uring engine).
+                d.queue.sleep(&d.doorbell, Duration::from_millis(100));
+            }
         }
         for c in &out {
             c.result.as_ref().expect("direct I/O");

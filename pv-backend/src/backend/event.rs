@@ -3,7 +3,7 @@
 //! [`Doorbell`] that the hypervisor layer rings when the guest kicks the port (and that the bottom device
 //! rings when an I/O completes).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,14 +16,29 @@ pub use crate::xenstore::ring::EventChannel;
 ///
 /// It is built on an eventfd, so that the kernel can ring it too: an io_uring registers
 /// [`as_raw_fd`](Self::as_raw_fd) and its completions wake the sleeper directly. [`ring`](Self::ring) only
-/// makes a system call when someone sleeps.
+/// makes a system call when someone sleeps. Until the eventfd has been handed out
+/// ([`as_raw_fd`](Self::as_raw_fd)), only [`ring`](Self::ring) can ring it, and [`wait`](Self::wait)
+/// sleeps on a futex instead: one system call to sleep (`FUTEX_WAIT`) and one to wake
+/// (`FUTEX_WAKE`), where the eventfd takes a `poll` and a `read` to sleep and a `write` to wake.
 #[derive(Debug)]
 pub struct Doorbell {
     efd: std::os::fd::OwnedFd,
-    rung: AtomicBool,
-    sleeping: AtomicBool,
+    /// 1 while rung and not yet taken; the word a futex sleeper waits on.
+    rung: AtomicU32,
+    /// [`AWAKE`], [`ON_FD`] (sleeping where a write to the eventfd wakes it) or [`ON_FUTEX`].
+    sleeping: AtomicU32,
+    /// The eventfd was handed out: someone other than [`ring`](Self::ring) may write it, so a
+    /// sleeper must watch it.
+    fd_shared: AtomicBool,
     rings: AtomicU64,
 }
+
+/// Nobody sleeps on the doorbell.
+const AWAKE: u32 = 0;
+/// The sleeper waits for the eventfd (`poll`, or a read of it in an io_uring).
+const ON_FD: u32 = 1;
+/// The sleeper waits on the futex word `rung`.
+const ON_FUTEX: u32 = 2;
 
 impl Default for Doorbell {
     /// A doorbell that has not been rung (see [`Doorbell::new`]).
@@ -68,77 +83,158 @@ impl Doorbell {
         Ok(Self {
             // SAFETY: `fd` is a new descriptor that nothing else owns.
             efd: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
-            rung: AtomicBool::new(false),
-            sleeping: AtomicBool::new(false),
+            rung: AtomicU32::new(0),
+            sleeping: AtomicU32::new(AWAKE),
+            fd_shared: AtomicBool::new(false),
             rings: AtomicU64::new(0),
         })
     }
 
     /// The eventfd behind the doorbell: writing to it rings it (io_uring's `register_eventfd`).
+    /// From the first call on, [`wait`](Self::wait) sleeps on the eventfd (`poll`) rather than on a
+    /// futex, so take it before anyone sleeps.
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd_shared.store(true, Ordering::SeqCst);
+        self.fd()
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.efd)
     }
 
     /// Wakes the sleeper (or makes its next wait return at once).
     pub fn ring(&self) {
         self.rings.fetch_add(1, Ordering::Relaxed);
-        if !self.rung.swap(true, Ordering::SeqCst) && self.sleeping.load(Ordering::SeqCst) {
-            self.kick();
+        // The swap and the load below pair with the sleeper's store of `sleeping` and its swap of
+        // `rung` (all SeqCst): either it sees the ring, or this sees it asleep and wakes it.
+        if self.rung.swap(1, Ordering::SeqCst) == 0 {
+            match self.sleeping.load(Ordering::SeqCst) {
+                ON_FD => self.kick(),
+                ON_FUTEX => self.futex_wake(),
+                _ => {}
+            }
         }
     }
 
-    fn kick(&self) {
+    /// Writes the eventfd, whether or not anyone sleeps.
+    pub(crate) fn kick(&self) {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a local to our own eventfd (it cannot overflow in practice:
         // the sleeper drains it).
-        unsafe { libc::write(self.as_raw_fd(), (&raw const one).cast(), 8) };
+        unsafe { libc::write(self.fd(), (&raw const one).cast(), 8) };
+    }
+
+    fn futex_wake(&self) {
+        // SAFETY: FUTEX_WAKE on the address of our own `rung` word, which lives as long as `self`;
+        // the kernel only uses the address to find the waiters.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.rung.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            )
+        };
+    }
+
+    /// Sleeps on the futex word `rung` while it is 0, for at most `timeout`.
+    fn futex_wait(&self, timeout: Duration) {
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        // SAFETY: FUTEX_WAIT on our own `rung` word (an aligned u32 that lives as long as `self`),
+        // with a relative timeout on the stack; it returns at once if the word is not 0. Wake-ups,
+        // EAGAIN, ETIMEDOUT and EINTR all end the wait; the caller looks at the word.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.rung.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                0u32,
+                &raw const ts,
+            )
+        };
     }
 
     fn drain(&self) -> bool {
         let mut v: u64 = 0;
         // SAFETY: reading 8 bytes into a local from our own non-blocking eventfd.
-        let n = unsafe { libc::read(self.as_raw_fd(), (&raw mut v).cast(), 8) };
+        let n = unsafe { libc::read(self.fd(), (&raw mut v).cast(), 8) };
         n == 8
+    }
+
+    /// Takes the ring: whether it was rung (and clears it).
+    fn take_rung(&self) -> bool {
+        self.rung.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// Marks the sleeper as sleeping `how`, unless the doorbell was rung already (then it returns
+    /// `false` and the caller does not sleep).
+    fn fall_asleep(&self, how: u32) -> bool {
+        if self.take_rung() {
+            return false;
+        }
+        self.sleeping.store(how, Ordering::SeqCst);
+        if self.take_rung() {
+            self.sleeping.store(AWAKE, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Sleeps until rung or until `timeout` passes; returns whether it was rung, and clears it.
     pub fn wait(&self, timeout: Duration) -> bool {
-        if self.rung.swap(false, Ordering::SeqCst) {
-            return true;
+        if !self.fd_shared.load(Ordering::SeqCst) {
+            if !self.fall_asleep(ON_FUTEX) {
+                return true;
+            }
+            self.futex_wait(timeout);
+            self.sleeping.store(AWAKE, Ordering::SeqCst);
+            return self.take_rung();
         }
-        self.sleeping.store(true, Ordering::SeqCst);
-        if self.rung.swap(false, Ordering::SeqCst) {
-            self.sleeping.store(false, Ordering::SeqCst);
+        if !self.fall_asleep(ON_FD) {
             return true;
         }
         let mut pfd = libc::pollfd {
-            fd: self.as_raw_fd(),
+            fd: self.fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
         // SAFETY: one pollfd on the stack, for our own descriptor.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
-        self.sleeping.store(false, Ordering::SeqCst);
-        let kicked = self.drain();
-        self.rung.swap(false, Ordering::SeqCst) || kicked
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        self.sleeping.store(AWAKE, Ordering::SeqCst);
+        // Read the eventfd only when poll saw it written (not after a timeout).
+        let kicked = n > 0 && self.drain();
+        self.take_rung() || kicked
+    }
+
+    /// As [`wait`](Self::wait), for a sleeper that waits for the eventfd elsewhere: unless the
+    /// doorbell was rung already, it marks itself asleep and calls `block`, which must return once the
+    /// eventfd is written (or at its own timeout) and drain it itself, such as an io_uring wait with a
+    /// `READ` of [`as_raw_fd`](Self::as_raw_fd) outstanding in the same ring. A [`ring`](Self::ring)
+    /// makes its system call only while `block` runs. Returns whether the doorbell was rung, and
+    /// clears it.
+    pub fn wait_with(&self, block: impl FnOnce()) -> bool {
+        if !self.fall_asleep(ON_FD) {
+            return true;
+        }
+        block();
+        self.sleeping.store(AWAKE, Ordering::SeqCst);
+        self.take_rung()
     }
 
     /// As [`wait`](Self::wait), and also returns when `fd` becomes readable (a device's descriptor,
     /// such as a TAP device's), so that one sleep covers a ring's events and a device that cannot ring
     /// the doorbell itself. Returns whether the doorbell was rung; the caller looks at the device anyway.
     pub fn wait_or_readable(&self, fd: std::os::fd::RawFd, timeout: Duration) -> bool {
-        if self.rung.swap(false, Ordering::SeqCst) {
-            return true;
-        }
-        self.sleeping.store(true, Ordering::SeqCst);
-        if self.rung.swap(false, Ordering::SeqCst) {
-            self.sleeping.store(false, Ordering::SeqCst);
+        if !self.fall_asleep(ON_FD) {
             return true;
         }
         let mut pfds = [
             libc::pollfd {
-                fd: self.as_raw_fd(),
+                fd: self.fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -152,15 +248,15 @@ impl Doorbell {
         // SAFETY: two pollfds on the stack; poll only reads and writes them (a closed `fd` is
         // reported as POLLNVAL, not undefined behaviour).
         unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
-        self.sleeping.store(false, Ordering::SeqCst);
-        let kicked = self.drain();
-        self.rung.swap(false, Ordering::SeqCst) || kicked
+        self.sleeping.store(AWAKE, Ordering::SeqCst);
+        let kicked = pfds[0].revents & libc::POLLIN != 0 && self.drain();
+        self.take_rung() || kicked
     }
 
     /// Clears the flag without sleeping; returns whether it was set.
     pub fn take(&self) -> bool {
-        let kicked = self.drain();
-        self.rung.swap(false, Ordering::SeqCst) || kicked
+        let kicked = self.fd_shared.load(Ordering::SeqCst) && self.drain();
+        self.take_rung() || kicked
     }
 
     /// How many times it was rung since it was made (by [`ring`](Self::ring); not counting the kernel's).

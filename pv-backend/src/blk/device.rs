@@ -9,6 +9,7 @@
 use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::Doorbell;
 
@@ -178,6 +179,23 @@ pub trait BlockQueue: Send {
     /// reap rather than sleep). The default returns `false`: such a queue always rings.
     fn arm(&mut self) -> bool {
         false
+    }
+    /// The caller has nothing to do until a completion is ready or `doorbell` (the one given to
+    /// [`set_doorbell`](Self::set_doorbell)) is rung: sleeps until one of them happens or `timeout`
+    /// passes, and leaves the queue [`quiet`](Self::quiet). Returns whether it slept (`false`: a
+    /// completion was ready already).
+    ///
+    /// The default is [`arm`](Self::arm), then [`Doorbell::wait`], then [`quiet`](Self::quiet). The
+    /// io_uring engine waits in its ring instead, with a read of the doorbell's eventfd in the same
+    /// ring: one system call per sleep.
+    fn sleep(&mut self, doorbell: &Doorbell, timeout: Duration) -> bool {
+        if self.arm() {
+            self.quiet();
+            return false;
+        }
+        doorbell.wait(timeout);
+        self.quiet();
+        true
     }
 }
 

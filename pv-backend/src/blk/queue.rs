@@ -743,13 +743,10 @@ impl QueueServer {
                     });
                 }
             }
-            if self.dev.arm() {
-                self.dev.quiet();
+            if !self.dev.sleep(&self.doorbell, Duration::from_millis(200)) {
                 continue;
             }
             QueueStats::add(&self.stats.sleeps, 1);
-            self.doorbell.wait(Duration::from_millis(200));
-            self.dev.quiet();
             window.slept(since.elapsed());
         }
         Ok(())
@@ -758,8 +755,8 @@ impl QueueServer {
     fn drain(&mut self) {
         // Bounded by the device: every submitted request completes (a file I/O or a memory copy).
         while self.dev.in_flight() > 0 {
-            if !self.reap() && !self.dev.arm() {
-                self.doorbell.wait(Duration::from_millis(10));
+            if !self.reap() {
+                self.dev.sleep(&self.doorbell, Duration::from_millis(10));
             }
         }
         self.flush_responses();

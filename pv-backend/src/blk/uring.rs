@@ -1,16 +1,23 @@
 //! The io_uring engine of [`FileDevice`](super::FileDevice) (`FileOptions::io_uring`): one ring per queue,
 //! `IORING_OP_READV`/`WRITEV` on the `O_DIRECT` descriptor, `FSYNC` (datasync) for flushes, `FALLOCATE`
 //! (punch hole) for discards on a file (a block device's `BLKDISCARD` is done synchronously).
-//! Completions are reaped from the completion ring without a system call; the queue's doorbell (an
-//! eventfd) is registered with the ring, so a completion wakes a sleeping queue directly; while the
-//! queue is awake ([`BlockQueue::quiet`]) the kernel does not signal it.
+//! Completions are reaped from the completion ring without a system call. A queue with nothing to do
+//! sleeps in the ring itself ([`BlockQueue::sleep`]): one `io_uring_enter(GETEVENTS, min_complete = 1)`
+//! that returns for the first completion, with a `READ` of the doorbell's eventfd outstanding in the
+//! same ring so that a ring of the doorbell (the front end's event) ends the wait too and is drained by
+//! the kernel: one system call per sleep, where sleeping on the doorbell took a `poll` and a `read`.
+//! The doorbell is also registered with the ring (`register_eventfd`) for callers that sleep on it
+//! ([`Doorbell::wait`]) after [`BlockQueue::arm`]; while the queue is awake ([`BlockQueue::quiet`])
+//! or sleeps in the ring the kernel does not signal it.
 //!
 //! A request that the kernel refuses with `EINVAL` (not aligned for `O_DIRECT`) or that transfers less
 //! than asked is done again synchronously on the buffered descriptor, as the thread pool does.
 
+use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use io_uring::{IoUring, opcode, types};
 
@@ -29,6 +36,9 @@ struct Pending {
 // only handed to the kernel, never dereferenced here.
 unsafe impl Send for Pending {}
 
+/// The `user_data` of the `READ` of the doorbell's eventfd (requests count up from 1).
+const DOORBELL_KEY: u64 = u64::MAX;
+
 /// One io_uring queue of a file device.
 pub(super) struct UringQueue {
     inner: Arc<FileInner>,
@@ -37,6 +47,13 @@ pub(super) struct UringQueue {
     ready: Vec<IoCompletion>,
     next: u64,
     doorbell: Option<Arc<Doorbell>>,
+    /// Where the kernel puts the eventfd's count when the doorbell's `READ` completes (boxed: it must
+    /// not move while the read is outstanding; nothing here reads it).
+    bell_buf: Box<UnsafeCell<u64>>,
+    /// A `READ` of the doorbell's eventfd is at the kernel (its completion not yet reaped).
+    bell_armed: bool,
+    /// The kernel failed a `READ` of the eventfd: the queue sleeps on the doorbell instead.
+    bell_refused: bool,
 }
 
 impl std::fmt::Debug for UringQueue {
@@ -56,7 +73,23 @@ impl UringQueue {
             ready: Vec::new(),
             next: 1,
             doorbell: None,
+            bell_buf: Box::new(UnsafeCell::new(0)),
+            bell_armed: false,
+            bell_refused: false,
         })
+    }
+
+    /// Puts a `READ` of the doorbell's eventfd in the submission queue unless one is outstanding
+    /// (submitted by the next `io_uring_enter`); returns whether one is.
+    fn arm_bell(&mut self, fd: std::os::fd::RawFd) -> bool {
+        if self.bell_armed {
+            return true;
+        }
+        let entry = opcode::Read::new(types::Fd(fd), self.bell_buf.get().cast(), 8)
+            .build()
+            .user_data(DOORBELL_KEY);
+        self.bell_armed = self.push(&entry).is_ok();
+        self.bell_armed
     }
 
     fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
@@ -168,6 +201,16 @@ impl UringQueue {
             .map(|c| (c.user_data(), c.result()))
             .collect();
         for (key, res) in done {
+            if key == DOORBELL_KEY {
+                // The doorbell's eventfd was read (drained), or the read was cancelled. A kernel
+                // that refuses the read would complete each one at once: stop using it.
+                self.bell_armed = false;
+                if res < 0 && res != -libc::ECANCELED && res != -libc::EINTR {
+                    tracing::warn!(error = %io::Error::from_raw_os_error(-res), "io_uring: reading the doorbell's eventfd; sleeping on the doorbell instead");
+                    self.bell_refused = true;
+                }
+                continue;
+            }
             let Some(p) = self.pending.remove(&key) else {
                 continue;
             };
@@ -191,6 +234,14 @@ impl UringQueue {
 
 impl BlockQueue for UringQueue {
     fn set_doorbell(&mut self, doorbell: Arc<Doorbell>) {
+        if self.bell_armed {
+            // The outstanding read is of the old doorbell's eventfd: cancel it (its completion
+            // clears `bell_armed`), so that the next sleep reads the new one.
+            let cancel = opcode::AsyncCancel::new(DOORBELL_KEY)
+                .build()
+                .user_data(DOORBELL_KEY - 1);
+            let _ = self.push(&cancel);
+        }
         let sub = self.ring.submitter();
         if self.doorbell.is_some() {
             let _ = sub.unregister_eventfd();
@@ -235,12 +286,64 @@ impl BlockQueue for UringQueue {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         !self.ready.is_empty() || !self.ring.completion().is_empty()
     }
+
+    fn sleep(&mut self, doorbell: &Doorbell, timeout: Duration) -> bool {
+        let ours = self
+            .doorbell
+            .as_ref()
+            .is_some_and(|d| d.as_raw_fd() == doorbell.as_raw_fd());
+        // The kernel does not signal the eventfd while we wait in the ring (it would complete our own
+        // read of it).
+        self.quiet();
+        if !ours
+            || self.bell_refused
+            || !self.ring.params().is_feature_ext_arg()
+            || !self.arm_bell(doorbell.as_raw_fd())
+        {
+            // Sleep on the doorbell instead, as the default does.
+            if self.arm() {
+                self.quiet();
+                return false;
+            }
+            doorbell.wait(timeout);
+            self.quiet();
+            return true;
+        }
+        if !self.ready.is_empty() || !self.ring.completion().is_empty() {
+            return false;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let ring = &self.ring;
+        doorbell.wait_with(|| {
+            // Submits the doorbell's read (and anything queued) and returns at the first completion
+            // (at once if one is there already), or after `timeout` (ETIME).
+            match ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                Err(e) => tracing::warn!(error = %e, "io_uring: waiting for a completion"),
+            }
+        });
+        true
+    }
 }
 
 impl Drop for UringQueue {
     fn drop(&mut self) {
-        // The kernel may still use the iovecs and the guest memory: wait for every completion.
-        while !self.pending.is_empty() {
+        // The kernel may still use the iovecs, the guest memory and the doorbell's buffer: cancel the
+        // doorbell's read and wait for every completion.
+        if self.bell_armed {
+            let cancel = opcode::AsyncCancel::new(DOORBELL_KEY)
+                .build()
+                .user_data(DOORBELL_KEY - 1);
+            if self.push(&cancel).is_err() {
+                // Without a cancel the read ends only when the eventfd is written: write it.
+                if let Some(d) = &self.doorbell {
+                    d.kick();
+                }
+            }
+        }
+        while !self.pending.is_empty() || self.bell_armed {
             if self.ring.submit_and_wait(1).is_err() {
                 break;
             }
