@@ -21,7 +21,7 @@
 //! Each completion is checked against the driver's own record of the request: the `id` names a slot in
 //! range, of the current generation, with a request in flight (no double completion), the `operation`
 //! matches, and the status is a `BLKIF_RSP_*` value. Anything else is a typed [`BlkError`], and a ring whose
-//! `rsp_prod` overflows ([`RingError::ResponseProdOverflow`]) stops the device.
+//! `rsp_prod` overflows ([`RingError::ResponseProdOverflow`](xen_abi::ring::RingError::ResponseProdOverflow)) stops the device.
 //!
 //! Rings of up to 16 pages are used (`ring-page-order`, lowered to the back-end's `max-ring-page-order`),
 //! one queue (`multi-queue-max-queues` is read and checked, not used). Persistent grants
@@ -30,6 +30,7 @@
 //! [`BlkFront::close`]; otherwise every grant ends with its request.
 
 use xen_abi::DomId;
+use xen_abi::XEN_PAGE_SIZE;
 use xen_abi::blkif::{
     BLKIF_DISCARD_SECURE, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_SECTOR_SIZE,
@@ -39,15 +40,16 @@ use xen_abi::blkif::{
 };
 use xen_abi::event_channel::EvtchnPort;
 use xen_abi::grant_table::GrantRef;
-use xen_abi::ring::{FrontRing, RingError, RingMemory, ring_entries};
+use xen_abi::ring::{FrontRing, RingMemory, ring_entries};
 use xen_abi::xenbus::XenbusState;
-use xen_abi::xs_wire::XsErrno;
-use xen_abi::{XEN_PAGE_SIZE, xs_wire};
 use zerocopy::IntoBytes;
 
-use crate::platform::{Platform, PlatformError};
+use crate::front::{
+    self, FrontError, backend_flag, backend_max_queues, backend_number, backend_u32,
+};
+use crate::platform::Platform;
 use crate::shmem;
-use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XenBusError, XsPath, fmt_decimal, parse_u64};
+use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XsPath, fmt_decimal, parse_u64};
 
 /// The slots of a one-page blkif ring: 32.
 pub const BLK_RING_SIZE: usize = ring_entries::<Blkif>(XEN_PAGE_SIZE) as usize;
@@ -58,39 +60,16 @@ pub const MAX_RING_PAGE_ORDER: u32 = 4;
 pub const MAX_SLOTS: usize = 128;
 /// The most data pages one request may use (128 KiB).
 pub const MAX_PAGES_PER_REQUEST: usize = 32;
-/// How often the handshake's transaction is retried on `EAGAIN`.
-const TX_RETRIES: usize = 16;
 const SECTORS_PER_PAGE: u64 = (XEN_PAGE_SIZE / BLKIF_SECTOR_SIZE as usize) as u64;
 
 /// What can go wrong in blkfront.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BlkError {
-    /// XenStore failed during the handshake.
-    #[error("xenbus: {0}")]
-    XenBus(#[from] XenBusError),
-    /// The platform failed (grants, event channel, translation).
+    /// The handshake or the shared ring failed (XenStore, the platform, the ring, a back-end node, the
+    /// back-end's state); a back-end whose `rsp_prod` overflows stops the device.
     #[error(transparent)]
-    Platform(#[from] PlatformError),
-    /// The shared ring failed; a back-end whose `rsp_prod` overflows stops the device.
-    #[error("blkif ring: {0}")]
-    Ring(#[from] RingError),
-    /// A back-end node is missing, not a number, or out of range.
-    #[error("back-end node {key} is {what}")]
-    BadBackendNode {
-        /// The node.
-        key: &'static str,
-        /// What is wrong with it.
-        what: &'static str,
-    },
-    /// The back-end went to a state the handshake does not allow at this point.
-    #[error("back-end went to {state} while the front-end was {front}")]
-    BackendState {
-        /// The back-end's state.
-        state: XenbusState,
-        /// Ours.
-        front: XenbusState,
-    },
+    Front(#[from] FrontError),
     /// The bounce pool cannot hold a single request.
     #[error(
         "bounce pool of {pages} pages is too small: one request needs {per_request} (set pages_per_request lower or give more pages)"
@@ -230,6 +209,8 @@ pub enum BlkError {
     #[error("the device is stopped by an earlier ring error")]
     Stopped,
 }
+
+front::from_front_causes!(BlkError);
 
 /// How the driver is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,40 +373,6 @@ impl<P, M, B> core::fmt::Debug for BlkFront<P, M, B> {
     }
 }
 
-fn flag<P: Platform, XM: RingMemory>(
-    xb: &mut XenBus<P, XM>,
-    dev: &FrontendDevice,
-    key: &'static str,
-) -> Result<bool, BlkError> {
-    Ok(number(xb, dev, key)?.unwrap_or(0) != 0)
-}
-
-fn number<P: Platform, XM: RingMemory>(
-    xb: &mut XenBus<P, XM>,
-    dev: &FrontendDevice,
-    key: &'static str,
-) -> Result<Option<u64>, BlkError> {
-    match dev.backend_u64(xb, key.as_bytes()) {
-        Ok(v) => Ok(v),
-        Err(XenBusError::NotNumeric { .. }) => Err(BlkError::BadBackendNode {
-            key,
-            what: "not a decimal number",
-        }),
-        Err(XenBusError::Xs(XsErrno::EACCES)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn small(key: &'static str, v: Option<u64>, default: u32) -> Result<u32, BlkError> {
-    match v {
-        None => Ok(default),
-        Some(v) => u32::try_from(v).map_err(|_| BlkError::BadBackendNode {
-            key,
-            what: "larger than 2^32 - 1",
-        }),
-    }
-}
-
 impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
     /// Connects to the back-end of the vbd at `node` (for example `device/vbd/768`), with `ring_page` (one
     /// page of this domain's memory) as the shared ring and `pool` (pages of this domain's memory) as bounce
@@ -468,40 +415,9 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         let backend_id: DomId = dev.backend_id();
 
         // 2. The back-end publishes its features and waits for us.
-        let front = dev.state();
-        dev.wait_for_backend(
-            xb,
-            |s| matches!(s, XenbusState::InitWait | XenbusState::Initialised),
-            |s| {
-                matches!(
-                    s,
-                    XenbusState::Connected | XenbusState::Closing | XenbusState::Closed
-                )
-            },
-            timeout,
-        )
-        .map_err(|e| match e {
-            XenBusError::State(xen_abi::xenbus::XenbusError::IllegalTransition { to, .. }) => {
-                BlkError::BackendState { state: to, front }
-            }
-            e => e.into(),
-        })?;
-        let max_ring_page_order = small(
-            "max-ring-page-order",
-            number(xb, &dev, "max-ring-page-order")?,
-            0,
-        )?;
-        let max_queues = small(
-            "multi-queue-max-queues",
-            number(xb, &dev, "multi-queue-max-queues")?,
-            1,
-        )?;
-        if max_queues == 0 {
-            return Err(BlkError::BadBackendNode {
-                key: "multi-queue-max-queues",
-                what: "0 (at least one queue is needed)",
-            });
-        }
+        front::wait_for_backend_features(xb, &mut dev, timeout)?;
+        let max_ring_page_order = backend_u32(xb, &dev, "max-ring-page-order", 0)?;
+        let max_queues = backend_max_queues(xb, &dev)?;
 
         // 3. The ring, its grants and event channel, published in one transaction.
         let order = want_order.min(max_ring_page_order);
@@ -547,28 +463,8 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         }
 
         // 4. The back-end connects; read the disk's properties.
-        let front = dev.state();
         let result = (|| {
-            dev.wait_for_backend(
-                xb,
-                |s| s == XenbusState::Connected,
-                |s| {
-                    matches!(
-                        s,
-                        XenbusState::Closing
-                            | XenbusState::Closed
-                            | XenbusState::Initialising
-                            | XenbusState::Unknown
-                    )
-                },
-                timeout,
-            )
-            .map_err(|e| match e {
-                XenBusError::State(xen_abi::xenbus::XenbusError::IllegalTransition {
-                    to, ..
-                }) => BlkError::BackendState { state: to, front },
-                e => e.into(),
-            })?;
+            front::wait_for_backend_connected(xb, &mut dev, timeout)?;
             Self::read_info(xb, &dev, max_ring_page_order, max_queues)
         })();
         let info = match result {
@@ -647,44 +543,26 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         );
         let mut b = [0u8; 20];
         let port_s = fmt_decimal(u64::from(port), &mut b);
-        // Bounded: a few retries when the transaction conflicts.
-        for _ in 0..TX_RETRIES {
-            let tx = xb.transaction_start()?;
-            let writes = (|| {
-                if order == 0 {
-                    let mut a = [0u8; 20];
-                    let r = fmt_decimal(u64::from(ring_refs[0]), &mut a);
-                    xb.write(tx, node.join(b"ring-ref")?.as_bytes(), r)?;
-                } else {
-                    let mut o = [0u8; 20];
-                    xb.write(tx, ord.as_bytes(), fmt_decimal(u64::from(order), &mut o))?;
-                    for (i, gref) in ring_refs.iter().enumerate() {
-                        let (mut a, mut k) = ([0u8; 20], [0u8; 20]);
-                        let key = XsPath::<32>::from_parts(&[
-                            b"ring-ref",
-                            fmt_decimal(i as u64, &mut k),
-                        ])?;
-                        let r = fmt_decimal(u64::from(*gref), &mut a);
-                        xb.write(tx, node.join(key.as_bytes())?.as_bytes(), r)?;
-                    }
+        Ok(front::in_transaction(xb, |xb, tx| {
+            if order == 0 {
+                let mut a = [0u8; 20];
+                let r = fmt_decimal(u64::from(ring_refs[0]), &mut a);
+                xb.write(tx, node.join(b"ring-ref")?.as_bytes(), r)?;
+            } else {
+                let mut o = [0u8; 20];
+                xb.write(tx, ord.as_bytes(), fmt_decimal(u64::from(order), &mut o))?;
+                for (i, gref) in ring_refs.iter().enumerate() {
+                    let (mut a, mut k) = ([0u8; 20], [0u8; 20]);
+                    let key =
+                        XsPath::<32>::from_parts(&[b"ring-ref", fmt_decimal(i as u64, &mut k)])?;
+                    let r = fmt_decimal(u64::from(*gref), &mut a);
+                    xb.write(tx, node.join(key.as_bytes())?.as_bytes(), r)?;
                 }
-                xb.write(tx, ec.as_bytes(), port_s)?;
-                xb.write(tx, proto.as_bytes(), XEN_IO_PROTO_ABI_NATIVE.as_bytes())?;
-                xb.write(tx, pers.as_bytes(), if persistent { b"1" } else { b"0" })
-            })();
-            if let Err(e) = writes {
-                if !e.is_fatal() {
-                    let _ = xb.transaction_end(tx, false);
-                }
-                return Err(e.into());
             }
-            match xb.transaction_end(tx, true) {
-                Ok(()) => return Ok(()),
-                Err(XenBusError::Xs(xs_wire::XsErrno::EAGAIN)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(XenBusError::Xs(XsErrno::EAGAIN).into())
+            xb.write(tx, ec.as_bytes(), port_s)?;
+            xb.write(tx, proto.as_bytes(), XEN_IO_PROTO_ABI_NATIVE.as_bytes())?;
+            xb.write(tx, pers.as_bytes(), if persistent { b"1" } else { b"0" })
+        })?)
     }
 
     fn read_info<XM: RingMemory>(
@@ -693,36 +571,28 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
         max_ring_page_order: u32,
         max_queues: u32,
     ) -> Result<BlkInfo, BlkError> {
-        let sectors = number(xb, dev, "sectors")?.ok_or(BlkError::BadBackendNode {
-            key: "sectors",
+        let missing = |key| FrontError::BadNode {
+            key,
             what: "missing",
-        })?;
-        let sector_size = small(
-            "sector-size",
-            Some(
-                number(xb, dev, "sector-size")?.ok_or(BlkError::BadBackendNode {
-                    key: "sector-size",
-                    what: "missing",
-                })?,
-            ),
-            0,
-        )?;
+        };
+        let sectors = backend_number(xb, dev, "sectors")?.ok_or(missing("sectors"))?;
+        if backend_number(xb, dev, "sector-size")?.is_none() {
+            return Err(missing("sector-size").into());
+        }
+        let sector_size = backend_u32(xb, dev, "sector-size", 0)?;
         if BlkifLimits::new(sectors, sector_size).is_err() {
-            return Err(BlkError::BadBackendNode {
+            return Err(FrontError::BadNode {
                 key: "sector-size",
                 what: "not a power of two from 512 to 4096",
-            });
+            }
+            .into());
         }
-        let info = small("info", number(xb, dev, "info")?, 0)?;
-        let flush_cache = flag(xb, dev, "feature-flush-cache")?;
-        let discard = flag(xb, dev, "feature-discard")?;
-        let discard_secure = discard && flag(xb, dev, "discard-secure")?;
-        let max_indirect_segments = small(
-            "feature-max-indirect-segments",
-            number(xb, dev, "feature-max-indirect-segments")?,
-            0,
-        )?;
-        let persistent = flag(xb, dev, "feature-persistent")?;
+        let info = backend_u32(xb, dev, "info", 0)?;
+        let flush_cache = backend_flag(xb, dev, "feature-flush-cache")?;
+        let discard = backend_flag(xb, dev, "feature-discard")?;
+        let discard_secure = discard && backend_flag(xb, dev, "discard-secure")?;
+        let max_indirect_segments = backend_u32(xb, dev, "feature-max-indirect-segments", 0)?;
+        let persistent = backend_flag(xb, dev, "feature-persistent")?;
         Ok(BlkInfo {
             sectors,
             sector_size,
@@ -1277,15 +1147,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> BlkFront<P, M, B> {
     /// any persistent grants ended (if the back-end still maps one of them, the grant error is returned and
     /// that memory must not be reused).
     pub fn close<XM: RingMemory>(mut self, xb: &mut XenBus<P, XM>) -> Result<(), BlkError> {
-        self.device
-            .switch_state(xb, XBT_NIL, XenbusState::Closing)?;
-        let _ = self.device.wait_for_backend(
-            xb,
-            |s| s.is_closing_or_closed(),
-            |_| false,
-            self.timeout_ns,
-        );
-        self.device.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
+        front::close_device(xb, &mut self.device, self.timeout_ns)?;
         self.platform.close(self.port)?;
         let mut first = Ok(());
         for slot in 0..self.nr_slots {

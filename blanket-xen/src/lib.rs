@@ -32,6 +32,7 @@ extern crate std;
 
 pub mod blk;
 pub mod console;
+pub mod front;
 pub mod net;
 mod netpkt;
 pub mod platform;

@@ -46,6 +46,7 @@
 //! and the packet it belongs to is dropped; a ring whose `rsp_prod` overflows stops the device.
 
 use xen_abi::DomId;
+use xen_abi::XEN_PAGE_SIZE;
 use xen_abi::event_channel::EvtchnPort;
 use xen_abi::grant_table::GrantRef;
 use xen_abi::netif::{
@@ -55,15 +56,15 @@ use xen_abi::netif::{
     XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
 };
-use xen_abi::ring::{FrontRing, RingError, RingMemory, ring_entries};
+use xen_abi::ring::{FrontRing, RingMemory, ring_entries};
 use xen_abi::xenbus::XenbusState;
 use xen_abi::xs_wire::XsErrno;
-use xen_abi::{XEN_PAGE_SIZE, xenbus};
 
+use crate::front::{self, FrontError, backend_flag, backend_max_queues};
 use crate::netpkt;
 use crate::platform::{Platform, PlatformError};
 use crate::shmem;
-use crate::xenbus::{FrontendDevice, XBT_NIL, XenBus, XenBusError, XsPath, fmt_decimal};
+use crate::xenbus::{FrontendDevice, TxId, XBT_NIL, XenBus, XenBusError, XsPath, fmt_decimal};
 
 /// Slots of the one-page TX ring: 256.
 pub const NET_TX_RING_SIZE: usize = ring_entries::<NetifTx>(XEN_PAGE_SIZE) as usize;
@@ -71,42 +72,20 @@ pub const NET_TX_RING_SIZE: usize = ring_entries::<NetifTx>(XEN_PAGE_SIZE) as us
 pub const NET_RX_RING_SIZE: usize = ring_entries::<NetifRx>(XEN_PAGE_SIZE) as usize;
 /// The most slots one packet takes on either ring (`XEN_NETIF_NR_SLOTS_MIN`).
 pub const MAX_SLOTS_PER_PACKET: usize = XEN_NETIF_NR_SLOTS_MIN;
-const TX_RETRIES: usize = 16;
 
 /// What can go wrong in netfront.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
-    /// XenStore failed during the handshake.
-    #[error("xenbus: {0}")]
-    XenBus(#[from] XenBusError),
-    /// The platform failed.
+    /// The handshake or a shared ring failed (XenStore, the platform, a ring, a node, the back-end's
+    /// state); an overflowing `rsp_prod` stops the device.
     #[error(transparent)]
-    Platform(#[from] PlatformError),
-    /// A shared ring failed; an overflowing `rsp_prod` stops the device.
-    #[error("netif ring: {0}")]
-    Ring(#[from] RingError),
-    /// A node is missing, malformed, or out of range.
-    #[error("node {key} is {what}")]
-    BadNode {
-        /// The node.
-        key: &'static str,
-        /// What is wrong.
-        what: &'static str,
-    },
+    Front(#[from] FrontError),
     /// The back-end lacks a feature this driver needs.
     #[error("the back-end does not offer {feature}, which netfront needs")]
     NotOffered {
         /// The feature node.
         feature: &'static str,
-    },
-    /// The back-end went to a state the handshake does not allow at this point.
-    #[error("back-end went to {state} while the front-end was {front}")]
-    BackendState {
-        /// The back-end's state.
-        state: XenbusState,
-        /// Ours.
-        front: XenbusState,
     },
     /// A configuration or pool that cannot work (the pool holds `Q * (rx + tx)` pages).
     #[error(
@@ -220,6 +199,8 @@ pub enum NetError {
     #[error("the device is stopped by an earlier ring error")]
     Stopped,
 }
+
+front::from_front_causes!(NetError);
 
 /// How the driver is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,30 +433,6 @@ struct Queue<M> {
     stopped: bool,
 }
 
-fn backend_number<P: Platform, XM: RingMemory>(
-    xb: &mut XenBus<P, XM>,
-    dev: &FrontendDevice,
-    key: &'static str,
-) -> Result<Option<u64>, NetError> {
-    match dev.backend_u64(xb, key.as_bytes()) {
-        Ok(v) => Ok(v),
-        Err(XenBusError::NotNumeric { .. }) => Err(NetError::BadNode {
-            key,
-            what: "not a decimal number",
-        }),
-        Err(XenBusError::Xs(XsErrno::EACCES)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn backend_flag<P: Platform, XM: RingMemory>(
-    xb: &mut XenBus<P, XM>,
-    dev: &FrontendDevice,
-    key: &'static str,
-) -> Result<bool, NetError> {
-    Ok(backend_number(xb, dev, key)?.unwrap_or(0) != 0)
-}
-
 impl<M: RingMemory> Queue<M> {
     fn new(tx: FrontRing<M, NetifTx>, rx: FrontRing<M, NetifRx>, base: usize) -> Self {
         Self {
@@ -586,7 +543,7 @@ impl<M: RingMemory> Queue<M> {
     fn write_keys<P: Platform, XM: RingMemory>(
         &self,
         xb: &mut XenBus<P, XM>,
-        t: u32,
+        t: TxId,
         dir: &XsPath,
     ) -> Result<(), XenBusError> {
         let mut num = [0u8; 20];
@@ -1082,41 +1039,24 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         let timeout = config.timeout_ns;
         let mut dev = FrontendDevice::probe(xb, node)?;
         let mut macbuf = [0u8; 32];
-        let bad_mac = NetError::BadNode {
+        let bad_mac = NetError::Front(FrontError::BadNode {
             key: "mac",
             what: "not a MAC address aa:bb:cc:dd:ee:ff",
-        };
+        });
         let mac = match xb.read(XBT_NIL, dev.node().join(b"mac")?.as_bytes(), &mut macbuf) {
             Ok(n) => parse_mac(&macbuf[..n]).ok_or(bad_mac)?,
             Err(XenBusError::Xs(XsErrno::ENOENT)) => {
-                return Err(NetError::BadNode {
+                return Err(FrontError::BadNode {
                     key: "mac",
                     what: "missing",
-                });
+                }
+                .into());
             }
             Err(XenBusError::BufferTooSmall { .. }) => return Err(bad_mac),
             Err(e) => return Err(e.into()),
         };
         let backend: DomId = dev.backend_id();
-        let front = dev.state();
-        let state_error = move |e: XenBusError| match e {
-            XenBusError::State(xenbus::XenbusError::IllegalTransition { to, .. }) => {
-                NetError::BackendState { state: to, front }
-            }
-            e => e.into(),
-        };
-        dev.wait_for_backend(
-            xb,
-            |s| matches!(s, XenbusState::InitWait | XenbusState::Initialised),
-            |s| {
-                matches!(
-                    s,
-                    XenbusState::Connected | XenbusState::Closing | XenbusState::Closed
-                )
-            },
-            timeout,
-        )
-        .map_err(state_error)?;
+        front::wait_for_backend_features(xb, &mut dev, timeout)?;
         if !backend_flag(xb, &dev, "feature-rx-copy")? {
             return Err(NetError::NotOffered {
                 feature: "feature-rx-copy",
@@ -1128,19 +1068,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         let csum_ipv4 = !backend_flag(xb, &dev, "feature-no-csum-offload")?;
         let csum_ipv6 = backend_flag(xb, &dev, "feature-ipv6-csum-offload")?;
         let split = backend_flag(xb, &dev, "feature-split-event-channels")?;
-        let max_queues = match backend_number(xb, &dev, "multi-queue-max-queues")? {
-            None => 1,
-            Some(0) => {
-                return Err(NetError::BadNode {
-                    key: "multi-queue-max-queues",
-                    what: "0 (at least one queue is needed)",
-                });
-            }
-            Some(n) => u32::try_from(n).map_err(|_| NetError::BadNode {
-                key: "multi-queue-max-queues",
-                what: "larger than 2^32 - 1",
-            })?,
-        };
+        let max_queues = backend_max_queues(xb, &dev)?;
         let nq = Q.min(max_queues as usize);
         let negotiated = NetFeatures {
             split_event_channels: features.split_event_channels && split,
@@ -1210,27 +1138,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         let publish = (|| -> Result<(), NetError> {
             Self::publish(xb, &dev, &queues[..nq], &info)?;
             dev.switch_state(xb, XBT_NIL, XenbusState::Initialised)?;
-            let front = dev.state();
-            dev.wait_for_backend(
-                xb,
-                |s| s == XenbusState::Connected,
-                |s| {
-                    matches!(
-                        s,
-                        XenbusState::Closing
-                            | XenbusState::Closed
-                            | XenbusState::Initialising
-                            | XenbusState::Unknown
-                    )
-                },
-                timeout,
-            )
-            .map_err(|e| match e {
-                XenBusError::State(xenbus::XenbusError::IllegalTransition { to, .. }) => {
-                    NetError::BackendState { state: to, front }
-                }
-                e => e.into(),
-            })?;
+            front::wait_for_backend_connected(xb, &mut dev, timeout)?;
             dev.switch_state(xb, XBT_NIL, XenbusState::Connected)?;
             Ok(())
         })();
@@ -1275,7 +1183,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
             (b"feature-no-csum-offload", flag(!f.csum_offload)),
             (b"feature-ipv6-csum-offload", flag(f.csum_offload)),
         ];
-        let write_all = |xb: &mut XenBus<P, XM>, t: u32| -> Result<(), XenBusError> {
+        let write_all = |xb: &mut XenBus<P, XM>, t: TxId| -> Result<(), XenBusError> {
             if queues.len() == 1 {
                 if let Some(q) = &queues[0] {
                     q.write_keys(xb, t, node)?;
@@ -1303,22 +1211,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
             }
             Ok(())
         };
-        // Bounded: a few retries when the transaction conflicts.
-        for _ in 0..TX_RETRIES {
-            let t = xb.transaction_start()?;
-            if let Err(e) = write_all(xb, t) {
-                if !e.is_fatal() {
-                    let _ = xb.transaction_end(t, false);
-                }
-                return Err(e.into());
-            }
-            match xb.transaction_end(t, true) {
-                Ok(()) => return Ok(()),
-                Err(XenBusError::Xs(XsErrno::EAGAIN)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(XenBusError::Xs(XsErrno::EAGAIN).into())
+        Ok(front::in_transaction(xb, write_all)?)
     }
 
     /// Sets the timeout of the blocking calls from now on, in nanoseconds.
@@ -1471,7 +1364,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
             return Err(NetError::Stopped);
         };
         let reaped = q.reap_tx(&self.shape);
-        if let Err(NetError::Stopped | NetError::Ring(_)) = reaped {
+        if let Err(NetError::Stopped | NetError::Front(FrontError::Ring(_))) = reaped {
             return reaped.map(|_| ());
         }
         q.send(
@@ -1572,15 +1465,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
     /// still maps is reported ([`PlatformError::GrantInUse`]) after the others are ended; its page must not
     /// be reused.
     pub fn close<XM: RingMemory>(mut self, xb: &mut XenBus<P, XM>) -> Result<(), NetError> {
-        self.device
-            .switch_state(xb, XBT_NIL, XenbusState::Closing)?;
-        let _ = self.device.wait_for_backend(
-            xb,
-            |s| s.is_closing_or_closed(),
-            |_| false,
-            self.timeout_ns,
-        );
-        self.device.switch_state(xb, XBT_NIL, XenbusState::Closed)?;
+        front::close_device(xb, &mut self.device, self.timeout_ns)?;
         let mut first = Ok(());
         for q in self.queues.iter_mut().flatten() {
             if let Err(e) = q.release(&self.platform)

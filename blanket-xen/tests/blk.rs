@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use blanket_xen::blk::{BlkConfig, BlkError, BlkFront};
 use blanket_xen::emulated::EmulatedXen;
+use blanket_xen::front::FrontError;
 use blanket_xen::xenbus::XenBus;
 use common::blkback::{BE, FE, Opts, TestBlkback};
 use common::{SECOND, Xenstored};
@@ -448,7 +449,10 @@ fn rsp_prod_more_than_the_outstanding_requests() {
     let mut blk = connect(&mut r, quick()).unwrap();
     let err = blk.write(0, &[1u8; 512]).unwrap_err();
     assert!(
-        matches!(err, BlkError::Ring(RingError::ResponseProdOverflow { .. })),
+        matches!(
+            err,
+            BlkError::Front(FrontError::Ring(RingError::ResponseProdOverflow { .. }))
+        ),
         "{err}"
     );
     assert_eq!(blk.write(0, &[1u8; 512]), Err(BlkError::Stopped));
@@ -553,10 +557,10 @@ fn backend_connected_before_the_ring_is_published() {
     });
     assert_eq!(
         e,
-        BlkError::BackendState {
+        BlkError::Front(FrontError::BackendState {
             state: XenbusState::Connected,
             front: XenbusState::Initialising
-        }
+        })
     );
 }
 
@@ -568,10 +572,10 @@ fn backend_closed_during_the_handshake() {
     });
     assert!(matches!(
         e,
-        BlkError::BackendState {
+        BlkError::Front(FrontError::BackendState {
             state: XenbusState::Closed,
             ..
-        }
+        })
     ));
 }
 
@@ -584,7 +588,9 @@ fn backend_that_never_leaves_initialising() {
     assert!(
         matches!(
             e,
-            BlkError::XenBus(blanket_xen::xenbus::XenBusError::BackendTimeout { .. })
+            BlkError::Front(FrontError::XenBus(
+                blanket_xen::xenbus::XenBusError::BackendTimeout { .. }
+            ))
         ),
         "{e}"
     );
@@ -598,10 +604,10 @@ fn missing_sectors_node() {
     });
     assert_eq!(
         e,
-        BlkError::BadBackendNode {
+        BlkError::Front(FrontError::BadNode {
             key: "sectors",
             what: "missing"
-        }
+        })
     );
 }
 
@@ -611,7 +617,10 @@ fn non_numeric_sectors_node() {
         connected_nodes: vec![("sectors", "lots")],
         ..Opts::default()
     });
-    assert!(matches!(e, BlkError::BadBackendNode { key: "sectors", .. }));
+    assert!(matches!(
+        e,
+        BlkError::Front(FrontError::BadNode { key: "sectors", .. })
+    ));
 }
 
 #[test]
@@ -622,10 +631,10 @@ fn sector_size_not_a_power_of_two() {
     });
     assert!(matches!(
         e,
-        BlkError::BadBackendNode {
+        BlkError::Front(FrontError::BadNode {
             key: "sector-size",
             ..
-        }
+        })
     ));
     let e = handshake_error(Opts {
         connected_nodes: vec![("sector-size", "99999999999")],
@@ -633,10 +642,10 @@ fn sector_size_not_a_power_of_two() {
     });
     assert!(matches!(
         e,
-        BlkError::BadBackendNode {
+        BlkError::Front(FrontError::BadNode {
             key: "sector-size",
             ..
-        }
+        })
     ));
 }
 
@@ -648,10 +657,10 @@ fn non_numeric_feature_nodes() {
     });
     assert!(matches!(
         e,
-        BlkError::BadBackendNode {
+        BlkError::Front(FrontError::BadNode {
             key: "feature-flush-cache",
             ..
-        }
+        })
     ));
     let e = handshake_error(Opts {
         initwait_nodes: vec![("max-ring-page-order", "x")],
@@ -659,10 +668,10 @@ fn non_numeric_feature_nodes() {
     });
     assert!(matches!(
         e,
-        BlkError::BadBackendNode {
+        BlkError::Front(FrontError::BadNode {
             key: "max-ring-page-order",
             ..
-        }
+        })
     ));
 }
 
@@ -674,10 +683,10 @@ fn queue_count_of_zero() {
     });
     assert!(matches!(
         e,
-        BlkError::BadBackendNode {
+        BlkError::Front(FrontError::BadNode {
             key: "multi-queue-max-queues",
             ..
-        }
+        })
     ));
 }
 

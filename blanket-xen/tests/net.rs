@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blanket_xen::emulated::EmulatedXen;
+use blanket_xen::front::FrontError;
 use blanket_xen::net::{NetConfig, NetError, NetFront};
 use blanket_xen::xenbus::XenBus;
 use common::netback::{FE, Opts, TestNetback};
 use common::{SECOND, Xenstored};
-use xen_abi::netif::{NetRxFlags, NetifExtraInfo, NetifRxResponse, NetifTxResponse};
+use xen_abi::netif::{
+    ExtraFlags, NetRxFlags, NetifExtraInfo, NetifExtraInfoGso, NetifRxResponse, NetifTxResponse,
+};
 use xen_abi::ring::{RawRingMemory, RingError};
 use xen_abi::xenbus::XenbusState;
 
@@ -225,10 +228,10 @@ fn missing_or_garbage_mac() {
     });
     assert_eq!(
         connect(&mut r, quick()).unwrap_err(),
-        NetError::BadNode {
+        NetError::Front(FrontError::BadNode {
             key: "mac",
             what: "missing"
-        }
+        })
     );
     for bad in [
         "00:16:3e:01:02",
@@ -243,7 +246,7 @@ fn missing_or_garbage_mac() {
         assert!(
             matches!(
                 connect(&mut r, quick()),
-                Err(NetError::BadNode { key: "mac", .. })
+                Err(NetError::Front(FrontError::BadNode { key: "mac", .. }))
             ),
             "{bad}"
         );
@@ -258,10 +261,10 @@ fn queue_count_of_zero() {
     });
     assert!(matches!(
         connect(&mut r, quick()),
-        Err(NetError::BadNode {
+        Err(NetError::Front(FrontError::BadNode {
             key: "multi-queue-max-queues",
             ..
-        })
+        }))
     ));
 }
 
@@ -416,6 +419,29 @@ fn rx_extra_info_of_type_0_and_5() {
     }
 }
 
+#[test]
+fn rx_gso_extra_of_size_0_or_an_unknown_gso_type() {
+    for (size, gso_type) in [(0u16, 1u8), (1448, 0), (1448, 3)] {
+        // As above: the first slot claims an extra, the second is a GSO extra with a bad size or type.
+        let mut r = rx_hostile(move |n, mut rsp| match n {
+            0 => {
+                rsp.flags =
+                    (NetRxFlags::from_bits_retain(rsp.flags) | NetRxFlags::EXTRA_INFO).bits();
+                rsp
+            }
+            1 => NetifRxResponse::from_extra_info(&NetifExtraInfo::gso(
+                NetifExtraInfoGso::new(size, gso_type, 0),
+                ExtraFlags::empty(),
+            )),
+            _ => rsp,
+        });
+        assert_eq!(
+            expect_rx_error_two_slots(&mut r),
+            NetError::BadRxGso { gso_type, size }
+        );
+    }
+}
+
 fn expect_rx_error_two_slots(r: &mut Rig) -> NetError {
     let mut net = connect(r, quick()).unwrap();
     let mut buf = vec![0u8; 65536];
@@ -537,7 +563,7 @@ fn tx_rsp_prod_more_than_the_requests_in_flight() {
     });
     assert!(matches!(
         reap_error(&mut r),
-        NetError::Ring(RingError::ResponseProdOverflow { .. })
+        NetError::Front(FrontError::Ring(RingError::ResponseProdOverflow { .. }))
     ));
 }
 
