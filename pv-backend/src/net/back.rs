@@ -842,7 +842,7 @@ fn tx_meta(p: &TxPacket, frame: &mut [u8]) -> Option<FrameMeta> {
             // A GSO packet without csum_blank (as some front ends send): its checksum field does not
             // hold the pseudo-header sum yet; put it there, as Linux netback's checksum fix-up does.
             let field = l4.start + l4.offset;
-            frame[field..field + 2].copy_from_slice(&csum_fold(l4.pseudo).to_be_bytes());
+            frame[field..field + 2].copy_from_slice(&super::ip::csum_fold(l4.pseudo).to_be_bytes());
         }
         Checksum::Partial {
             start: l4.start as u16,
@@ -860,7 +860,7 @@ fn tx_meta(p: &TxPacket, frame: &mut [u8]) -> Option<FrameMeta> {
 struct L4 {
     start: usize,
     offset: usize,
-    pseudo: u32,
+    pseudo: u64,
 }
 
 /// Parses Ethernet (with one optional 802.1Q tag), IPv4 or IPv6 (with up to 8 extension headers)
@@ -873,19 +873,17 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
             if h.is_fragment() || h.total < h.ihl {
                 return None; // a fragment has no whole L4 header
             }
-            let l4_len = (h.total - h.ihl) as u32;
-            let mut sum = csum_add(f.get(l3 + 12..l3 + 20)?, 0);
-            sum += u32::from(h.proto) + l4_len;
+            let l4_len = (h.total - h.ihl) as u64;
+            let sum = super::ip::csum_add(f.get(l3 + 12..l3 + 20)?, u64::from(h.proto) + l4_len);
             (h.proto, l3 + h.ihl, sum)
         }
         super::ip::ETHERTYPE_IPV6 => {
             let h = super::ip::ipv6(f, l3).ok()?;
             // A fragment header (44) or more than 8 extension headers ends here too: neither is
             // TCP or UDP below.
-            let ext_len = (h.l4 - (l3 + 40)) as u32;
-            let l4_len = (h.payload as u32).checked_sub(ext_len)?;
-            let mut sum = csum_add(f.get(l3 + 8..l3 + 40)?, 0);
-            sum += u32::from(h.next) + l4_len;
+            let ext_len = (h.l4 - (l3 + 40)) as u64;
+            let l4_len = (h.payload as u64).checked_sub(ext_len)?;
+            let sum = super::ip::csum_add(f.get(l3 + 8..l3 + 40)?, u64::from(h.next) + l4_len);
             (h.next, h.l4, sum)
         }
         _ => return None,
@@ -905,27 +903,6 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
     })
 }
 
-fn csum_add(data: &[u8], mut sum: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-        if sum > 0xffff_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    if let [b] = chunks.remainder() {
-        sum = sum.wrapping_add(u32::from(*b) << 8);
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 /// Completes a partial checksum: the one's-complement sum from `start` to the end of the frame
 /// (the field holds the pseudo-header sum), stored at `start + offset`.
 fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) {
@@ -933,7 +910,7 @@ fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) {
     if field + 2 > frame.len() {
         return;
     }
-    let mut sum = !csum_fold(csum_add(&frame[start..], 0));
+    let mut sum = !super::ip::csum_fold(super::ip::csum_add(&frame[start..], 0));
     if offset == 6 && sum == 0 {
         sum = 0xffff; // UDP: 0 means "no checksum"
     }

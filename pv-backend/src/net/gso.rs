@@ -101,25 +101,6 @@ fn layout(f: &[u8], gso_type: GsoType) -> Result<Layout, GsoError> {
     })
 }
 
-/// The one's-complement sum of `data` added to `sum` (not folded).
-fn sum16(data: &[u8], mut sum: u64) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        sum += u64::from(*b) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 /// How many segments [`segment`] makes of a frame whose TCP payload is `payload` bytes.
 pub fn segment_count(payload: usize, size: u16) -> usize {
     payload.div_ceil(usize::from(size.max(1))).max(1)
@@ -163,13 +144,13 @@ pub fn segment(frame: &[u8], meta: &FrameMeta) -> Result<Vec<Vec<u8>>, GsoError>
             let id = id0.wrapping_add(k as u16);
             s[l.l3 + 4..l.l3 + 6].copy_from_slice(&id.to_be_bytes());
             s[l.l3 + 10..l.l3 + 12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum16(&s[l.l3..l.l4], 0));
+            let c = !ip::csum_fold(ip::csum_add(&s[l.l3..l.l4], 0));
             s[l.l3 + 10..l.l3 + 12].copy_from_slice(&c.to_be_bytes());
-            sum16(&s[l.l3 + 12..l.l3 + 20], 6 + tcp_total as u64)
+            ip::csum_add(&s[l.l3 + 12..l.l3 + 20], 6 + tcp_total as u64)
         } else {
             let plen = (l.ext + tcp_total) as u16;
             s[l.l3 + 4..l.l3 + 6].copy_from_slice(&plen.to_be_bytes());
-            sum16(&s[l.l3 + 8..l.l3 + 40], 6 + tcp_total as u64)
+            ip::csum_add(&s[l.l3 + 8..l.l3 + 40], 6 + tcp_total as u64)
         };
         let seq = seq0.wrapping_add((k * mss) as u32);
         s[l.l4 + 4..l.l4 + 8].copy_from_slice(&seq.to_be_bytes());
@@ -182,7 +163,7 @@ pub fn segment(frame: &[u8], meta: &FrameMeta) -> Result<Vec<Vec<u8>>, GsoError>
         }
         s[l.l4 + 13] = flags;
         s[l.l4 + 16..l.l4 + 18].copy_from_slice(&[0, 0]);
-        let c = !fold(sum16(&s[l.l4..], pseudo));
+        let c = !ip::csum_fold(ip::csum_add(&s[l.l4..], pseudo));
         s[l.l4 + 16..l.l4 + 18].copy_from_slice(&c.to_be_bytes());
         out.push(s);
     }

@@ -1,7 +1,8 @@
 //! The Ethernet, IPv4 and IPv6 header walk shared by the checksum offload ([`super::back`]) and
 //! software GSO ([`super::gso`]): bounded (a fixed number of steps, at most 8 IPv6 extension
 //! headers) and every access to the guest's bytes checked. Each caller applies its own rules to
-//! what it finds.
+//! what it finds. Both also use the one's-complement sum of RFC 1071 here ([`csum_add`],
+//! [`csum_fold`]).
 
 use super::ETH_HLEN;
 
@@ -109,4 +110,59 @@ pub(super) fn ipv6(f: &[u8], l3: usize) -> Result<Ipv6, IpError> {
         next,
         l4: at,
     })
+}
+
+/// The one's-complement sum (RFC 1071) of `data`, as big-endian 16-bit words (an odd last byte
+/// padded with a zero), added to `sum`; not folded (see [`csum_fold`]). The 64-bit accumulator
+/// cannot overflow for any frame (it would take 2^48 words), so the loop has no carry test per
+/// word and the compiler vectorizes it: 2 to 4 times faster than a 32-bit sum folded as it goes.
+pub(super) fn csum_add(data: &[u8], mut sum: u64) -> u64 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        sum += u64::from(*b) << 8;
+    }
+    sum
+}
+
+/// Folds a sum of [`csum_add`] to 16 bits (end-around carries); the checksum field is its
+/// complement.
+pub(super) fn csum_fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{csum_add, csum_fold};
+
+    #[test]
+    fn the_checksum_of_rfc_1071s_example() {
+        // RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2 once folded.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(csum_fold(csum_add(&data, 0)), 0xddf2);
+        // An odd byte is the high half of a last word; sums chain.
+        assert_eq!(csum_fold(csum_add(&[0xab], 0)), 0xab00);
+        assert_eq!(
+            csum_fold(csum_add(&data[4..], csum_add(&data[..4], 0))),
+            0xddf2
+        );
+    }
+
+    #[test]
+    fn a_frame_with_its_checksum_sums_to_all_ones() {
+        let mut data: Vec<u8> = (0..1501u32).map(|i| (i * 7 + 3) as u8).collect();
+        data.extend_from_slice(&[0, 0, 0]);
+        let c = !csum_fold(csum_add(&data, 0));
+        let n = data.len();
+        // The field sits at an even offset, so that it is one word of the sum.
+        data[n - 2..].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(csum_fold(csum_add(&data, 0)), 0xffff);
+        // The carries of 64 KiB of 0xff bytes fold back: the sum is 0xffff, never 0.
+        assert_eq!(csum_fold(csum_add(&[0xff; 65536], 0)), 0xffff);
+    }
 }
