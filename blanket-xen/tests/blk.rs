@@ -36,8 +36,18 @@ fn rig(opts: Opts) -> Rig {
 }
 
 fn connect(r: &mut Rig, config: BlkConfig) -> Result<Front, BlkError> {
-    let ring = r.xs.xen.alloc_pages(1).unwrap();
-    let pool = r.xs.xen.alloc_pages(64).unwrap();
+    connect_pages(r, 1, 64, config)
+}
+
+/// Connects with a ring of `ring_pages` pages and a pool of `pool_pages`.
+fn connect_pages(
+    r: &mut Rig,
+    ring_pages: usize,
+    pool_pages: usize,
+    config: BlkConfig,
+) -> Result<Front, BlkError> {
+    let ring = r.xs.xen.alloc_pages(ring_pages).unwrap();
+    let pool = r.xs.xen.alloc_pages(pool_pages).unwrap();
     BlkFront::connect(
         Arc::clone(&r.xs.xen),
         &mut r.xb,
@@ -48,10 +58,25 @@ fn connect(r: &mut Rig, config: BlkConfig) -> Result<Front, BlkError> {
     )
 }
 
+/// A rig with `opts`, connected with [`quick`].
+fn connected(opts: Opts) -> (Rig, Front) {
+    let mut r = rig(opts);
+    let blk = connect(&mut r, quick()).unwrap();
+    (r, blk)
+}
+
 fn quick() -> BlkConfig {
     BlkConfig {
         timeout_ns: SECOND,
         ..BlkConfig::default()
+    }
+}
+
+/// [`quick`] with requests of up to `pages` pages.
+fn pages_per_request(pages: usize) -> BlkConfig {
+    BlkConfig {
+        pages_per_request: pages,
+        ..quick()
     }
 }
 
@@ -63,11 +88,10 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn handshake_publishes_the_ring_and_reads_the_disk() {
-    let mut r = rig(Opts {
+    let (r, blk) = connected(Opts {
         discard_secure: true,
         ..Opts::default()
     });
-    let blk = connect(&mut r, quick()).unwrap();
     let info = *blk.info();
     assert_eq!((info.sectors, info.sector_size), (2048, 512));
     assert!(info.flush_cache && info.discard && info.discard_secure && !info.read_only());
@@ -107,8 +131,7 @@ fn handshake_publishes_the_ring_and_reads_the_disk() {
 
 #[test]
 fn write_then_read_back_one_page_and_eleven_pages() {
-    let mut r = rig(Opts::default());
-    let mut blk = connect(&mut r, quick()).unwrap();
+    let (r, mut blk) = connected(Opts::default());
     let data = pattern(4096, 1);
     blk.write(8, &data).unwrap();
     assert_eq!(
@@ -139,15 +162,7 @@ fn indirect_requests_when_the_backend_offers_them() {
         max_indirect: 32,
         ..Opts::default()
     });
-    let mut blk = connect(
-        &mut r,
-        BlkConfig {
-            pages_per_request: 32,
-            timeout_ns: SECOND,
-            ..BlkConfig::default()
-        },
-    )
-    .unwrap();
+    let mut blk = connect(&mut r, pages_per_request(32)).unwrap();
     assert!(blk.uses_indirect());
     assert_eq!(blk.max_request_bytes(), 32 * 4096);
     let data = pattern(32 * 4096, 3);
@@ -172,15 +187,7 @@ fn indirect_requests_when_the_backend_offers_them() {
 #[test]
 fn without_indirect_support_requests_stay_at_eleven_segments() {
     let mut r = rig(Opts::default());
-    let blk = connect(
-        &mut r,
-        BlkConfig {
-            pages_per_request: 32,
-            timeout_ns: SECOND,
-            ..BlkConfig::default()
-        },
-    )
-    .unwrap();
+    let blk = connect(&mut r, pages_per_request(32)).unwrap();
     assert!(!blk.uses_indirect());
     assert_eq!(blk.max_request_bytes(), 11 * 4096);
 }
@@ -206,12 +213,11 @@ fn flush_and_discard() {
 
 #[test]
 fn flush_and_discard_not_offered() {
-    let mut r = rig(Opts {
+    let (_r, mut blk) = connected(Opts {
         flush: false,
         discard: false,
         ..Opts::default()
     });
-    let mut blk = connect(&mut r, quick()).unwrap();
     assert_eq!(
         blk.flush(),
         Err(BlkError::NotOffered {
@@ -228,12 +234,11 @@ fn flush_and_discard_not_offered() {
 
 #[test]
 fn requests_outside_the_disk_or_misaligned() {
-    let mut r = rig(Opts {
+    let (r, mut blk) = connected(Opts {
         sectors: 64,
         sector_size: 4096,
         ..Opts::default()
     });
-    let mut blk = connect(&mut r, quick()).unwrap();
     let mut buf = vec![0u8; 4096];
     assert!(matches!(
         blk.read(64, &mut buf),
@@ -273,11 +278,10 @@ fn requests_outside_the_disk_or_misaligned() {
 
 #[test]
 fn read_only_disk_refuses_writes_locally() {
-    let mut r = rig(Opts {
+    let (_r, mut blk) = connected(Opts {
         info: 4,
         ..Opts::default()
     });
-    let mut blk = connect(&mut r, quick()).unwrap();
     assert!(blk.info().read_only());
     assert_eq!(blk.write(0, &[0u8; 512]), Err(BlkError::ReadOnly));
     assert_eq!(blk.flush(), Err(BlkError::ReadOnly));
@@ -287,8 +291,7 @@ fn read_only_disk_refuses_writes_locally() {
 
 #[test]
 fn many_requests_in_flight_then_completed_in_any_order() {
-    let mut r = rig(Opts::default());
-    let mut blk = connect(&mut r, quick()).unwrap();
+    let (_r, mut blk) = connected(Opts::default());
     for round in 0..20u8 {
         let mut ids = Vec::new();
         for i in 0..blk.nr_slots() {
@@ -338,10 +341,9 @@ fn mangled(
 
 #[test]
 fn response_id_out_of_range() {
-    let mut r = rig(mangled(|_, _, rsp| {
+    let (_r, mut blk) = connected(mangled(|_, _, rsp| {
         Some(BlkifResponse::new(rsp.id | 0x7fff, rsp.operation, 0))
     }));
-    let mut blk = connect(&mut r, quick()).unwrap();
     assert!(matches!(
         blk.write(0, &[1u8; 512]),
         Err(BlkError::BadId { slots: 5, .. })
@@ -353,7 +355,7 @@ fn response_id_out_of_range() {
 fn duplicate_completion_of_one_request() {
     // The response to the second request carries the first one's id again.
     let mut first = 0u64;
-    let mut r = rig(mangled(move |n, req, rsp| {
+    let (_r, mut blk) = connected(mangled(move |n, req, rsp| {
         if n == 0 {
             first = req.id;
             Some(rsp)
@@ -361,7 +363,6 @@ fn duplicate_completion_of_one_request() {
             Some(BlkifResponse::new(first, rsp.operation, 0))
         }
     }));
-    let mut blk = connect(&mut r, quick()).unwrap();
     let a = blk.submit_write(0, &[1u8; 512]).unwrap();
     blk.wait_for(a).unwrap();
     let b = blk.submit_write(8, &[2u8; 512]).unwrap();
@@ -379,13 +380,12 @@ fn duplicate_completion_of_one_request() {
 fn response_for_a_request_not_in_flight() {
     // Every request is answered twice: the second copy (a stale id) must be refused.
     let mut prev: Option<BlkifResponse> = None;
-    let mut r = rig(mangled(move |_, _, rsp| {
+    let (_r, mut blk) = connected(mangled(move |_, _, rsp| {
         // Answer request n with the response of request n-1 (then its own id is never answered).
         let out = prev.unwrap_or(rsp);
         prev = Some(rsp);
         Some(out)
     }));
-    let mut blk = connect(&mut r, quick()).unwrap();
     blk.write(0, &[1u8; 512]).unwrap();
     let id = blk.submit_write(8, &[2u8; 512]).unwrap();
     // The back-end answers the first request's id again.
@@ -396,10 +396,9 @@ fn response_for_a_request_not_in_flight() {
 
 #[test]
 fn response_with_an_unknown_status() {
-    let mut r = rig(mangled(|_, _, rsp| {
+    let (r, mut blk) = connected(mangled(|_, _, rsp| {
         Some(BlkifResponse::new(rsp.id, rsp.operation, 5))
     }));
-    let mut blk = connect(&mut r, quick()).unwrap();
     let id = blk.submit_write(0, &[1u8; 512]).unwrap();
     let err = blk.wait_for(id).unwrap_err();
     assert!(matches!(err, BlkError::UnknownStatus { status: 5, .. }));
@@ -414,8 +413,7 @@ fn response_with_an_unknown_status() {
 
 #[test]
 fn response_with_the_wrong_operation() {
-    let mut r = rig(mangled(|_, _, rsp| Some(BlkifResponse::new(rsp.id, 3, 0))));
-    let mut blk = connect(&mut r, quick()).unwrap();
+    let (_r, mut blk) = connected(mangled(|_, _, rsp| Some(BlkifResponse::new(rsp.id, 3, 0))));
     assert!(matches!(
         blk.write(0, &[1u8; 512]),
         Err(BlkError::WrongOperation {
@@ -428,25 +426,23 @@ fn response_with_the_wrong_operation() {
 
 #[test]
 fn error_and_eopnotsupp_statuses() {
-    let mut r = rig(mangled(|n, _, rsp| {
+    let (_r, mut blk) = connected(mangled(|n, _, rsp| {
         Some(BlkifResponse::new(
             rsp.id,
             rsp.operation,
             if n == 0 { -1 } else { -2 },
         ))
     }));
-    let mut blk = connect(&mut r, quick()).unwrap();
     assert_eq!(blk.write(0, &[1u8; 512]), Err(BlkError::IoError));
     assert_eq!(blk.flush(), Err(BlkError::NotSupported));
 }
 
 #[test]
 fn rsp_prod_more_than_the_outstanding_requests() {
-    let mut r = rig(Opts {
+    let (_r, mut blk) = connected(Opts {
         rsp_prod_jump: true,
         ..Opts::default()
     });
-    let mut blk = connect(&mut r, quick()).unwrap();
     let err = blk.write(0, &[1u8; 512]).unwrap_err();
     assert!(
         matches!(
@@ -463,11 +459,10 @@ fn rsp_prod_more_than_the_outstanding_requests() {
 fn req_event_set_to_garbage() {
     // The back-end's event index decides only whether we notify; a polling back-end still serves us, and
     // nothing in the front-end trusts the value.
-    let mut r = rig(Opts {
+    let (_r, mut blk) = connected(Opts {
         garbage_req_event: true,
         ..Opts::default()
     });
-    let mut blk = connect(&mut r, quick()).unwrap();
     for i in 0..50u64 {
         let data = pattern(4096, i as u8);
         blk.write(i * 8, &data).unwrap();
@@ -519,8 +514,7 @@ fn backend_that_keeps_a_grant_mapped_after_answering() {
 
 #[test]
 fn event_flood_without_responses() {
-    let mut r = rig(Opts::default());
-    let mut blk = connect(&mut r, quick()).unwrap();
+    let (r, mut blk) = connected(Opts::default());
     let (back, local) = r.back.as_ref().unwrap().local_port();
     for _ in 0..1000 {
         back.notify(local).unwrap();
@@ -531,8 +525,7 @@ fn event_flood_without_responses() {
 
 #[test]
 fn close_after_the_backend_closed() {
-    let mut r = rig(Opts::default());
-    let blk = connect(&mut r, quick()).unwrap();
+    let (mut r, blk) = connected(Opts::default());
     let (ring_ref, _) = blk.ring_ref_and_port();
     r.back.take().unwrap().finish().unwrap();
     r.xs.write(&format!("{BE}/state"), "6");
@@ -596,98 +589,73 @@ fn backend_that_never_leaves_initialising() {
     );
 }
 
+/// The node a handshake with `opts` refuses, and what it says is wrong with it.
+fn bad_node(opts: Opts) -> (&'static str, &'static str) {
+    match handshake_error(opts) {
+        BlkError::Front(FrontError::BadNode { key, what }) => (key, what),
+        e => panic!("{e}: not a bad node"),
+    }
+}
+
+/// Opts with `key` = `value` written when the back-end connects.
+fn connected_node(key: &'static str, value: &'static str) -> Opts {
+    Opts {
+        connected_nodes: vec![(key, value)],
+        ..Opts::default()
+    }
+}
+
+/// Opts with `key` = `value` written at the back-end's InitWait.
+fn initwait_node(key: &'static str, value: &'static str) -> Opts {
+    Opts {
+        initwait_nodes: vec![(key, value)],
+        ..Opts::default()
+    }
+}
+
 #[test]
 fn missing_sectors_node() {
-    let e = handshake_error(Opts {
+    let opts = Opts {
         remove_nodes: vec!["sectors"],
         ..Opts::default()
-    });
-    assert_eq!(
-        e,
-        BlkError::Front(FrontError::BadNode {
-            key: "sectors",
-            what: "missing"
-        })
-    );
+    };
+    assert_eq!(bad_node(opts), ("sectors", "missing"));
 }
 
 #[test]
 fn non_numeric_sectors_node() {
-    let e = handshake_error(Opts {
-        connected_nodes: vec![("sectors", "lots")],
-        ..Opts::default()
-    });
-    assert!(matches!(
-        e,
-        BlkError::Front(FrontError::BadNode { key: "sectors", .. })
-    ));
+    assert_eq!(bad_node(connected_node("sectors", "lots")).0, "sectors");
 }
 
 #[test]
 fn sector_size_not_a_power_of_two() {
-    let e = handshake_error(Opts {
-        connected_nodes: vec![("sector-size", "1000")],
-        ..Opts::default()
-    });
-    assert!(matches!(
-        e,
-        BlkError::Front(FrontError::BadNode {
-            key: "sector-size",
-            ..
-        })
-    ));
-    let e = handshake_error(Opts {
-        connected_nodes: vec![("sector-size", "99999999999")],
-        ..Opts::default()
-    });
-    assert!(matches!(
-        e,
-        BlkError::Front(FrontError::BadNode {
-            key: "sector-size",
-            ..
-        })
-    ));
+    for size in ["1000", "99999999999"] {
+        assert_eq!(
+            bad_node(connected_node("sector-size", size)).0,
+            "sector-size",
+            "{size}"
+        );
+    }
 }
 
 #[test]
 fn non_numeric_feature_nodes() {
-    let e = handshake_error(Opts {
-        connected_nodes: vec![("feature-flush-cache", "yes")],
-        ..Opts::default()
-    });
-    assert!(matches!(
-        e,
-        BlkError::Front(FrontError::BadNode {
-            key: "feature-flush-cache",
-            ..
-        })
-    ));
-    let e = handshake_error(Opts {
-        initwait_nodes: vec![("max-ring-page-order", "x")],
-        ..Opts::default()
-    });
-    assert!(matches!(
-        e,
-        BlkError::Front(FrontError::BadNode {
-            key: "max-ring-page-order",
-            ..
-        })
-    ));
+    assert_eq!(
+        bad_node(connected_node("feature-flush-cache", "yes")).0,
+        "feature-flush-cache"
+    );
+    assert_eq!(
+        bad_node(initwait_node("max-ring-page-order", "x")).0,
+        "max-ring-page-order"
+    );
 }
 
 #[test]
 fn queue_count_of_zero() {
-    let e = handshake_error(Opts {
-        initwait_nodes: vec![("multi-queue-max-queues", "0")],
-        ..Opts::default()
-    });
-    assert!(matches!(
-        e,
-        BlkError::Front(FrontError::BadNode {
-            key: "multi-queue-max-queues",
-            ..
-        })
-    ));
+    assert_eq!(
+        bad_node(initwait_node("multi-queue-max-queues", "0")),
+        ("multi-queue-max-queues", "0 (at least one queue is needed)")
+    );
 }
 
 #[test]
@@ -713,15 +681,7 @@ fn max_indirect_segments_above_what_the_pool_allows() {
         max_indirect: 4096,
         ..Opts::default()
     });
-    let mut blk = connect(
-        &mut r,
-        BlkConfig {
-            pages_per_request: 20,
-            timeout_ns: SECOND,
-            ..BlkConfig::default()
-        },
-    )
-    .unwrap();
+    let mut blk = connect(&mut r, pages_per_request(20)).unwrap();
     assert_eq!(blk.max_request_bytes(), 20 * 4096);
     let data = pattern(20 * 4096, 2);
     blk.write(0, &data).unwrap();
@@ -734,21 +694,11 @@ fn max_indirect_segments_above_what_the_pool_allows() {
 fn ring_page_order_is_lowered_to_what_the_backend_offers() {
     // The test back-end offers max-ring-page-order 0.
     let mut r = rig(Opts::default());
-    let ring = r.xs.xen.alloc_pages(4).unwrap();
-    let pool = r.xs.xen.alloc_pages(64).unwrap();
     let config = BlkConfig {
         ring_page_order: 2,
         ..quick()
     };
-    let mut blk = BlkFront::connect(
-        Arc::clone(&r.xs.xen),
-        &mut r.xb,
-        b"device/vbd/768",
-        ring,
-        pool,
-        config,
-    )
-    .unwrap();
+    let mut blk = connect_pages(&mut r, 4, 64, config).unwrap();
     assert_eq!((blk.ring_page_order(), blk.ring_size()), (0, 32));
     assert_eq!(r.xs.read(&format!("{FE}/ring-page-order")), None);
     blk.write(0, &[7u8; 512]).unwrap();
@@ -778,21 +728,11 @@ fn persistent_grants_asked_for_but_not_offered() {
 #[test]
 fn ring_memory_too_small_for_the_order() {
     let mut r = rig(Opts::default());
-    let ring = r.xs.xen.alloc_pages(2).unwrap();
-    let pool = r.xs.xen.alloc_pages(64).unwrap();
     let config = BlkConfig {
         ring_page_order: 2,
         ..quick()
     };
-    let e = BlkFront::connect(
-        Arc::clone(&r.xs.xen),
-        &mut r.xb,
-        b"device/vbd/768",
-        ring,
-        pool,
-        config,
-    )
-    .unwrap_err();
+    let e = connect_pages(&mut r, 2, 64, config).unwrap_err();
     assert_eq!(
         e,
         BlkError::BadRingMemory {
@@ -800,38 +740,18 @@ fn ring_memory_too_small_for_the_order() {
             order: 2
         }
     );
-    let ring = r.xs.xen.alloc_pages(1).unwrap();
-    let pool = r.xs.xen.alloc_pages(64).unwrap();
     let config = BlkConfig {
         ring_page_order: 5,
         ..quick()
     };
-    let e = BlkFront::connect(
-        Arc::clone(&r.xs.xen),
-        &mut r.xb,
-        b"device/vbd/768",
-        ring,
-        pool,
-        config,
-    )
-    .unwrap_err();
+    let e = connect_pages(&mut r, 1, 64, config).unwrap_err();
     assert!(matches!(e, BlkError::BadRingMemory { order: 5, .. }));
 }
 
 #[test]
 fn pool_too_small_for_one_request() {
     let mut r = rig(Opts::default());
-    let ring = r.xs.xen.alloc_pages(1).unwrap();
-    let pool = r.xs.xen.alloc_pages(2).unwrap();
-    let e = BlkFront::connect(
-        Arc::clone(&r.xs.xen),
-        &mut r.xb,
-        b"device/vbd/768",
-        ring,
-        pool,
-        quick(),
-    )
-    .unwrap_err();
+    let e = connect_pages(&mut r, 1, 2, quick()).unwrap_err();
     assert_eq!(
         e,
         BlkError::PoolTooSmall {
