@@ -8,12 +8,15 @@
 //! - `bridge-zero-copy`: front end -> blkback -> bridge, the guest's memory a memfd registered as
 //!   a foreign region (the descriptors point at the granted guest pages);
 //! - `bridge-bounce`: the same with anonymous guest memory, through the bounce pool (one copy);
+//! - `bridge-relay`: `bridge-zero-copy` with `BridgeOptions::direct_doorbell` off: the
+//!   daemon's notifications go to the bridge's relay thread, which rings blkback's doorbell,
+//!   instead of to the doorbell's eventfd itself;
 //! - `blkback-mem`: for scale, the same front end and blkback over pv-backend's in-memory disk
 //!   (`MemDevice`) instead of the bridge: what the front end and blkback cost without the device.
 //!
 //! At the end it prints a table: IOPS of each variant (median of interleaved rounds, each
 //! running every variant for `BLANKET_BENCH_ROUND_MS`, default 300 ms) and the ratios
-//! bridge/direct and zero-copy/bounce, taken within each round.
+//! bridge/direct, zero-copy/bounce and zero-copy/relay, taken within each round.
 //!
 //! `cargo bench -p blanket-virtio --features pv-backend --bench pv_backend`; skipped when the
 //! daemon is not installed. `BLANKET_BENCH_SECS` sets criterion's measurement time (default 2).
@@ -45,7 +48,13 @@ const BLOCK: usize = 4096;
 const DEPTHS: [usize; 2] = [1, 32];
 const GUEST_PAGES: u32 = 2048;
 const GUEST_BYTES: usize = GUEST_PAGES as usize * 4096;
-const VARIANTS: [&str; 4] = ["direct", "bridge-zero-copy", "bridge-bounce", "blkback-mem"];
+const VARIANTS: [&str; 5] = [
+    "direct",
+    "bridge-zero-copy",
+    "bridge-bounce",
+    "blkback-mem",
+    "bridge-relay",
+];
 
 struct Daemon {
     child: Child,
@@ -190,7 +199,7 @@ impl Bridged {
         Self { front, _back: back }
     }
 
-    fn connect(d: &Daemon, zero_copy: bool) -> Self {
+    fn connect(d: &Daemon, zero_copy: bool, direct_doorbell: bool) -> Self {
         let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
         let evtchns = LocalEventChannels::new();
         let (guest, mem, bridge) = if zero_copy {
@@ -213,6 +222,7 @@ impl Bridged {
             let bridge = BridgeOptions {
                 zero_copy: vec![ZeroCopyRange::new(host, GUEST_BYTES, GuestAddress(0))],
                 bounce_chunks: 0,
+                direct_doorbell,
                 ..BridgeOptions::default()
             };
             (guest, mem, bridge)
@@ -276,9 +286,10 @@ fn connect(d: &Daemon, v: &str) -> Box<dyn Runner> {
     std::thread::sleep(Duration::from_millis(120));
     match v {
         "direct" => Box::new(Direct::connect(d)),
-        "bridge-zero-copy" => Box::new(Bridged::connect(d, true)),
+        "bridge-zero-copy" => Box::new(Bridged::connect(d, true, true)),
+        "bridge-relay" => Box::new(Bridged::connect(d, true, false)),
         "blkback-mem" => Box::new(Bridged::on_memory()),
-        _ => Box::new(Bridged::connect(d, false)),
+        _ => Box::new(Bridged::connect(d, false, true)),
     }
 }
 
@@ -329,22 +340,24 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(300);
     println!("\npv-backend bridge, null-co, 4 KiB random reads: median of 5 interleaved rounds");
     println!(
-        "{:<6} {:>10} {:>17} {:>14} {:>12} {:>10} {:>14} {:>17} {:>16}",
+        "{:<6} {:>10} {:>17} {:>14} {:>12} {:>13} {:>10} {:>14} {:>17} {:>16} {:>9}",
         "depth",
         "direct",
         "bridge-zero-copy",
         "bridge-bounce",
         "blkback-mem",
+        "bridge-relay",
         "zc/direct",
         "bounce/direct",
         "zero-copy/bounce",
-        "zc/blkback-mem"
+        "zc/blkback-mem",
+        "zc/relay"
     );
     for depth in DEPTHS {
-        let mut each = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-        let mut ratios = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut each: [Vec<f64>; 5] = Default::default();
+        let mut ratios: [Vec<f64>; 5] = Default::default();
         for _ in 0..5 {
-            let mut round = [0.0; 4];
+            let mut round = [0.0; 5];
             for (i, v) in VARIANTS.iter().enumerate() {
                 let mut r = connect(&d, v);
                 round[i] = iops(r.as_mut(), depth, round_ms);
@@ -354,18 +367,21 @@ fn bench(c: &mut Criterion) {
             ratios[1].push(round[2] / round[0]);
             ratios[2].push(round[1] / round[2]);
             ratios[3].push(round[1] / round[3]);
+            ratios[4].push(round[1] / round[4]);
         }
         println!(
-            "{:<6} {:>9.1}k {:>16.1}k {:>13.1}k {:>11.1}k {:>10.2} {:>14.2} {:>17.2} {:>16.2}",
+            "{:<6} {:>9.1}k {:>16.1}k {:>13.1}k {:>11.1}k {:>12.1}k {:>10.2} {:>14.2} {:>17.2} {:>16.2} {:>9.2}",
             depth,
             median(&mut each[0]) / 1e3,
             median(&mut each[1]) / 1e3,
             median(&mut each[2]) / 1e3,
             median(&mut each[3]) / 1e3,
+            median(&mut each[4]) / 1e3,
             median(&mut ratios[0]),
             median(&mut ratios[1]),
             median(&mut ratios[2]),
             median(&mut ratios[3]),
+            median(&mut ratios[4]),
         );
     }
 }

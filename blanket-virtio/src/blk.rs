@@ -979,6 +979,23 @@ impl<T: Transport> BlkDriver<T> {
         Ok(())
     }
 
+    /// Asks the device to notify completions on `queue` again (after
+    /// [`Self::disable_notifications`]), for a caller about to sleep on the call eventfd itself
+    /// (one given with [`Transport::set_call_fd`]). Returns whether completions are in the used
+    /// ring already, looked at after a full fence: then the caller should poll, not sleep.
+    pub fn enable_notifications(&mut self, queue: u16) -> Result<bool, Error> {
+        // Completions kept by a blocking helper are queue 0's.
+        if queue == 0 && !self.stashed.is_empty() {
+            return Ok(true);
+        }
+        let nq = self.num_queues();
+        let q = self
+            .queues
+            .get_mut(usize::from(queue))
+            .ok_or(Error::NoSuchQueue(queue, nq))?;
+        Ok(q.vq.enable_notifications()?)
+    }
+
     /// Waits for at least one completion on `queue` (or the timeout), then polls.
     pub fn wait(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> Result<usize, Error> {
         let stashed = self.take_stashed(queue, out);

@@ -7,12 +7,18 @@
 //!   virtqueues round-robin, and completions are routed back by tag.
 //! - **Batches.** A [`BlockQueue::submit`] batch is added to the virtqueue and published with one
 //!   kick ([`BlkDriver::kick`], itself suppressed when the device asked for no kicks).
-//! - **Completions.** [`BlockQueue::reap`] polls the used ring. While requests are in flight a
-//!   relay thread per virtqueue sleeps on the transport's call eventfd and the vhost-user socket
-//!   ([`VhostUserTransport::notification_fds`]): a completion rings blkback's [`Doorbell`], and a
-//!   closed socket (the daemon killed) fails every request in flight and every later one with an
-//!   error, which blkback answers with `BLKIF_RSP_ERROR`, instead of a hang. The in-process
-//!   transport completes during the kick and needs no thread.
+//! - **Completions.** [`BlockQueue::reap`] polls the used ring. A virtqueue that serves one
+//!   blkback queue is given that queue's [`Doorbell`] (its eventfd) as its call fd
+//!   ([`Transport::set_call_fd`]: vhost-user `SET_VRING_CALL`), so the device wakes blkback
+//!   itself; [`BlockQueue::quiet`] asks the device not to notify while blkback is awake
+//!   (`VRING_AVAIL_F_NO_INTERRUPT`) and [`BlockQueue::arm`] asks again before it sleeps, then
+//!   looks at the used ring once more. A virtqueue shared by several blkback queues (more rings
+//!   than `num_queues`), or every virtqueue with [`BridgeOptions::direct_doorbell`] off, keeps
+//!   the transport's call eventfd, and a relay thread sleeps on it and rings the doorbells. For
+//!   every virtqueue a thread watches the vhost-user socket
+//!   ([`VhostUserTransport::notification_fds`]): a closed socket (the daemon killed) fails every
+//!   request in flight and every later one with an error, which blkback answers with
+//!   `BLKIF_RSP_ERROR`, instead of a hang. The in-process transport completes during the kick.
 //! - **Operations.** Read and write map to `VIRTIO_BLK_T_IN`/`OUT`, flush to `VIRTIO_BLK_T_FLUSH`,
 //!   discard to `VIRTIO_BLK_T_DISCARD` (or to `VIRTIO_BLK_T_WRITE_ZEROES` with the unmap flag when
 //!   the device only has write-zeroes, or when [`BridgeOptions::discard_as_write_zeroes`] asks for
@@ -30,11 +36,12 @@
 //!
 //! `VIRTIO_F_EVENT_IDX` must be off in the driver ([`BridgeError::EventIdx`]): the relay thread
 //! sleeps on the call eventfd without going through [`BlkDriver::wait`], which is what re-arms
-//! `used_event`; without `EVENT_IDX` the device notifies every batch it completes.
+//! `used_event`; without `EVENT_IDX` the device notifies every batch it completes (unless
+//! blkback is awake and said so with [`BlockQueue::quiet`]).
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -134,6 +141,10 @@ pub struct BridgeOptions {
     /// Serve discards with write-zeroes (unmap allowed) when the device has it, so that discarded
     /// blocks read back as zeroes.
     pub discard_as_write_zeroes: bool,
+    /// Give the device blkback's doorbell (its eventfd) as the call fd of a virtqueue that
+    /// serves one blkback queue, so that the device wakes blkback itself (the default); when
+    /// false, completions always go through the relay thread (for comparison).
+    pub direct_doorbell: bool,
 }
 
 impl Default for BridgeOptions {
@@ -143,6 +154,7 @@ impl Default for BridgeOptions {
             bounce_chunk_bytes: 64 << 10,
             bounce_chunks: 64,
             discard_as_write_zeroes: false,
+            direct_doorbell: true,
         }
     }
 }
@@ -217,11 +229,24 @@ impl QState {
     }
 }
 
+/// How a virtqueue's completions reach blkback.
+#[derive(Debug, Default)]
+struct VqState {
+    /// A watcher thread runs for it.
+    watched: bool,
+    /// The one blkback queue on it whose doorbell's eventfd the device signals itself (its
+    /// call fd); `None` while the watcher relays completions from the transport's eventfd.
+    direct: Option<usize>,
+    /// Bumped at every change of the call fd, for the watcher to notice.
+    generation: u64,
+}
+
 #[derive(Debug)]
 struct Inner<T: Transport> {
     driver: BlkDriver<T>,
     queues: Vec<QState>,
-    relays: Vec<bool>,
+    vqs: Vec<VqState>,
+    direct_doorbell: bool,
     free_chunks: Vec<GuestAddress>,
     chunk_bytes: u32,
     pool_chunks: usize,
@@ -329,13 +354,16 @@ impl<T: Transport + CompletionSource + Send + 'static> VirtioBlock<T> {
         let seg_bytes = c.size_max.unwrap_or(u32::MAX) & !(SECTOR_SIZE as u32 - 1);
         let seg_bytes = seg_bytes.max(SECTOR_SIZE as u32);
         let max_segments = driver.max_segments().max(1);
-        let relays = vec![false; usize::from(driver.num_queues())];
+        let vqs = (0..driver.num_queues())
+            .map(|_| VqState::default())
+            .collect();
         Ok(Self {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner {
                     driver,
                     queues: Vec::new(),
-                    relays,
+                    vqs,
+                    direct_doorbell: options.direct_doorbell,
                     free_chunks,
                     chunk_bytes: chunk,
                     pool_chunks: options.bounce_chunks as usize,
@@ -356,6 +384,16 @@ impl<T: Transport + CompletionSource + Send + 'static> VirtioBlock<T> {
         f(&mut lock(&self.shared.inner).driver)
     }
 
+    /// Whether the device signals completions on virtqueue `vq` straight to the doorbell of
+    /// the one blkback queue on it (the doorbell's eventfd is the virtqueue's call fd), rather
+    /// than through the relay thread.
+    pub fn signals_doorbell_directly(&self, vq: u16) -> bool {
+        lock(&self.shared.inner)
+            .vqs
+            .get(usize::from(vq))
+            .is_some_and(|v| v.direct.is_some())
+    }
+
     /// Whether the device was found gone (the reason), after which every request fails.
     pub fn broken(&self) -> Option<String> {
         lock(&self.shared.inner).broken.clone()
@@ -372,14 +410,21 @@ impl<T: Transport + CompletionSource + Send + 'static> BlockDevice for VirtioBlo
         let nvq = g.driver.num_queues().max(1);
         let id = g.queues.len();
         let vq = (id % usize::from(nvq)) as u16;
-        if !g.relays[usize::from(vq)] {
+        if !g.vqs[usize::from(vq)].watched {
             if let Some((call, gone)) = g.driver.transport().completion_fds(vq)? {
                 let weak = Arc::downgrade(&self.shared);
                 std::thread::Builder::new()
                     .name(format!("virtio-blk-relay-{vq}"))
                     .spawn(move || relay(weak, vq, call, gone))?;
             }
-            g.relays[usize::from(vq)] = true;
+            g.vqs[usize::from(vq)].watched = true;
+        }
+        if let Some(other) = g.vqs[usize::from(vq)].direct {
+            // A second blkback queue on this virtqueue: one doorbell cannot serve both, so the
+            // watcher relays again, from an eventfd of the transport's.
+            g.undirect(vq);
+            g.queues[other].ring = true;
+            g.ring_doorbells();
         }
         g.queues.push(QState {
             vq,
@@ -398,8 +443,9 @@ impl<T: Transport + CompletionSource + Send + 'static> BlockDevice for VirtioBlo
     }
 }
 
-/// Waits for the device's notifications on virtqueue `vq` and hands the completions out; fails
-/// everything when the device is gone. Ends when the device is dropped or broken.
+/// Watches virtqueue `vq`: fails everything when the device is gone and, unless the device
+/// signals a blkback queue's doorbell itself ([`VqState::direct`]), waits for its notifications
+/// and hands the completions out. Ends when the device is dropped or broken.
 fn relay<T: Transport + CompletionSource + Send + 'static>(
     shared: Weak<Shared<T>>,
     vq: u16,
@@ -407,16 +453,22 @@ fn relay<T: Transport + CompletionSource + Send + 'static>(
     gone: OwnedFd,
 ) {
     let ms = RELAY_TICK.as_millis() as libc::c_int;
+    let mut call = Some(call);
+    let mut generation = 0u64;
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: call.as_fd().as_raw_fd(),
+                // poll ignores a negative descriptor: in direct mode only the socket is watched.
+                fd: call.as_ref().map_or(-1, |c| c.as_fd().as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
+                // Not POLLIN: the replies to control messages (such as a SET_VRING_CALL sent
+                // while this thread runs) make the socket readable too. A back-end that closes
+                // the socket shows as POLLRDHUP (or POLLHUP, POLLERR, always reported).
                 fd: gone.as_fd().as_raw_fd(),
-                events: libc::POLLIN | libc::POLLRDHUP,
+                events: libc::POLLRDHUP,
                 revents: 0,
             },
         ];
@@ -447,10 +499,33 @@ fn relay<T: Transport + CompletionSource + Send + 'static>(
             ));
             return;
         }
+        let state = &g.vqs[usize::from(vq)];
+        if state.generation != generation {
+            // The call fd changed: the doorbell's now (nothing to relay), or the transport's
+            // again.
+            generation = state.generation;
+            call = None;
+            if state.direct.is_none() {
+                match g.driver.transport().completion_fds(vq) {
+                    Ok(fds) => call = fds.map(|(c, _)| c),
+                    Err(e) => {
+                        g.break_all(format!(
+                            "virtqueue {vq}'s call eventfd cannot be watched: {e}"
+                        ));
+                        return;
+                    }
+                }
+            }
+        }
+        if g.vqs[usize::from(vq)].direct.is_some() {
+            continue;
+        }
         if fds[0].revents != 0 {
-            let mut v = 0u64;
-            // SAFETY: reading 8 bytes into a local from our own non-blocking eventfd.
-            unsafe { libc::read(call.as_raw_fd(), (&raw mut v).cast(), 8) };
+            if let Some(c) = &call {
+                let mut v = 0u64;
+                // SAFETY: reading 8 bytes into a local from our own non-blocking eventfd.
+                unsafe { libc::read(c.as_raw_fd(), (&raw mut v).cast(), 8) };
+            }
         }
         g.poll_vq(vq);
         g.start_all(&shared, vq);
@@ -459,6 +534,60 @@ fn relay<T: Transport + CompletionSource + Send + 'static>(
 }
 
 impl<T: Transport> Inner<T> {
+    /// Makes the device signal queue `qid`'s doorbell on its virtqueue directly (its eventfd as
+    /// the call fd), when that queue is the virtqueue's only one and the transport can.
+    fn direct(&mut self, qid: usize) {
+        let vq = self.queues[qid].vq;
+        let Some(doorbell) = self.queues[qid].doorbell.clone() else {
+            return;
+        };
+        if !self.direct_doorbell
+            || self.broken.is_some()
+            || self.queues.iter().filter(|q| q.vq == vq).count() != 1
+        {
+            return;
+        }
+        // SAFETY: the doorbell owns its eventfd and `doorbell` (an `Arc` of it) keeps it open
+        // while it is borrowed here; the clone is a new descriptor of our own.
+        let fd = unsafe { BorrowedFd::borrow_raw(doorbell.as_raw_fd()) }.try_clone_to_owned();
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Out of descriptors: the watcher keeps relaying.
+                tracing::warn!(error = %e, "virtio-blk: cannot share the doorbell with the device");
+                return;
+            }
+        };
+        match self.driver.transport_mut().set_call_fd(vq, Some(fd)) {
+            Ok(true) => {
+                let state = &mut self.vqs[usize::from(vq)];
+                state.direct = Some(qid);
+                state.generation += 1;
+            }
+            Ok(false) => {}
+            Err(e) => self.break_all(format!(
+                "virtqueue {vq}: giving the device its call fd: {e}"
+            )),
+        }
+    }
+
+    /// Gives virtqueue `vq` an eventfd of the transport's again, for the watcher to relay, with
+    /// notifications on.
+    fn undirect(&mut self, vq: u16) {
+        let state = &mut self.vqs[usize::from(vq)];
+        if state.direct.take().is_none() {
+            return;
+        }
+        state.generation += 1;
+        if let Err(e) = self.driver.transport_mut().set_call_fd(vq, None) {
+            self.break_all(format!("virtqueue {vq}: taking the call fd back: {e}"));
+            return;
+        }
+        if let Err(e) = self.driver.enable_notifications(vq) {
+            self.break_all(format!("virtqueue {vq} failed: {e}"));
+        }
+    }
+
     /// Fails every request of every queue; later ones fail at once.
     fn break_all(&mut self, why: String) {
         tracing::warn!(reason = %why, "virtio-blk device gone; failing its requests");
@@ -877,7 +1006,9 @@ fn copy_chunks<T: Transport>(
 
 impl<T: Transport + CompletionSource + Send + 'static> BlockQueue for VirtioBlockQueue<T> {
     fn set_doorbell(&mut self, doorbell: Arc<Doorbell>) {
-        lock(&self.shared.inner).queues[self.id].doorbell = Some(doorbell);
+        let mut g = lock(&self.shared.inner);
+        g.queues[self.id].doorbell = Some(doorbell);
+        g.direct(self.id);
     }
 
     fn submit(&mut self, batch: &mut Vec<IoRequest>) {
@@ -916,6 +1047,32 @@ impl<T: Transport + CompletionSource + Send + 'static> BlockQueue for VirtioBloc
 
     fn in_flight(&self) -> usize {
         lock(&self.shared.inner).queues[self.id].in_flight()
+    }
+
+    fn quiet(&mut self) {
+        let mut g = lock(&self.shared.inner);
+        let vq = g.queues[self.id].vq;
+        if g.broken.is_none() && g.vqs[usize::from(vq)].direct == Some(self.id) {
+            // blkback reaps without being rung: the device need not signal (a hint it may
+            // ignore). A broken ring shows at the next reap.
+            let _ = g.driver.disable_notifications(vq);
+        }
+    }
+
+    fn arm(&mut self) -> bool {
+        let mut g = lock(&self.shared.inner);
+        let vq = g.queues[self.id].vq;
+        if g.broken.is_none() && g.vqs[usize::from(vq)].direct == Some(self.id) {
+            // Notifications on, then one more look at the used ring after a full fence
+            // (`enable_notifications`): a completion the device wrote before it saw the flag
+            // signalled nothing.
+            match g.driver.enable_notifications(vq) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => g.break_all(format!("virtqueue {vq} failed: {e}")),
+            }
+        }
+        !g.queues[self.id].done.is_empty()
     }
 }
 

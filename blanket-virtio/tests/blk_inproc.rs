@@ -509,3 +509,43 @@ fn queue_reset_needs_ring_reset() {
     // Nothing was reset: the queue still works.
     read_on(&mut d, 0, 0, 1).unwrap();
 }
+
+/// Reads an eventfd's counter (0 when it was not written since the last read).
+fn eventfd_count(fd: &std::os::fd::OwnedFd) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut v = 0u64;
+    // SAFETY: reading 8 bytes into a local from a non-blocking eventfd the test owns.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+    if n == 8 { v } else { 0 }
+}
+
+#[test]
+fn the_call_fd_given_is_written_when_the_device_notifies() {
+    use blanket_virtio::transport::Transport;
+    use std::os::fd::FromRawFd;
+    let mut d = driver();
+    // SAFETY: eventfd takes integer arguments only; the result is checked.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let efd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    assert!(
+        d.transport_mut()
+            .set_call_fd(0, Some(efd.try_clone().unwrap()))
+            .unwrap()
+    );
+    assert_eq!(eventfd_count(&efd), 0);
+    d.write(0, &[7u8; 512]).unwrap();
+    assert!(
+        eventfd_count(&efd) >= 1,
+        "the device's notification wrote it"
+    );
+    // Back to the transport's own: the eventfd is no longer written.
+    assert!(d.transport_mut().set_call_fd(0, None).unwrap());
+    d.write(0, &[8u8; 512]).unwrap();
+    assert_eq!(eventfd_count(&efd), 0);
+    let mut back = [0u8; 512];
+    d.read(0, &mut back).unwrap();
+    assert_eq!(back, [8u8; 512]);
+    assert!(d.transport_mut().set_call_fd(99, None).is_err());
+}

@@ -451,6 +451,10 @@ fn multi_queue(front_queues: u32) {
     };
     let mut s = stack(&d, true, BridgeOptions::default(), Some(front_queues));
     assert_eq!(s.dev.with_driver(|d| d.num_queues()), 2);
+    // A virtqueue with one blkback queue signals its doorbell directly; a shared one (queues
+    // 0 and 2 on virtqueue 0) goes through the relay thread.
+    assert_eq!(s.dev.signals_doorbell_directly(0), front_queues == 2);
+    assert!(s.dev.signals_doorbell_directly(1));
     assert_eq!(s.front.queues.len(), front_queues as usize);
     let mut ids = Vec::new();
     for q in 0..front_queues as usize {
@@ -467,7 +471,12 @@ fn multi_queue(front_queues: u32) {
     for q in 0..front_queues as usize {
         let r = s.front.wait(q, 1, Duration::from_secs(5));
         assert_eq!(r.len(), 1, "queue {q} answered");
-        assert_eq!(r[0].status, BLKIF_RSP_OKAY);
+        assert_eq!(
+            r[0].status,
+            BLKIF_RSP_OKAY,
+            "queue {q}: {:?}",
+            s.dev.broken()
+        );
     }
     assert_eq!(flush(&mut s.front), BLKIF_RSP_OKAY);
     for q in 0..front_queues as usize {
@@ -495,6 +504,7 @@ fn killing_the_daemon_mid_io_gives_blkif_rsp_error() {
         return;
     };
     let mut s = stack(&d, true, BridgeOptions::default(), None);
+    assert!(s.dev.signals_doorbell_directly(0));
     assert!(all_ok(&s.front.write(0, &[0x11; 4096])));
     // A full ring of 64 KiB reads, then the daemon dies under them.
     let n = s.front.free(0) as usize;
@@ -534,4 +544,61 @@ fn killing_the_daemon_mid_io_gives_blkif_rsp_error() {
     );
     assert!(s.dev.broken().is_some());
     assert_eq!(flush(&mut s.front), BLKIF_RSP_ERROR);
+}
+
+#[test]
+fn the_daemon_wakes_blkback_itself_at_depth_1() {
+    // One request at a time: blkback sleeps on its doorbell while each is at the daemon, and
+    // the daemon's SET_VRING_CALL eventfd is the doorbell's, so its notification wakes blkback.
+    // A lost wake-up would cost blkback's 200 ms sleep per request (40 s for these 200).
+    let Some(mut d) = Daemon::start(1, true, |_| {}) else {
+        return;
+    };
+    let mut s = stack(&d, true, BridgeOptions::default(), None);
+    assert!(s.dev.signals_doorbell_directly(0));
+    let data = pattern(3, 4096);
+    let st = s.front.write(8, &data);
+    assert!(all_ok(&st), "{st:?}: {:?}", s.dev.broken());
+    let start = Instant::now();
+    let mut back = vec![0u8; 4096];
+    for _ in 0..200 {
+        assert!(all_ok(&s.front.read(8, &mut back)));
+        assert_eq!(back, data);
+    }
+    let took = start.elapsed();
+    eprintln!("200 reads at depth 1 in {took:?}");
+    assert!(took < Duration::from_secs(10), "200 reads took {took:?}");
+    // With nothing in flight and blkback asleep, the daemon dies: the next request fails.
+    d.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let st = s.front.write(8, &data);
+    assert!(
+        !st.is_empty() && st.iter().all(|&x| x == BLKIF_RSP_ERROR),
+        "a write after the daemon died: {st:?}"
+    );
+    assert!(s.dev.broken().is_some());
+}
+
+#[test]
+fn without_the_direct_doorbell_the_relay_thread_serves() {
+    let Some(mut d) = Daemon::start(1, true, |_| {}) else {
+        return;
+    };
+    let opts = BridgeOptions {
+        direct_doorbell: false,
+        ..BridgeOptions::default()
+    };
+    let mut s = stack(&d, true, opts, None);
+    assert!(!s.dev.signals_doorbell_directly(0));
+    let data = pattern(4, 4096);
+    assert!(all_ok(&s.front.write(16, &data)));
+    let mut back = vec![0u8; 4096];
+    for _ in 0..50 {
+        assert!(all_ok(&s.front.read(16, &mut back)));
+        assert_eq!(back, data);
+    }
+    d.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let st = s.front.write(16, &data);
+    assert!(!st.is_empty() && st.iter().all(|&x| x == BLKIF_RSP_ERROR));
 }

@@ -6,6 +6,7 @@
 //! the ways of HOSTILE-INPUT.md, to check that the driver answers with a typed error.
 
 use std::mem::{offset_of, size_of};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -427,6 +428,9 @@ pub struct InProcessTransport<D: DeviceModel> {
     /// Whether each queue runs: false from [`Transport::reset_queue`] until
     /// [`Transport::enable_queue`].
     enabled: Vec<bool>,
+    /// Per queue, an eventfd given with [`Transport::set_call_fd`], written when the device
+    /// notifies.
+    calls: Vec<Option<OwnedFd>>,
     driver_features: u64,
 }
 
@@ -440,6 +444,7 @@ impl<D: DeviceModel> InProcessTransport<D> {
             queues: (0..n).map(|_| None).collect(),
             signalled: vec![false; n],
             enabled: vec![true; n],
+            calls: (0..n).map(|_| None).collect(),
             driver_features: 0,
         }
     }
@@ -457,6 +462,19 @@ impl<D: DeviceModel> InProcessTransport<D> {
     /// The features the driver acknowledged.
     pub fn driver_features(&self) -> u64 {
         self.driver_features
+    }
+
+    /// Records a notification of queue `i`: [`Transport::wait`] returns at once, and the
+    /// eventfd given with [`Transport::set_call_fd`] is written.
+    fn signal(signalled: &mut [bool], calls: &[Option<OwnedFd>], i: usize) {
+        signalled[i] = true;
+        if let Some(fd) = calls.get(i).and_then(Option::as_ref) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a local to a descriptor this transport owns. An
+            // eventfd at its limit or a descriptor of another kind only fails the write, and a
+            // notification is a hint: the driver polls the ring anyway.
+            unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
     }
 }
 
@@ -538,7 +556,7 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
             .as_mut()
             .ok_or(Error::QueueNotReady(index))?;
         if self.device.process(self.mem.guest_memory(), index, q)? {
-            self.signalled[usize::from(index)] = true;
+            Self::signal(&mut self.signalled, &self.calls, usize::from(index));
         }
         // Then every other ready queue, so that a device can move data between queues (a
         // network loopback delivers a transmitted frame into the receive queue).
@@ -548,11 +566,20 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
             }
             if let Some(q) = q.as_mut() {
                 if self.device.process(self.mem.guest_memory(), i as u16, q)? {
-                    self.signalled[i] = true;
+                    Self::signal(&mut self.signalled, &self.calls, i);
                 }
             }
         }
         Ok(())
+    }
+
+    fn set_call_fd(&mut self, index: u16, fd: Option<OwnedFd>) -> Result<bool, super::Error> {
+        let slot = self
+            .calls
+            .get_mut(usize::from(index))
+            .ok_or(Error::NoSuchQueue(index))?;
+        *slot = fd;
+        Ok(true)
     }
 
     fn can_reset_queue(&self) -> bool {

@@ -5,6 +5,7 @@
 //! nothing more, so that vhost-user ([`vhost_user::VhostUserTransport`]), the in-process test
 //! device ([`inproc::InProcessTransport`]) and later virtio-pci over VFIO or vhost-vdpa fit it.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +83,19 @@ pub trait Transport {
     /// Waits up to `timeout` for a used-buffer notification on queue `index`. Returns early if
     /// the device goes away.
     fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), Error>;
+
+    /// Makes `fd`, an eventfd, the descriptor the device signals when it uses buffers of queue
+    /// `index` (vhost-user `SET_VRING_CALL`), in place of the transport's own, so that whoever
+    /// sleeps on that eventfd is woken by the device itself, with no thread in between. `None`
+    /// goes back to an eventfd of the transport's. [`Transport::wait`] on the queue then waits
+    /// on the new descriptor (without reading it: its owner drains it), and a queue set up
+    /// again after a reset keeps it.
+    ///
+    /// Returns `false` when the transport has no call descriptor to replace (the default).
+    fn set_call_fd(&mut self, index: u16, fd: Option<OwnedFd>) -> Result<bool, Error> {
+        let _ = (index, fd);
+        Ok(false)
+    }
 
     /// Whether one queue can be reset and re-enabled while the others run
     /// ([`Transport::reset_queue`]). Asked after [`Transport::set_driver_features`]: for a

@@ -13,6 +13,10 @@
 //! a back-end that dies or closes the socket ends the wait with [`super::Error::DeviceGone`],
 //! never a hang.
 //!
+//! [`Transport::set_call_fd`] replaces a queue's call eventfd with the caller's (sent with
+//! `SET_VRING_CALL` at once if the queue is set up, and at every later set-up), so that the
+//! back-end wakes whoever sleeps on it with no thread in between; the wait set then holds it.
+//!
 //! One queue is reset alone ([`Transport::reset_queue`]) with the protocol's own ring stop:
 //! `SET_VRING_ENABLE` 0, then `GET_VRING_BASE`, which stops the ring; the back-end answers once
 //! it no longer processes it. [`Transport::setup_queue`] then gives the rings again
@@ -24,7 +28,7 @@
 //! finishes the requests it has in flight before it answers `GET_VRING_BASE` is up to it; the
 //! driver treats them as lost.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -404,6 +408,33 @@ impl Transport for VhostUserTransport {
             source,
         })?;
         Ok(())
+    }
+
+    fn set_call_fd(&mut self, index: u16, fd: Option<OwnedFd>) -> Result<bool, super::Error> {
+        let i = self.check_queue(index)?;
+        if i >= self.calls.len() {
+            return Err(Error::NoSuchQueue {
+                index,
+                max: self.calls.len() as u16,
+            }
+            .into());
+        }
+        let call = match fd {
+            // SAFETY: `fd` is an open descriptor that this transport now owns alone (it was
+            // moved in); an `EventFd` only reads, writes and duplicates it, and on a descriptor
+            // that is not an eventfd those calls fail with an error, nothing worse.
+            Some(fd) => unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) },
+            None => Self::eventfd()?,
+        };
+        let wait = self.wait_set(&call)?;
+        if self.ready[i] {
+            self.frontend
+                .set_vring_call(i, &call)
+                .map_err(protocol("SET_VRING_CALL"))?;
+        }
+        self.calls[i] = call;
+        self.waits[i] = wait;
+        Ok(true)
     }
 
     fn can_reset_queue(&self) -> bool {
