@@ -6,19 +6,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blanket_xen::emulated::EmulatedXen;
 use blanket_xen::net::{NetConfig, NetFeatures, NetFront, NetGso, RxMeta, TxOffload};
 use blanket_xen::xenbus::XenBus;
-use common::pv::{Evtchns, Grants, GrantsHandle};
+use common::pv::PvNetback;
 use common::{SECOND, Xenstored};
-use pv_backend::backend::{LocalXs, XenbusBackend, XsHandle};
 use pv_backend::net::back::NetQueueStats;
-use pv_backend::net::switch::{Switch, SwitchConfig, SwitchPort};
-use pv_backend::net::xenbus::{NetBack, NetBackConfig};
 use pv_backend::net::{Checksum, FrameMeta, Gso, GsoType, NetDevice, Offloads, RxInfo};
 use xen_abi::ring::RawRingMemory;
 use xen_abi::xenbus::XenbusState;
@@ -44,80 +39,16 @@ fn eth(dst: [u8; 6], src: [u8; 6], len: usize, seed: u8) -> Vec<u8> {
 struct Rig {
     xs: Xenstored,
     xb: XenBus<Arc<EmulatedXen>, RawRingMemory>,
-    peer: SwitchPort,
-    stop: Arc<AtomicBool>,
-    /// The back-end's thread; it returns each queue's counters when stopped.
-    thread: Option<JoinHandle<Vec<NetQueueStats>>>,
+    back: PvNetback,
 }
 
 impl Rig {
-    /// The toolstack's nodes, a switch whose ports take `offloads`, and netback offering
-    /// `max_queues` queues.
+    /// A switch whose ports take `offloads`, and netback offering `max_queues` queues for vif 0.
     fn start(offloads: Offloads, max_queues: u32) -> Self {
         let xs = Xenstored::start(600);
-        xs.let_read(BE);
-        for (k, v) in [
-            ("frontend", FE),
-            ("frontend-id", "1"),
-            ("online", "1"),
-            ("state", "1"),
-        ] {
-            xs.write(&format!("{BE}/{k}"), v);
-        }
-        xs.give(FE);
-        xs.write(&format!("{FE}/backend"), BE);
-        xs.write(&format!("{FE}/backend-id"), "0");
-        xs.write(&format!("{FE}/state"), "1");
-        xs.write(&format!("{FE}/mac"), "00:16:3e:00:00:01");
-
-        let sw = Switch::new(SwitchConfig {
-            offloads,
-            ..SwitchConfig::default()
-        })
-        .unwrap();
-        let guest_port = sw.add_port();
-        let peer = sw.add_port();
-        let back = blanket_xen::emulated::BackendDomain::new(Arc::clone(&xs.xen), 0);
-        let stop = Arc::new(AtomicBool::new(false));
-        let grants = GrantsHandle(Arc::new(Grants {
-            back: back.clone(),
-            held: Default::default(),
-        }));
-        let evtchns = Arc::new(Evtchns {
-            back,
-            stop: Arc::clone(&stop),
-        });
-        let nb = NetBack::new(
-            Arc::new(grants),
-            evtchns,
-            guest_port,
-            NetBackConfig {
-                max_queues,
-                ..NetBackConfig::default()
-            },
-        );
-        let thread = {
-            let (store, stop) = (Arc::clone(&xs.store), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
-                let mut be = XenbusBackend::new(xsh, BE, nb).expect("backend");
-                be.start().expect("start");
-                while !stop.load(Ordering::Relaxed) {
-                    be.poll(Duration::from_millis(10)).expect("handshake");
-                }
-                let stats = be.device_mut().queue_stats();
-                pv_backend::backend::XenbusDevice::disconnect(be.device_mut());
-                stats
-            })
-        };
+        let back = PvNetback::start(&xs, 0, offloads, max_queues);
         let xb = xs.client();
-        Self {
-            xs,
-            xb,
-            peer,
-            stop,
-            thread: Some(thread),
-        }
+        Self { xs, xb, back }
     }
 
     fn connect<const Q: usize>(&mut self, features: NetFeatures) -> Front<Q> {
@@ -155,10 +86,10 @@ impl Rig {
 
     /// The next frame the peer receives (within 5 s).
     fn peer_recv(&mut self) -> (Vec<u8>, RxInfo) {
-        let mut buf = vec![0u8; self.peer.max_frame_len()];
+        let mut buf = vec![0u8; self.back.peer.max_frame_len()];
         let t0 = Instant::now();
         loop {
-            if let Some(info) = self.peer.recv(&mut buf).unwrap() {
+            if let Some(info) = self.back.peer.recv(&mut buf).unwrap() {
                 buf.truncate(info.len);
                 return (buf, info);
             }
@@ -166,7 +97,10 @@ impl Rig {
                 t0.elapsed() < Duration::from_secs(5),
                 "no frame reached the peer"
             );
-            self.peer.wait_readable(Duration::from_millis(10)).unwrap();
+            self.back
+                .peer
+                .wait_readable(Duration::from_millis(10))
+                .unwrap();
         }
     }
 
@@ -181,8 +115,7 @@ impl Rig {
             Some("5" | "6")
         ));
         assert_eq!(self.xs.xen.grant_table().granted(), 0);
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
+        self.back.stop()
     }
 }
 
@@ -209,7 +142,7 @@ fn netfront_drives_pv_backends_netback_through_its_switch() {
     let mut buf = vec![0u8; 65536];
     for (i, len) in [60usize, 1514, 9000, 60].into_iter().enumerate() {
         let f = eth(GUEST_MAC, PEER_MAC, len, i as u8);
-        r.peer.send(&f, &FrameMeta::default()).unwrap();
+        r.back.peer.send(&f, &FrameMeta::default()).unwrap();
         let n = net
             .recv_wait(&mut buf)
             .unwrap()
@@ -226,7 +159,7 @@ fn netfront_drives_pv_backends_netback_through_its_switch() {
     // A burst both ways, longer than the rings.
     for i in 0..600u32 {
         let f = eth(GUEST_MAC, PEER_MAC, 64 + (i as usize * 31) % 1400, i as u8);
-        r.peer.send(&f, &FrameMeta::default()).unwrap();
+        r.back.peer.send(&f, &FrameMeta::default()).unwrap();
         let n = net.recv_wait(&mut buf).unwrap().expect("frame");
         assert_eq!(&buf[..n], &f[..], "burst frame {i}");
     }
@@ -260,7 +193,7 @@ fn split_event_channels_when_offered_and_asked_for() {
         let mut buf = vec![0u8; 2048];
         for i in 0..50u8 {
             let f = eth(GUEST_MAC, PEER_MAC, 100 + usize::from(i), i);
-            r.peer.send(&f, &FrameMeta::default()).unwrap();
+            r.back.peer.send(&f, &FrameMeta::default()).unwrap();
             let n = net.recv_wait(&mut buf).unwrap().expect("frame");
             assert_eq!(&buf[..n], &f[..]);
             let f = eth(PEER_MAC, GUEST_MAC, 200 + usize::from(i), i);
@@ -449,7 +382,7 @@ fn four_queues_carry_every_flow_and_every_queue_some() {
     let mut buf = vec![0u8; 2048];
     for i in 0..20u16 {
         let f = udp4(GUEST_MAC, PEER_MAC, 53, 6000 + i, 200);
-        r.peer.send(&f, &FrameMeta::default()).unwrap();
+        r.back.peer.send(&f, &FrameMeta::default()).unwrap();
         let m = recv_meta(&mut net, &mut buf);
         assert_eq!(&buf[..m.len], &f[..], "frame {i}");
         assert!(m.queue < 4);
@@ -517,7 +450,7 @@ fn partial_checksums_arrive_correct() {
                 checksum: Checksum::Partial { start, offset: 16 },
                 gso: None,
             };
-            r.peer.send(&f, &meta).unwrap();
+            r.back.peer.send(&f, &meta).unwrap();
             let m = recv_meta(&mut net, &mut buf);
             let got = &buf[..m.len];
             if features.csum_offload {
@@ -624,7 +557,7 @@ fn a_64k_tcp_frame_through_netbacks_gso_path() {
                     hdr_len: hdr as u16,
                 }),
             };
-            r.peer.send(&f, &meta).unwrap();
+            r.back.peer.send(&f, &meta).unwrap();
             if features.gso {
                 let m = recv_meta(&mut net, &mut buf);
                 assert_eq!(&buf[..m.len], &f[..], "v6 {v6}: intact");

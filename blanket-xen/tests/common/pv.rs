@@ -204,3 +204,108 @@ impl PvBlkback {
         }
     }
 }
+
+/// pv-backend's netback serving vif `devid` of the guest on a thread, its device a port of a switch
+/// whose ports take `offloads`; `peer` is another port of that switch.
+pub struct PvNetback {
+    pub peer: pv_backend::net::switch::SwitchPort,
+    stop: Arc<AtomicBool>,
+    /// The back-end's thread; it returns each queue's counters when stopped.
+    thread: Option<JoinHandle<Vec<pv_backend::net::back::NetQueueStats>>>,
+}
+
+impl Drop for PvNetback {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl PvNetback {
+    /// Writes the toolstack's nodes for vif `devid` (MAC `00:16:3e:00:00:<devid + 1>`) and starts
+    /// netback offering `max_queues` queues.
+    pub fn start(
+        xs: &Xenstored,
+        devid: u32,
+        offloads: pv_backend::net::Offloads,
+        max_queues: u32,
+    ) -> Self {
+        use pv_backend::net::switch::{Switch, SwitchConfig};
+        use pv_backend::net::xenbus::{NetBack, NetBackConfig};
+        let be = format!("/local/domain/0/backend/vif/1/{devid}");
+        let fe = format!("/local/domain/1/device/vif/{devid}");
+        xs.let_read(&be);
+        for (k, v) in [
+            ("frontend", fe.as_str()),
+            ("frontend-id", "1"),
+            ("online", "1"),
+            ("state", "1"),
+        ] {
+            xs.write(&format!("{be}/{k}"), v);
+        }
+        xs.give(&fe);
+        xs.write(&format!("{fe}/backend"), &be);
+        xs.write(&format!("{fe}/backend-id"), "0");
+        xs.write(&format!("{fe}/state"), "1");
+        xs.write(
+            &format!("{fe}/mac"),
+            &format!("00:16:3e:00:00:{:02x}", devid + 1),
+        );
+        let sw = Switch::new(SwitchConfig {
+            offloads,
+            ..SwitchConfig::default()
+        })
+        .unwrap();
+        let guest_port = sw.add_port();
+        let peer = sw.add_port();
+        let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let grants = GrantsHandle(Arc::new(Grants {
+            back: back.clone(),
+            held: Mutex::default(),
+        }));
+        let evtchns = Arc::new(Evtchns {
+            back,
+            stop: Arc::clone(&stop),
+        });
+        let nb = NetBack::new(
+            Arc::new(grants),
+            evtchns,
+            guest_port,
+            NetBackConfig {
+                max_queues,
+                ..NetBackConfig::default()
+            },
+        );
+        let thread = {
+            let (store, stop) = (Arc::clone(&xs.store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
+                let mut be = XenbusBackend::new(xsh, be, nb).expect("backend");
+                be.start().expect("start");
+                while !stop.load(Ordering::Relaxed) {
+                    be.poll(Duration::from_millis(10)).expect("handshake");
+                }
+                let stats = be.device_mut().queue_stats();
+                pv_backend::backend::XenbusDevice::disconnect(be.device_mut());
+                stats
+            })
+        };
+        Self {
+            peer,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops netback and returns its queues' counters.
+    pub fn stop(mut self) -> Vec<pv_backend::net::back::NetQueueStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
+}
