@@ -68,7 +68,15 @@ impl UringQueue {
     pub(super) fn new(inner: Arc<FileInner>, entries: u32) -> io::Result<Self> {
         Ok(Self {
             inner,
-            ring: IoUring::new(entries)?,
+            // The kernel does not interrupt the running queue thread to post a completion
+            // (`IORING_SETUP_COOP_TASKRUN`: no IPI per completion); it flags the pending work
+            // (`TASKRUN_FLAG`), which `collect` runs. A sleeping queue is woken as before. Kernels
+            // before 5.19 refuse the flags: a plain ring then.
+            ring: IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .build(entries)
+                .or_else(|_| IoUring::new(entries))?,
             pending: super::TagMap::default(),
             ready: Vec::new(),
             next: 1,
@@ -195,6 +203,13 @@ impl UringQueue {
     }
 
     fn collect(&mut self) {
+        if self.ring.submission().taskrun() {
+            // Completions are waiting for this thread to run the kernel's task work: an
+            // `io_uring_enter(GETEVENTS)` runs it (and submits anything queued).
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring: running completions");
+            }
+        }
         let done: Vec<(u64, i32)> = self
             .ring
             .completion()
@@ -284,7 +299,9 @@ impl BlockQueue for UringQueue {
         // fence (the flag's store must not pass the load of the tail). Were the kernel's side to miss
         // it anyway, the sleeper's timeout bounds the delay.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        !self.ready.is_empty() || !self.ring.completion().is_empty()
+        !self.ready.is_empty()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().taskrun()
     }
 
     fn sleep(&mut self, doorbell: &Doorbell, timeout: Duration) -> bool {
