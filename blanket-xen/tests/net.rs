@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use blanket_xen::emulated::EmulatedXen;
 use blanket_xen::front::FrontError;
-use blanket_xen::net::{NetConfig, NetError, NetFront};
+use blanket_xen::net::{NetConfig, NetError, NetFeatures, NetFront};
 use blanket_xen::xenbus::XenBus;
 use common::netback::{FE, Opts, TestNetback};
 use common::{SECOND, Xenstored};
@@ -112,6 +112,37 @@ fn handshake_publishes_both_rings() {
     assert_eq!(r.xs.read(&format!("{FE}/state")).as_deref(), Some("4"));
     assert_eq!(net.device().state(), XenbusState::Connected);
     assert_eq!(net.max_frame(), 65535);
+}
+
+#[test]
+fn four_queues_asked_of_a_backend_without_multi_queue_use_one() {
+    // The test netback offers neither multi-queue-max-queues nor split event channels.
+    let mut r = rig(Opts::default());
+    let rings = std::array::from_fn(|_| {
+        (
+            r.xs.xen.alloc_pages(1).unwrap(),
+            r.xs.xen.alloc_pages(1).unwrap(),
+        )
+    });
+    let pool = r.xs.xen.alloc_pages(4 * 64).unwrap();
+    let mut net: NetFront<_, _, _, 4> = NetFront::connect_with(
+        Arc::clone(&r.xs.xen),
+        &mut r.xb,
+        b"device/vif/0",
+        rings,
+        pool,
+        quick(),
+        NetFeatures::ALL,
+    )
+    .unwrap();
+    assert_eq!((net.info().max_queues, net.queues()), (1, 1));
+    assert!(!net.info().negotiated.split_event_channels);
+    assert_eq!(r.xs.read(&format!("{FE}/multi-queue-num-queues")), None);
+    assert!(r.xs.read(&format!("{FE}/event-channel")).is_some());
+    assert!(r.xs.read(&format!("{FE}/queue-0/tx-ring-ref")).is_none());
+    let f = frame(1514, 4);
+    net.send_wait(&f).unwrap();
+    assert_eq!(wait_outbox(&r, 1), vec![f]);
 }
 
 #[test]
