@@ -124,14 +124,19 @@ fn four_queues_asked_of_a_backend_without_multi_queue_use_one() {
             r.xs.xen.alloc_pages(1).unwrap(),
         )
     });
-    let pool = r.xs.xen.alloc_pages(4 * 64).unwrap();
+    let config = NetConfig {
+        rx_buffers: 16,
+        tx_buffers: 16,
+        ..quick()
+    };
+    let pool = r.xs.xen.alloc_pages(4 * 32).unwrap();
     let mut net: NetFront<_, _, _, 4> = NetFront::connect_with(
         Arc::clone(&r.xs.xen),
         &mut r.xb,
         b"device/vif/0",
         rings,
         pool,
-        quick(),
+        config,
         NetFeatures::ALL,
     )
     .unwrap();
