@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blanket_xen::blk::{BlkConfig, BlkFront};
 use blanket_xen::emulated::EmulatedXen;
-use blanket_xen::net::{NetConfig, NetFeatures, NetFront, NetGso, TxOffload};
+use blanket_xen::net::{NetConfig, NetFeatures, NetFront, NetGso, NetRings, TxOffload};
 use blanket_xen::xenbus::{XBT_NIL, XenBus};
 use common::pv::{PvBlkback, PvNetback};
 use common::{SECOND, Xenstored};
@@ -163,7 +163,7 @@ fn netfront<const Q: usize>(
         Arc::clone(&xs.xen),
         xb,
         format!("device/vif/{devid}").as_bytes(),
-        rings,
+        NetRings::new(rings),
         xs.xen.alloc_pages(96 * Q).unwrap(),
         config,
         NetFeatures::ALL,

@@ -50,11 +50,11 @@ use xen_abi::XEN_PAGE_SIZE;
 use xen_abi::event_channel::EvtchnPort;
 use xen_abi::grant_table::GrantRef;
 use xen_abi::netif::{
-    ETH_HLEN, ExtraFlags, GsoType, MacAddr, NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_NULL,
-    NETIF_RSP_OKAY, NetRxFlags, NetTxFlags, NetifExtraInfo, NetifExtraInfoGso, NetifRx,
-    NetifRxRequest, NetifRxResponse, NetifTx, NetifTxRequest, XEN_NETIF_EXTRA_FLAG_MORE,
-    XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE,
-    XEN_NETIF_NR_SLOTS_MIN,
+    CtrlOp, CtrlStatus, ETH_HLEN, ExtraFlags, GsoType, HashAlgorithm, HashTypes, MacAddr,
+    NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NetRxFlags, NetTxFlags,
+    NetifCtrl, NetifExtraInfo, NetifExtraInfoGso, NetifRx, NetifRxRequest, NetifRxResponse,
+    NetifTx, NetifTxRequest, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN,
 };
 use xen_abi::ring::{FrontRing, RingMemory, ring_entries};
 use xen_abi::xenbus::XenbusState;
@@ -175,6 +175,28 @@ pub enum NetError {
         /// The segment size.
         size: u16,
     },
+    /// The back-end refused a control-ring request (or answered it with an unknown status).
+    #[error("back-end answered control request type {ctrl_type} with status {status}")]
+    CtrlRefused {
+        /// `XEN_NETIF_CTRL_TYPE_*` of the request.
+        ctrl_type: u16,
+        /// `XEN_NETIF_CTRL_STATUS_*` answered.
+        status: u32,
+    },
+    /// Hostile back-end: a control response naming another request than the one in flight.
+    #[error("back-end answered control request {want} with id {got}")]
+    BadCtrlId {
+        /// The request in flight.
+        want: u16,
+        /// The id answered.
+        got: u16,
+    },
+    /// The back-end did not answer a control-ring request within the timeout.
+    #[error("back-end did not answer control request type {ctrl_type} in time")]
+    CtrlTimeout {
+        /// `XEN_NETIF_CTRL_TYPE_*` of the request.
+        ctrl_type: u16,
+    },
     /// A received packet shorter than an Ethernet header; dropped.
     #[error("back-end delivered a packet of {len} bytes, shorter than an Ethernet header")]
     RxRunt {
@@ -235,6 +257,11 @@ pub struct NetFeatures {
     /// GSO both ways (`feature-gso-tcpv4`, `feature-gso-tcpv6`): the back-end may deliver 64 KiB TCP
     /// frames with a GSO extra, and [`TxOffload::gso`] frames may be sent.
     pub gso: bool,
+    /// With more than one queue, and ring memory for it in [`NetRings::ctrl`]: the control ring
+    /// (`feature-ctrl-ring`), on which netfront sets the receive-side hash (Toeplitz over IPv4 and IPv6
+    /// addresses and TCP ports, the RSS key, a 128-entry table mapping to the queues in turn), so that the
+    /// back-end spreads received flows over the queues.
+    pub ctrl_ring: bool,
 }
 
 impl NetFeatures {
@@ -244,12 +271,15 @@ impl NetFeatures {
         split_event_channels: true,
         csum_offload: false,
         gso: false,
+        ctrl_ring: false,
     };
-    /// Everything: split event channels, checksum offload and GSO, as Linux's xen-netfront asks.
+    /// Everything: split event channels, checksum offload and GSO, as Linux's xen-netfront asks, and the
+    /// control ring (which Linux's netfront does not use).
     pub const ALL: Self = Self {
         split_event_channels: true,
         csum_offload: true,
         gso: true,
+        ctrl_ring: true,
     };
 }
 
@@ -276,6 +306,8 @@ pub struct NetInfo {
     pub csum_ipv6: bool,
     /// `feature-split-event-channels` offered.
     pub split_event_channels: bool,
+    /// `feature-ctrl-ring` offered.
+    pub ctrl_ring: bool,
     /// `multi-queue-max-queues` (1 when absent).
     pub max_queues: u32,
     /// The queues in use: `min(Q, max_queues)`.
@@ -838,8 +870,8 @@ impl<M: RingMemory> Queue<M> {
         let more;
         if self.expect_extra {
             self.rx_extra(shape, rsp);
-            // The data fragments follow the extras.
-            more = true;
+            // The extras follow the first data slot; more data follows them if that slot said so.
+            more = self.first_flags.contains(NetRxFlags::MORE_DATA);
         } else {
             let first = !self.in_packet;
             self.in_packet = true;
@@ -952,11 +984,185 @@ impl<M: RingMemory> Queue<M> {
     }
 }
 
+/// The shared pages a netfront of up to `Q` queues needs, one page each: every queue's TX and RX rings,
+/// and optionally the control ring and a page it sends the hash key and mapping table in.
+#[derive(Debug)]
+pub struct NetRings<M, const Q: usize> {
+    /// Each queue's TX and RX ring pages.
+    pub queues: [(M, M); Q],
+    /// The control ring's page and its data page, for [`NetFeatures::ctrl_ring`].
+    pub ctrl: Option<(M, M)>,
+}
+
+impl<M, const Q: usize> NetRings<M, Q> {
+    /// The queues' rings, no control ring.
+    pub fn new(queues: [(M, M); Q]) -> Self {
+        Self { queues, ctrl: None }
+    }
+
+    /// The same, with `ring` as the control ring and `data` as its data page.
+    pub fn with_ctrl(mut self, ring: M, data: M) -> Self {
+        self.ctrl = Some((ring, data));
+        self
+    }
+}
+
+/// The control ring, its data page, their grants and its port.
+struct Ctrl<M> {
+    ring: FrontRing<M, NetifCtrl>,
+    data: M,
+    /// The ring's and the data page's grants; `ngranted` of them are live.
+    refs: [GrantRef; 2],
+    ngranted: usize,
+    port: Option<EvtchnPort>,
+    next_id: u16,
+}
+
+/// The entries of the hash mapping table netfront sets (Linux netback's largest).
+const HASH_MAPPING_SIZE: u32 = 128;
+
+impl<M: RingMemory> Ctrl<M> {
+    fn setup<P: Platform>(&mut self, platform: &P, backend: DomId) -> Result<(), NetError> {
+        for (mem, readonly) in [
+            (self.ring.memory().as_ptr() as usize, false),
+            (self.data.as_ptr() as usize, true),
+        ] {
+            let f = platform.frame_of(mem)?;
+            self.refs[self.ngranted] = platform.grant_access(backend, f, readonly)?;
+            self.ngranted += 1;
+        }
+        self.port = Some(platform.alloc_unbound(backend)?);
+        Ok(())
+    }
+
+    fn release<P: Platform>(&mut self, platform: &P) -> Result<(), PlatformError> {
+        let mut first = Ok(());
+        if let Some(port) = self.port.take()
+            && let Err(e) = platform.close(port)
+        {
+            first = Err(e);
+        }
+        for gref in &self.refs[..self.ngranted] {
+            if let Err(e) = platform.end_access(*gref)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        self.ngranted = 0;
+        first
+    }
+
+    /// Sends one request and waits (up to `timeout_ns`) for its answer, which must be a success.
+    fn request<P: Platform>(
+        &mut self,
+        platform: &P,
+        op: CtrlOp,
+        timeout_ns: u64,
+    ) -> Result<u32, NetError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let req = op.to_request(id);
+        let port = self.port.unwrap_or(0);
+        self.ring.put_request(&req)?;
+        if self.ring.push_requests_and_check_notify() {
+            platform.notify(port)?;
+        }
+        let deadline = platform.now_ns().saturating_add(timeout_ns);
+        // Bounded by the deadline; the ring refuses more responses than requests.
+        loop {
+            if let Some(rsp) = self.ring.pop_response()? {
+                if rsp.id != id {
+                    return Err(NetError::BadCtrlId {
+                        want: id,
+                        got: rsp.id,
+                    });
+                }
+                return match rsp.ctrl_status() {
+                    Ok(CtrlStatus::Success) => Ok(rsp.data),
+                    _ => Err(NetError::CtrlRefused {
+                        ctrl_type: req.r#type,
+                        status: rsp.status,
+                    }),
+                };
+            }
+            if self.ring.final_check_for_responses()? {
+                continue;
+            }
+            let now = platform.now_ns();
+            if now >= deadline {
+                return Err(NetError::CtrlTimeout {
+                    ctrl_type: req.r#type,
+                });
+            }
+            platform.wait(port, deadline - now)?;
+        }
+    }
+
+    /// Sets the receive-side hash: Toeplitz with the RSS key over IPv4 and IPv6 addresses and TCP ports,
+    /// and a table mapping hash values to the `queues` in turn.
+    fn set_hash<P: Platform>(
+        &mut self,
+        platform: &P,
+        queues: usize,
+        timeout_ns: u64,
+    ) -> Result<(), NetError> {
+        self.request(
+            platform,
+            CtrlOp::SetHashAlgorithm {
+                algorithm: HashAlgorithm::Toeplitz,
+            },
+            timeout_ns,
+        )?;
+        shmem::write(&self.data, 0, &netpkt::RSS_KEY);
+        self.request(
+            platform,
+            CtrlOp::SetHashKey {
+                gref: self.refs[1],
+                len: netpkt::RSS_KEY.len() as u32,
+            },
+            timeout_ns,
+        )?;
+        self.request(
+            platform,
+            CtrlOp::SetHashMappingSize {
+                size: HASH_MAPPING_SIZE,
+            },
+            timeout_ns,
+        )?;
+        for i in 0..HASH_MAPPING_SIZE as usize {
+            let queue = (i % queues.max(1)) as u32;
+            shmem::write(&self.data, i * 4, &queue.to_ne_bytes());
+        }
+        self.request(
+            platform,
+            CtrlOp::SetHashMapping {
+                gref: self.refs[1],
+                len: HASH_MAPPING_SIZE,
+                off: 0,
+            },
+            timeout_ns,
+        )?;
+        self.request(
+            platform,
+            CtrlOp::SetHashFlags {
+                flags: HashTypes::IPV4
+                    | HashTypes::IPV4_TCP
+                    | HashTypes::IPV6
+                    | HashTypes::IPV6_TCP,
+            },
+            timeout_ns,
+        )?;
+        Ok(())
+    }
+}
+
 /// A connected netfront of up to `Q` queues (one by default).
 pub struct NetFront<P, M, B, const Q: usize = 1> {
     platform: P,
     queues: [Option<Queue<M>>; Q],
     nq: usize,
+    ctrl: Option<Ctrl<M>>,
     device: FrontendDevice,
     info: NetInfo,
     shape: Shape,
@@ -994,7 +1200,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B, 1> {
             platform,
             xb,
             node,
-            [(tx_page, rx_page)],
+            NetRings::new([(tx_page, rx_page)]),
             pool,
             config,
             NetFeatures::BASIC,
@@ -1004,7 +1210,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory> NetFront<P, M, B, 1> {
 
 impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B, Q> {
     /// Connects to the back-end of the vif at `node` with up to `Q` queues: `rings` are each queue's TX
-    /// and RX ring pages, and `pool` (page-aligned memory of this domain) holds
+    /// and RX ring pages (and the control ring's, if any), and `pool` (page-aligned memory of this domain) holds
     /// `Q * (rx_buffers + tx_buffers)` pages. Uses `min(Q, multi-queue-max-queues)` queues (the rest of
     /// `rings` and `pool` stay unused) and asks for `features` where the back-end offers them.
     ///
@@ -1015,7 +1221,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         platform: P,
         xb: &mut XenBus<P, XM>,
         node: &[u8],
-        rings: [(M, M); Q],
+        rings: NetRings<M, Q>,
         pool: B,
         config: NetConfig,
         features: NetFeatures,
@@ -1068,6 +1274,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         let csum_ipv4 = !backend_flag(xb, &dev, "feature-no-csum-offload")?;
         let csum_ipv6 = backend_flag(xb, &dev, "feature-ipv6-csum-offload")?;
         let split = backend_flag(xb, &dev, "feature-split-event-channels")?;
+        let ctrl_ring = backend_flag(xb, &dev, "feature-ctrl-ring")?;
         let max_queues = backend_max_queues(xb, &dev)?;
         let nq = Q.min(max_queues as usize);
         let negotiated = NetFeatures {
@@ -1075,6 +1282,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
             csum_offload: features.csum_offload,
             // GSO needs scatter-gather: a super-frame takes up to 17 slots.
             gso: features.gso && sg && (gso_tcpv4 || gso_tcpv6),
+            ctrl_ring: features.ctrl_ring && ctrl_ring && nq > 1 && rings.ctrl.is_some(),
         };
         let info = NetInfo {
             mac,
@@ -1084,6 +1292,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
             csum_ipv4,
             csum_ipv6,
             split_event_channels: split,
+            ctrl_ring,
             max_queues,
             queues: nq,
             negotiated,
@@ -1099,7 +1308,29 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         // Rings, their grants, the event channels and the buffers' grants.
         let mut ring_error = None;
         let mut base = 0;
-        let mut queues = rings.map(|(tx, rx)| {
+        let ctrl = match rings.ctrl {
+            Some((ring, data)) if negotiated.ctrl_ring => {
+                if data.len() < XEN_PAGE_SIZE || (data.as_ptr() as usize) % XEN_PAGE_SIZE != 0 {
+                    return Err(NetError::BadPool {
+                        rx: config.rx_buffers,
+                        tx: config.tx_buffers,
+                        need,
+                        pages,
+                    });
+                }
+                Some(Ctrl {
+                    ring: FrontRing::new(ring)?,
+                    data,
+                    refs: [0; 2],
+                    ngranted: 0,
+                    port: None,
+                    next_id: 0,
+                })
+            }
+            _ => None,
+        };
+        let mut ctrl = ctrl;
+        let mut queues = rings.queues.map(|(tx, rx)| {
             let q = match (FrontRing::new(tx), FrontRing::new(rx)) {
                 (Ok(tx), Ok(rx)) => Some(Queue::new(tx, rx, base)),
                 (Err(e), _) | (_, Err(e)) => {
@@ -1126,31 +1357,44 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
                 break;
             }
         }
-        let cleanup = |platform: &P, queues: &mut [Option<Queue<M>>; Q]| {
-            for q in queues.iter_mut().flatten() {
-                let _ = q.release(platform);
-            }
-        };
+        if result.is_ok()
+            && let Some(c) = &mut ctrl
+        {
+            result = c.setup(&platform, backend);
+        }
+        let cleanup =
+            |platform: &P, queues: &mut [Option<Queue<M>>; Q], ctrl: &mut Option<Ctrl<M>>| {
+                for q in queues.iter_mut().flatten() {
+                    let _ = q.release(platform);
+                }
+                if let Some(c) = ctrl {
+                    let _ = c.release(platform);
+                }
+            };
         if let Err(e) = result {
-            cleanup(&platform, &mut queues);
+            cleanup(&platform, &mut queues, &mut ctrl);
             return Err(e);
         }
         let publish = (|| -> Result<(), NetError> {
-            Self::publish(xb, &dev, &queues[..nq], &info)?;
+            Self::publish(xb, &dev, &queues[..nq], ctrl.as_ref(), &info)?;
             dev.switch_state(xb, XBT_NIL, XenbusState::Initialised)?;
             front::wait_for_backend_connected(xb, &mut dev, timeout)?;
+            if let Some(c) = &mut ctrl {
+                c.set_hash(&platform, nq, timeout)?;
+            }
             dev.switch_state(xb, XBT_NIL, XenbusState::Connected)?;
             Ok(())
         })();
         if let Err(e) = publish {
             let _ = dev.switch_state(xb, XBT_NIL, XenbusState::Closing);
-            cleanup(&platform, &mut queues);
+            cleanup(&platform, &mut queues, &mut ctrl);
             return Err(e);
         }
         let mut net = Self {
             platform,
             queues,
             nq,
+            ctrl,
             device: dev,
             info,
             shape,
@@ -1168,6 +1412,7 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
         xb: &mut XenBus<P, XM>,
         dev: &FrontendDevice,
         queues: &[Option<Queue<M>>],
+        ctrl: Option<&Ctrl<M>>,
         info: &NetInfo,
     ) -> Result<(), NetError> {
         let node = dev.node();
@@ -1205,6 +1450,19 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
                         q.write_keys(xb, t, &node.join(&name[..n])?)?;
                     }
                 }
+            }
+            if let Some(c) = ctrl {
+                let mut num = [0u8; 20];
+                xb.write(
+                    t,
+                    node.join(b"ctrl-ring-ref")?.as_bytes(),
+                    fmt_decimal(u64::from(c.refs[0]), &mut num),
+                )?;
+                xb.write(
+                    t,
+                    node.join(b"event-channel-ctrl")?.as_bytes(),
+                    fmt_decimal(u64::from(c.port.unwrap_or(0)), &mut num),
+                )?;
             }
             for (key, value) in values {
                 xb.write(t, node.join(key)?.as_bytes(), value)?;
@@ -1473,6 +1731,12 @@ impl<P: Platform, M: RingMemory, B: RingMemory, const Q: usize> NetFront<P, M, B
             {
                 first = Err(e.into());
             }
+        }
+        if let Some(c) = &mut self.ctrl
+            && let Err(e) = c.release(&self.platform)
+            && first.is_ok()
+        {
+            first = Err(e.into());
         }
         first
     }

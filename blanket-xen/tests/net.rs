@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use blanket_xen::emulated::EmulatedXen;
 use blanket_xen::front::FrontError;
-use blanket_xen::net::{NetConfig, NetError, NetFeatures, NetFront};
+use blanket_xen::net::{NetConfig, NetError, NetFeatures, NetFront, NetRings};
 use blanket_xen::xenbus::XenBus;
 use common::netback::{FE, Opts, TestNetback};
 use common::{SECOND, Xenstored};
@@ -134,7 +134,7 @@ fn four_queues_asked_of_a_backend_without_multi_queue_use_one() {
         Arc::clone(&r.xs.xen),
         &mut r.xb,
         b"device/vif/0",
-        rings,
+        NetRings::new(rings),
         pool,
         config,
         NetFeatures::ALL,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blanket_xen::emulated::EmulatedXen;
-use blanket_xen::net::{NetConfig, NetFeatures, NetFront, NetGso, RxMeta, TxOffload};
+use blanket_xen::net::{NetConfig, NetFeatures, NetFront, NetGso, NetRings, RxMeta, TxOffload};
 use blanket_xen::xenbus::XenBus;
 use common::pv::PvNetback;
 use common::{SECOND, Xenstored};
@@ -57,12 +57,9 @@ impl Rig {
             tx_buffers: 64,
             timeout_ns: 5 * SECOND,
         };
-        let rings = std::array::from_fn(|_| {
-            (
-                self.xs.xen.alloc_pages(1).unwrap(),
-                self.xs.xen.alloc_pages(1).unwrap(),
-            )
-        });
+        let page = || self.xs.xen.alloc_pages(1).unwrap();
+        let rings =
+            NetRings::new(std::array::from_fn(|_| (page(), page()))).with_ctrl(page(), page());
         let pool = self.xs.xen.alloc_pages(128 * Q).unwrap();
         let net = NetFront::connect_with(
             Arc::clone(&self.xs.xen),
@@ -317,8 +314,13 @@ fn l4_checksum_ok(f: &[u8]) -> bool {
 #[test]
 fn four_queues_carry_every_flow_and_every_queue_some() {
     let mut r = Rig::start(Offloads::ALL, 4);
-    let mut net = r.connect::<4>(NetFeatures::BASIC);
+    let mut net = r.connect::<4>(NetFeatures {
+        ctrl_ring: true,
+        ..NetFeatures::BASIC
+    });
     assert_eq!((net.info().max_queues, net.queues()), (4, 4));
+    assert!(net.info().negotiated.ctrl_ring);
+    assert!(r.fe("ctrl-ring-ref").is_some() && r.fe("event-channel-ctrl").is_some());
     // The keys as Linux's xen-netfront writes them: the count, and each queue's directory.
     assert_eq!(r.fe("multi-queue-num-queues").as_deref(), Some("4"));
     assert_eq!(r.fe("tx-ring-ref"), None);
@@ -377,16 +379,28 @@ fn four_queues_carry_every_flow_and_every_queue_some() {
         let b = net.tx_queue_of(&udp4(PEER_MAC, GUEST_MAC, 5000 + flow, 53, 104));
         assert_eq!(a, b);
     }
-    // Peer to guest: netback steers by the control ring's hash, which this netfront does not set up,
-    // so every frame comes on queue 0; recv looks at every queue and finds them.
+    // Peer to guest: netback steers each TCP flow by the hash netfront set on the control ring, so every
+    // queue receives some; recv looks at every queue.
     let mut buf = vec![0u8; 2048];
-    for i in 0..20u16 {
-        let f = udp4(GUEST_MAC, PEER_MAC, 53, 6000 + i, 200);
+    let mut rx_queues = [0u32; 4];
+    for i in 0..32u16 {
+        let mut f = tcp_partial(false, 200, i as u8);
+        f[..6].copy_from_slice(&GUEST_MAC);
+        f[6..12].copy_from_slice(&PEER_MAC);
+        f[34..36].copy_from_slice(&(7000 + i).to_be_bytes());
         r.back.peer.send(&f, &FrameMeta::default()).unwrap();
         let m = recv_meta(&mut net, &mut buf);
         assert_eq!(&buf[..m.len], &f[..], "frame {i}");
-        assert!(m.queue < 4);
+        rx_queues[m.queue] += 1;
     }
+    assert!(
+        rx_queues.iter().all(|&n| n > 0),
+        "every queue receives: {rx_queues:?}"
+    );
+    let rx_per_queue: Vec<u64> = (0..4)
+        .map(|q| net.queue_stats(q).unwrap().rx_packets)
+        .collect();
+    assert_eq!(rx_per_queue, rx_queues.map(u64::from).to_vec());
     let back = r.finish(net);
     assert_eq!(back.len(), 4);
     let back_tx: Vec<u64> = back.iter().map(|s| s.tx_packets).collect();
