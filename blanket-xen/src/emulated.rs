@@ -242,24 +242,7 @@ impl EmulatedXen {
         port: EvtchnPort,
         timeout_ns: u64,
     ) -> Result<Wake, PlatformError> {
-        let deadline = Instant::now() + Duration::from_nanos(timeout_ns);
-        let mut p = lock(&self.ports);
-        loop {
-            let state = Self::port_mut(&mut p, owner, port)?;
-            if state.pending {
-                state.pending = false;
-                return Ok(Wake::Event);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(Wake::TimedOut);
-            }
-            p = self
-                .bell
-                .wait_timeout(p, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_on_any(owner, &[port], timeout_ns)
     }
 
     fn wait_on_any(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use blanket_xen::emulated::{BackendDomain, GrantMapping as EmuMapping};
 use pv_backend::backend::{
     Doorbell, EventChannel, EventChannelError, EventChannels, GrantAccess, GrantAccessMode,
-    GrantMapError, GrantMapping, GrantRelease, LocalXs, XenbusBackend, XsHandle,
+    GrantMapError, GrantMapping, GrantRelease, LocalXs, XenbusBackend, XenbusDevice, XsHandle,
 };
 use pv_backend::blk::{BlkBack, MemDevice};
 use xen_abi::DomId;
@@ -127,6 +127,67 @@ impl EventChannels for Evtchns {
 pub const BE: &str = "/local/domain/0/backend/vbd/1/51712";
 pub const FE: &str = "/local/domain/1/device/vbd/51712";
 
+/// Writes the toolstack's nodes of device `kind`/`devid` of guest 1 served by dom0, and returns the
+/// back-end's and front-end's paths.
+fn toolstack_nodes(xs: &Xenstored, kind: &str, devid: u32) -> (String, String) {
+    let be = format!("/local/domain/0/backend/{kind}/1/{devid}");
+    let fe = format!("/local/domain/1/device/{kind}/{devid}");
+    xs.let_read(&be);
+    for (k, v) in [
+        ("frontend", fe.as_str()),
+        ("frontend-id", "1"),
+        ("online", "1"),
+        ("state", "1"),
+    ] {
+        xs.write(&format!("{be}/{k}"), v);
+    }
+    xs.give(&fe);
+    xs.write(&format!("{fe}/backend"), &be);
+    xs.write(&format!("{fe}/backend-id"), "0");
+    // As libxl and pv-backend's `add_vbd` do: a front-end `state` before the back-end starts (blkback
+    // closes a device whose front-end has no state).
+    xs.write(&format!("{fe}/state"), "1");
+    (be, fe)
+}
+
+/// pv-backend's grant access and event channels over the emulated Xen, for dom0; the event bridges
+/// stop with `stop`.
+fn adapters(xs: &Xenstored, stop: &Arc<AtomicBool>) -> (Arc<GrantsHandle>, Arc<Evtchns>) {
+    let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
+    let grants = GrantsHandle(Arc::new(Grants {
+        back: back.clone(),
+        held: Mutex::default(),
+    }));
+    let evtchns = Arc::new(Evtchns {
+        back,
+        stop: Arc::clone(stop),
+    });
+    (Arc::new(grants), evtchns)
+}
+
+/// Serves `device` at back-end path `be` on a thread until `stop`, then returns what `done` takes from
+/// it before it disconnects.
+fn serve<D: XenbusDevice + Send + 'static, R: Send + 'static>(
+    xs: &Xenstored,
+    be: String,
+    device: D,
+    stop: &Arc<AtomicBool>,
+    done: impl FnOnce(&mut D) -> R + Send + 'static,
+) -> JoinHandle<R> {
+    let (store, stop) = (Arc::clone(&xs.store), Arc::clone(stop));
+    std::thread::spawn(move || {
+        let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
+        let mut be = XenbusBackend::new(xsh, be, device).expect("backend");
+        be.start().expect("start");
+        while !stop.load(Ordering::Relaxed) {
+            be.poll(Duration::from_millis(10)).expect("handshake");
+        }
+        let r = done(be.device_mut());
+        be.device_mut().disconnect();
+        r
+    })
+}
+
 /// pv-backend's blkback serving vbd 51712 of the guest over a memory disk, on a thread.
 pub struct PvBlkback {
     pub dev: MemDevice,
@@ -151,52 +212,17 @@ impl PvBlkback {
 
     /// As `start`, for vbd `devid` (`device/vbd/<devid>`).
     pub fn start_vbd(xs: &Xenstored, size: u64, devid: u32) -> Self {
-        let be = format!("/local/domain/0/backend/vbd/1/{devid}");
-        let fe = format!("/local/domain/1/device/vbd/{devid}");
-        xs.let_read(&be);
-        for (k, v) in [
-            ("frontend", fe.as_str()),
-            ("frontend-id", "1"),
-            ("online", "1"),
-            ("state", "1"),
-        ] {
-            xs.write(&format!("{be}/{k}"), v);
-        }
-        xs.give(&fe);
-        xs.write(&format!("{fe}/backend"), &be);
-        xs.write(&format!("{fe}/backend-id"), "0");
-        // As libxl and pv-backend's `add_vbd` do: a front-end `state` before the back-end starts (blkback
-        // closes a device whose front-end has no state).
-        xs.write(&format!("{fe}/state"), "1");
-        let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
+        let (be, _) = toolstack_nodes(xs, "vbd", devid);
         let stop = Arc::new(AtomicBool::new(false));
-        let grants = GrantsHandle(Arc::new(Grants {
-            back: back.clone(),
-            held: Mutex::default(),
-        }));
-        let evtchns = Arc::new(Evtchns {
-            back,
-            stop: Arc::clone(&stop),
-        });
+        let (grants, evtchns) = adapters(xs, &stop);
         let dev = MemDevice::new(size, 512);
         let blk = BlkBack::new(
-            Arc::new(grants),
+            grants,
             evtchns,
             Arc::new(dev.clone()),
             pv_backend::blk::BlkConfig::default(),
         );
-        let thread = {
-            let (store, stop) = (Arc::clone(&xs.store), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
-                let mut be = XenbusBackend::new(xsh, be, blk).expect("backend");
-                be.start().expect("start");
-                while !stop.load(Ordering::Relaxed) {
-                    be.poll(Duration::from_millis(10)).expect("handshake");
-                }
-                pv_backend::backend::XenbusDevice::disconnect(be.device_mut());
-            })
-        };
+        let thread = serve(xs, be, blk, &stop, |_| ());
         Self {
             dev,
             stop,
@@ -234,21 +260,7 @@ impl PvNetback {
     ) -> Self {
         use pv_backend::net::switch::{Switch, SwitchConfig};
         use pv_backend::net::xenbus::{NetBack, NetBackConfig};
-        let be = format!("/local/domain/0/backend/vif/1/{devid}");
-        let fe = format!("/local/domain/1/device/vif/{devid}");
-        xs.let_read(&be);
-        for (k, v) in [
-            ("frontend", fe.as_str()),
-            ("frontend-id", "1"),
-            ("online", "1"),
-            ("state", "1"),
-        ] {
-            xs.write(&format!("{be}/{k}"), v);
-        }
-        xs.give(&fe);
-        xs.write(&format!("{fe}/backend"), &be);
-        xs.write(&format!("{fe}/backend-id"), "0");
-        xs.write(&format!("{fe}/state"), "1");
+        let (be, fe) = toolstack_nodes(xs, "vif", devid);
         xs.write(
             &format!("{fe}/mac"),
             &format!("00:16:3e:00:00:{:02x}", devid + 1),
@@ -260,39 +272,14 @@ impl PvNetback {
         .unwrap();
         let guest_port = sw.add_port();
         let peer = sw.add_port();
-        let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
         let stop = Arc::new(AtomicBool::new(false));
-        let grants = GrantsHandle(Arc::new(Grants {
-            back: back.clone(),
-            held: Mutex::default(),
-        }));
-        let evtchns = Arc::new(Evtchns {
-            back,
-            stop: Arc::clone(&stop),
-        });
-        let nb = NetBack::new(
-            Arc::new(grants),
-            evtchns,
-            guest_port,
-            NetBackConfig {
-                max_queues,
-                ..NetBackConfig::default()
-            },
-        );
-        let thread = {
-            let (store, stop) = (Arc::clone(&xs.store), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let xsh: Arc<dyn XsHandle> = Arc::new(LocalXs::connect(store, 0));
-                let mut be = XenbusBackend::new(xsh, be, nb).expect("backend");
-                be.start().expect("start");
-                while !stop.load(Ordering::Relaxed) {
-                    be.poll(Duration::from_millis(10)).expect("handshake");
-                }
-                let stats = be.device_mut().queue_stats();
-                pv_backend::backend::XenbusDevice::disconnect(be.device_mut());
-                stats
-            })
+        let (grants, evtchns) = adapters(xs, &stop);
+        let config = NetBackConfig {
+            max_queues,
+            ..NetBackConfig::default()
         };
+        let nb = NetBack::new(grants, evtchns, guest_port, config);
+        let thread = serve(xs, be, nb, &stop, |nb| nb.queue_stats());
         Self {
             peer,
             stop,
