@@ -13,7 +13,8 @@ use blanket_xen::xenbus::XenBus;
 use common::netback::{FE, Opts, TestNetback};
 use common::{SECOND, Xenstored};
 use xen_abi::netif::{
-    ExtraFlags, NetRxFlags, NetifExtraInfo, NetifExtraInfoGso, NetifRxResponse, NetifTxResponse,
+    ExtraFlags, NetRxFlags, NetifExtraInfo, NetifExtraInfoGso, NetifExtraInfoHash, NetifRxResponse,
+    NetifTxResponse,
 };
 use xen_abi::ring::{RawRingMemory, RingError};
 use xen_abi::xenbus::XenbusState;
@@ -476,6 +477,30 @@ fn rx_gso_extra_of_size_0_or_an_unknown_gso_type() {
             NetError::BadRxGso { gso_type, size }
         );
     }
+}
+
+#[test]
+fn one_slot_packets_with_an_extra_each_arrive_whole() {
+    // A hash extra after the only slot of each packet: the next packet starts after the extra.
+    let extra = NetifExtraInfo::hash(
+        NetifExtraInfoHash::new(1, 1, 0x1234_5678),
+        ExtraFlags::empty(),
+    );
+    let mut r = rig(Opts {
+        rx_extra: Some(extra),
+        ..Opts::default()
+    });
+    let mut net = connect(&mut r, quick()).unwrap();
+    let frames = [frame(60, 1), frame(100, 2), frame(5000, 3), frame(61, 4)];
+    let mut buf = vec![0u8; 65536];
+    for f in &frames {
+        back(&r).deliver(f.clone());
+    }
+    for (i, f) in frames.iter().enumerate() {
+        let n = net.recv_wait(&mut buf).unwrap().expect("the frame arrives");
+        assert_eq!(&buf[..n], &f[..], "frame {i}");
+    }
+    assert_eq!(net.stats().rx_dropped, 0);
 }
 
 fn expect_rx_error_two_slots(r: &mut Rig) -> NetError {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use blanket_xen::emulated::BackendDomain;
 use pv_backend::xenstore::server::lock;
 use xen_abi::netif::{
-    NetRxFlags, NetifRspStatus, NetifRx, NetifRxResponse, NetifTx, NetifTxResponse, TxPacketParser,
-    TxParsed,
+    NetRxFlags, NetifExtraInfo, NetifRspStatus, NetifRx, NetifRxResponse, NetifTx, NetifTxResponse,
+    TxPacketParser, TxParsed,
 };
 use xen_abi::ring::{BackRing, RingMemory};
 
@@ -38,6 +38,8 @@ pub struct Opts {
     pub tx_mangle: Option<TxMangle>,
     /// After the first TX answer, publish `rsp_prod` 50 ahead.
     pub tx_rsp_prod_jump: bool,
+    /// Put this extra after the first slot of every received packet (`NETRXF_extra_info`).
+    pub rx_extra: Option<NetifExtraInfo>,
 }
 
 impl Default for Opts {
@@ -52,6 +54,7 @@ impl Default for Opts {
             rx_mangle: None,
             tx_mangle: None,
             tx_rsp_prod_jump: false,
+            rx_extra: None,
         }
     }
 }
@@ -212,7 +215,8 @@ impl TestNetback {
                         let Some(len) = inbox.lock().unwrap().front().map(Vec::len) else {
                             break;
                         };
-                        let slots = len.div_ceil(4096).max(1) as u32;
+                        let slots =
+                            len.div_ceil(4096).max(1) as u32 + u32::from(opts.rx_extra.is_some());
                         if rx.unconsumed_requests().map_err(|e| e.to_string())? < slots {
                             break;
                         }
@@ -231,11 +235,14 @@ impl TestNetback {
                             let buf = req.validate().map_err(|e| e.to_string())?;
                             let m = back.map_grant(buf.gref, false).map_err(|e| e.to_string())?;
                             m.write(0, chunk);
-                            let flags = if i < last {
+                            let mut flags = if i < last {
                                 NetRxFlags::MORE_DATA
                             } else {
                                 NetRxFlags::empty()
                             };
+                            if i == 0 && opts.rx_extra.is_some() {
+                                flags |= NetRxFlags::EXTRA_INFO;
+                            }
                             let rsp = NetifRxResponse::data(buf.id, 0, chunk.len() as u16, flags)
                                 .map_err(|e| e.to_string())?;
                             let rsp = match opts.rx_mangle.as_mut() {
@@ -244,6 +251,16 @@ impl TestNetback {
                             };
                             nrx += 1;
                             rx.put_response(&rsp).map_err(|e| e.to_string())?;
+                            if i == 0
+                                && let Some(extra) = opts.rx_extra
+                            {
+                                // The extra takes the next slot; its request's buffer is not used.
+                                rx.pop_request()
+                                    .map_err(|e| e.to_string())?
+                                    .ok_or("rx short")?;
+                                rx.put_response(&NetifRxResponse::from_extra_info(&extra))
+                                    .map_err(|e| e.to_string())?;
+                            }
                         }
                         notify |= rx.push_responses_and_check_notify();
                     }
