@@ -989,6 +989,17 @@ impl<T: Transport> NetDriver<T> {
         Ok(Some((hdr, frame)))
     }
 
+    /// Asks the device not to notify used buffers on queue pair `pair` (its receive and
+    /// transmit queues), for a caller that busy-polls with [`Self::recv_on`] (a hint: the
+    /// device may still notify). [`Self::recv_wait_on`] turns receive notifications on again
+    /// when it has to sleep.
+    pub fn disable_notifications(&mut self, pair: u16) -> Result<(), Error> {
+        let p = self.pair(pair)?;
+        p.rx.disable_notifications()?;
+        p.tx.disable_notifications()?;
+        Ok(())
+    }
+
     /// Waits (up to the timeout) for a received frame on pair `pair` and its header.
     pub fn recv_wait_on(&mut self, pair: u16) -> Result<(NetHdr, Vec<u8>), Error> {
         loop {

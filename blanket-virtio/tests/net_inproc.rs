@@ -643,3 +643,22 @@ fn a_queue_pair_is_reset_alone() {
         assert!(d.transport().device().promisc);
     }
 }
+
+#[test]
+fn a_polling_driver_turns_notifications_off_and_still_receives() {
+    for packed in [false, true] {
+        let mut dev = MemNetDevice::new();
+        dev.packed = packed;
+        let mut d = driver(dev).unwrap();
+        d.disable_notifications(0).unwrap();
+        for i in 0..300usize {
+            let f = frame(60 + i % 1000, i as u8 | 1);
+            d.send(&f).unwrap();
+            assert_eq!(d.recv().unwrap(), Some(f), "packed {packed}, frame {i}");
+        }
+        assert!(matches!(
+            d.disable_notifications(1),
+            Err(net::Error::NoSuchPair { pair: 1, .. })
+        ));
+    }
+}
