@@ -163,7 +163,10 @@ fn netfront<const Q: usize>(
         Arc::clone(&xs.xen),
         xb,
         format!("device/vif/{devid}").as_bytes(),
-        NetRings::new(rings),
+        NetRings::new(rings).with_ctrl(
+            xs.xen.alloc_pages(1).unwrap(),
+            xs.xen.alloc_pages(1).unwrap(),
+        ),
         xs.xen.alloc_pages(96 * Q).unwrap(),
         config,
         NetFeatures::ALL,
@@ -229,6 +232,24 @@ fn burst<const Q: usize>(
     }
 }
 
+/// The peer sends `frames`; the guest receives them all.
+fn receive<const Q: usize>(
+    net: &mut NetFront<Arc<EmulatedXen>, RawRingMemory, RawRingMemory, Q>,
+    peer: &mut pv_backend::net::switch::SwitchPort,
+    frames: &[Vec<u8>],
+    buf: &mut [u8],
+) {
+    for f in frames {
+        peer.send(f, &pv_backend::net::FrameMeta::default())
+            .unwrap();
+    }
+    for _ in frames {
+        net.recv_wait(buf)
+            .unwrap()
+            .expect("the frame reaches the guest");
+    }
+}
+
 fn netfronts(c: &mut Criterion) {
     let xs = Xenstored::start(1200);
     let mut xb = xs.client();
@@ -270,7 +291,30 @@ fn netfronts(c: &mut Criterion) {
     g.bench_function("tx_64k_as_45_frames", |b| {
         b.iter(|| burst(&mut q1, &mut be1.peer, &small, plain, 45, &mut buf))
     });
+    // The peer sends 64 TCP frames of 1514 bytes in 64 flows to the guest, which receives them: on one
+    // queue, and on four (netback steering by the hash netfront set on the control ring).
+    let to_guest: Vec<Vec<u8>> = (0..64u16)
+        .map(|flow| {
+            let mut f = tcp(1514);
+            f[..6].copy_from_slice(&[0, 0x16, 0x3e, 0, 0, 1]);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+            f[34..36].copy_from_slice(&(6000 + flow).to_be_bytes());
+            f
+        })
+        .collect();
+    g.throughput(Throughput::Bytes(64 * 1514));
+    g.bench_function("rx_64x1514_q1", |b| {
+        b.iter(|| receive(&mut q1, &mut be1.peer, &to_guest, &mut buf))
+    });
+    g.bench_function("rx_64x1514_q4", |b| {
+        b.iter(|| receive(&mut q4, &mut be4.peer, &to_guest, &mut buf))
+    });
     g.finish();
+    assert!(q4.info().negotiated.ctrl_ring);
+    let per_queue: Vec<u64> = (0..4)
+        .map(|q| q4.queue_stats(q).unwrap().rx_packets)
+        .collect();
+    eprintln!("netfront with 4 queues: packets received per queue {per_queue:?}");
     q1.close(&mut xb).unwrap();
     q4.close(&mut xb).unwrap();
 }
