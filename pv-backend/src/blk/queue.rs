@@ -1,7 +1,6 @@
 //! One blkif ring served: requests copied out once, validated with `xen_abi::blkif`, turned into
 //! [`IoRequest`]s on granted pages, answered in the slot.
 
-use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,7 +189,7 @@ pub struct QueueServer {
     info: BlockInfo,
     inflight: super::TagMap<Inflight>,
     next_tag: u64,
-    persistent: HashMap<GrantRef, GrantMapping>,
+    persistent: super::GrefMap<GrantMapping>,
     /// A barrier waiting for earlier writes.
     deferred: Option<Deferred>,
     /// The barrier at the device (its write, then its flush).
@@ -255,7 +254,7 @@ impl QueueServer {
             info,
             inflight: super::TagMap::default(),
             next_tag: 1,
-            persistent: HashMap::new(),
+            persistent: super::GrefMap::default(),
             deferred: None,
             ordered_tag: None,
             held: std::collections::VecDeque::new(),
@@ -720,19 +719,24 @@ impl QueueServer {
             PollWindow::new(self.params.poll_time),
             PollWindow::new(self.in_flight_poll),
         ];
+        // Without polling (the default) the queue reads no clock: it sleeps as soon as it is idle.
+        let polling = !self.params.poll_time.is_zero() || !self.in_flight_poll.is_zero();
         while !stop.load(Ordering::Acquire) {
             if self.pump()? {
                 idle = None;
                 continue;
             }
-            let (since, busy) =
-                *idle.get_or_insert_with(|| (std::time::Instant::now(), !self.inflight.is_empty()));
-            let window = &mut windows[usize::from(busy)];
-            if since.elapsed() < window.current() {
-                std::hint::spin_loop();
-                continue;
+            let mut slept_from = None;
+            if polling {
+                let (since, busy) = *idle
+                    .get_or_insert_with(|| (std::time::Instant::now(), !self.inflight.is_empty()));
+                if since.elapsed() < windows[usize::from(busy)].current() {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                idle = None;
+                slept_from = Some((since, busy));
             }
-            idle = None;
             match self.ring.final_check() {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -747,7 +751,9 @@ impl QueueServer {
                 continue;
             }
             QueueStats::add(&self.stats.sleeps, 1);
-            window.slept(since.elapsed());
+            if let Some((since, busy)) = slept_from {
+                windows[usize::from(busy)].slept(since.elapsed());
+            }
         }
         Ok(())
     }
