@@ -138,6 +138,10 @@ fn blk_side(dev: Arc<dyn BlockDevice>) -> BlkSide {
     };
     let front = BlkFront::connect(guest.clone(), &store, evtchns, paths, opts);
     assert_eq!(front.sectors, DISK / 512, "blkback connected");
+    // Data in every page of the buffer, as the direct side's: pages never written are the kernel's
+    // zero page, which `O_DIRECT` writes pin on the slow path (`follow_page_pte`) every time.
+    let bytes = opts.buffer_pages as usize * 4096;
+    guest.write(front.buf_frame, 0, &vec![0x3Cu8; bytes]);
     BlkSide {
         front,
         back,
