@@ -40,7 +40,12 @@
 //!   which in the I/O loop are the kick eventfd writes, each a wake-up of the daemon.
 //!
 //! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
-//! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it.
+//! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it (a whole
+//! name, `qsd-null/randread-4k/1`, only that case);
+//! `BLANKET_BENCH_DRIVERS=libblkio` (a comma-separated list) runs only those drivers, without
+//! the paired rounds and the table, and prints how many I/Os each ran: for counting a driver's
+//! system calls per I/O alone, with
+//! `perf trace -s -- target/release/deps/qsd-* --bench` (its main thread is the driver's).
 //!
 //! Run with `cargo bench -p blanket-virtio --bench qsd`. Skipped when the daemon is not
 //! installed.
@@ -380,8 +385,10 @@ fn measure(
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(secs));
     let mut sectors = Sectors::new(w.random);
+    let mut ios = 0u64;
     g.bench_function(BenchmarkId::new(driver, w.depth), |b| {
         b.iter_custom(|n| {
+            ios += n;
             let t = bench.run(w, n, &mut sectors);
             samples
                 .borrow_mut()
@@ -392,6 +399,7 @@ fn measure(
         })
     });
     g.finish();
+    println!("{case} {driver}: {ios} I/Os");
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -573,6 +581,14 @@ fn bench(c: &mut Criterion) {
         _ => Mode::Wait,
     };
     let only = std::env::var("BLANKET_BENCH_ONLY").unwrap_or_default();
+    let drivers: Vec<&'static str> = match std::env::var("BLANKET_BENCH_DRIVERS") {
+        Ok(list) => DRIVERS
+            .into_iter()
+            .filter(|d| list.split(',').any(|x| x.trim() == *d))
+            .collect(),
+        Err(_) => DRIVERS.to_vec(),
+    };
+    let all = drivers.len() == DRIVERS.len();
     let samples = RefCell::new(Samples::new());
     let mut pairs = Report::new();
     for backend in ["null", "file"] {
@@ -605,18 +621,29 @@ fn bench(c: &mut Criterion) {
         for (name, len, depth, random) in cases {
             let w = Workload { len, depth, random };
             let group = format!("qsd-{backend}/{name}");
-            if !only.is_empty() && !format!("{group}/{depth}").contains(&only) {
+            let case = format!("{group}/{depth}");
+            // A whole case name (`qsd-null/randread-4k/1`) picks that case alone.
+            let picked = if only.starts_with("qsd-") {
+                case == only
+            } else {
+                case.contains(&only)
+            };
+            if !picked {
                 continue;
             }
-            for d in DRIVERS {
+            for &d in &drivers {
                 let b = connect(d, &daemon.sock, mode);
                 measure(c, &samples, &group, w, d, b);
             }
-            pairs.push((format!("{group}/{depth}"), paired(&daemon.sock, mode, w)));
+            if all {
+                pairs.push((format!("{group}/{depth}"), paired(&daemon.sock, mode, w)));
+            }
         }
         drop(daemon);
     }
-    report(&samples.borrow(), &pairs, mode);
+    if all {
+        report(&samples.borrow(), &pairs, mode);
+    }
 }
 
 criterion_group!(benches, bench);

@@ -23,6 +23,8 @@
 //! long one with requests at the device does (`BlkConfig::in_flight_poll_time`); `BLKBACK_PATTERNS`
 //! runs only the patterns whose names contain one of its comma-separated words (`randread-qd1,1m`);
 //! `BLKBACK_CRITERION=0` skips the criterion runs and keeps only the interleaved rounds.
+//! `BLKBACK_FRONT_SPIN_US` makes the front end poll its ring that long for a response before it sleeps
+//! on its event (default 0: it sleeps at once, as Linux's blkfront does).
 //! The direct side waits for its completions as blkback's queue does (`BlockQueue::sleep`: in the
 //! ring, for io_uring); `BLKBACK_DIRECT_WAIT=doorbell` makes it arm the queue and sleep on the
 //! doorbell's eventfd instead (`poll` and `read`), as both sides did before.
@@ -93,6 +95,8 @@ struct BlkSide {
     front: BlkFront,
     back: BackendThread,
     _guest: Arc<TestGuest>,
+    /// How long the front end polls its ring before it sleeps on its event (`BLKBACK_FRONT_SPIN_US`).
+    spin: Duration,
 }
 
 fn image() -> std::path::PathBuf {
@@ -146,6 +150,12 @@ fn blk_side(dev: Arc<dyn BlockDevice>) -> BlkSide {
         front,
         back,
         _guest: guest,
+        spin: Duration::from_micros(
+            std::env::var("BLKBACK_FRONT_SPIN_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        ),
     }
 }
 
@@ -175,7 +185,15 @@ fn run_blk(s: &mut BlkSide, p: Pattern, offs: &mut Offsets, n: u64) -> Duration 
         }
         s.front.kick(0);
         rsps.clear();
-        rsps.extend(s.front.wait(0, 1, Duration::from_secs(10)));
+        if !s.spin.is_zero() {
+            let t = Instant::now();
+            while s.front.poll(0, &mut rsps).expect("ring") == 0 && t.elapsed() < s.spin {
+                std::hint::spin_loop();
+            }
+        }
+        if rsps.is_empty() {
+            rsps.extend(s.front.wait(0, 1, Duration::from_secs(10)));
+        }
         s.front.poll(0, &mut rsps).expect("ring");
         assert!(!rsps.is_empty(), "blkback answers");
         for r in &rsps {
