@@ -12,13 +12,11 @@ use std::time::{Duration, Instant};
 
 use blanket_xen::emulated::BackendDomain;
 use blanket_xen::net::{NetConfig, NetError, NetFeatures, NetFront, NetRings};
+use common::netback::{BE, FE, MAC, vif_nodes};
 use common::{SECOND, Xenstored};
 use pv_backend::xenstore::server::lock;
 use xen_abi::netif::{NetifCtrl, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, XenNetifCtrlResponse};
 use xen_abi::ring::BackRing;
-
-const BE: &str = "/local/domain/0/backend/vif/1/0";
-const FE: &str = "/local/domain/1/device/vif/0";
 
 #[derive(Clone, Copy)]
 enum Answer {
@@ -32,15 +30,7 @@ enum Answer {
 
 /// A back-end that connects after reading the control ring's keys, and answers its first request so.
 fn hostile_backend(xs: &Xenstored, answer: Answer, stop: Arc<AtomicBool>) -> JoinHandle<String> {
-    xs.let_read(BE);
-    xs.write(&format!("{BE}/state"), "1");
-    xs.write(&format!("{BE}/frontend"), FE);
-    xs.write(&format!("{BE}/frontend-id"), "1");
-    xs.give(FE);
-    xs.write(&format!("{FE}/backend"), BE);
-    xs.write(&format!("{FE}/backend-id"), "0");
-    xs.write(&format!("{FE}/state"), "1");
-    xs.write(&format!("{FE}/mac"), "00:16:3e:01:02:03");
+    vif_nodes(xs, Some(MAC));
     let (store, dom0) = (Arc::clone(&xs.store), xs.dom0);
     let back = BackendDomain::new(Arc::clone(&xs.xen), 0);
     std::thread::spawn(move || {

@@ -80,19 +80,25 @@ impl Drop for TestNetback {
     }
 }
 
+/// The toolstack's nodes of vif 0 of domain 1 (back-end at [`BE`], front-end at [`FE`]), both in
+/// Initialising, and the front-end's `mac` when given.
+pub fn vif_nodes(xs: &Xenstored, mac: Option<&str>) {
+    xs.let_read(BE);
+    xs.write(&format!("{BE}/state"), "1");
+    xs.write(&format!("{BE}/frontend"), FE);
+    xs.write(&format!("{BE}/frontend-id"), "1");
+    xs.give(FE);
+    xs.write(&format!("{FE}/backend"), BE);
+    xs.write(&format!("{FE}/backend-id"), "0");
+    xs.write(&format!("{FE}/state"), "1");
+    if let Some(mac) = mac {
+        xs.write(&format!("{FE}/mac"), mac);
+    }
+}
+
 impl TestNetback {
     pub fn start(xs: &Xenstored, mut opts: Opts) -> Self {
-        xs.let_read(BE);
-        xs.write(&format!("{BE}/state"), "1");
-        xs.write(&format!("{BE}/frontend"), FE);
-        xs.write(&format!("{BE}/frontend-id"), "1");
-        xs.give(FE);
-        xs.write(&format!("{FE}/backend"), BE);
-        xs.write(&format!("{FE}/backend-id"), "0");
-        xs.write(&format!("{FE}/state"), "1");
-        if let Some(mac) = opts.mac {
-            xs.write(&format!("{FE}/mac"), mac);
-        }
+        vif_nodes(xs, opts.mac);
         let outbox = Arc::new(Mutex::new(Vec::new()));
         let inbox = Arc::new(Mutex::new(VecDeque::new()));
         let stop = Arc::new(AtomicBool::new(false));
