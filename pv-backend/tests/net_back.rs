@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pv_backend::backend::{EventChannel, GrantAccess, GrantedRing};
 use pv_backend::blk::front::TestGuest;
-use pv_backend::net::back::{NetQueue, NetQueueConfig, NetbackError};
+use pv_backend::net::back::{NetQueue, NetQueueConfig, NetbackError, RxOffloads};
 use pv_backend::net::switch::{Switch, SwitchConfig, SwitchPort};
 use pv_backend::net::{FrameMeta, NetDevice};
 use xen_abi::netif::{
@@ -1224,6 +1224,18 @@ mod handshake {
         domid: u16,
         no_rx_copy: bool,
     ) -> Vif {
+        vif_with(store, evtchns, port, domid, no_rx_copy, &[])
+    }
+
+    /// [`vif`], with `extra` keys written by the front end too.
+    fn vif_with<D: NetDevice + 'static>(
+        store: &SharedStore,
+        evtchns: &Arc<LocalEventChannels>,
+        port: D,
+        domid: u16,
+        no_rx_copy: bool,
+        extra: &[(&'static str, &str)],
+    ) -> Vif {
         let front = Front::new(domid);
         let (be, fe) = add_vif(store, domid);
         let nb = NetBack::new(
@@ -1278,6 +1290,7 @@ mod handshake {
         if !no_rx_copy {
             keys.push(("request-rx-copy", "1".into()));
         }
+        keys.extend(extra.iter().map(|&(k, v)| (k, v.to_owned())));
         for (k, v) in keys {
             xs.write(&format!("{fe}/{k}"), v.as_bytes()).unwrap();
         }
@@ -1361,6 +1374,80 @@ mod handshake {
             std::thread::sleep(Duration::from_millis(1));
         };
         assert_eq!((rsp.id, rsp.status, rsp.data), (7, 0, 128));
+    }
+
+    /// `feature-no-csum-offload` and `feature-ipv6-csum-offload` are read from the front end's
+    /// directory: A sends TCPv4, UDPv4 and UDPv6 packets with blank checksums (flooded to B and C);
+    /// B, which wrote `feature-no-csum-offload` = 1 and no IPv6 key, gets all three with complete
+    /// checksums (verified here) and without `csum_blank`; C, which wrote only
+    /// `feature-ipv6-csum-offload` = 1, gets all three blank, as they were sent.
+    #[test]
+    fn checksum_offload_follows_the_front_ends_keys() {
+        let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
+        let evtchns = LocalEventChannels::new();
+        let sw = Switch::new(SwitchConfig::default()).unwrap();
+        let mut a = vif(&store, &evtchns, sw.add_port(), 1, false);
+        let no_csum = [("feature-no-csum-offload", "1")];
+        let mut b = vif_with(&store, &evtchns, sw.add_port(), 2, false, &no_csum);
+        let v6_csum = [("feature-ipv6-csum-offload", "1")];
+        let mut c = vif_with(&store, &evtchns, sw.add_port(), 3, false, &v6_csum);
+        for v in [&a, &b, &c] {
+            let st = wait_state(
+                &v.xs,
+                &format!("{}/state", v.be),
+                &[XenbusState::Connected],
+                Duration::from_secs(5),
+            );
+            assert_eq!(st, XenbusState::Connected);
+        }
+        for (v, d) in [(&mut b, 2), (&mut c, 3)] {
+            v.front.post_rx(64);
+            evtchns.send(d, v.port);
+        }
+        let frames = [blank4_frame(6, 1200), blank4_frame(17, 99), udp6_frame(500)];
+        for f in &frames {
+            let mut f = f.clone();
+            f[..6].copy_from_slice(&mac(9)); // unknown: flooded to B and C
+            a.front.send(&f, 4096, 0, NetTxFlags::CSUM_BLANK, &[]);
+            evtchns.send(1, a.port);
+            let t0 = Instant::now();
+            loop {
+                let st = a.front.tx_statuses();
+                if !st.is_empty() {
+                    assert_eq!(st, vec![0]);
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(5), "no TX response");
+                a.bell.wait(Duration::from_millis(5));
+            }
+        }
+        let mut got = [Vec::new(), Vec::new()];
+        for (v, g) in [&mut b, &mut c].into_iter().zip(&mut got) {
+            let t0 = Instant::now();
+            while g.len() < frames.len() {
+                assert!(t0.elapsed() < Duration::from_secs(5), "{} frames", g.len());
+                v.bell.wait(Duration::from_millis(5));
+                g.extend(v.front.received());
+            }
+        }
+        for (i, f) in frames.iter().enumerate() {
+            let mut f = f.clone();
+            f[..6].copy_from_slice(&mac(9));
+            let (rb, rc) = (&got[0][i], &got[1][i]);
+            assert_eq!(rb.flags, NetRxFlags::DATA_VALIDATED, "B, frame {i}");
+            if i < 2 {
+                assert_full_checksum4(&rb.data, &f);
+            } else {
+                assert_full_checksum6(&rb.data, &f);
+            }
+            assert!(
+                rc.flags
+                    .contains(NetRxFlags::CSUM_BLANK | NetRxFlags::DATA_VALIDATED),
+                "C, frame {i}: {:?}",
+                rc.flags
+            );
+            assert!(rc.data == f, "C, frame {i}: changed");
+        }
     }
 
     /// The CPU time (user + system, in clock ticks) and voluntary context switches of this
@@ -1828,12 +1915,15 @@ fn checked_tcp4_payload(s: &[u8]) -> &[u8] {
 }
 
 /// A 64 KiB TCPv4 GSO packet sent by a guest to a front end that did not ask for GSO
-/// (`rx_gso` off) arrives as MSS-sized segments, each complete, whose payloads put together are the
+/// (`rx.gso_tcpv4` off) arrives as MSS-sized segments, each complete, whose payloads put together are the
 /// packet's.
 #[test]
 fn gso_packet_to_a_front_end_without_gso_arrives_segmented() {
     let mut p = pair(NetQueueConfig {
-        rx_gso: false,
+        rx: RxOffloads {
+            gso_tcpv4: false,
+            ..RxOffloads::ALL
+        },
         ..NetQueueConfig::default()
     });
     let f = tcp4_frame(mac(2), mac(1), 60000);
@@ -2023,4 +2113,178 @@ fn guest_streams_gso_packets_to_a_tcp_socket_in_a_namespace_through_tap() {
     assert_eq!(got.len(), stream.len(), "bytes the socket read");
     assert!(got == stream, "the stream differs");
     assert!(q.stats().tx_errors == 0);
+}
+
+// --- Checksum offload the receiving front end turned off --------------------------------------------
+
+/// An IPv4 frame carrying `proto` (6 TCP, 17 UDP) from 10.0.0.1 to 10.0.0.2 with `payload` bytes, its
+/// L4 checksum field holding the folded pseudo-header sum (what `NETTXF_csum_blank` promises).
+fn blank4_frame(proto: u8, payload: usize) -> Vec<u8> {
+    let l4_hdr = if proto == 6 { 20 } else { 8 };
+    let l4_len = l4_hdr + payload;
+    let mut f = Vec::new();
+    f.extend_from_slice(&mac(2));
+    f.extend_from_slice(&mac(1));
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let ip_sum = !fold(csum(&ip, 0));
+    ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut l4 = vec![0u8; l4_hdr];
+    l4[0..2].copy_from_slice(&4321u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&80u16.to_be_bytes());
+    if proto == 6 {
+        l4[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        l4[12] = 5 << 4;
+        l4[13] = 0x18;
+        l4[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    } else {
+        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    let mut pseudo = Vec::from(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    let field = if proto == 6 { 16 } else { 6 };
+    l4[field..field + 2].copy_from_slice(&fold(csum(&pseudo, 0)).to_be_bytes());
+    f.extend_from_slice(&l4);
+    f.extend((0..payload).map(|i| (i * 13 + 7) as u8));
+    f
+}
+
+/// Checks, by its own sum over the pseudo-header, that the IPv4 TCP or UDP frame `g` carries a
+/// complete L4 checksum, and that it differs from `sent` only in that field.
+fn assert_full_checksum4(g: &[u8], sent: &[u8]) {
+    assert_eq!(g.len(), sent.len());
+    let proto = g[23];
+    let field = 34 + if proto == 6 { 16 } else { 6 };
+    assert_eq!(&g[..field], &sent[..field], "headers changed");
+    assert_eq!(&g[field + 2..], &sent[field + 2..], "payload changed");
+    let l4 = &g[34..];
+    let mut pseudo = Vec::from(&g[26..34]);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    assert_eq!(
+        fold(csum(l4, csum(&pseudo, 0))),
+        0xffff,
+        "protocol {proto}: the L4 checksum does not verify"
+    );
+    assert_ne!(&g[field..field + 2], &[0, 0], "a zero checksum");
+}
+
+/// Checks the IPv6 UDP frame of [`udp6_frame`] (checksum at 62 + 6) the same way.
+fn assert_full_checksum6(g: &[u8], sent: &[u8]) {
+    assert_eq!(&g[..68], &sent[..68], "headers changed");
+    assert_eq!(&g[70..], &sent[70..], "payload changed");
+    let mut pseudo = Vec::from(&g[22..54]);
+    pseudo.extend_from_slice(&((g.len() - 62) as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    assert_eq!(
+        fold(csum(&g[62..], csum(&pseudo, 0))),
+        0xffff,
+        "the IPv6 UDP checksum does not verify"
+    );
+}
+
+/// Sends each frame from A with `csum_blank` through a switch that carries partial checksums, and
+/// returns what B received of each.
+fn blank_a_to_b(p: &mut Pair, frames: &[&[u8]]) -> Vec<Received> {
+    let mut out = Vec::new();
+    for f in frames {
+        p.a.send(f, 4096, 0, NetTxFlags::CSUM_BLANK, &[]);
+        run(&mut p.qa);
+        run(&mut p.qb);
+        assert_eq!(p.a.tx_statuses(), vec![0]);
+        let mut got = p.b.received();
+        assert_eq!(got.len(), 1);
+        out.push(got.remove(0));
+        p.b.post_rx(64);
+    }
+    out
+}
+
+/// A front end that turned checksum offload off (`feature-no-csum-offload` = 1, no
+/// `feature-ipv6-csum-offload`) gets TCP and UDP packets over IPv4 and IPv6 whose checksums the
+/// sender left blank with the checksum complete, and not marked `csum_blank`; one that takes IPv6
+/// offload but not IPv4's gets the IPv6 packet blank and the IPv4 ones complete.
+#[test]
+fn front_end_without_checksum_offload_gets_complete_checksums() {
+    let (tcp, udp, udp6) = (
+        blank4_frame(6, 1000),
+        blank4_frame(17, 333),
+        udp6_frame(777),
+    );
+    let mut p = pair(NetQueueConfig {
+        rx: RxOffloads {
+            csum_ipv4: false,
+            csum_ipv6: false,
+            ..RxOffloads::ALL
+        },
+        ..NetQueueConfig::default()
+    });
+    let got = blank_a_to_b(&mut p, &[&tcp, &udp, &udp6]);
+    for r in &got {
+        assert_eq!(r.flags, NetRxFlags::DATA_VALIDATED, "flags {:?}", r.flags);
+    }
+    assert_full_checksum4(&got[0].data, &tcp);
+    assert_full_checksum4(&got[1].data, &udp);
+    assert_full_checksum6(&got[2].data, &udp6);
+
+    let mut p = pair(NetQueueConfig {
+        rx: RxOffloads {
+            csum_ipv4: false,
+            ..RxOffloads::ALL
+        },
+        ..NetQueueConfig::default()
+    });
+    let got = blank_a_to_b(&mut p, &[&tcp, &udp6]);
+    assert_eq!(got[0].flags, NetRxFlags::DATA_VALIDATED);
+    assert_full_checksum4(&got[0].data, &tcp);
+    assert!(
+        got[1]
+            .flags
+            .contains(NetRxFlags::CSUM_BLANK | NetRxFlags::DATA_VALIDATED),
+        "{:?}",
+        got[1].flags
+    );
+    assert!(got[1].data == udp6, "a blank IPv6 checksum was changed");
+}
+
+/// A front end that asks for TCPv4 GSO but turns checksum offload off gets no GSO (as Linux, GSO
+/// needs checksum offload): the 64 KiB packet arrives segmented, each segment's checksum complete.
+#[test]
+fn gso_to_a_front_end_without_checksum_offload_arrives_segmented() {
+    let mut p = pair(NetQueueConfig {
+        rx: RxOffloads {
+            csum_ipv4: false,
+            ..RxOffloads::ALL
+        },
+        ..NetQueueConfig::default()
+    });
+    let f = tcp4_frame(mac(2), mac(1), 20000);
+    let gso = NetifExtraInfo::gso(
+        NetifExtraInfoGso::new(1448, XEN_NETIF_GSO_TYPE_TCPV4, 0),
+        ExtraFlags::empty(),
+    );
+    p.a.send(&f, 4096, 0, NetTxFlags::CSUM_BLANK, &[gso]);
+    let mut segs = Vec::new();
+    for _ in 0..10 {
+        run(&mut p.qa);
+        run(&mut p.qb);
+        segs.extend(p.b.received());
+        p.b.post_rx(64);
+    }
+    assert_eq!(segs.len(), 20000usize.div_ceil(1448), "segments received");
+    let mut payload = Vec::new();
+    for s in &segs {
+        assert!(s.gso.is_none(), "a segment came with a GSO extra");
+        assert!(!s.flags.contains(NetRxFlags::CSUM_BLANK), "{:?}", s.flags);
+        payload.extend_from_slice(checked_tcp4_payload(&s.data));
+    }
+    assert!(payload == f[54..]);
 }

@@ -60,9 +60,10 @@ pub struct NetQueueConfig {
     pub rx_queue_frames: usize,
     /// Frames that waited this long for RX slots are dropped (Linux: 10 s).
     pub rx_drain_timeout: Duration,
-    /// The front end accepts GSO frames on RX (`feature-gso-tcpv4`/`-tcpv6` in its directory); GSO
-    /// frames are segmented in software ([`gso::segment`]) otherwise.
-    pub rx_gso: bool,
+    /// What the front end takes on RX besides complete frames (from `feature-no-csum-offload`,
+    /// `feature-ipv6-csum-offload` and `feature-gso-tcpv4`/`-tcpv6` in its directory); what it does
+    /// not take is finished in software first.
+    pub rx: RxOffloads,
     /// The front end asked for multicast control (`request-multicast-control`): multicast frames
     /// reach it only for addresses it added.
     pub multicast_control: bool,
@@ -75,8 +76,63 @@ impl Default for NetQueueConfig {
             tx_budget: 64,
             rx_queue_frames: 256,
             rx_drain_timeout: Duration::from_secs(10),
-            rx_gso: true,
+            rx: RxOffloads::ALL,
             multicast_control: false,
+        }
+    }
+}
+
+/// The offloads a front end takes on its RX ring (`io/netif.h`). A frame that needs one the front
+/// end does not take is finished by netback before it goes on the ring: a GSO frame is segmented
+/// ([`gso::segment`], each segment with its full checksum), a partial checksum is completed (and the
+/// frame is not marked `NETRXF_csum_blank`). As in Linux, GSO of a family needs checksum offload of
+/// that family too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxOffloads {
+    /// Partial TCP/UDP checksums over IPv4 (`NETRXF_csum_blank`): on unless the front end writes
+    /// `feature-no-csum-offload` = 1.
+    pub csum_ipv4: bool,
+    /// Partial TCP/UDP checksums over IPv6: off unless the front end writes
+    /// `feature-ipv6-csum-offload` = 1.
+    pub csum_ipv6: bool,
+    /// TCPv4 GSO frames (`feature-gso-tcpv4`).
+    pub gso_tcpv4: bool,
+    /// TCPv6 GSO frames (`feature-gso-tcpv6`).
+    pub gso_tcpv6: bool,
+}
+
+impl RxOffloads {
+    /// Every offload.
+    pub const ALL: Self = Self {
+        csum_ipv4: true,
+        csum_ipv6: true,
+        gso_tcpv4: true,
+        gso_tcpv6: true,
+    };
+    /// None: every frame arrives complete, with its full checksum.
+    pub const NONE: Self = Self {
+        csum_ipv4: false,
+        csum_ipv6: false,
+        gso_tcpv4: false,
+        gso_tcpv6: false,
+    };
+
+    /// Whether a GSO frame of `ty` may go on the ring as it is.
+    pub fn takes_gso(&self, ty: GsoType) -> bool {
+        match ty {
+            GsoType::TcpV4 => self.gso_tcpv4 && self.csum_ipv4,
+            GsoType::TcpV6 => self.gso_tcpv6 && self.csum_ipv6,
+            _ => false,
+        }
+    }
+
+    /// Whether `frame`, whose checksum is partial, may go on the ring as it is: only TCP/UDP over
+    /// an IP version whose checksum offload the front end takes (anything else is completed).
+    fn takes_partial(&self, frame: &[u8]) -> bool {
+        match super::ip::l3(frame).map(|(ethertype, _)| ethertype) {
+            Some(super::ip::ETHERTYPE_IPV4) => self.csum_ipv4,
+            Some(super::ip::ETHERTYPE_IPV6) => self.csum_ipv6,
+            _ => false,
         }
     }
 }
@@ -665,14 +721,26 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
                     });
                 }
             };
-            let data = self.rx_buf[..info.len].to_vec();
+            let mut data = self.rx_buf[..info.len].to_vec();
             if !self.rx_wanted(&data) {
                 self.stats.rx_dropped += 1;
                 continue;
             }
-            if info.meta.gso.is_some() && !self.config.rx_gso {
+            let mut meta = info.meta;
+            if let (None, Checksum::Partial { start, offset }) = (meta.gso, meta.checksum) {
+                if !self.config.rx.takes_partial(&data) {
+                    // The front end does not take partial checksums of this kind
+                    // (`feature-no-csum-offload`, no `feature-ipv6-csum-offload`): complete it.
+                    complete_checksum(&mut data, start, offset);
+                    meta.checksum = Checksum::Validated;
+                }
+            }
+            if meta
+                .gso
+                .is_some_and(|g| !self.config.rx.takes_gso(g.gso_type))
+            {
                 // A front end without GSO gets the segments (the queue's bound holds for them too).
-                match gso::segment(&data, &info.meta) {
+                match gso::segment(&data, &meta) {
                     Ok(segs) => {
                         for data in segs {
                             if self.rx_queue.len() >= self.config.rx_queue_frames {
@@ -695,7 +763,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             }
             self.rx_queue.push_back(RxFrame {
                 data,
-                meta: info.meta,
+                meta,
                 since: now,
             });
         }

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::NetDevice;
-use super::back::{NetQueue, NetQueueConfig, NetQueueStats};
+use super::back::{NetQueue, NetQueueConfig, NetQueueStats, RxOffloads};
 use super::ctrl::{CtrlRing, HashConfig};
 use super::mq::{MqConfig, QueuePort, SharedDevice};
 use crate::backend::{
@@ -33,7 +33,7 @@ use crate::backend::{
 /// How netback behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetBackConfig {
-    /// The queue's behaviour (`rx_gso` and `multicast_control` are set from what the front end
+    /// The queue's behaviour (`rx` and `multicast_control` are set from what the front end
     /// asks for).
     pub queue: NetQueueConfig,
     /// For a device that can neither wake the queue nor give a descriptor to sleep on: the longest an
@@ -195,8 +195,14 @@ impl<D: NetDevice + 'static> NetBack<D> {
             return Err(dev(NetConnectError::NoRxCopy));
         }
         let mut qc = self.config.queue;
-        qc.rx_gso = front.read_flag("", "feature-gso-tcpv4")?
-            || front.read_flag("", "feature-gso-tcpv6")?;
+        // `io/netif.h`: IPv4 checksum offload is on unless the front end turns it off, IPv6's is
+        // off unless it turns it on.
+        qc.rx = RxOffloads {
+            csum_ipv4: !front.read_flag("", "feature-no-csum-offload")?,
+            csum_ipv6: front.read_flag("", "feature-ipv6-csum-offload")?,
+            gso_tcpv4: front.read_flag("", "feature-gso-tcpv4")?,
+            gso_tcpv6: front.read_flag("", "feature-gso-tcpv6")?,
+        };
         qc.multicast_control = front.read_flag("", "request-multicast-control")?;
         let domid = front.domid();
         // Every queue's rings and ports first: nothing is started until all of them are good.
