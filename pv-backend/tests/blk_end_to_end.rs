@@ -53,6 +53,39 @@ fn memory_disk_data_reads_back_identical() {
     }
 }
 
+/// `BlkFront::put_rw` (the benchmark's allocation-free path, ids chosen by the caller): a direct
+/// request of 3 pages and an indirect one of 1 MiB write what `read` then reads back, and the
+/// responses carry the ids given.
+#[test]
+fn put_rw_with_caller_ids_reads_back_identical() {
+    let env = Env::new();
+    let opts = FrontOptions {
+        buffer_pages: 512,
+        ..FrontOptions::default()
+    };
+    let (mut v, dev) = env.mem_vbd(1, 16 * MIB, BlkConfig::default(), opts);
+    assert_eq!(v.front.backend_state(), XenbusState::Connected);
+    for (id, sector, len) in [(7u64, 40u64, 3 * 4096usize), (31, 4096, MIB as usize)] {
+        let data = pattern(id, len);
+        v.front.guest.write(v.front.buf_frame + 256, 0, &data);
+        v.front
+            .put_rw(0, xen_abi::blkif::BLKIF_OP_WRITE, sector, 256, len, id);
+        v.front.kick(0);
+        let rsps = v.front.wait(0, 1, Duration::from_secs(5));
+        assert_eq!(rsps.len(), 1);
+        assert_eq!((rsps[0].id, rsps[0].status), (id, BLKIF_RSP_OKAY));
+        assert_eq!(dev.read_bytes(sector * 512, len), data, "{len} bytes");
+        let mut back = vec![0; len];
+        assert!(
+            v.front
+                .read(sector, &mut back)
+                .iter()
+                .all(|&s| s == BLKIF_RSP_OKAY)
+        );
+        assert_eq!(back, data);
+    }
+}
+
 #[test]
 fn file_image_data_reads_back_identical() {
     file_image_round_trip(false);
@@ -396,6 +429,60 @@ fn persistent_grants_stay_mapped_across_requests() {
             e.flags & (GTF_reading | GTF_writing),
             0,
             "page {i} is released"
+        );
+    }
+}
+
+/// Persistent grants are found by index below 32768 and in a hash map above: a guest whose buffer
+/// grants are numbered from 32768 on (a grant table of 72 frames, the first references used up)
+/// still reads back what it wrote, twice over, with the pages kept mapped.
+#[test]
+fn persistent_grants_with_large_grant_references() {
+    use pv_backend::backend::GrantAccess;
+    use pv_backend::blk::front::{BackendThread, BlkFront, TestGuest, add_vbd};
+    use xen_abi::grant_table::{GTF_reading, GTF_writing};
+    let env = Env::new();
+    let guest = TestGuest::new(12, 0, 1024, 72);
+    let spare = guest.alloc_pages(1);
+    while guest.grant(spare, true) < 32768 {}
+    let paths = add_vbd(&env.store, 12, 51712);
+    let dev = MemDevice::new(8 * MIB, 512);
+    let grants: Arc<dyn GrantAccess> = Arc::new(guest.grants.clone());
+    let blk = pv_backend::blk::BlkBack::new(
+        grants,
+        env.evtchns.clone(),
+        Arc::new(dev.clone()),
+        BlkConfig::default(),
+    );
+    let _back = BackendThread::spawn(&env.store, &paths.backend, blk);
+    let mut front = BlkFront::connect(
+        guest.clone(),
+        &env.store,
+        env.evtchns.clone(),
+        paths,
+        FrontOptions::default(),
+    );
+    assert_eq!(front.backend_state(), XenbusState::Connected);
+    assert!(front.buf_grefs[0] > 32768);
+    for round in 0..2u64 {
+        let data = pattern(round, 16 * 4096);
+        assert!(front.write(8, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
+        assert_eq!(dev.read_bytes(8 * 512, data.len()), data);
+        let mut back = vec![0; data.len()];
+        assert!(
+            front
+                .read(8, &mut back)
+                .iter()
+                .all(|&s| s == BLKIF_RSP_OKAY)
+        );
+        assert_eq!(back, data, "round {round}");
+    }
+    for i in 0..16 {
+        let e = guest.grants.entry(front.buf_grefs[i]).unwrap();
+        assert_eq!(
+            e.flags & (GTF_reading | GTF_writing),
+            GTF_reading | GTF_writing,
+            "page {i} is kept mapped"
         );
     }
 }

@@ -611,10 +611,26 @@ impl BlkFront {
     /// Collects `want` responses from queue `q`, sleeping on the event channel in between, for at most
     /// `timeout`.
     pub fn wait(&mut self, q: usize, want: usize, timeout: Duration) -> Vec<BlkifResponse> {
-        let end = Instant::now() + timeout;
         let mut out = Vec::new();
+        self.wait_into(q, want, timeout, &mut out);
+        out
+    }
+
+    /// [`wait`](Self::wait) into `out` (appended to; nothing allocated when it has room): returns
+    /// how many responses were added.
+    pub fn wait_into(
+        &mut self,
+        q: usize,
+        want: usize,
+        timeout: Duration,
+        out: &mut Vec<BlkifResponse>,
+    ) -> usize {
+        let first = out.len();
+        let want = first + want;
+        // The clock is read only if the front end has to sleep.
+        let mut end = None;
         while out.len() < want {
-            self.poll(q, &mut out).expect("back end broke the ring");
+            self.poll(q, out).expect("back end broke the ring");
             if out.len() >= want {
                 break;
             }
@@ -622,6 +638,7 @@ impl BlkFront {
                 continue;
             }
             let now = Instant::now();
+            let end = *end.get_or_insert(now + timeout);
             if now >= end {
                 break;
             }
@@ -629,7 +646,61 @@ impl BlkFront {
                 .doorbell
                 .wait((end - now).min(Duration::from_millis(50)));
         }
-        out
+        out.len() - first
+    }
+
+    /// Puts one read or write request on queue `q`'s ring (not yet published) for `len` bytes of the
+    /// data buffer from page `first_page` at `sector`, with the caller's `id` (as Linux's blkfront
+    /// uses its shadow slot as the id): direct when it fits in 11 segments, else one indirect request
+    /// (which must be offered and hold them). Unlike [`queue_rw`](Self::queue_rw) nothing is
+    /// allocated: the segments are built on the stack or straight into the indirect page.
+    pub fn put_rw(
+        &mut self,
+        q: usize,
+        op: u8,
+        sector: u64,
+        first_page: usize,
+        len: usize,
+        id: u64,
+    ) {
+        let pages = len.div_ceil(XEN_PAGE_SIZE);
+        let seg = |i: usize| {
+            let n = (len - i * XEN_PAGE_SIZE).min(XEN_PAGE_SIZE);
+            BlkifRequestSegment::new(
+                self.buf_grefs[first_page + i],
+                0,
+                ((n / 512).max(1) - 1) as u8,
+            )
+        };
+        let req = if pages <= BLKIF_MAX_SEGMENTS_PER_REQUEST as usize {
+            let mut req = BlkifRequest::new(op, 0, id, sector);
+            for i in 0..pages {
+                req.push_segment(seg(i)).expect("segments");
+            }
+            req
+        } else {
+            assert!(
+                self.opts.indirect && pages <= self.max_indirect as usize,
+                "{pages} segments need indirect requests of that size"
+            );
+            let group = self.next_group % INDIRECT_GROUPS;
+            self.next_group += 1;
+            let mut grefs = [0; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+            let per_page = XEN_PAGE_SIZE / std::mem::size_of::<BlkifRequestSegment>();
+            let mut chunk = [BlkifRequestSegment::new(0, 0, 0); 512];
+            for (k, gref) in grefs.iter_mut().enumerate().take(pages.div_ceil(per_page)) {
+                let (frame, g) =
+                    self.indirect_frames[group * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST + k];
+                let n = (pages - k * per_page).min(per_page);
+                for (j, c) in chunk[..n].iter_mut().enumerate() {
+                    *c = seg(k * per_page + j);
+                }
+                self.guest.write(frame, 0, chunk[..n].as_bytes());
+                *gref = g;
+            }
+            BlkifRequestIndirect::new(op, pages as u16, 0, id, sector, grefs).to_request()
+        };
+        self.put(q, &req).expect("ring full");
     }
 
     /// Sends `req` on queue `q` and waits (1 s) for its one response.

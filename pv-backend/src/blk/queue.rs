@@ -177,6 +177,10 @@ struct Deferred {
     direction_data: Option<(u64, Vec<CheckedSegment>)>,
 }
 
+/// Persistent grants with references below this are also found by index
+/// (`QueueServer::persistent_pages`, at most this many words); above it, in the hash map only.
+const DENSE_GREFS: usize = 1 << 15;
+
 /// One blkif ring and the device queue behind it.
 pub struct QueueServer {
     domid: DomId,
@@ -190,6 +194,12 @@ pub struct QueueServer {
     inflight: super::TagMap<Inflight>,
     next_tag: u64,
     persistent: super::GrefMap<GrantMapping>,
+    /// The page address of each persistent grant below [`DENSE_GREFS`], indexed by its grant
+    /// reference (0: none): a front end's buffer grants are mostly consecutive small numbers, so the
+    /// 256 segments of a 1 MiB request are looked up in a few cache lines instead of 256 probes into
+    /// the hash map (measured: the probe's load was four fifths of `start_rw`'s time). Grown on
+    /// demand, so at most `DENSE_GREFS` words per queue whatever the front end sends.
+    persistent_pages: Vec<usize>,
     /// A barrier waiting for earlier writes.
     deferred: Option<Deferred>,
     /// The barrier at the device (its write, then its flush).
@@ -255,6 +265,7 @@ impl QueueServer {
             inflight: super::TagMap::default(),
             next_tag: 1,
             persistent: super::GrefMap::default(),
+            persistent_pages: Vec::new(),
             deferred: None,
             ordered_tag: None,
             held: std::collections::VecDeque::new(),
@@ -607,7 +618,16 @@ impl QueueServer {
         mode: GrantAccessMode,
     ) -> Result<(NonNull<u8>, Option<GrantMapping>), crate::backend::GrantMapError> {
         if self.params.persistent {
-            if let Some(m) = self.persistent.get(&gref) {
+            let dense = (gref as usize) < DENSE_GREFS;
+            if dense {
+                if let Some(p) = self
+                    .persistent_pages
+                    .get(gref as usize)
+                    .and_then(|&a| NonNull::new(a as *mut u8))
+                {
+                    return Ok((p, None));
+                }
+            } else if let Some(m) = self.persistent.get(&gref) {
                 if let Some(p) = NonNull::new(m.as_ptr()) {
                     return Ok((p, None));
                 }
@@ -618,6 +638,16 @@ impl QueueServer {
                     .map(self.domid, gref, GrantAccessMode::ReadWrite)
                 {
                     if let Some(p) = NonNull::new(m.as_ptr()) {
+                        if dense {
+                            let i = gref as usize;
+                            if i >= self.persistent_pages.len() {
+                                let len = (i + 1).next_power_of_two().min(DENSE_GREFS);
+                                self.persistent_pages.resize(len, 0);
+                            }
+                            self.persistent_pages[i] = p.as_ptr() as usize;
+                        }
+                        // A gref already there (it could not be: it would have been found) would
+                        // drop the old mapping here; the page address above is the new one's.
                         self.persistent.insert(gref, m);
                         return Ok((p, None));
                     }
@@ -767,6 +797,7 @@ impl QueueServer {
         }
         self.flush_responses();
         self.inflight.clear();
+        self.persistent_pages.clear();
         self.persistent.clear();
     }
 
