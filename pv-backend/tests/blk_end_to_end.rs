@@ -14,6 +14,22 @@ use pv_backend::blk::{BlkConfig, FileDevice, FileOptions, MemDevice};
 use xen_abi::blkif::{BLKIF_RSP_OKAY, BlkifProtocol};
 use xen_abi::xenbus::XenbusState;
 
+/// Reads `data.len()` bytes at `sector` through the front end: every request answers OKAY, and the
+/// bytes are `data`.
+fn reads_back(front: &mut pv_backend::blk::front::BlkFront, sector: u64, data: &[u8]) {
+    let mut back = vec![0; data.len()];
+    let st = front.read(sector, &mut back);
+    assert!(
+        st.iter().all(|&s| s == BLKIF_RSP_OKAY),
+        "sector {sector}: {st:?}"
+    );
+    assert!(
+        back == data,
+        "sector {sector}, {} bytes: what was read differs",
+        data.len()
+    );
+}
+
 #[test]
 fn memory_disk_data_reads_back_identical() {
     let env = Env::new();
@@ -42,14 +58,7 @@ fn memory_disk_data_reads_back_identical() {
             data,
             "the disk holds what was written"
         );
-        let mut back = vec![0; len];
-        assert!(
-            v.front
-                .read(sector, &mut back)
-                .iter()
-                .all(|&s| s == BLKIF_RSP_OKAY)
-        );
-        assert_eq!(back, data, "sector {sector}, {len} bytes");
+        reads_back(&mut v.front, sector, &data);
     }
 }
 
@@ -75,14 +84,7 @@ fn put_rw_with_caller_ids_reads_back_identical() {
         assert_eq!(rsps.len(), 1);
         assert_eq!((rsps[0].id, rsps[0].status), (id, BLKIF_RSP_OKAY));
         assert_eq!(dev.read_bytes(sector * 512, len), data, "{len} bytes");
-        let mut back = vec![0; len];
-        assert!(
-            v.front
-                .read(sector, &mut back)
-                .iter()
-                .all(|&s| s == BLKIF_RSP_OKAY)
-        );
-        assert_eq!(back, data);
+        reads_back(&mut v.front, sector, &data);
     }
 }
 
@@ -129,14 +131,7 @@ fn file_image_round_trip(io_uring: bool) {
                 .iter()
                 .all(|&s| s == BLKIF_RSP_OKAY)
         );
-        let mut back = vec![0; len];
-        assert!(
-            v.front
-                .read(sector, &mut back)
-                .iter()
-                .all(|&s| s == BLKIF_RSP_OKAY)
-        );
-        assert_eq!(back, data, "sector {sector}, {len} bytes");
+        reads_back(&mut v.front, sector, &data);
     }
     drop(v);
     // The bytes are in the file itself.
@@ -170,14 +165,7 @@ fn x86_32_front_end_reads_back_identical() {
             .iter()
             .all(|&s| s == BLKIF_RSP_OKAY)
     );
-    let mut back = vec![0; data.len()];
-    assert!(
-        v.front
-            .read(64, &mut back)
-            .iter()
-            .all(|&s| s == BLKIF_RSP_OKAY)
-    );
-    assert_eq!(back, data);
+    reads_back(&mut v.front, 64, &data);
 }
 
 #[test]
@@ -267,14 +255,7 @@ fn sector_size_4096_and_physical_sector_size_are_published() {
     assert_eq!(ps, b"4096");
     let data = pattern(6, 8192);
     assert!(v.front.write(8, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
-    let mut back = vec![0; 8192];
-    assert!(
-        v.front
-            .read(8, &mut back)
-            .iter()
-            .all(|&s| s == BLKIF_RSP_OKAY)
-    );
-    assert_eq!(back, data);
+    reads_back(&mut v.front, 8, &data);
 }
 
 #[test]
@@ -468,14 +449,7 @@ fn persistent_grants_with_large_grant_references() {
         let data = pattern(round, 16 * 4096);
         assert!(front.write(8, &data).iter().all(|&s| s == BLKIF_RSP_OKAY));
         assert_eq!(dev.read_bytes(8 * 512, data.len()), data);
-        let mut back = vec![0; data.len()];
-        assert!(
-            front
-                .read(8, &mut back)
-                .iter()
-                .all(|&s| s == BLKIF_RSP_OKAY)
-        );
-        assert_eq!(back, data, "round {round}");
+        reads_back(&mut front, 8, &data);
     }
     for i in 0..16 {
         let e = guest.grants.entry(front.buf_grefs[i]).unwrap();

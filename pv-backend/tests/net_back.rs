@@ -1206,6 +1206,36 @@ mod handshake {
         thread: Option<std::thread::JoinHandle<()>>,
     }
 
+    impl Vif {
+        /// Waits (5 s) for the back end to be Connected.
+        fn connected(&self) {
+            let st = wait_state(
+                &self.xs,
+                &format!("{}/state", self.be),
+                &[XenbusState::Connected],
+                Duration::from_secs(5),
+            );
+            assert_eq!(st, XenbusState::Connected);
+        }
+
+        /// Sends `f` with `flags`, kicks, and waits (5 s) for its responses, which must be OKAY: the
+        /// TX pages are reused for the next frame.
+        fn send_acked(&mut self, evtchns: &LocalEventChannels, f: &[u8], flags: NetTxFlags) {
+            self.front.send(f, 4096, 0, flags, &[]);
+            evtchns.send(self.front.guest.domid, self.port);
+            let t0 = Instant::now();
+            loop {
+                let st = self.front.tx_statuses();
+                if !st.is_empty() {
+                    assert!(st.iter().all(|s| *s == 0), "{st:?}");
+                    return;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(5), "no TX response");
+                self.bell.wait(Duration::from_millis(5));
+            }
+        }
+    }
+
     impl Drop for Vif {
         fn drop(&mut self) {
             self.stop.store(true, Ordering::Relaxed);
@@ -1316,13 +1346,7 @@ mod handshake {
         let mut a = vif(&store, &evtchns, sw.add_port(), 1, false);
         let mut b = vif(&store, &evtchns, sw.add_port(), 2, false);
         for v in [&a, &b] {
-            let st = wait_state(
-                &v.xs,
-                &format!("{}/state", v.be),
-                &[XenbusState::Connected],
-                Duration::from_secs(5),
-            );
-            assert_eq!(st, XenbusState::Connected);
+            v.connected();
         }
         b.front.post_rx(64);
         evtchns.send(2, b.port);
@@ -1331,19 +1355,7 @@ mod handshake {
             .collect();
         let mut got = Vec::new();
         for f in &frames {
-            a.front.send(f, 4096, 0, NetTxFlags::empty(), &[]);
-            evtchns.send(1, a.port);
-            // Wait for A's responses (its TX pages are reused for the next frame).
-            let t0 = Instant::now();
-            loop {
-                let st = a.front.tx_statuses();
-                if !st.is_empty() {
-                    assert!(st.iter().all(|s| *s == 0), "{st:?}");
-                    break;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(5), "no TX response");
-                a.bell.wait(Duration::from_millis(5));
-            }
+            a.send_acked(&evtchns, f, NetTxFlags::empty());
         }
         let t0 = Instant::now();
         while got.len() < frames.len() {
@@ -1392,13 +1404,7 @@ mod handshake {
         let v6_csum = [("feature-ipv6-csum-offload", "1")];
         let mut c = vif_with(&store, &evtchns, sw.add_port(), 3, false, &v6_csum);
         for v in [&a, &b, &c] {
-            let st = wait_state(
-                &v.xs,
-                &format!("{}/state", v.be),
-                &[XenbusState::Connected],
-                Duration::from_secs(5),
-            );
-            assert_eq!(st, XenbusState::Connected);
+            v.connected();
         }
         for (v, d) in [(&mut b, 2), (&mut c, 3)] {
             v.front.post_rx(64);
@@ -1408,18 +1414,7 @@ mod handshake {
         for f in &frames {
             let mut f = f.clone();
             f[..6].copy_from_slice(&mac(9)); // unknown: flooded to B and C
-            a.front.send(&f, 4096, 0, NetTxFlags::CSUM_BLANK, &[]);
-            evtchns.send(1, a.port);
-            let t0 = Instant::now();
-            loop {
-                let st = a.front.tx_statuses();
-                if !st.is_empty() {
-                    assert_eq!(st, vec![0]);
-                    break;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(5), "no TX response");
-                a.bell.wait(Duration::from_millis(5));
-            }
+            a.send_acked(&evtchns, &f, NetTxFlags::CSUM_BLANK);
         }
         let mut got = [Vec::new(), Vec::new()];
         for (v, g) in [&mut b, &mut c].into_iter().zip(&mut got) {
@@ -1487,13 +1482,7 @@ mod handshake {
         let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
         let evtchns = LocalEventChannels::new();
         let mut v = vif(&store, &evtchns, tap, 5, false);
-        let st = wait_state(
-            &v.xs,
-            &format!("{}/state", v.be),
-            &[XenbusState::Connected],
-            Duration::from_secs(5),
-        );
-        assert_eq!(st, XenbusState::Connected);
+        v.connected();
         v.front.post_rx(200);
         evtchns.send(5, v.port);
         // Let the interface's own start-up traffic (IPv6 DAD, router solicitations) pass.
@@ -1919,14 +1908,25 @@ fn checked_tcp4_payload(s: &[u8]) -> &[u8] {
 /// packet's.
 #[test]
 fn gso_packet_to_a_front_end_without_gso_arrives_segmented() {
-    let mut p = pair(NetQueueConfig {
-        rx: RxOffloads {
-            gso_tcpv4: false,
-            ..RxOffloads::ALL
+    let segs = gso_to_b_segmented(
+        NetQueueConfig {
+            rx: RxOffloads {
+                gso_tcpv4: false,
+                ..RxOffloads::ALL
+            },
+            ..NetQueueConfig::default()
         },
-        ..NetQueueConfig::default()
-    });
-    let f = tcp4_frame(mac(2), mac(1), 60000);
+        60000,
+    );
+    assert!(segs.iter().all(|s| s.data.len() <= 14 + 40 + 1448));
+}
+
+/// A sends a TCPv4 GSO packet of `payload` bytes (MSS 1448) to B, whose queue has `config`; B must
+/// receive it as MSS-sized segments, each complete (checksums verified here) and without a GSO
+/// extra, whose payloads put together are the packet's. Returns the segments.
+fn gso_to_b_segmented(config: NetQueueConfig, payload: usize) -> Vec<Received> {
+    let mut p = pair(config);
+    let f = tcp4_frame(mac(2), mac(1), payload);
     let gso = NetifExtraInfo::gso(
         NetifExtraInfoGso::new(1448, XEN_NETIF_GSO_TYPE_TCPV4, 0),
         ExtraFlags::empty(),
@@ -1940,17 +1940,18 @@ fn gso_packet_to_a_front_end_without_gso_arrives_segmented() {
         p.b.post_rx(64);
     }
     assert_eq!(p.a.tx_statuses()[0], NetifRspStatus::Okay as i16);
-    assert_eq!(segs.len(), 60000usize.div_ceil(1448), "segments received");
-    let mut payload = Vec::new();
+    assert_eq!(segs.len(), payload.div_ceil(1448), "segments received");
+    let mut got = Vec::new();
     for s in &segs {
         assert!(s.gso.is_none(), "a segment came with a GSO extra");
-        assert!(s.data.len() <= 14 + 40 + 1448);
-        payload.extend_from_slice(checked_tcp4_payload(&s.data));
+        assert!(!s.flags.contains(NetRxFlags::CSUM_BLANK), "{:?}", s.flags);
+        got.extend_from_slice(checked_tcp4_payload(&s.data));
     }
     assert!(
-        payload == f[54..],
+        got == f[54..],
         "the segments' payloads differ from the packet's"
     );
+    segs
 }
 
 /// The real-peer proof: a guest opens a TCP connection to a socket in a network namespace through
@@ -2259,32 +2260,14 @@ fn front_end_without_checksum_offload_gets_complete_checksums() {
 /// needs checksum offload): the 64 KiB packet arrives segmented, each segment's checksum complete.
 #[test]
 fn gso_to_a_front_end_without_checksum_offload_arrives_segmented() {
-    let mut p = pair(NetQueueConfig {
-        rx: RxOffloads {
-            csum_ipv4: false,
-            ..RxOffloads::ALL
+    gso_to_b_segmented(
+        NetQueueConfig {
+            rx: RxOffloads {
+                csum_ipv4: false,
+                ..RxOffloads::ALL
+            },
+            ..NetQueueConfig::default()
         },
-        ..NetQueueConfig::default()
-    });
-    let f = tcp4_frame(mac(2), mac(1), 20000);
-    let gso = NetifExtraInfo::gso(
-        NetifExtraInfoGso::new(1448, XEN_NETIF_GSO_TYPE_TCPV4, 0),
-        ExtraFlags::empty(),
+        20000,
     );
-    p.a.send(&f, 4096, 0, NetTxFlags::CSUM_BLANK, &[gso]);
-    let mut segs = Vec::new();
-    for _ in 0..10 {
-        run(&mut p.qa);
-        run(&mut p.qb);
-        segs.extend(p.b.received());
-        p.b.post_rx(64);
-    }
-    assert_eq!(segs.len(), 20000usize.div_ceil(1448), "segments received");
-    let mut payload = Vec::new();
-    for s in &segs {
-        assert!(s.gso.is_none(), "a segment came with a GSO extra");
-        assert!(!s.flags.contains(NetRxFlags::CSUM_BLANK), "{:?}", s.flags);
-        payload.extend_from_slice(checked_tcp4_payload(&s.data));
-    }
-    assert!(payload == f[54..]);
 }
