@@ -504,6 +504,28 @@ fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut
             (n1 - n0) as f64 / reqs,
             (k1 - k0) as f64 / reqs,
         );
+        let line = if p.qd == 1 && std::env::var("BLKBACK_WAKEUP").map_or(true, |v| v != "0") {
+            // What two cross-thread wake-ups cost here and now, each sleeper idle for as long as
+            // the direct side's I/O takes: the front end's event waking blkback's queue (asleep in
+            // its ring) and the response's event waking the front end (asleep on a futex).
+            let idle = Duration::from_secs_f64(1.0 / rd);
+            let med = |how| {
+                let v = wake_latency(dev, how, idle, 1000);
+                v[v.len() / 2].as_secs_f64() * 1e6
+            };
+            let (wu, wf) = (med(Sleeper::Uring), med(Sleeper::Futex));
+            format!(
+                "{line}  per I/O: blkback {:.1} µs, direct {:.1} µs, gap {:.1} µs; two wake-ups after \
+                 {:.0} µs idle: uring {wu:.1} + futex {wf:.1} = {:.1} µs",
+                1e6 / rb,
+                1e6 / rd,
+                1e6 / rb - 1e6 / rd,
+                idle.as_secs_f64() * 1e6,
+                wu + wf
+            )
+        } else {
+            line
+        };
         eprintln!("{line}");
         summary.push(line);
     }
