@@ -37,7 +37,9 @@
 //!   drifts over seconds this is the steadier ratio. With it, `cpu/IO`: the CPU time (user
 //!   and system) the driver's thread spends per I/O, the driver's own cost whatever the load,
 //!   and `kicks/IO`: its `write` system calls per I/O (`syscw` of `/proc/thread-self/io`),
-//!   which in the I/O loop are the kick eventfd writes, each a wake-up of the daemon.
+//!   which in the I/O loop are the kick eventfd writes, each a wake-up of the daemon, and
+//!   `sleeps/IO`: the thread's voluntary context switches per I/O (`/proc/thread-self/status`),
+//!   each a wait for the call eventfd that found nothing ready, then a wake-up by the daemon.
 //!
 //! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
 //! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it (a whole
@@ -193,6 +195,9 @@ impl Ours {
         let options = BlkOptions {
             indirect_desc,
             queue_size: QUEUE_SIZE,
+            // No timeout, as libblkio's `do_io` is called here: its ppoll arms no timer, and
+            // neither does our epoll_wait then (the socket still ends it if the daemon dies).
+            timeout: Duration::MAX,
             ..BlkOptions::default()
         };
         let mut disk = BlkDriver::new(t, options).expect("driver");
@@ -445,10 +450,24 @@ fn thread_writes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Wall-clock and driver-thread CPU nanoseconds per I/O, and kicks per I/O, over about
+/// The times this thread has slept (`voluntary_ctxt_switches` of `/proc/thread-self/status`):
+/// in the I/O loop, the waits for the call eventfd that found nothing ready.
+fn thread_sleeps() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Wall-clock and driver-thread CPU nanoseconds per I/O, kicks and sleeps per I/O, over about
 /// `budget` of back-to-back batches large enough that filling and draining the queue does not
 /// matter.
-fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64, f64) {
+fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64, f64, f64) {
     let batch = if w.len == SMALL {
         (w.depth as u64 * 32).max(2000)
     } else {
@@ -458,16 +477,19 @@ fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64, f64
     let (mut t, mut n) = (Duration::ZERO, 0u64);
     let cpu0 = thread_cpu();
     let writes0 = thread_writes();
+    let sleeps0 = thread_sleeps();
     while t < budget {
         t += bench.run(w, batch, &mut sectors);
         n += batch;
     }
     let cpu = thread_cpu() - cpu0;
     let writes = thread_writes() - writes0;
+    let sleeps = thread_sleeps() - sleeps0;
     (
         t.as_nanos() as f64 / n as f64,
         cpu.as_nanos() as f64 / n as f64,
         writes as f64 / n as f64,
+        sleeps as f64 / n as f64,
     )
 }
 
@@ -482,6 +504,8 @@ struct Paired {
     cpu: f64,
     /// Kicks (eventfd writes) per I/O.
     kicks: f64,
+    /// Sleeps (voluntary context switches of the driver's thread) per I/O.
+    sleeps: f64,
 }
 
 /// Paired rounds: each round runs every driver for a short while, one after the other, and
@@ -493,16 +517,18 @@ fn paired(sock: &Path, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired
     let mut ns: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut kicks: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut sleeps: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut ratios: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..ROUNDS {
-        let round: Vec<(f64, f64, f64)> = DRIVERS
+        let round: Vec<(f64, f64, f64, f64)> = DRIVERS
             .iter()
             .map(|d| timed(&mut *connect(d, sock, mode), w, budget))
             .collect();
-        for (d, (wall, c, k)) in DRIVERS.iter().zip(&round) {
+        for (d, (wall, c, k, z)) in DRIVERS.iter().zip(&round) {
             ns.entry(d).or_default().push(*wall);
             cpu.entry(d).or_default().push(*c);
             kicks.entry(d).or_default().push(*k);
+            sleeps.entry(d).or_default().push(*z);
             ratios.entry(d).or_default().push(round[2].0 / wall);
         }
     }
@@ -516,6 +542,7 @@ fn paired(sock: &Path, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired
                     ratio: median(&ratios[d]),
                     cpu: median(&cpu[d]),
                     kicks: median(&kicks[d]),
+                    sleeps: median(&sleeps[d]),
                 },
             )
         })
@@ -544,8 +571,16 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
         }
     );
     println!(
-        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8}",
-        "case", "driver", "criterion", "ratio", "paired", "ratio", "cpu/IO", "kicks/IO"
+        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8} {:>9}",
+        "case",
+        "driver",
+        "criterion",
+        "ratio",
+        "paired",
+        "ratio",
+        "cpu/IO",
+        "kicks/IO",
+        "sleeps/IO"
     );
     for (case, p) in paired {
         for d in DRIVERS {
@@ -559,9 +594,10 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
                 ratio,
                 cpu,
                 kicks,
+                sleeps,
             } = p[d];
             println!(
-                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us {:>8.3}",
+                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us {:>8.3} {:>9.3}",
                 case,
                 d,
                 fmt(case, crit(d)),
@@ -569,7 +605,8 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
                 fmt(case, ns),
                 ratio,
                 cpu / 1000.0,
-                kicks
+                kicks,
+                sleeps
             );
         }
     }

@@ -49,6 +49,8 @@ pub const BLOCKING_TAG: u64 = u64::MAX;
 const SLOT_BYTES: u64 = 64;
 const SLOT_RANGE: u64 = 16;
 const SLOT_STATUS: u64 = 32;
+// `BlkQueue::write_slot` writes the header and the range as four words before the status byte.
+const _: () = assert!(SLOT_RANGE == 16 && SLOT_STATUS == 32 && SLOT_STATUS < SLOT_BYTES);
 
 /// Errors of the virtio-blk driver.
 #[derive(Debug, thiserror::Error)]
@@ -364,7 +366,10 @@ pub struct BlkOptions {
     pub num_queues: u16,
     /// Bytes of the bounce buffer the blocking helpers use.
     pub bounce_bytes: u32,
-    /// How long the blocking helpers wait for a completion.
+    /// How long the blocking helpers and [`BlkDriver::wait`] wait for a notification.
+    /// `Duration::MAX` waits without a timeout (over vhost-user no timer is armed per wait,
+    /// which saves the driver's thread a little CPU per sleep; a daemon that dies or closes its
+    /// socket still ends the wait with [`crate::transport::Error::DeviceGone`]).
     pub timeout: Duration,
     /// Use `VIRTIO_F_EVENT_IDX` when offered.
     pub event_idx: bool,
@@ -484,20 +489,64 @@ struct BlkQueue {
 }
 
 impl BlkQueue {
-    /// The host view of `len` bytes at `offset` into the slots, if it is mapped.
-    fn slot_slice(&self, offset: u64, len: usize) -> Option<VolatileSlice<'_>> {
+    /// The host address of `len` bytes at `offset` into the slots, if they are mapped: `host`
+    /// maps the `size * SLOT_BYTES` bytes of the slots, one region of the driver's memory
+    /// (checked with `get_slice` when it was taken), which stays mapped while the driver holds
+    /// its `Arc` of the memory; the bytes returned lie within them.
+    #[inline]
+    fn slot_ptr(&self, offset: u64, len: usize) -> Option<*mut u8> {
         let host = self.slots_host?;
-        let size = usize::from(self.vq.layout().size);
+        // One tag per slot: the queue's size, without a call through the `dyn VirtQueue`.
+        let size = self.tags.len();
         let offset = usize::try_from(offset).ok()?;
         if offset.checked_add(len)? > size * SLOT_BYTES as usize {
             return None;
         }
+        Some((host + offset) as *mut u8)
+    }
+
+    /// The host view of `len` bytes at `offset` into the slots, if it is mapped.
+    fn slot_slice(&self, offset: u64, len: usize) -> Option<VolatileSlice<'_>> {
+        let p = self.slot_ptr(offset, len)?;
         // SAFETY: `host` maps the `size * SLOT_BYTES` bytes of the slots, one region of the
         // driver's memory (checked with `get_slice` when it was taken), and `offset + len` is
         // within them. The driver holds an `Arc` of that memory for as long as the queue
         // lives, and its regions are never unmapped or moved while it lives. The device shares
         // the slots, so only volatile accesses are made to them, which `VolatileSlice` does.
-        Some(unsafe { VolatileSlice::new((host + offset) as *mut u8, len) })
+        Some(unsafe { VolatileSlice::new(p, len) })
+    }
+
+    /// Writes slot `head`'s request header, its range (zeroed when `range` is `None`) and the
+    /// status byte `0xff` (bytes 0 to 32 of the slot, the ones a chain can name) with four
+    /// volatile 8-byte stores and one byte store, when the slots are mapped and 8-byte aligned.
+    /// Returns `false` (nothing written) otherwise.
+    #[inline]
+    fn write_slot(&self, head: u16, kind: u32, sector: u64, range: Option<RangeSeg>) -> bool {
+        let Some(p) = self.slot_ptr(u64::from(head) * SLOT_BYTES, SLOT_STATUS as usize + 1) else {
+            return false;
+        };
+        if p as usize % 8 != 0 {
+            return false;
+        }
+        let (rs, rn) = match range {
+            Some((s, n, flags)) => (s, u64::from(n) | u64::from(flags) << 32),
+            None => (0, 0),
+        };
+        let words = [
+            u64::from(kind).to_le(),
+            sector.to_le(),
+            rs.to_le(),
+            rn.to_le(),
+        ];
+        // SAFETY: `slot_ptr` checked that the `SLOT_STATUS + 1` bytes at `p` lie inside the
+        // slots, mapped for as long as the queue lives (see `slot_ptr`); `p` is 8-byte
+        // aligned (checked above) and `SLOT_STATUS` is 32, so the four words end where the
+        // status byte starts. The device shares the slots: the stores are volatile.
+        unsafe {
+            std::ptr::write_volatile(p.cast::<[u64; 4]>(), words);
+            std::ptr::write_volatile(p.add(SLOT_STATUS as usize), 0xff);
+        }
+        true
     }
 }
 
@@ -851,28 +900,31 @@ impl<T: Transport> BlkDriver<T> {
             free: 0,
         })?;
         let slot = q.slots.unchecked_add(u64::from(head) * SLOT_BYTES);
-        // The slot is written whole, zeroed where unused (no stale bytes reach the device).
-        let mut bytes = [0u8; SLOT_BYTES as usize];
-        bytes[0..4].copy_from_slice(&kind.to_le_bytes());
-        bytes[8..16].copy_from_slice(&sector.to_le_bytes());
-        if let Some((s, n, flags)) = range {
-            bytes[16..24].copy_from_slice(&s.to_le_bytes());
-            bytes[24..28].copy_from_slice(&n.to_le_bytes());
-            bytes[28..32].copy_from_slice(&flags.to_le_bytes());
-        }
-        bytes[SLOT_STATUS as usize] = 0xff;
-        // The host view of the slots, or one bounds-checked slice of the region, without the
-        // region iterator of `Bytes::write_slice`: this is the I/O path.
-        match q.slot_slice(u64::from(head) * SLOT_BYTES, bytes.len()) {
-            Some(s) => s
-                .write_slice(&bytes, 0)
-                .map_err(|e| Error::Access(e.into()))?,
-            None => self
-                .mem
-                .guest_memory()
-                .get_slice(slot, bytes.len())
-                .and_then(|s| s.write_slice(&bytes, 0).map_err(Into::into))
-                .map_err(Error::Access)?,
+        // The slot is written whole, zeroed where unused (no stale bytes reach the device):
+        // through the host view of the slots in place, or else as below.
+        if !q.write_slot(head, kind, sector, range) {
+            let mut bytes = [0u8; SLOT_BYTES as usize];
+            bytes[0..4].copy_from_slice(&kind.to_le_bytes());
+            bytes[8..16].copy_from_slice(&sector.to_le_bytes());
+            if let Some((s, n, flags)) = range {
+                bytes[16..24].copy_from_slice(&s.to_le_bytes());
+                bytes[24..28].copy_from_slice(&n.to_le_bytes());
+                bytes[28..32].copy_from_slice(&flags.to_le_bytes());
+            }
+            bytes[SLOT_STATUS as usize] = 0xff;
+            // The host view of the slots, or one bounds-checked slice of the region, without the
+            // region iterator of `Bytes::write_slice`: this is the I/O path.
+            match q.slot_slice(u64::from(head) * SLOT_BYTES, bytes.len()) {
+                Some(s) => s
+                    .write_slice(&bytes, 0)
+                    .map_err(|e| Error::Access(e.into()))?,
+                None => self
+                    .mem
+                    .guest_memory()
+                    .get_slice(slot, bytes.len())
+                    .and_then(|s| s.write_slice(&bytes, 0).map_err(Into::into))
+                    .map_err(Error::Access)?,
+            }
         }
 
         // The chain is built in a buffer kept across requests: no allocation per request.
@@ -947,8 +999,10 @@ impl<T: Transport> BlkDriver<T> {
                 .take()
                 .ok_or(Error::NoRequest(c.head))?;
             let offset = u64::from(c.head) * SLOT_BYTES + SLOT_STATUS;
-            let status: u8 = match q.slot_slice(offset, 1) {
-                Some(s) => s.read_obj(0).map_err(|e| Error::Access(e.into()))?,
+            let status: u8 = match q.slot_ptr(offset, 1) {
+                // SAFETY: `slot_ptr` checked that the byte lies inside the slots, mapped while
+                // the queue lives; the device writes it, so it is read once, volatile.
+                Some(p) => unsafe { std::ptr::read_volatile(p) },
                 None => self
                     .mem
                     .guest_memory()

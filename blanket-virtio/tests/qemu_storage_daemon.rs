@@ -359,6 +359,60 @@ fn daemon_killed_during_io_gives_a_clean_error() {
 }
 
 #[test]
+fn daemon_killed_ends_a_wait_without_timeout() {
+    // `timeout: Duration::MAX`: the wait arms no timer; only the socket hanging up can end it.
+    let Some(mut d) = start(1, |_| {}) else {
+        return;
+    };
+    let mem = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    let t = VhostUserTransport::connect(&d.sock, mem.clone()).unwrap();
+    let options = BlkOptions {
+        timeout: Duration::MAX,
+        ..BlkOptions::default()
+    };
+    let mut disk = BlkDriver::new(t, options).unwrap();
+    let buf = DataBuf {
+        addr: mem.alloc(4096).unwrap(),
+        len: 4096,
+    };
+    // A round trip first: the export serves, and a wait without timeout returns completions.
+    let req = Request::Read {
+        sector: 0,
+        bufs: std::slice::from_ref(&buf),
+    };
+    disk.submit(0, &req, 1).unwrap();
+    disk.kick(0).unwrap();
+    let mut out = Vec::new();
+    while out.is_empty() {
+        disk.wait(0, &mut out).unwrap();
+    }
+    assert_eq!(out[0].tag, 1);
+    // Then a wait with nothing in flight, which only the daemon's death can end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let r = disk.wait(0, &mut out);
+        tx.send(r).unwrap();
+        drop(disk);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        rx.try_recv().is_err(),
+        "the wait returned with nothing in flight"
+    );
+    d.kill();
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the wait did not end within 10 s of the daemon's death");
+    let e = r.expect_err("the wait succeeded after the daemon died");
+    assert!(
+        matches!(e, blk::Error::Transport(transport::Error::DeviceGone(_))),
+        "{e:?}"
+    );
+    waiter.join().unwrap();
+}
+
+#[test]
 fn guest_pages_go_straight_to_the_device() {
     use std::os::unix::fs::FileExt;
 

@@ -21,9 +21,9 @@
 //! device-writable length).
 
 use std::collections::VecDeque;
-use std::mem::{offset_of, size_of};
+use std::mem::{align_of, offset_of, size_of};
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use virtio_bindings::virtio_ring::{
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -31,7 +31,7 @@ use virtio_bindings::virtio_ring::{
 };
 use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
-    Le16, Le32, Le64, Permissions, VolatileSlice,
+    GuestMemoryRegion, Le16, Le32, Le64, Permissions,
 };
 
 use crate::memory::DmaMemory;
@@ -113,11 +113,15 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     in_flight: u16,
     broken: bool,
     /// The host addresses of the rings (and indirect tables) when they are in memory this
-    /// process maps (set by [`SplitQueue::allocate`]): the I/O path then reaches them through a
-    /// `VolatileSlice` made from the address, without looking the region up on every access.
+    /// process maps (set by [`SplitQueue::allocate`]): the I/O path then reaches them with
+    /// volatile and atomic accesses at the address, without looking the region up on every
+    /// access.
     host: HostAreas,
     /// Whether `host` is used (see [`SplitQueue::set_host_view`]).
     host_view: bool,
+    /// The regions of `mem` (start, bytes), taken once: `mem` is immutable behind its `Arc`, so
+    /// a segment inside one of them is inside the memory without a lookup per segment.
+    regions: Vec<(u64, u64)>,
     /// With `IN_ORDER`: the heads in flight, in the order they were made available.
     order: VecDeque<u16>,
     /// With `IN_ORDER`: buffers of the current batch not yet handed out, the last one's
@@ -126,11 +130,29 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
 }
 
 /// Where the queue's areas are mapped in this process: (guest address, host address, bytes),
-/// each inside one region of the queue's memory.
+/// each inside one region of the queue's memory, indexed by [`Area`]; a host address of 0 means
+/// the area is not mapped (it is then reached through `vm-memory`).
 #[derive(Clone, Copy, Debug, Default)]
 struct HostAreas {
     areas: [(u64, usize, usize); 4],
-    len: usize,
+}
+
+impl HostAreas {
+    /// How many of the areas are mapped.
+    #[cfg(test)]
+    fn mapped(&self) -> usize {
+        self.areas.iter().filter(|a| a.1 != 0).count()
+    }
+}
+
+/// The queue's areas, each reached through its own entry of [`HostAreas`]: every access names
+/// the area it is in, so finding its host address is one subtraction and one comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Area {
+    Desc = 0,
+    Avail = 1,
+    Used = 2,
+    Indirect = 3,
 }
 
 /// The batch an in-order used element reported (section 2.7.9), handed out one completion at a
@@ -176,19 +198,20 @@ impl SplitQueue<GuestMemoryMmap> {
         };
         let mut q = Self::new(dma.guest_memory().clone(), layout, features, indirect)?;
         let mut areas = vec![
-            (desc_table, QueueLayout::desc_table_bytes(size)),
-            (avail_ring, QueueLayout::avail_ring_bytes(size)),
-            (used_ring, QueueLayout::used_ring_bytes(size)),
+            (Area::Desc, desc_table, QueueLayout::desc_table_bytes(size)),
+            (Area::Avail, avail_ring, QueueLayout::avail_ring_bytes(size)),
+            (Area::Used, used_ring, QueueLayout::used_ring_bytes(size)),
         ];
         if let Some(t) = indirect {
             areas.push((
+                Area::Indirect,
                 t,
                 u64::from(size)
                     * u64::from(MAX_INDIRECT_DESCRIPTORS)
                     * size_of::<Descriptor>() as u64,
             ));
         }
-        for (addr, len) in areas {
+        for (area, addr, len) in areas {
             // Inside one mapped region (get_slice checks it), whose mapping stays while `q.mem`
             // holds the memory.
             let mem = dma.guest_memory();
@@ -196,9 +219,12 @@ impl SplitQueue<GuestMemoryMmap> {
                 continue;
             }
             if let Ok(host) = mem.get_host_address(addr) {
-                let i = q.host.len;
-                q.host.areas[i] = (addr.0, host as usize, len as usize);
-                q.host.len += 1;
+                // The fast path writes descriptors (8-byte fields) and indices in place: an
+                // area whose host address is not 16-byte aligned (never, for page-aligned
+                // allocations) stays on vm-memory's path.
+                if host as usize % 16 == 0 {
+                    q.host.areas[area as usize] = (addr.0, host as usize, len as usize);
+                }
             }
         }
         Ok(q)
@@ -219,7 +245,9 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         if indirect_tables.is_none() {
             features.indirect_desc = false;
         }
+        let regions = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
         let mut q = SplitQueue {
+            regions,
             mem,
             layout: QueueLayout {
                 packed: false,
@@ -367,8 +395,10 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         }
         let mut writable = 0u64;
         for s in segments {
-            // Inside one region (one lookup), or else across regions (vm-memory's walk).
-            if self.mem.get_slice(s.addr, s.len as usize).is_err()
+            // Inside one region (the regions taken at creation, then one lookup), or else
+            // across regions (vm-memory's walk).
+            if !self.in_one_region(s)
+                && self.mem.get_slice(s.addr, s.len as usize).is_err()
                 && !GuestMemory::check_range(
                     &*self.mem,
                     s.addr,
@@ -420,11 +450,22 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .layout
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(slot));
-        self.put(Le16::from(head), entry)?;
+        self.put(Area::Avail, Le16::from(head), entry)?;
         self.avail_at[usize::from(head)] = self.avail_idx;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.in_flight += 1;
         Ok(head)
+    }
+
+    /// Whether `s` lies inside one region of the memory (and starts inside it).
+    #[inline]
+    fn in_one_region(&self, s: &Segment) -> bool {
+        self.regions.iter().any(|&(start, len)| {
+            s.addr
+                .0
+                .checked_sub(start)
+                .is_some_and(|off| off < len && u64::from(s.len) <= len - off)
+        })
     }
 
     fn desc_addr(&self, index: u16) -> GuestAddress {
@@ -435,6 +476,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
 
     fn write_desc(
         &self,
+        area: Area,
         at: GuestAddress,
         s: &Segment,
         flags: u32,
@@ -452,7 +494,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             flags: Le16::from(flags as u16),
             next: Le16::from(next),
         };
-        self.put(d, at)
+        self.put(area, d, at)
     }
 
     fn write_direct(&mut self, head: u16, segments: &[Segment]) -> Result<(), Error> {
@@ -472,7 +514,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             };
             self.next[usize::from(current)] = next;
             let flags = if last { 0 } else { VRING_DESC_F_NEXT };
-            self.write_desc(self.desc_addr(current), s, flags, next)?;
+            self.write_desc(Area::Desc, self.desc_addr(current), s, flags, next)?;
             current = next;
         }
         Ok(())
@@ -492,7 +534,13 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             let last = i + 1 == segments.len();
             let flags = if last { 0 } else { VRING_DESC_F_NEXT };
             let next = if last { 0 } else { (i + 1) as u16 };
-            self.write_desc(table.unchecked_add(i as u64 * entry), s, flags, next)?;
+            self.write_desc(
+                Area::Indirect,
+                table.unchecked_add(i as u64 * entry),
+                s,
+                flags,
+                next,
+            )?;
         }
         let table_seg = Segment {
             addr: table,
@@ -500,7 +548,13 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             device_writable: false,
         };
         self.next[usize::from(head)] = 0;
-        self.write_desc(self.desc_addr(head), &table_seg, VRING_DESC_F_INDIRECT, 0)
+        self.write_desc(
+            Area::Desc,
+            self.desc_addr(head),
+            &table_seg,
+            VRING_DESC_F_INDIRECT,
+            0,
+        )
     }
 
     /// Publishes the chains added since the last call with a release store of `avail.idx`, and
@@ -520,19 +574,19 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .layout
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, idx) as u64);
-        self.store16(new, idx_addr, Ordering::Release)?;
+        self.store16(Area::Avail, new, idx_addr, Ordering::Release)?;
         self.published_avail = new;
         // Order the avail.idx store before the loads of the device's suppression fields.
         fence(Ordering::SeqCst);
         if self.features.event_idx {
-            let event = self.load16(self.avail_event_addr(), Ordering::Acquire)?;
+            let event = self.load16(Area::Used, self.avail_event_addr(), Ordering::Acquire)?;
             Ok(need_event(event, new, old))
         } else {
             let flags_addr = self
                 .layout
                 .used_ring
                 .unchecked_add(offset_of!(vring_used, flags) as u64);
-            let flags = self.load16(flags_addr, Ordering::Acquire)?;
+            let flags = self.load16(Area::Used, flags_addr, Ordering::Acquire)?;
             Ok(u32::from(flags) & VRING_USED_F_NO_NOTIFY == 0)
         }
     }
@@ -555,67 +609,94 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .layout
             .used_ring
             .unchecked_add(offset_of!(vring_used, idx) as u64);
-        self.load16(addr, Ordering::Acquire)
+        self.load16(Area::Used, addr, Ordering::Acquire)
     }
 
-    /// The host view of `len` bytes at `addr`, when they lie inside one of the queue's areas
-    /// mapped in this process: a `VolatileSlice` made from the address taken at
-    /// [`SplitQueue::allocate`], with no region lookup.
-    fn host_slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {
+    /// The host address of `len` bytes at `addr` in `area`, aligned to `align`, when the area is
+    /// mapped in this process (taken at [`SplitQueue::allocate`]) and the bytes lie inside it:
+    /// one subtraction and one comparison, with no region lookup.
+    #[inline]
+    fn host_ptr(&self, area: Area, addr: GuestAddress, len: usize, align: usize) -> Option<usize> {
         if !self.host_view {
             return None;
         }
-        for &(gpa, host, area_len) in &self.host.areas[..self.host.len] {
-            let Some(off) = addr.0.checked_sub(gpa) else {
-                continue;
-            };
-            let off = usize::try_from(off).ok()?;
-            if off.checked_add(len).is_some_and(|end| end <= area_len) {
-                // SAFETY: `host..host + area_len` is the mapping of one region of `self.mem`
-                // (checked with `get_slice` when the address was taken), and `off + len` is
-                // within it. `self.mem` is an `Arc` of the `GuestMemoryMmap` that maps it,
-                // whose regions are never unmapped or moved while it lives, and the queue holds
-                // it: the memory stays valid for the slice's lifetime (a borrow of `self`). The
-                // device shares it, so only volatile (or atomic) accesses are made to it, which
-                // is what `VolatileSlice` does.
-                return Some(unsafe { VolatileSlice::new((host + off) as *mut u8, len) });
+        let (gpa, host, area_len) = self.host.areas[area as usize];
+        if host == 0 {
+            return None;
+        }
+        let off = usize::try_from(addr.0.checked_sub(gpa)?).ok()?;
+        if off.checked_add(len)? > area_len {
+            return None;
+        }
+        let p = host + off;
+        (p % align == 0).then_some(p)
+    }
+
+    /// Writes `v` at `addr` in `area`: one volatile store through the host view of the rings
+    /// when there is one, else one bounds-checked slice of the region (`get_slice`, without the
+    /// region iterator `Bytes::write_obj` goes through on every call).
+    #[inline]
+    fn put<T: ByteValued>(&self, area: Area, v: T, addr: GuestAddress) -> Result<(), Error> {
+        if let Some(p) = self.host_ptr(area, addr, size_of::<T>(), align_of::<T>()) {
+            // SAFETY: `p..p + size_of::<T>()` lies inside one area of the rings, mapped in this
+            // process as part of one region of `self.mem` (checked with `get_slice` when the
+            // address was taken); `self.mem` is an `Arc` of the `GuestMemoryMmap` that maps it,
+            // whose regions are never unmapped or moved while it lives, and the queue holds it.
+            // `p` is aligned for `T` (checked by `host_ptr`), and `T: ByteValued` has no
+            // invalid bit patterns. The device shares the memory, so the access is volatile.
+            unsafe { std::ptr::write_volatile(p as *mut T, v) };
+            return Ok(());
+        }
+        self.mem
+            .get_slice(addr, size_of::<T>())
+            .and_then(|s| s.write_obj(v, 0).map_err(Into::into))
+            .map_err(Error::Access)
+    }
+
+    /// Reads a `T` at `addr` in `area`, as [`Self::put`] writes: one volatile copy.
+    #[inline]
+    fn get<T: ByteValued>(&self, area: Area, addr: GuestAddress) -> Result<T, Error> {
+        if let Some(p) = self.host_ptr(area, addr, size_of::<T>(), align_of::<T>()) {
+            // SAFETY: as in `put`: `p` is inside a mapped area of the rings that lives as long
+            // as the queue, aligned for `T`, and any bit pattern is a valid `T` (`ByteValued`);
+            // the device may write it concurrently, so it is read once, volatile.
+            return Ok(unsafe { std::ptr::read_volatile(p as *const T) });
+        }
+        self.mem
+            .get_slice(addr, size_of::<T>())
+            .and_then(|s| s.read_obj(0).map_err(Into::into))
+            .map_err(Error::Access)
+    }
+
+    /// The `AtomicU16` at `p`.
+    ///
+    /// # Safety
+    ///
+    /// `p` must come from [`Self::host_ptr`] with a length and alignment of 2.
+    #[inline]
+    unsafe fn atomic16(&self, p: usize) -> &AtomicU16 {
+        // SAFETY: by the caller's contract `p` is 2-byte aligned and inside a mapped area of
+        // the rings that lives as long as `self` (see `put`); `AtomicU16` has the size and
+        // alignment of `u16`, and every bit pattern is valid. The device accesses these index
+        // and flags fields atomically too (virtio 2.7.13).
+        unsafe { &*(p as *const AtomicU16) }
+    }
+
+    /// Stores a little-endian `u16` index or flags field at `addr` in `area` with `order`.
+    #[inline]
+    fn store16(
+        &self,
+        area: Area,
+        v: u16,
+        addr: GuestAddress,
+        order: Ordering,
+    ) -> Result<(), Error> {
+        match self.host_ptr(area, addr, 2, 2) {
+            Some(p) => {
+                // SAFETY: `p` comes from `host_ptr` with length and alignment 2.
+                unsafe { self.atomic16(p) }.store(u16::to_le(v), order);
+                Ok(())
             }
-        }
-        None
-    }
-
-    /// Writes `v` at `addr`: through the host view of the rings when there is one, else one
-    /// bounds-checked slice of the region (`get_slice`, without the region iterator
-    /// `Bytes::write_obj` goes through on every call).
-    fn put<T: ByteValued>(&self, v: T, addr: GuestAddress) -> Result<(), Error> {
-        match self.host_slice(addr, size_of::<T>()) {
-            Some(s) => s.write_obj(v, 0).map_err(|e| Error::Access(e.into())),
-            None => self
-                .mem
-                .get_slice(addr, size_of::<T>())
-                .and_then(|s| s.write_obj(v, 0).map_err(Into::into))
-                .map_err(Error::Access),
-        }
-    }
-
-    /// Reads a `T` at `addr`, as [`Self::put`] writes.
-    fn get<T: ByteValued>(&self, addr: GuestAddress) -> Result<T, Error> {
-        match self.host_slice(addr, size_of::<T>()) {
-            Some(s) => s.read_obj(0).map_err(|e| Error::Access(e.into())),
-            None => self
-                .mem
-                .get_slice(addr, size_of::<T>())
-                .and_then(|s| s.read_obj(0).map_err(Into::into))
-                .map_err(Error::Access),
-        }
-    }
-
-    /// Stores a little-endian `u16` index or flags field at `addr` with `order`.
-    fn store16(&self, v: u16, addr: GuestAddress, order: Ordering) -> Result<(), Error> {
-        match self.host_slice(addr, 2) {
-            Some(s) => s
-                .store(u16::to_le(v), 0, order)
-                .map_err(|e| Error::Access(e.into())),
             None => self
                 .mem
                 .store(u16::to_le(v), addr, order)
@@ -623,12 +704,12 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         }
     }
 
-    /// Loads a little-endian `u16` index or flags field at `addr` with `order`.
-    fn load16(&self, addr: GuestAddress, order: Ordering) -> Result<u16, Error> {
-        let v = match self.host_slice(addr, 2) {
-            Some(s) => s
-                .load::<u16>(0, order)
-                .map_err(|e| Error::Access(e.into()))?,
+    /// Loads a little-endian `u16` index or flags field at `addr` in `area` with `order`.
+    #[inline]
+    fn load16(&self, area: Area, addr: GuestAddress, order: Ordering) -> Result<u16, Error> {
+        let v = match self.host_ptr(area, addr, 2, 2) {
+            // SAFETY: `p` comes from `host_ptr` with length and alignment 2.
+            Some(p) => unsafe { self.atomic16(p) }.load(order),
             None => self.mem.load::<u16>(addr, order).map_err(Error::Access)?,
         };
         Ok(u16::from_le(v))
@@ -780,7 +861,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             offset_of!(vring_used, ring) as u64
                 + size_of::<vring_used_elem>() as u64 * u64::from(slot),
         );
-        let elem: UsedElem = self.get(elem_addr)?;
+        let elem: UsedElem = self.get(Area::Used, elem_addr)?;
         Ok((elem.id.to_native(), elem.len.to_native()))
     }
 
@@ -813,7 +894,12 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             return Err(Error::Broken);
         }
         if self.features.event_idx {
-            self.store16(self.last_used, self.used_event_addr(), Ordering::Release)?;
+            self.store16(
+                Area::Avail,
+                self.last_used,
+                self.used_event_addr(),
+                Ordering::Release,
+            )?;
         } else {
             self.set_avail_flags(0)?;
         }
@@ -826,6 +912,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         if self.features.event_idx {
             // used_event one behind last_used: the device notifies only after 2^16 completions.
             self.store16(
+                Area::Avail,
                 self.last_used.wrapping_sub(1),
                 self.used_event_addr(),
                 Ordering::Relaxed,
@@ -840,7 +927,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             .layout
             .avail_ring
             .unchecked_add(offset_of!(vring_avail, flags) as u64);
-        self.store16(flags, addr, Ordering::Relaxed)
+        self.store16(Area::Avail, flags, addr, Ordering::Relaxed)
     }
 }
 
@@ -943,7 +1030,7 @@ mod tests {
                     in_order: false,
                 },
             );
-            assert_eq!(q.host.len, if indirect_desc { 4 } else { 3 });
+            assert_eq!(q.host.mapped(), if indirect_desc { 4 } else { 3 });
             q.set_host_view(host_view);
             let segs = [
                 seg(&dma, 16, false),

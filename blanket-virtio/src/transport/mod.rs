@@ -81,7 +81,8 @@ pub trait Transport {
     fn notify(&mut self, index: u16) -> Result<(), Error>;
 
     /// Waits up to `timeout` for a used-buffer notification on queue `index`. Returns early if
-    /// the device goes away.
+    /// the device goes away. `Duration::MAX` means no timeout (the vhost-user transport then
+    /// arms no timer for the wait, which a daemon that dies still ends through its socket).
     fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), Error>;
 
     /// Makes `fd`, an eventfd, the descriptor the device signals when it uses buffers of queue

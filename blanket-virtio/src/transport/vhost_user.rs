@@ -514,7 +514,9 @@ impl Transport for VhostUserTransport {
             index,
             max: self.waits.len() as u16,
         })?;
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // A timeout epoll cannot express (`Duration::MAX`, or anything from about 24 days on)
+        // is no timeout: the wait arms no timer, and still ends when the socket hangs up.
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(-1);
         let mut events = [EpollEvent::default(); 2];
         let n = loop {
             match epoll.wait(ms, &mut events) {
