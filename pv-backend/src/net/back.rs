@@ -645,7 +645,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             st.rest = segs;
             st.meta = gso::SEGMENT_META;
         } else if let Checksum::Partial { start, offset } = st.meta.checksum {
-            complete_checksum(&mut st.frame, start, offset);
+            super::ip::complete_checksum(&mut st.frame, start, offset);
             st.meta.checksum = Checksum::Validated;
         }
         Ok(())
@@ -731,7 +731,7 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
                 if !self.config.rx.takes_partial(&data) {
                     // The front end does not take partial checksums of this kind
                     // (`feature-no-csum-offload`, no `feature-ipv6-csum-offload`): complete it.
-                    complete_checksum(&mut data, start, offset);
+                    super::ip::complete_checksum(&mut data, start, offset);
                     meta.checksum = Checksum::Validated;
                 }
             }
@@ -969,18 +969,4 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
         offset,
         pseudo,
     })
-}
-
-/// Completes a partial checksum: the one's-complement sum from `start` to the end of the frame
-/// (the field holds the pseudo-header sum), stored at `start + offset`.
-fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) {
-    let (start, field) = (usize::from(start), usize::from(start) + usize::from(offset));
-    if field + 2 > frame.len() {
-        return;
-    }
-    let mut sum = !super::ip::csum_fold(super::ip::csum_add(&frame[start..], 0));
-    if offset == 6 && sum == 0 {
-        sum = 0xffff; // UDP: 0 means "no checksum"
-    }
-    frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
 }

@@ -112,6 +112,38 @@ pub(super) fn ipv6(f: &[u8], l3: usize) -> Result<Ipv6, IpError> {
     })
 }
 
+/// Where the frame's IP datagram ends, as its IPv4 total length or IPv6 payload length says, never
+/// past the frame: what follows is Ethernet padding (a frame shorter than 60 bytes is padded). The
+/// frame's length when it holds no readable IP header (or an IPv6 jumbogram's payload length 0).
+pub(super) fn datagram_end(f: &[u8]) -> usize {
+    let end = match l3(f) {
+        Some((ETHERTYPE_IPV4, at)) => ipv4(f, at).ok().map(|h| at + h.total),
+        Some((ETHERTYPE_IPV6, at)) => ipv6(f, at)
+            .ok()
+            .filter(|h| h.payload != 0)
+            .map(|h| at + 40 + h.payload),
+        _ => None,
+    };
+    end.map_or(f.len(), |e| e.min(f.len()))
+}
+
+/// Completes a partial checksum (`Checksum::Partial`): the one's-complement sum from `start` to the
+/// end of the IP datagram ([`datagram_end`]; not over any Ethernet padding), the field at
+/// `start + offset` holding the pseudo-header's sum, stored in that field. A field outside the
+/// datagram is left alone.
+pub(super) fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) {
+    let end = datagram_end(frame);
+    let (start, field) = (usize::from(start), usize::from(start) + usize::from(offset));
+    if field + 2 > end {
+        return;
+    }
+    let mut sum = !csum_fold(csum_add(&frame[start..end], 0));
+    if offset == 6 && sum == 0 {
+        sum = 0xffff; // UDP: 0 means "no checksum"
+    }
+    frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// The one's-complement sum (RFC 1071) of `data`, as big-endian 16-bit words (an odd last byte
 /// padded with a zero), added to `sum`; not folded (see [`csum_fold`]). The 64-bit accumulator
 /// cannot overflow for any frame (it would take 2^48 words), so the loop has no carry test per
@@ -138,7 +170,7 @@ pub(super) fn csum_fold(mut sum: u64) -> u16 {
 
 #[cfg(test)]
 mod tests {
-    use super::{csum_add, csum_fold};
+    use super::{complete_checksum, csum_add, csum_fold, datagram_end};
 
     #[test]
     fn the_checksum_of_rfc_1071s_example() {
@@ -164,5 +196,91 @@ mod tests {
         assert_eq!(csum_fold(csum_add(&data, 0)), 0xffff);
         // The carries of 64 KiB of 0xff bytes fold back: the sum is 0xffff, never 0.
         assert_eq!(csum_fold(csum_add(&[0xff; 65536], 0)), 0xffff);
+    }
+    /// A UDP/IPv4 frame of `payload` bytes, its checksum field holding the pseudo-header's sum (as a
+    /// sender that offloads it leaves it), padded with `pad` bytes of 0xee.
+    fn partial_udp4(payload: &[u8], pad: usize) -> Vec<u8> {
+        let udp_len = 8 + payload.len();
+        let total = 20 + udp_len;
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend_from_slice(&[
+            0x30,
+            0x39,
+            0x00,
+            0x35,
+            (udp_len >> 8) as u8,
+            udp_len as u8,
+            0,
+            0,
+        ]);
+        f.extend_from_slice(payload);
+        let pseudo = [
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
+            0,
+            17,
+            (udp_len >> 8) as u8,
+            udp_len as u8,
+        ];
+        let p = csum_fold(csum_add(&pseudo, 0));
+        f[40..42].copy_from_slice(&p.to_be_bytes());
+        f.extend(std::iter::repeat_n(0xee, pad));
+        f
+    }
+
+    /// The UDP checksum of the datagram in `f` (header and payload, without padding) verifies: the
+    /// pseudo-header and the segment sum to all ones.
+    fn udp4_checksum_ok(f: &[u8]) -> bool {
+        let udp_len = usize::from(u16::from_be_bytes([f[38], f[39]]));
+        let mut pseudo = [0u8; 12];
+        pseudo[..8].copy_from_slice(&f[26..34]);
+        pseudo[9] = 17;
+        pseudo[10..].copy_from_slice(&f[38..40]);
+        csum_fold(csum_add(&f[34..34 + udp_len], csum_add(&pseudo, 0))) == 0xffff
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed_over_the_datagram_not_the_padding() {
+        // 5 bytes of payload make a 47-byte frame, padded to the 60 of Ethernet's minimum.
+        let mut f = partial_udp4(b"hello", 13);
+        assert_eq!(f.len(), 60);
+        assert_eq!(datagram_end(&f), 47);
+        complete_checksum(&mut f, 34, 6);
+        assert!(udp4_checksum_ok(&f), "checksum over the datagram only");
+        // The same frame unpadded gets the same checksum.
+        let mut g = partial_udp4(b"hello", 0);
+        complete_checksum(&mut g, 34, 6);
+        assert_eq!(f[40..42], g[40..42]);
+        // A field past the datagram's end (a lying offset) is left alone, the padding untouched.
+        let mut h = partial_udp4(b"hello", 13);
+        let before = h.clone();
+        complete_checksum(&mut h, 34, 20);
+        assert_eq!(h, before);
+        // A total length past the frame is bounded by the frame.
+        let mut t = partial_udp4(b"hello", 0);
+        t[16..18].copy_from_slice(&[0x40, 0x00]);
+        assert_eq!(datagram_end(&t), t.len());
     }
 }
