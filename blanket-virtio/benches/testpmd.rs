@@ -24,18 +24,18 @@
 //! measurement time (default 2). Skipped, with a message, when `dpdk-testpmd` is not installed
 //! (Debian `dpdk-dev`) or does not start (it needs no hugepages with `--no-huge`).
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/testpmd.rs"]
+mod testpmd;
 
 use blanket_virtio::memory::DmaMemory;
 use blanket_virtio::net::{NetDriver, NetHdr, NetOptions};
 use blanket_virtio::transport::vhost_user::VhostUserTransport;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use testpmd::{Opts, StartError, Testpmd};
 
-const TESTPMD: &str = "dpdk-testpmd";
 /// Frames in flight per iteration.
 const WINDOW: usize = 32;
 /// Frame sizes (without the virtio-net header and the FCS).
@@ -49,91 +49,6 @@ const CONFIGS: [(&str, bool, bool); 4] = [
 ];
 const VIRTIO_F_RING_PACKED: u32 = 34;
 const VIRTIO_F_IN_ORDER: u32 = 35;
-
-/// A running testpmd in its own temporary directory, killed when dropped.
-struct Testpmd {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    prefix: String,
-}
-
-impl Testpmd {
-    /// Starts testpmd, or says why not.
-    fn start() -> Result<Testpmd, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        let sock = dir.path().join("net.sock");
-        let prefix = format!("blanket-bench-{}", std::process::id());
-        let log = |name: &str| {
-            File::create(dir.path().join(name)).map_err(|e| format!("log file {name}: {e}"))
-        };
-        let child = Command::new(TESTPMD)
-            .args([
-                "--no-pci",
-                "--no-huge",
-                "-m",
-                "512",
-                "--file-prefix",
-                &prefix,
-                "--vdev",
-                &format!("net_vhost0,iface={},queues=1", sock.display()),
-                "--",
-                "--total-num-mbufs=16384",
-                "--forward-mode=io",
-                "--port-topology=loop",
-            ])
-            // testpmd runs until a line arrives on its standard input: keep it open.
-            .stdin(Stdio::piped())
-            .stdout(log("stdout")?)
-            .stderr(log("stderr")?)
-            .spawn()
-            .map_err(|e| format!("cannot run {TESTPMD} ({e}): install Debian's dpdk-dev"))?;
-        let mut t = Testpmd {
-            child,
-            dir,
-            sock,
-            prefix,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !t.sock.exists() {
-            if let Ok(Some(status)) = t.child.try_wait() {
-                return Err(format!(
-                    "{TESTPMD} exited ({status}) before making its socket:\n{}",
-                    t.logs()
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{TESTPMD} made no socket in 30 s:\n{}", t.logs()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(t)
-    }
-
-    fn logs(&self) -> String {
-        let read = |name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            read("stdout"),
-            read("stderr")
-        )
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A killed testpmd leaves its runtime directory behind: remove ours.
-        let mut dirs = vec![PathBuf::from("/var/run/dpdk").join(&self.prefix)];
-        if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-            dirs.push(PathBuf::from(x).join("dpdk").join(&self.prefix));
-        }
-        for d in dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
 
 /// A connected driver and the frames it sends.
 struct Looper {
@@ -256,9 +171,14 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let pmd = match Testpmd::start() {
+    let pmd = match Testpmd::start(Opts {
+        memory_mb: 512,
+        mbufs: 16384,
+        prefix: "blanket-bench",
+        ..Opts::default()
+    }) {
         Ok(p) => p,
-        Err(why) => {
+        Err(StartError::Missing(why) | StartError::Failed(why)) => {
             eprintln!("skipping the testpmd bench: {why}");
             return;
         }

@@ -9,130 +9,33 @@
 //! testpmd runs without hugepages (`--no-huge`), as the vhost-user server on a socket in a
 //! temporary directory. The tests fail, saying what to install, when the binary is missing.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "common/testpmd.rs"]
+mod testpmd;
 
 use blanket_virtio::memory::DmaMemory;
 use blanket_virtio::net::{self, NetDriver, NetOptions};
 use blanket_virtio::transport::vhost_user::VhostUserTransport;
 use blanket_virtio::transport::{self, Transport};
+use testpmd::{Opts, StartError, Testpmd, warm_up};
 
-const TESTPMD: &str = "dpdk-testpmd";
 const VIRTIO_F_RING_PACKED: u32 = 34;
 const VIRTIO_F_IN_ORDER: u32 = 35;
 const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 
-/// A running testpmd in its own temporary directory, killed when dropped.
-struct Testpmd {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    /// The `--file-prefix`: DPDK's runtime directory is named after it.
-    prefix: String,
-}
-
-impl Testpmd {
-    /// Starts testpmd with one `net_vhost` port on a fresh socket, forwarding in `mode`.
-    fn start(mode: &str) -> Testpmd {
-        Self::start_with_queues(mode, 1)
-    }
-
-    /// Starts testpmd with one `net_vhost` port of `queues` queue pairs.
-    fn start_with_queues(mode: &str, queues: u16) -> Testpmd {
-        static COUNT: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("net.sock");
-        let prefix = format!(
-            "blanket-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        let log = |name: &str| File::create(dir.path().join(name)).unwrap();
-        let spawned = Command::new(TESTPMD)
-            .args([
-                "--no-pci",
-                "--no-huge",
-                "-m",
-                "256",
-                "--file-prefix",
-                &prefix,
-                "--vdev",
-                &format!("net_vhost0,iface={},queues={queues}", sock.display()),
-                "--",
-                "--total-num-mbufs=2048",
-                &format!("--rxq={queues}"),
-                &format!("--txq={queues}"),
-                &format!("--forward-mode={mode}"),
-                "--port-topology=loop",
-            ])
-            // testpmd runs until a line arrives on its standard input: keep it open.
-            .stdin(Stdio::piped())
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .spawn();
-        let child = match spawned {
-            Ok(c) => c,
-            Err(e) => panic!(
-                "cannot run {TESTPMD} ({e}): install Debian's dpdk-dev package, which has it \
-                 (scripts/setup does)"
-            ),
-        };
-        let mut t = Testpmd {
-            child,
-            dir,
-            sock,
-            prefix,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !t.sock.exists() {
-            if let Ok(Some(status)) = t.child.try_wait() {
-                panic!(
-                    "{TESTPMD} exited ({status}) before creating its socket:\n{}",
-                    t.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{TESTPMD} did not create {} within 30 s:\n{}",
-                t.sock.display(),
-                t.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        t
-    }
-
-    fn logs(&self) -> String {
-        let read = |name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            read("stdout"),
-            read("stderr")
-        )
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        self.kill();
-        // A killed testpmd leaves its runtime directory behind (/var/run/dpdk/<prefix> as
-        // root, $XDG_RUNTIME_DIR/dpdk/<prefix> otherwise): remove ours.
-        let mut dirs = vec![PathBuf::from("/var/run/dpdk").join(&self.prefix)];
-        if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-            dirs.push(PathBuf::from(x).join("dpdk").join(&self.prefix));
-        }
-        for d in dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
+/// Starts testpmd forwarding in `mode` on a port of `queues` pairs; fails the test when it
+/// cannot run.
+fn start_pmd(mode: &str, queues: u16) -> Testpmd {
+    match Testpmd::start(Opts {
+        mode,
+        queues,
+        ..Opts::default()
+    }) {
+        Ok(t) => t,
+        Err(StartError::Missing(e) | StartError::Failed(e)) => panic!("{e}"),
     }
 }
 
@@ -160,40 +63,6 @@ fn driver_with(sock: &Path, packed_ring: bool, in_order: bool) -> NetDriver<Vhos
     d
 }
 
-/// Waits until testpmd forwards on every pair: its port starts forwarding on its own schedule
-/// once the vhost-user handshake is done (after our last `SET_VRING_ENABLE` has been answered),
-/// and it drops what it dequeues before both of its queues are allowed (its `new_device`
-/// allows the receive queues, then the transmit queues). A probe frame (EtherType 0x88b6) is
-/// sent on each pair until one comes back; late copies are then drained.
-fn warm_up(d: &mut NetDriver<VhostUserTransport>, pairs: u16) {
-    let mut probe = vec![0xff; 6];
-    probe.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x88, 0xb6]);
-    probe.resize(60, 0);
-    let hdr = blanket_virtio::net::NetHdr::default();
-    for pair in 0..pairs {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        'probe: loop {
-            assert!(
-                Instant::now() < deadline,
-                "testpmd forwarded no probe on pair {pair} within 20 s"
-            );
-            d.send_on(pair, &probe, &hdr).unwrap();
-            let sent = Instant::now();
-            while sent.elapsed() < Duration::from_millis(500) {
-                if d.recv_on(pair).unwrap().is_some() {
-                    break 'probe;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        let quiet = Instant::now();
-        while quiet.elapsed() < Duration::from_millis(200) {
-            let _ = d.recv_on(pair).unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// A frame of `len` bytes: broadcast destination, a locally administered source, an
 /// experimental EtherType (0x88b5), then a payload that differs for every `seq`.
 fn frame(len: usize, seq: u32) -> Vec<u8> {
@@ -214,7 +83,7 @@ fn frames_come_back_byte_identical_over_split_and_packed_rings() {
     // ring order and takes testpmd's used batches (one used descriptor for a burst of
     // transmitted buffers on a packed ring), checking each against the order.
     for (packed, in_order) in [(false, true), (true, true), (false, false), (true, false)] {
-        let pmd = Testpmd::start("io");
+        let pmd = start_pmd("io", 1);
         let mut d = driver_with(&pmd.sock, packed, in_order);
         assert_eq!(has(d.features(), VIRTIO_F_RING_PACKED), packed);
         assert_eq!(
@@ -269,7 +138,7 @@ fn frames_come_back_byte_identical_over_split_and_packed_rings() {
 
 #[test]
 fn testpmd_killed_gives_device_gone_not_a_hang() {
-    let mut pmd = Testpmd::start("io");
+    let mut pmd = start_pmd("io", 1);
     let mut d = driver(&pmd.sock, false);
     let f = frame(100, 1);
     d.send(&f).unwrap();
@@ -331,7 +200,7 @@ fn partial_checksum_offload_through_testpmd() {
     use blanket_virtio::net::NetHdr;
     const VIRTIO_NET_F_CSUM: u32 = 0;
     const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
-    let pmd = Testpmd::start("io");
+    let pmd = start_pmd("io", 1);
     let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
     let t = VhostUserTransport::connect(&pmd.sock, mem).unwrap();
     let mut d = NetDriver::new(
@@ -375,7 +244,7 @@ fn partial_checksum_offload_through_testpmd() {
 #[test]
 fn two_queue_pairs_each_loop_back_through_testpmd() {
     const VIRTIO_NET_F_MQ: u32 = 22;
-    let pmd = Testpmd::start_with_queues("io", 2);
+    let pmd = start_pmd("io", 2);
     let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
     let t = VhostUserTransport::connect(&pmd.sock, mem).unwrap();
     let mut d = NetDriver::new(
@@ -414,7 +283,7 @@ fn a_queue_pair_is_reset_and_loops_back_again() {
     // testpmd then serves them from fresh rings, and the other pair runs on.
     const VIRTIO_F_RING_RESET: u32 = 40;
     for packed in [false, true] {
-        let pmd = Testpmd::start_with_queues("io", 2);
+        let pmd = start_pmd("io", 2);
         let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
         let mut t = VhostUserTransport::connect(&pmd.sock, mem).unwrap();
         eprintln!(

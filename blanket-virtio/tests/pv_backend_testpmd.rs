@@ -4,102 +4,32 @@
 //! metadata comes back partial with the same offsets or completed and right; a dead testpmd is
 //! an error, not a hang. Skipped, with a message, when `dpdk-testpmd` is missing.
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "common/testpmd.rs"]
+mod testpmd;
 
 use blanket_virtio::memory::DmaMemory;
 use blanket_virtio::net::{NetDriver, NetOptions};
 use blanket_virtio::pv_backend::VirtioNet;
 use blanket_virtio::transport::vhost_user::VhostUserTransport;
 use pv_backend::net::{Checksum, FrameMeta, NetDevice, NetError, TxFrame};
+use testpmd::{Opts, StartError, Testpmd, warm_up};
 
-const TESTPMD: &str = "dpdk-testpmd";
-
-struct Testpmd {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    prefix: String,
-}
-
-impl Testpmd {
-    fn start() -> Option<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("net.sock");
-        let prefix = format!(
-            "bridge-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let log = |n: &str| File::create(dir.path().join(n)).unwrap();
-        let child = match Command::new(TESTPMD)
-            .args([
-                "--no-pci",
-                "--no-huge",
-                "-m",
-                "256",
-                "--file-prefix",
-                &prefix,
-                "--vdev",
-                &format!("net_vhost0,iface={},queues=1", sock.display()),
-                "--",
-                "--total-num-mbufs=2048",
-                "--forward-mode=io",
-                "--port-topology=loop",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("skipping: cannot run {TESTPMD} ({e}); Debian's dpdk-dev has it");
-                return None;
-            }
-        };
-        let mut t = Self {
-            child,
-            dir,
-            sock,
-            prefix,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !t.sock.exists() {
-            if let Ok(Some(s)) = t.child.try_wait() {
-                let err = std::fs::read_to_string(t.dir.path().join("stderr")).unwrap_or_default();
-                panic!("{TESTPMD} exited ({s}) before making its socket: {err}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{TESTPMD} made no socket in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+/// Starts testpmd (`io` forwarding, one pair), or `None` with a message when it is not
+/// installed.
+fn start_pmd() -> Option<Testpmd> {
+    match Testpmd::start(Opts {
+        prefix: "bridge",
+        ..Opts::default()
+    }) {
+        Ok(t) => Some(t),
+        Err(StartError::Missing(e)) => {
+            eprintln!("skipping: {e}");
+            None
         }
-        Some(t)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        self.kill();
-        let mut dirs = vec![PathBuf::from("/var/run/dpdk").join(&self.prefix)];
-        if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-            dirs.push(PathBuf::from(x).join("dpdk").join(&self.prefix));
-        }
-        for d in dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        Err(StartError::Failed(e)) => panic!("{e}"),
     }
 }
 
@@ -115,37 +45,8 @@ fn device(t: &Testpmd, offloads: bool) -> VirtioNet<VhostUserTransport> {
         },
     )
     .unwrap();
-    warm_up(&mut d);
+    warm_up(&mut d, 1);
     VirtioNet::new(d)
-}
-
-/// Waits until testpmd forwards: its port starts on its own schedule once the vhost-user
-/// handshake is done, and drops what it dequeues before both of its queues are allowed. A
-/// probe frame (EtherType 0x88b6) is sent until one comes back; late copies are then drained.
-fn warm_up(d: &mut NetDriver<VhostUserTransport>) {
-    let mut probe = vec![0xff; 6];
-    probe.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x88, 0xb6]);
-    probe.resize(60, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    'probe: loop {
-        assert!(
-            Instant::now() < deadline,
-            "testpmd forwarded no probe within 20 s"
-        );
-        d.send(&probe).unwrap();
-        let sent = Instant::now();
-        while sent.elapsed() < Duration::from_millis(500) {
-            if d.recv().unwrap().is_some() {
-                break 'probe;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    let quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_millis(200) {
-        let _ = d.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Broadcast, a local source, EtherType 0x88b5, a payload different for every `seq`.
@@ -171,7 +72,7 @@ fn recv_one(dev: &mut VirtioNet<VhostUserTransport>, buf: &mut [u8]) -> (Vec<u8>
 
 #[test]
 fn frames_through_the_net_device_come_back_byte_identical() {
-    let Some(t) = Testpmd::start() else { return };
+    let Some(t) = start_pmd() else { return };
     let mut dev = device(&t, false);
     assert!(dev.max_frame_len() >= 1514);
     let mut buf = vec![0u8; dev.max_frame_len()];
@@ -273,7 +174,7 @@ fn udp_partial(payload: usize) -> (Vec<u8>, u16, u16) {
 
 #[test]
 fn a_partial_checksum_as_metadata_comes_back_partial_or_right() {
-    let Some(t) = Testpmd::start() else { return };
+    let Some(t) = start_pmd() else { return };
     let mut dev = device(&t, true);
     if !dev.offloads().csum {
         eprintln!("skipping: testpmd did not offer VIRTIO_NET_F_CSUM");
@@ -331,7 +232,7 @@ fn a_partial_checksum_as_metadata_comes_back_partial_or_right() {
 
 #[test]
 fn a_killed_testpmd_is_an_error_not_a_hang() {
-    let Some(mut t) = Testpmd::start() else {
+    let Some(mut t) = start_pmd() else {
         return;
     };
     let dev = device(&t, false);
