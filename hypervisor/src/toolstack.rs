@@ -32,7 +32,7 @@ use pv_backend::net::switch::{Switch, SwitchConfig};
 use pv_backend::net::tap::{Tap, TapOptions};
 use pv_backend::net::xenbus::{NetBack, NetBackConfig};
 use xen_abi::DomId;
-use xen_abi::xs_wire::{PermKind, XsPerm};
+use xen_abi::xs_wire::XsPerm;
 
 use crate::devices::console::{ConsoleOutput, ConsoleRing};
 use crate::devices::vhost_user::vhost_user_blk;
@@ -284,16 +284,7 @@ impl Toolstack {
     ) -> Result<(), ToolstackError> {
         let domid = domain.domid();
         let dir = format!("/local/domain/{domid}/console");
-        let perms = [
-            XsPerm {
-                kind: PermKind::None,
-                domid: 0,
-            },
-            XsPerm {
-                kind: PermKind::Read,
-                domid,
-            },
-        ];
+        let perms = XsPerm::owner_and_reader(0, domid);
         let port = crate::devices::boot_ports(domain)?.1;
         let kind = match output {
             ConsoleOutput::None => "none",
@@ -346,26 +337,8 @@ impl Toolstack {
     ) -> Result<String, ToolstackError> {
         let be = format!("/local/domain/0/backend/{class}/{domid}/{devid}");
         let fe = format!("/local/domain/{domid}/device/{class}/{devid}");
-        let back_perms = [
-            XsPerm {
-                kind: PermKind::None,
-                domid: 0,
-            },
-            XsPerm {
-                kind: PermKind::Read,
-                domid,
-            },
-        ];
-        let front_perms = [
-            XsPerm {
-                kind: PermKind::None,
-                domid,
-            },
-            XsPerm {
-                kind: PermKind::Read,
-                domid: 0,
-            },
-        ];
+        let back_perms = XsPerm::owner_and_reader(0, domid);
+        let front_perms = XsPerm::owner_and_reader(domid, 0);
         self.xs.write_with_perms(&be, b"", &back_perms)?;
         let common_back = [
             ("frontend", fe.clone()),

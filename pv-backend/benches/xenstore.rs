@@ -13,9 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pv_backend::xenstore::ring::{EventChannel, RingConnection, SharedXenstorePage};
 use pv_backend::xenstore::server::{SharedStore, UnixServer, lock};
 use pv_backend::xenstore::{ConnEvent, Notify, Quotas, XenStore};
-use xen_abi::xs_wire::{
-    FrameParser, OwnedMessage, PermKind, XsPerm, XsType, input_chunk, output_chunk,
-};
+use xen_abi::xs_wire::{FrameParser, OwnedMessage, XsPerm, XsType, input_chunk, output_chunk};
 
 const CLIENTS: usize = 100;
 
@@ -163,16 +161,8 @@ fn ring_setup(n: usize) -> (Vec<Guest>, Arc<AtomicBool>, Arc<Bell>) {
         let domid = i as u16 + 1;
         let home = format!("/local/domain/{domid}");
         st.mkdir(d, 0, home.as_bytes()).unwrap();
-        st.set_perms(
-            d,
-            0,
-            home.as_bytes(),
-            &[XsPerm {
-                kind: PermKind::None,
-                domid,
-            }],
-        )
-        .unwrap();
+        st.set_perms(d, 0, home.as_bytes(), &[XsPerm::owner(domid)])
+            .unwrap();
         st.write(d, 0, format!("{home}/key").as_bytes(), b"value")
             .unwrap();
         let page = Arc::new(SharedXenstorePage::default());

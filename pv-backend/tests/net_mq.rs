@@ -29,7 +29,7 @@ use xen_abi::netif::{
 };
 use xen_abi::ring::{FrontRing, RawRingMemory};
 use xen_abi::xenbus::XenbusState;
-use xen_abi::xs_wire::{PermKind, XsPerm};
+use xen_abi::xs_wire::XsPerm;
 
 const PAGE: usize = 4096;
 const T: Duration = Duration::from_secs(5);
@@ -188,25 +188,23 @@ fn add_vif(store: &SharedStore, domid: u16) -> (String, String) {
     ] {
         s.write(c, 0, p.as_bytes(), v.as_bytes()).unwrap();
     }
-    let perms = |owner: u16, reader: u16| {
-        [
-            XsPerm {
-                kind: PermKind::None,
-                domid: owner,
-            },
-            XsPerm {
-                kind: PermKind::Read,
-                domid: reader,
-            },
-        ]
-    };
     for p in ["", "/frontend", "/frontend-id", "/state"] {
-        s.set_perms(c, 0, format!("{be}{p}").as_bytes(), &perms(0, domid))
-            .unwrap();
+        s.set_perms(
+            c,
+            0,
+            format!("{be}{p}").as_bytes(),
+            &XsPerm::owner_and_reader(0, domid),
+        )
+        .unwrap();
     }
     for p in ["", "/backend", "/backend-id", "/state"] {
-        s.set_perms(c, 0, format!("{fe}{p}").as_bytes(), &perms(domid, 0))
-            .unwrap();
+        s.set_perms(
+            c,
+            0,
+            format!("{fe}{p}").as_bytes(),
+            &XsPerm::owner_and_reader(domid, 0),
+        )
+        .unwrap();
     }
     s.disconnect(c);
     (be, fe)

@@ -8,8 +8,8 @@ use pv_backend::xenstore::ring::{EventChannel, RingConnection, SharedXenstorePag
 use pv_backend::xenstore::server::{SharedStore, lock};
 use pv_backend::xenstore::{ConnEvent, Notify, Quotas, XenStore};
 use xen_abi::xs_wire::{
-    FrameParser, OwnedMessage, PermKind, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX,
-    XENSTORE_RING_SIZE, XsPerm, XsType, input_chunk, output_chunk,
+    FrameParser, OwnedMessage, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_RING_SIZE,
+    XsPerm, XsType, input_chunk, output_chunk,
 };
 
 /// A doorbell: an event channel a thread can wait on.
@@ -131,16 +131,8 @@ fn harness(quotas: Quotas, domid: u16, start: u32) -> Harness {
     let d = st.connect(0, None);
     let home = format!("/local/domain/{domid}");
     st.mkdir(d, 0, home.as_bytes()).unwrap();
-    st.set_perms(
-        d,
-        0,
-        home.as_bytes(),
-        &[XsPerm {
-            kind: PermKind::None,
-            domid,
-        }],
-    )
-    .unwrap();
+    st.set_perms(d, 0, home.as_bytes(), &[XsPerm::owner(domid)])
+        .unwrap();
     let store: SharedStore = Arc::new(Mutex::new(st));
     let page = Arc::new(SharedXenstorePage::default());
     for idx in [

@@ -337,6 +337,10 @@ fn well_formed_requests_parse() {
             }
         ]
     );
+    // The toolstack's pair is that wire form.
+    assert_eq!(perms, XsPerm::owner_and_reader(0, 5));
+    let mut buf = [0u8; 6];
+    assert_eq!(XsPerm::owner(7).write(&mut buf), b"n7");
     assert_eq!(
         Request::parse(XsType::SetPerms, b"/a\0x0\0"),
         Err(XsWireError::InvalidArgument {

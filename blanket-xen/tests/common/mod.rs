@@ -18,7 +18,7 @@ use pv_backend::xenstore::server::{SharedStore, lock};
 use pv_backend::xenstore::{ConnEvent, ConnId, Notify, Quotas, XenStore};
 use xen_abi::event_channel::EvtchnPort;
 use xen_abi::ring::{RawRingMemory, RingMemory};
-use xen_abi::xs_wire::{PermKind, XsPerm};
+use xen_abi::xs_wire::XsPerm;
 
 pub const GUEST: u16 = 1;
 pub const SECOND: u64 = 1_000_000_000;
@@ -64,16 +64,8 @@ impl Xenstored {
         let dom0 = st.connect(0, None);
         let home = format!("/local/domain/{GUEST}");
         st.mkdir(dom0, 0, home.as_bytes()).unwrap();
-        st.set_perms(
-            dom0,
-            0,
-            home.as_bytes(),
-            &[XsPerm {
-                kind: PermKind::None,
-                domid: GUEST,
-            }],
-        )
-        .unwrap();
+        st.set_perms(dom0, 0, home.as_bytes(), &[XsPerm::owner(GUEST)])
+            .unwrap();
         let store: SharedStore = Arc::new(Mutex::new(st));
         let page = xen.alloc_pages(1).unwrap();
         for off in [2048, 2052, 2056, 2060] {
@@ -149,16 +141,8 @@ impl Xenstored {
     pub fn give(&self, path: &str) {
         let mut st = lock(&self.store);
         let _ = st.mkdir(self.dom0, 0, path.as_bytes());
-        st.set_perms(
-            self.dom0,
-            0,
-            path.as_bytes(),
-            &[XsPerm {
-                kind: PermKind::None,
-                domid: GUEST,
-            }],
-        )
-        .unwrap();
+        st.set_perms(self.dom0, 0, path.as_bytes(), &[XsPerm::owner(GUEST)])
+            .unwrap();
     }
 
     /// Lets the guest read `path` (dom0 owns it).
@@ -169,16 +153,7 @@ impl Xenstored {
             self.dom0,
             0,
             path.as_bytes(),
-            &[
-                XsPerm {
-                    kind: PermKind::None,
-                    domid: 0,
-                },
-                XsPerm {
-                    kind: PermKind::Read,
-                    domid: GUEST,
-                },
-            ],
+            &XsPerm::owner_and_reader(0, GUEST),
         )
         .unwrap();
     }

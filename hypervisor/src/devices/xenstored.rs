@@ -20,7 +20,7 @@ use pv_backend::xenstore::ring::{RingConnection, SharedXenstorePage};
 use pv_backend::xenstore::server::{SharedStore, UnixServer, lock};
 use pv_backend::xenstore::{ConnEvent, Quotas, XenStore};
 use xen_abi::DomId;
-use xen_abi::xs_wire::{PermKind, XsPerm};
+use xen_abi::xs_wire::XsPerm;
 
 use super::{DeviceError, Dom0Port, GuestPage};
 use crate::domain::{Domain, Hypervisor};
@@ -136,26 +136,8 @@ impl Xenstored {
         let page = GuestPage::new(domain.memory().memory(), gfn, 1)?;
         let evtchn = super::boot_ports(domain)?.0;
         let home = format!("/local/domain/{domid}");
-        let owner = [
-            XsPerm {
-                kind: PermKind::None,
-                domid,
-            },
-            XsPerm {
-                kind: PermKind::Read,
-                domid: 0,
-            },
-        ];
-        let readable = [
-            XsPerm {
-                kind: PermKind::None,
-                domid: 0,
-            },
-            XsPerm {
-                kind: PermKind::Read,
-                domid,
-            },
-        ];
+        let owner = XsPerm::owner_and_reader(domid, 0);
+        let readable = XsPerm::owner_and_reader(0, domid);
         self.write_with_perms(&home, b"", &owner)?;
         self.write_with_perms(&format!("{home}/name"), domain.name().as_bytes(), &readable)?;
         self.write_with_perms(

@@ -17,7 +17,7 @@ use xen_abi::blkif::{
 use xen_abi::grant_table::{GNTTAB_NR_RESERVED_ENTRIES, GrantRef};
 use xen_abi::ring::{FrontRing, RawRingMemory, RingError, RingIdx};
 use xen_abi::xenbus::XenbusState;
-use xen_abi::xs_wire::{PermKind, XsPerm};
+use xen_abi::xs_wire::XsPerm;
 use zerocopy::IntoBytes;
 
 use crate::backend::{Doorbell, GrantTableV1, LocalEventChannels, LocalXs, XsHandle};
@@ -158,26 +158,8 @@ pub fn add_vbd(store: &SharedStore, domid: DomId, devid: u32) -> VbdPaths {
     w(&mut s, &format!("{frontend}/backend"), &backend);
     w(&mut s, &format!("{frontend}/backend-id"), "0");
     w(&mut s, &format!("{frontend}/state"), "1");
-    let back_perms = [
-        XsPerm {
-            kind: PermKind::None,
-            domid: 0,
-        },
-        XsPerm {
-            kind: PermKind::Read,
-            domid,
-        },
-    ];
-    let front_perms = [
-        XsPerm {
-            kind: PermKind::None,
-            domid,
-        },
-        XsPerm {
-            kind: PermKind::Read,
-            domid: 0,
-        },
-    ];
+    let back_perms = XsPerm::owner_and_reader(0, domid);
+    let front_perms = XsPerm::owner_and_reader(domid, 0);
     for p in ["frontend", "frontend-id", "online", "state"] {
         s.set_perms(c, 0, format!("{backend}/{p}").as_bytes(), &back_perms)
             .expect("perms");

@@ -186,6 +186,28 @@ pub struct XsPerm {
 }
 
 impl XsPerm {
+    /// The first entry of a node owned by `owner` that no other domain may read or write unless a
+    /// later entry lets it: `n<owner>`.
+    pub const fn owner(owner: DomId) -> XsPerm {
+        XsPerm {
+            kind: PermKind::None,
+            domid: owner,
+        }
+    }
+
+    /// The permissions of a node owned by `owner` and readable by `reader` as well: `n<owner>
+    /// r<reader>`, as a toolstack sets them on a device's back-end directory (owner dom0, reader the
+    /// guest) and front-end directory (owner the guest, reader dom0).
+    pub const fn owner_and_reader(owner: DomId, reader: DomId) -> [XsPerm; 2] {
+        [
+            XsPerm::owner(owner),
+            XsPerm {
+                kind: PermKind::Read,
+                domid: reader,
+            },
+        ]
+    }
+
     /// Parses `w<domid>`, `r<domid>`, `b<domid>` or `n<domid>`.
     pub fn parse(s: &[u8]) -> Option<XsPerm> {
         let (&letter, id) = s.split_first()?;
