@@ -119,8 +119,9 @@ fn headers(f: &[u8], v6: bool) -> Option<Headers> {
 
 /// Where a frame's TCP or UDP header and its checksum field are: Ethernet (one optional 802.1Q
 /// tag), IPv4 (not a fragment, its length covering its header) or IPv6 (behind at most 8
-/// hop-by-hop, routing or destination options headers, its payload length covering them).
-fn l4_checksum(f: &[u8]) -> Option<(usize, usize)> {
+/// hop-by-hop, routing or destination options headers, its payload length covering them), and
+/// where its IP datagram ends (the field must lie inside it).
+fn l4_checksum(f: &[u8]) -> Option<(usize, usize, usize)> {
     let (mut l3, mut ethertype) = (14, get16(f, 12)?);
     if ethertype == 0x8100 {
         l3 = 18;
@@ -164,7 +165,14 @@ fn l4_checksum(f: &[u8]) -> Option<(usize, usize)> {
             17 => 6,
             _ => return None,
         };
-    (field + 2 <= f.len()).then_some((start, field))
+    // The checksum covers the IP datagram (its length as the header says, within the frame),
+    // not the Ethernet padding after it.
+    let end = match ethertype {
+        0x0800 => l3 + usize::from(get16(f, l3 + 2)?),
+        _ => l3 + 40 + usize::from(get16(f, l3 + 4)?),
+    }
+    .min(f.len());
+    (field + 2 <= end).then_some((start, field, end))
 }
 
 fn ones_sum(data: &[u8], mut sum: u64) -> u64 {
@@ -498,7 +506,7 @@ fn tx_path(case: &TxCase, frame: &[u8]) {
                 Checksum::Validated if case.flags.contains(NetTxFlags::CSUM_BLANK) => {
                     // Completed in software: only the checksum field changed, and it verifies
                     // (over the guest's pseudo-header sum, which the field held).
-                    let (start, field) =
+                    let (start, field, end) =
                         l4_checksum(frame).expect("a completed checksum has TCP or UDP headers");
                     for i in (0..frame.len()).filter(|&i| first[i] != frame[i]) {
                         assert!(
@@ -508,7 +516,7 @@ fn tx_path(case: &TxCase, frame: &[u8]) {
                     }
                     let pseudo = u16::from_be_bytes([frame[field], frame[field + 1]]);
                     assert_eq!(
-                        fold(ones_sum(&first[start..], u64::from(pseudo))),
+                        fold(ones_sum(&first[start..end], u64::from(pseudo))),
                         0xffff,
                         "the completed checksum does not verify"
                     );
@@ -516,7 +524,7 @@ fn tx_path(case: &TxCase, frame: &[u8]) {
                 Checksum::Partial { start, offset } => {
                     assert!(wants_csum && case.offloads.csum);
                     assert_eq!(
-                        l4_checksum(frame),
+                        l4_checksum(frame).map(|(start, field, _)| (start, field)),
                         Some((usize::from(start), usize::from(start) + usize::from(offset)))
                     );
                     assert_eq!(first, frame);

@@ -645,7 +645,9 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
             st.rest = segs;
             st.meta = gso::SEGMENT_META;
         } else if let Checksum::Partial { start, offset } = st.meta.checksum {
-            super::ip::complete_checksum(&mut st.frame, start, offset);
+            // `parse_l4` put the field inside the datagram, so this completes it.
+            let done = super::ip::complete_checksum(&mut st.frame, start, offset);
+            debug_assert!(done, "a TX checksum field outside the datagram");
             st.meta.checksum = Checksum::Validated;
         }
         Ok(())
@@ -731,7 +733,11 @@ impl<M: RingMemory, D: NetDevice> NetQueue<M, D> {
                 if !self.config.rx.takes_partial(&data) {
                     // The front end does not take partial checksums of this kind
                     // (`feature-no-csum-offload`, no `feature-ipv6-csum-offload`): complete it.
-                    super::ip::complete_checksum(&mut data, start, offset);
+                    if !super::ip::complete_checksum(&mut data, start, offset) {
+                        // The device's checksum offsets lie outside the frame's datagram.
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    }
                     meta.checksum = Checksum::Validated;
                 }
             }
@@ -961,7 +967,9 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
         super::ip::IPPROTO_UDP => 6,
         _ => return None,
     };
-    if start + offset + 2 > f.len() {
+    // Inside the datagram, not in the padding after it (the pseudo-header's length is the IP
+    // header's, so the checksum covers the datagram only).
+    if start + offset + 2 > super::ip::datagram_end(f) {
         return None;
     }
     Some(L4 {

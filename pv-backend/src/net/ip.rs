@@ -114,14 +114,12 @@ pub(super) fn ipv6(f: &[u8], l3: usize) -> Result<Ipv6, IpError> {
 
 /// Where the frame's IP datagram ends, as its IPv4 total length or IPv6 payload length says, never
 /// past the frame: what follows is Ethernet padding (a frame shorter than 60 bytes is padded). The
-/// frame's length when it holds no readable IP header (or an IPv6 jumbogram's payload length 0).
+/// frame's length when it holds no readable IP header. (An IPv6 payload length of 0, which only a
+/// jumbogram may have, ends the datagram at the IPv6 header: netback takes no jumbograms.)
 pub(super) fn datagram_end(f: &[u8]) -> usize {
     let end = match l3(f) {
         Some((ETHERTYPE_IPV4, at)) => ipv4(f, at).ok().map(|h| at + h.total),
-        Some((ETHERTYPE_IPV6, at)) => ipv6(f, at)
-            .ok()
-            .filter(|h| h.payload != 0)
-            .map(|h| at + 40 + h.payload),
+        Some((ETHERTYPE_IPV6, at)) => ipv6(f, at).ok().map(|h| at + 40 + h.payload),
         _ => None,
     };
     end.map_or(f.len(), |e| e.min(f.len()))
@@ -129,19 +127,21 @@ pub(super) fn datagram_end(f: &[u8]) -> usize {
 
 /// Completes a partial checksum (`Checksum::Partial`): the one's-complement sum from `start` to the
 /// end of the IP datagram ([`datagram_end`]; not over any Ethernet padding), the field at
-/// `start + offset` holding the pseudo-header's sum, stored in that field. A field outside the
-/// datagram is left alone.
-pub(super) fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) {
+/// `start + offset` holding the pseudo-header's sum, stored in that field. Returns `false`, and
+/// leaves the frame alone, when the field is not inside the datagram.
+#[must_use]
+pub(super) fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) -> bool {
     let end = datagram_end(frame);
     let (start, field) = (usize::from(start), usize::from(start) + usize::from(offset));
-    if field + 2 > end {
-        return;
+    if start > field || field + 2 > end {
+        return false;
     }
     let mut sum = !csum_fold(csum_add(&frame[start..end], 0));
     if offset == 6 && sum == 0 {
         sum = 0xffff; // UDP: 0 means "no checksum"
     }
     frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    true
 }
 
 /// The one's-complement sum (RFC 1071) of `data`, as big-endian 16-bit words (an odd last byte
@@ -267,16 +267,16 @@ mod tests {
         let mut f = partial_udp4(b"hello", 13);
         assert_eq!(f.len(), 60);
         assert_eq!(datagram_end(&f), 47);
-        complete_checksum(&mut f, 34, 6);
+        assert!(complete_checksum(&mut f, 34, 6));
         assert!(udp4_checksum_ok(&f), "checksum over the datagram only");
         // The same frame unpadded gets the same checksum.
         let mut g = partial_udp4(b"hello", 0);
-        complete_checksum(&mut g, 34, 6);
+        assert!(complete_checksum(&mut g, 34, 6));
         assert_eq!(f[40..42], g[40..42]);
         // A field past the datagram's end (a lying offset) is left alone, the padding untouched.
         let mut h = partial_udp4(b"hello", 13);
         let before = h.clone();
-        complete_checksum(&mut h, 34, 20);
+        assert!(!complete_checksum(&mut h, 34, 20));
         assert_eq!(h, before);
         // A total length past the frame is bounded by the frame.
         let mut t = partial_udp4(b"hello", 0);
