@@ -941,7 +941,8 @@ struct L4 {
 /// and finds the TCP or UDP checksum. Bounded: a fixed number of steps, every access checked.
 fn parse_l4(f: &[u8]) -> Option<L4> {
     let (ethertype, l3) = super::ip::l3(f)?;
-    let (proto, start, pseudo) = match ethertype {
+    // `end`: where the datagram ends by its header (the checksum covers no padding after it).
+    let (proto, start, pseudo, end) = match ethertype {
         super::ip::ETHERTYPE_IPV4 => {
             let h = super::ip::ipv4(f, l3).ok()?;
             if h.is_fragment() || h.total < h.ihl {
@@ -949,7 +950,7 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
             }
             let l4_len = (h.total - h.ihl) as u64;
             let sum = super::ip::csum_add(f.get(l3 + 12..l3 + 20)?, u64::from(h.proto) + l4_len);
-            (h.proto, l3 + h.ihl, sum)
+            (h.proto, l3 + h.ihl, sum, l3 + h.total)
         }
         super::ip::ETHERTYPE_IPV6 => {
             let h = super::ip::ipv6(f, l3).ok()?;
@@ -958,7 +959,7 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
             let ext_len = (h.l4 - (l3 + 40)) as u64;
             let l4_len = (h.payload as u64).checked_sub(ext_len)?;
             let sum = super::ip::csum_add(f.get(l3 + 8..l3 + 40)?, u64::from(h.next) + l4_len);
-            (h.next, h.l4, sum)
+            (h.next, h.l4, sum, l3 + 40 + h.payload)
         }
         _ => return None,
     };
@@ -967,9 +968,9 @@ fn parse_l4(f: &[u8]) -> Option<L4> {
         super::ip::IPPROTO_UDP => 6,
         _ => return None,
     };
-    // Inside the datagram, not in the padding after it (the pseudo-header's length is the IP
-    // header's, so the checksum covers the datagram only).
-    if start + offset + 2 > super::ip::datagram_end(f) {
+    // Inside the datagram (the pseudo-header's length is the IP header's), which is inside the
+    // frame: as `ip::datagram_end` bounds it, without walking the headers again.
+    if start + offset + 2 > end.min(f.len()) {
         return None;
     }
     Some(L4 {
