@@ -41,6 +41,11 @@ pub struct BlkConfig {
     /// with spare cores it can cut latency; on the 2-vCPU machine of the benchmark it lost (see the
     /// README).
     pub in_flight_poll_time: std::time::Duration,
+    /// Inline serving (see [`InlineQueue`](super::InlineQueue)): the hypervisor layer's vCPU thread
+    /// serves a queue that nobody else serves, on the guest's kick and while the guest blocks, through
+    /// the handles of [`BlkBack::inline`]. Off by default: without calls to those handles a queue
+    /// behaves as without it, its thread sleeping on its doorbell when idle rather than in the device.
+    pub inline: bool,
 }
 
 impl Default for BlkConfig {
@@ -54,6 +59,7 @@ impl Default for BlkConfig {
             barrier: true,
             poll_time: std::time::Duration::ZERO,
             in_flight_poll_time: std::time::Duration::ZERO,
+            inline: false,
         }
     }
 }
@@ -114,6 +120,8 @@ pub enum BlkConnectError {
 
 struct RunningQueue {
     stop: Arc<AtomicBool>,
+    /// The queue shared with inline callers (inline serving only).
+    shared: Option<Arc<super::inline::Shared>>,
     doorbell: Arc<Doorbell>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<QueueStats>,
@@ -128,6 +136,7 @@ pub struct BlkBack {
     queues: Vec<RunningQueue>,
     fatal: Arc<Mutex<Option<String>>>,
     protocol: Option<BlkifProtocol>,
+    inline: super::InlineDevice,
 }
 
 impl std::fmt::Debug for BlkBack {
@@ -156,7 +165,15 @@ impl BlkBack {
             queues: Vec::new(),
             fatal: Arc::default(),
             protocol: None,
+            inline: super::InlineDevice::default(),
         }
+    }
+
+    /// The inline entries of this device's queues ([`BlkConfig::inline`]): the handle follows the
+    /// connections (its queues are those of the current one), so take it once, before the back end is
+    /// handed to its XenBus driver. Empty without inline serving.
+    pub fn inline(&self) -> super::InlineDevice {
+        self.inline.clone()
     }
 
     /// The limits requests are checked against.
@@ -256,27 +273,41 @@ impl BlkBack {
             .with_in_flight_poll_time(self.config.in_flight_poll_time);
             servers.push((server, doorbell));
         }
+        let mut inline = Vec::new();
         for (i, (mut server, doorbell)) in servers.into_iter().enumerate() {
             let stop = Arc::new(AtomicBool::new(false));
             let stats = server.stats();
             let fatal = self.fatal.clone();
             let s = stop.clone();
+            type Body = Box<dyn FnOnce() -> Result<(), super::QueueError> + Send>;
+            let (shared, body): (_, Body) = if self.config.inline {
+                let sh = super::inline::Shared::new(server, doorbell.clone());
+                let t = sh.clone();
+                (Some(sh), Box::new(move || t.run_thread()))
+            } else {
+                (None, Box::new(move || server.run(&s)))
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("blkback-d{domid}-q{i}"))
                 .spawn(move || {
-                    if let Err(e) = server.run(&s) {
+                    if let Err(e) = body() {
                         tracing::warn!(error = %e, "blkback queue stopped");
                         *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                     }
                 })
                 .map_err(|e| dev(BlkConnectError::Device(e)))?;
+            if let Some(sh) = &shared {
+                inline.push(super::InlineQueue(sh.clone()));
+            }
             self.queues.push(RunningQueue {
                 stop,
+                shared,
                 doorbell,
                 thread: Some(thread),
                 stats,
             });
         }
+        *self.inline.0.lock().unwrap_or_else(|e| e.into_inner()) = inline;
         self.protocol = Some(protocol);
         let mut vinfo = 0;
         if info.read_only {
@@ -356,8 +387,16 @@ impl XenbusDevice for BlkBack {
     }
 
     fn disconnect(&mut self) {
+        self.inline
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for q in &self.queues {
             q.stop.store(true, std::sync::atomic::Ordering::Release);
+            if let Some(sh) = &q.shared {
+                sh.stop();
+            }
             q.doorbell.ring();
         }
         for mut q in self.queues.drain(..) {

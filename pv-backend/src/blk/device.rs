@@ -197,6 +197,18 @@ pub trait BlockQueue: Send {
         self.quiet();
         true
     }
+    /// For a caller that serves the queue on a thread that does not own its doorbell (blkback's
+    /// inline mode, [`InlineQueue::block`](super::InlineQueue::block)): sleeps until a completion is
+    /// ready or `timeout` passes, leaving the queue [`quiet`](Self::quiet), without sleeping on or
+    /// taking the doorbell, which stays the queue thread's. Returns whether it waited or a completion is
+    /// ready (`false`: the queue cannot wait this way, and the caller hands the queue back).
+    ///
+    /// The default cannot (its completions ring the doorbell); the io_uring engine waits in its ring
+    /// (`io_uring_enter(GETEVENTS)` with a timeout).
+    fn wait_completion(&mut self, timeout: Duration) -> bool {
+        let _ = timeout;
+        false
+    }
 }
 
 /// A block device that blkback serves.

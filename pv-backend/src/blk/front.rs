@@ -580,6 +580,25 @@ impl BlkFront {
         }
     }
 
+    /// Publishes queue `q`'s requests without sending the event: returns whether ring.h says the back
+    /// end wants one (the caller delivers it, as a hypervisor calling
+    /// [`InlineQueue::notify`](crate::blk::InlineQueue::notify) for a kick does), counted in `kicks`.
+    pub fn push(&mut self, q: usize) -> bool {
+        let fq = &mut self.queues[q];
+        let notify = fq.ring.push_check();
+        if notify {
+            fq.kicks += 1;
+        }
+        notify
+    }
+
+    /// ring.h's final check for responses on queue `q` (what a front end does before it sleeps): sets
+    /// `rsp_event` so that the back end's next response sends an event, and returns whether responses
+    /// arrived meanwhile.
+    pub fn final_check(&mut self, q: usize) -> Result<bool, RingError> {
+        self.queues[q].ring.final_check()
+    }
+
     /// Takes the responses waiting on queue `q`.
     pub fn poll(&mut self, q: usize, out: &mut Vec<BlkifResponse>) -> Result<usize, RingError> {
         let mut n = 0;

@@ -22,6 +22,7 @@ pub mod device;
 pub mod file;
 #[cfg(feature = "test-utils")]
 pub mod front;
+mod inline;
 pub mod mem;
 pub mod queue;
 mod uring;
@@ -29,6 +30,7 @@ mod uring;
 pub use back::{BlkBack, BlkConfig, BlkConnectError};
 pub use device::{BlockDevice, BlockInfo, BlockQueue, IoBuf, IoCompletion, IoOp, IoRequest};
 pub use file::{FileDevice, FileOptions};
+pub use inline::{InlineDevice, InlineQueue, InlineStats};
 pub use mem::MemDevice;
 pub use queue::{QueueError, QueueParams, QueueServer, QueueStats};
 

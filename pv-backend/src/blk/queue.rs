@@ -805,6 +805,55 @@ impl QueueServer {
     pub fn info(&self) -> &BlockInfo {
         &self.info
     }
+
+    // The pieces of `serve` that blkback's inline mode (`super::inline`) puts together itself.
+
+    /// Whether requests are at the device (or completed there and not yet answered).
+    pub(super) fn busy(&self) -> bool {
+        !self.inflight.is_empty() || self.dev.in_flight() > 0
+    }
+
+    /// Re-arms `req_event` (ring.h's final check); returns whether requests arrived meanwhile.
+    pub(super) fn final_check(&mut self) -> Result<bool, QueueError> {
+        self.ring.final_check().map_err(|source| QueueError::Ring {
+            domid: self.domid,
+            source,
+        })
+    }
+
+    /// [`BlockQueue::quiet`].
+    pub(super) fn dev_quiet(&mut self) {
+        self.dev.quiet();
+    }
+
+    /// [`BlockQueue::arm`]: the device rings the doorbell for its completions from now on.
+    pub(super) fn dev_arm(&mut self) -> bool {
+        self.dev.arm()
+    }
+
+    /// [`BlockQueue::wait_completion`].
+    pub(super) fn dev_wait(&mut self, timeout: Duration) -> bool {
+        self.dev.wait_completion(timeout)
+    }
+
+    /// Sleeps in the device on the queue's doorbell ([`BlockQueue::sleep`]), counting the sleep.
+    pub(super) fn dev_sleep(&mut self, timeout: Duration) -> bool {
+        let slept = self.dev.sleep(&self.doorbell, timeout);
+        if slept {
+            QueueStats::add(&self.stats.sleeps, 1);
+        }
+        slept
+    }
+
+    /// Counts a sleep of the queue thread on its doorbell outside the device.
+    pub(super) fn count_sleep(&self) {
+        QueueStats::add(&self.stats.sleeps, 1);
+    }
+
+    /// Waits for the device's in-flight requests and drops every mapping ([`run`](Self::run)'s end).
+    pub(super) fn finish(&mut self) {
+        self.drain();
+    }
 }
 
 #[cfg(test)]

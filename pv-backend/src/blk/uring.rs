@@ -304,6 +304,10 @@ impl BlockQueue for UringQueue {
             || self.ring.submission().taskrun()
     }
 
+    fn wait_completion(&mut self, timeout: Duration) -> bool {
+        self.wait_in_ring(timeout)
+    }
+
     fn sleep(&mut self, doorbell: &Doorbell, timeout: Duration) -> bool {
         let ours = self
             .doorbell
@@ -341,6 +345,35 @@ impl BlockQueue for UringQueue {
                 Err(e) => tracing::warn!(error = %e, "io_uring: waiting for a completion"),
             }
         });
+        true
+    }
+}
+
+impl UringQueue {
+    /// [`BlockQueue::wait_completion`]: no `READ` of the doorbell is put in the ring (one left
+    /// outstanding by the queue thread's last sleep is that thread's: the kernel runs it on the thread
+    /// that submitted it, so the thread's own wait on the doorbell sees the eventfd written first).
+    fn wait_in_ring(&mut self, timeout: Duration) -> bool {
+        self.quiet();
+        if !self.ready.is_empty()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().taskrun()
+        {
+            return true;
+        }
+        if self.pending.is_empty() || !self.ring.params().is_feature_ext_arg() {
+            return false;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring: waiting for a completion");
+                return false;
+            }
+        }
         true
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use pv_backend::backend::{GrantAccess, LocalEventChannels};
 use pv_backend::blk::front::{BackendThread, BlkFront, FrontOptions, TestGuest, add_vbd};
-use pv_backend::blk::{BlkBack, BlkConfig, BlockDevice, MemDevice};
+use pv_backend::blk::{BlkBack, BlkConfig, BlockDevice, InlineDevice, MemDevice};
 use pv_backend::xenstore::XenStore;
 use pv_backend::xenstore::server::SharedStore;
 
@@ -37,6 +37,7 @@ impl Env {
         let paths = add_vbd(&self.store, domid, 51712);
         let grants: Arc<dyn GrantAccess> = Arc::new(guest.grants.clone());
         let blk = BlkBack::new(grants, self.evtchns.clone(), dev, config);
+        let inline = blk.inline();
         let back = BackendThread::spawn(&self.store, &paths.backend, blk);
         let front = BlkFront::connect(
             guest.clone(),
@@ -45,7 +46,12 @@ impl Env {
             paths,
             opts,
         );
-        Vbd { guest, back, front }
+        Vbd {
+            guest,
+            back,
+            front,
+            inline,
+        }
     }
 
     /// A vbd on a fresh memory disk of `size` bytes.
@@ -66,6 +72,8 @@ pub struct Vbd {
     pub guest: Arc<TestGuest>,
     pub back: BackendThread,
     pub front: BlkFront,
+    /// The inline entries of its queues (none unless `BlkConfig::inline`).
+    pub inline: InlineDevice,
 }
 
 /// Deterministic pseudo-random bytes.
@@ -176,6 +184,16 @@ impl pv_backend::blk::BlockQueue for GatedQueue {
     }
     fn in_flight(&self) -> usize {
         self.held.len() + self.inner.in_flight()
+    }
+    fn wait_completion(&mut self, timeout: std::time::Duration) -> bool {
+        // Waits (as a device waits for its disk) while the gate is shut.
+        let end = std::time::Instant::now() + timeout;
+        while !self.dev.open.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < end
+        {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        true
     }
 }
 
