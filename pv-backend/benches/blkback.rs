@@ -476,7 +476,7 @@ fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut
         let (mut ob, mut od) = (Offsets::new(p), Offsets::new(p));
         let (mut tb, mut td) = (Duration::ZERO, Duration::ZERO);
         let mut ratios = Vec::with_capacity(rounds);
-        let (r0, _, _, n0, _) = side.back.totals();
+        let (r0, _, _, n0, s0) = side.back.totals();
         let k0 = side.front.queues[0].kicks;
         let i0 = side.inline.as_ref().map(|q| q.stats().snapshot());
         let (mut cb, mut cd) = (Duration::ZERO, Duration::ZERO);
@@ -504,7 +504,7 @@ fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut
             td += d;
             ratios.push(d.as_secs_f64() / b.as_secs_f64());
         }
-        let (r1, _, _, n1, _) = side.back.totals();
+        let (r1, _, _, n1, s1) = side.back.totals();
         let k1 = side.front.queues[0].kicks;
         let inline_line = side.inline.as_ref().zip(i0).map(|(q, a)| {
             let b = q.stats().snapshot();
@@ -570,7 +570,12 @@ fn bench_engine(c: &mut Criterion, engine: &str, dev: &FileDevice, summary: &mut
         } else {
             line
         };
-        let line = format!("{line}{}", inline_line.unwrap_or_default());
+        // The queue thread's sleeps (each one ended by a wake-up or its timeout) per I/O.
+        let line = format!(
+            "{line}  queue thread sleeps/I/O {:.3}{}",
+            (s1 - s0) as f64 / reqs,
+            inline_line.unwrap_or_default()
+        );
         eprintln!("{line}");
         summary.push(line);
     }
