@@ -21,9 +21,10 @@
 //! re-arms `req_event`) finds nothing more; if requests are still at the device it arms the device
 //! ([`BlockQueue::arm`]), so that their completions wake the queue thread, which takes the queue over.
 //! A kick that finds the queue held rings the doorbell, and the thread waits for the mutex rather than
-//! sleeping again. The queue thread sleeps outside the mutex only when nothing is in flight (on its
-//! doorbell, which only the guest's events, a teardown and an armed device ring); with requests in
-//! flight it sleeps in the device holding the queue, as without inline serving. Teardown (Closing, a
+//! sleeping again. The queue thread always sleeps outside the mutex, on its doorbell, which only the
+//! guest's events, a teardown and an armed device ring: with requests in flight it arms the device
+//! first, and a holder quiets it, so a guest that blocks takes its completions back from a thread that
+//! took them over (it does not sleep in the device, as it does without inline serving). Teardown (Closing, a
 //! reconnection, a broken ring) sets `stop`; a holder gives the queue back at its next step, the thread
 //! then waits for the device and drops every mapping and the ring under the mutex, and the handles that
 //! remain do nothing from then on.
@@ -162,9 +163,9 @@ impl Shared {
         }
     }
 
-    /// The queue thread: serves while it has work; sleeps in the device holding the queue while
-    /// requests are in flight, and outside it, on the doorbell, when none is. Ends when stopped, then
-    /// drains the device and drops the server (its ring and every mapping).
+    /// The queue thread: serves while it has work, then sleeps on the doorbell outside the mutex,
+    /// with the device armed if requests are in flight. Ends when stopped, then drains the device and
+    /// drops the server (its ring and every mapping).
     pub(super) fn run_thread(&self) -> Result<(), QueueError> {
         let r = self.thread_loop();
         if let Err(e) = &r {
@@ -197,11 +198,14 @@ impl Shared {
             if s.pump()? || s.final_check()? {
                 continue;
             }
-            if s.busy() {
-                s.dev_sleep(THREAD_SLEEP);
+            if s.busy() && s.dev_arm() {
+                // A completion is there already.
+                s.dev_quiet();
                 continue;
             }
-            // Idle: the queue is free for inline callers while the thread sleeps.
+            // The queue is free for inline callers while the thread sleeps, on its doorbell, which the
+            // device rings for its completions from now on (armed), until a holder quiets it: so a
+            // guest that blocks takes its completions back from a thread that took them over.
             drop(g);
             self.doorbell.wait(THREAD_SLEEP);
             g = lock(&self.server);

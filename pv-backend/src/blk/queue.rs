@@ -836,15 +836,6 @@ impl QueueServer {
         self.dev.wait_completion(timeout)
     }
 
-    /// Sleeps in the device on the queue's doorbell ([`BlockQueue::sleep`]), counting the sleep.
-    pub(super) fn dev_sleep(&mut self, timeout: Duration) -> bool {
-        let slept = self.dev.sleep(&self.doorbell, timeout);
-        if slept {
-            QueueStats::add(&self.stats.sleeps, 1);
-        }
-        slept
-    }
-
     /// Counts a sleep of the queue thread on its doorbell outside the device.
     pub(super) fn count_sleep(&self) {
         QueueStats::add(&self.stats.sleeps, 1);

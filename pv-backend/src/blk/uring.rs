@@ -350,9 +350,9 @@ impl BlockQueue for UringQueue {
 }
 
 impl UringQueue {
-    /// [`BlockQueue::wait_completion`]: no `READ` of the doorbell is put in the ring (one left
-    /// outstanding by the queue thread's last sleep is that thread's: the kernel runs it on the thread
-    /// that submitted it, so the thread's own wait on the doorbell sees the eventfd written first).
+    /// [`BlockQueue::wait_completion`]: no `READ` of the doorbell is put in the ring, which would take
+    /// the queue thread's wake-ups (in inline mode that thread sleeps on the doorbell itself, never in
+    /// the ring, so it leaves no such `READ` outstanding either).
     fn wait_in_ring(&mut self, timeout: Duration) -> bool {
         self.quiet();
         if !self.ready.is_empty()
