@@ -10,7 +10,8 @@
 //! is reset; the free descriptors never exceed the queue size.
 //!
 //! Input: `config` (bit 0: packed; bit 1: `IN_ORDER`; bit 2: `EVENT_IDX`; bit 3: `INDIRECT_DESC`;
-//! bits 4-6: the queue size, `1 << min(n, 5)`), then 8-byte steps `[op, a, b, c, d, e, f, g]`:
+//! bits 4-6: the queue size, `1 << min(n, 5)`; bit 7: a split ring publishes at `publish` only,
+//! not as each chain is added, its default), then 8-byte steps `[op, a, b, c, d, e, f, g]`:
 //! driver: 0 add a chain of `a % 4 + 1` segments (buffers from `b`, lengths from `c, d`, writable
 //! bits from `e`); 1 publish; 2 poll `a % 8 + 1` times; 3 enable (`a` even) or disable
 //! notifications; 4 reset (the device's state too). Device: 5 write a used element (split: slot
@@ -96,9 +97,10 @@ fn check_completion(model: &mut Model, c: Completion, in_order: bool, packed: bo
         u64::from(c.len) <= writable,
         "completion of {c:?} longer than its {writable} writable bytes"
     );
-    // A packed ring's buffers are visible to the device as soon as they are added; a split ring's
-    // only once published (this target found a split ring without IN_ORDER taking a completion of
-    // an unpublished chain; the queue now refuses it with `UsedIdNotPublished`).
+    // A packed ring's buffers are visible to the device as soon as they are added, and so are a
+    // split ring's by default (published by `add`); with publishing deferred, only once published
+    // (this target found a split ring without IN_ORDER taking a completion of an unpublished
+    // chain; the queue now refuses it with `UsedIdNotPublished`).
     assert!(
         packed || published,
         "completion of {c:?}, which the device was never shown (not published)"
@@ -111,6 +113,8 @@ struct Harness {
     size: u16,
     packed: bool,
     in_order: bool,
+    /// A split ring publishes each chain as it is added.
+    publish_on_add: bool,
     buffers: Vec<GuestAddress>,
     model: Model,
     device: Device,
@@ -140,7 +144,9 @@ impl Harness {
                     self.model.in_flight.iter().all(|&(i, ..)| i != id),
                     "id {id} handed out while in flight"
                 );
-                self.model.in_flight.push_back((id, writable, false));
+                self.model
+                    .in_flight
+                    .push_back((id, writable, self.publish_on_add));
             }
             Err(blanket_virtio::queue::Error::Broken) => assert!(self.model.broken),
             Err(e) => assert!(
@@ -309,10 +315,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let size = 1u16 << ((config >> 4) & 7).min(5);
     let dma = DmaMemory::new(1 << 20).expect("1 MiB of shared memory");
+    let publish_on_add = config & 0x80 == 0;
     let mut q: Box<dyn VirtQueue> = if packed {
         Box::new(PackedQueue::allocate(&dma, size, features).expect("a packed queue"))
     } else {
-        Box::new(SplitQueue::allocate(&dma, size, features).expect("a split queue"))
+        let mut q = SplitQueue::allocate(&dma, size, features).expect("a split queue");
+        q.set_publish_on_add(publish_on_add)
+            .expect("nothing to publish yet");
+        Box::new(q)
     };
     let buffers = (0..BUFFERS)
         .map(|_| dma.alloc(u64::from(BUFFER_BYTES)).expect("a buffer"))
@@ -323,6 +333,7 @@ fuzz_target!(|data: &[u8]| {
         size,
         packed,
         in_order: features.in_order,
+        publish_on_add,
         buffers,
         model: Model::default(),
         device: Device::new(),

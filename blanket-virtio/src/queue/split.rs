@@ -108,7 +108,14 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     /// The avail idx each head was added at, so that a used element naming a head that was
     /// added but not yet published is refused.
     avail_at: Vec<u16>,
+    /// The `avail.idx` stored in the ring: the device may have seen every chain before it.
     published_avail: u16,
+    /// The `avail.idx` at the last notification decision of [`SplitQueue::publish`]: the
+    /// chains from it on have not been weighed against `avail_event` yet.
+    notified_avail: u16,
+    /// Whether [`SplitQueue::add`] stores `avail.idx` itself (the default), so that a device
+    /// still processing the ring sees each chain at once, or leaves it to `publish`.
+    publish_on_add: bool,
     last_used: u16,
     in_flight: u16,
     broken: bool,
@@ -266,6 +273,8 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             avail_idx: 0,
             avail_at: vec![0; usize::from(size)],
             published_avail: 0,
+            notified_avail: 0,
+            publish_on_add: true,
             last_used: 0,
             in_flight: 0,
             broken: false,
@@ -299,6 +308,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         self.free = (0..size).collect();
         self.avail_idx = 0;
         self.published_avail = 0;
+        self.notified_avail = 0;
         self.last_used = 0;
         self.in_flight = 0;
         self.broken = false;
@@ -318,6 +328,20 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     /// exists to measure the difference (`benches/ring.rs`).
     pub fn set_host_view(&mut self, on: bool) {
         self.host_view = on;
+    }
+
+    /// Whether [`SplitQueue::add`] publishes each chain as it adds it (`true`, the default:
+    /// one release store of `avail.idx` per chain, as libblkio's virtio-driver does, so that a
+    /// device that is processing the ring picks the chain up without waiting for the next
+    /// [`SplitQueue::publish`]), or leaves `avail.idx` to `publish` (`false`: the chains of a
+    /// batch become visible together). Either way `publish` decides the notification for
+    /// every chain added since its last call. Changing it publishes what was added so far.
+    pub fn set_publish_on_add(&mut self, on: bool) -> Result<(), Error> {
+        self.publish_on_add = on;
+        if on && self.published_avail != self.avail_idx {
+            self.store_avail_idx()?;
+        }
+        Ok(())
     }
 
     /// The queue size.
@@ -365,8 +389,10 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         self.ring_descs_for(segments) <= self.free.len()
     }
 
-    /// Writes a chain and its available ring entry, but does not publish it: call
-    /// [`SplitQueue::publish`] (once per batch). Returns the head index, which
+    /// Writes a chain and its available ring entry and, unless
+    /// [`SplitQueue::set_publish_on_add`] turned it off, publishes it (a release store of
+    /// `avail.idx`). It does not notify the device: call [`SplitQueue::publish`] (once per
+    /// batch), which also publishes a deferred batch. Returns the head index, which
     /// [`Completion::head`] will name.
     pub fn add(&mut self, segments: &[Segment]) -> Result<u16, Error> {
         if self.broken {
@@ -444,7 +470,9 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             self.order.push_back(head);
         }
 
-        // The available ring entry; avail.idx itself is published by `publish`.
+        // The available ring entry, then (by default) avail.idx with release ordering: the
+        // descriptors and the entry are visible to the device before the index that hands
+        // them over (2.7.13).
         let slot = self.avail_idx & (self.layout.size - 1);
         let entry = self
             .layout
@@ -454,6 +482,9 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         self.avail_at[usize::from(head)] = self.avail_idx;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.in_flight += 1;
+        if self.publish_on_add {
+            self.store_avail_idx()?;
+        }
         Ok(head)
     }
 
@@ -557,25 +588,24 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         )
     }
 
-    /// Publishes the chains added since the last call with a release store of `avail.idx`, and
-    /// says whether the device wants a notification (section 2.7.10: `avail_event` with
-    /// `EVENT_IDX`, else the `NO_NOTIFY` flag). The device controls those fields: a wrong value
-    /// only costs a spurious or a missed kick, never memory safety.
+    /// Publishes the chains added and not yet published (with a release store of `avail.idx`;
+    /// by default [`SplitQueue::add`] already did), and says whether the device wants a
+    /// notification for the chains added since the last call (section 2.7.10: `avail_event`
+    /// with `EVENT_IDX`, else the `NO_NOTIFY` flag). The device controls those fields: a wrong
+    /// value only costs a spurious or a missed kick, never memory safety.
     pub fn publish(&mut self) -> Result<bool, Error> {
         if self.broken {
             return Err(Error::Broken);
         }
-        let old = self.published_avail;
+        let old = self.notified_avail;
         let new = self.avail_idx;
         if old == new {
             return Ok(false);
         }
-        let idx_addr = self
-            .layout
-            .avail_ring
-            .unchecked_add(offset_of!(vring_avail, idx) as u64);
-        self.store16(Area::Avail, new, idx_addr, Ordering::Release)?;
-        self.published_avail = new;
+        if self.published_avail != new {
+            self.store_avail_idx()?;
+        }
+        self.notified_avail = new;
         // Order the avail.idx store before the loads of the device's suppression fields.
         fence(Ordering::SeqCst);
         if self.features.event_idx {
@@ -589,6 +619,18 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             let flags = self.load16(Area::Used, flags_addr, Ordering::Acquire)?;
             Ok(u32::from(flags) & VRING_USED_F_NO_NOTIFY == 0)
         }
+    }
+
+    /// Stores `avail.idx` (release: the entries and descriptors before it are visible first).
+    #[inline]
+    fn store_avail_idx(&mut self) -> Result<(), Error> {
+        let idx_addr = self
+            .layout
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, idx) as u64);
+        self.store16(Area::Avail, self.avail_idx, idx_addr, Ordering::Release)?;
+        self.published_avail = self.avail_idx;
+        Ok(())
     }
 
     fn avail_event_addr(&self) -> GuestAddress {
@@ -1080,7 +1122,9 @@ mod tests {
         // Found by the virtio_used_ring fuzz target: without IN_ORDER, a used element naming a
         // chain that was added but not yet published was taken as its completion, and its
         // descriptors freed while the next publish would still hand the stale entry out.
+        // Chains are published at `publish` only here, so that one can be added unpublished.
         let (dma, mut q, mut dev) = queue(8, QueueFeatures::default());
+        q.set_publish_on_add(false).unwrap();
         let mem = dma.guest_memory();
         let a = q.add(&[seg(&dma, 512, true)]).unwrap();
         q.publish().unwrap();
@@ -1105,6 +1149,7 @@ mod tests {
 
         // With a published buffer outstanding too, naming the unpublished one is caught by id.
         q.reset().unwrap();
+        assert!(!q.publish_on_add, "reset keeps the publishing mode");
         let mut dev = DeviceQueue::new(q.layout());
         let a = q.add(&[seg(&dma, 512, true)]).unwrap();
         q.publish().unwrap();
@@ -1114,6 +1159,54 @@ mod tests {
         dev.push_used(mem, u32::from(b), 0).unwrap();
         assert!(matches!(q.pop_used(), Err(Error::UsedIdNotPublished(id)) if id == b));
         assert!(q.is_broken());
+    }
+
+    #[test]
+    fn chains_are_published_as_they_are_added_and_notified_once_per_batch() {
+        let (dma, mut q, mut dev) = queue(
+            8,
+            QueueFeatures {
+                event_idx: true,
+                indirect_desc: false,
+                in_order: false,
+            },
+        );
+        let mem = dma.guest_memory();
+        let idx_addr = q
+            .layout()
+            .avail_ring
+            .unchecked_add(offset_of!(vring_avail, idx) as u64);
+        let avail_idx = || u16::from_le(mem.load::<u16>(idx_addr, Ordering::Acquire).unwrap());
+        let a = q.add(&[seg(&dma, 512, true)]).unwrap();
+        assert_eq!(avail_idx(), 1, "published by add");
+        // A device processing the ring takes it and completes it before any publish: an
+        // honest completion, taken as one.
+        assert_eq!(dev.pop_avail(mem).unwrap().unwrap().head, a);
+        dev.push_used(mem, u32::from(a), 100).unwrap();
+        assert_eq!(
+            q.pop_used().unwrap(),
+            Some(Completion { head: a, len: 100 })
+        );
+        let b = q.add(&[seg(&dma, 512, true)]).unwrap();
+        assert_eq!(avail_idx(), 2);
+        // The device asked for a kick when avail.idx passes 0 (its initial avail_event): the
+        // decision covers both chains added since the last one.
+        assert!(q.publish().unwrap());
+        assert!(!q.publish().unwrap(), "nothing added since");
+        // A used id for a descriptor that was never added is still refused.
+        dev.pop_avail(mem).unwrap().unwrap();
+        dev.push_used(mem, u32::from(b) + 1, 0).unwrap();
+        assert!(matches!(q.pop_used(), Err(Error::UsedIdNotOutstanding(_))));
+
+        // Deferred, then switched back on: what was added is published by the switch.
+        q.reset().unwrap();
+        q.set_publish_on_add(false).unwrap();
+        q.add(&[seg(&dma, 512, true)]).unwrap();
+        q.add(&[seg(&dma, 512, true)]).unwrap();
+        assert_eq!(avail_idx(), 0, "deferred to publish");
+        q.set_publish_on_add(true).unwrap();
+        assert_eq!(avail_idx(), 2);
+        assert!(q.publish().unwrap());
     }
 
     #[test]
@@ -1239,6 +1332,7 @@ mod tests {
     #[test]
     fn in_order_used_buffers_cannot_include_unpublished_ones() {
         let (dma, mut q, mut dev) = queue(8, IN_ORDER);
+        q.set_publish_on_add(false).unwrap();
         let mem = dma.guest_memory();
         q.add(&[seg(&dma, 64, true)]).unwrap();
         q.publish().unwrap();
