@@ -217,8 +217,12 @@ impl Shared {
     }
 }
 
-/// The inline entries of one blkback queue, for the hypervisor layer's vCPU thread (see the
-/// [module documentation](self)). Cheap to clone; any thread may call it. A handle belongs to one
+/// The inline entries of one blkback queue, for the hypervisor layer's vCPU thread: call
+/// [`notify`](Self::notify) where the guest's kick of the queue's port (`EVTCHNOP_send`) would be
+/// delivered, and [`block`](Self::block) when the guest blocks (`SCHEDOP_block`). Whoever serves the
+/// queue (its thread or one inline caller) holds it; a release takes the ring to ring.h's final check and
+/// leaves requests still in flight to the queue thread (the design, and the figures: pv-backend's
+/// README, "Inline serving"). Cheap to clone; any thread may call it. A handle belongs to one
 /// connection: after a reconnection take new ones ([`InlineDevice::queue`]); an old one does nothing.
 #[derive(Clone, Debug)]
 pub struct InlineQueue(pub(super) Arc<Shared>);

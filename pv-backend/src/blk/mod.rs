@@ -13,6 +13,9 @@
 //!   not), as `io/blkif.h` says; a flush waits for nothing. A queue works while it has work and sleeps
 //!   on its doorbell, after ring.h's final check, when it has none; responses are pushed with ring.h's
 //!   notify check.
+//! - [`InlineQueue`] ([`BlkConfig::inline`], from [`BlkBack::inline`]): the hypervisor's vCPU thread
+//!   serves a queue that nobody else serves, on the guest's kick and while the guest blocks, sharing it
+//!   with the queue thread (one server at a time, nothing lost at a handover).
 //! - The bottom: [`BlockDevice`]/[`BlockQueue`] (batched submission, completions reaped later), with
 //!   [`FileDevice`] (a raw image file or block device, `O_DIRECT` when possible, a thread pool) and
 //!   [`MemDevice`] (memory).
