@@ -209,6 +209,14 @@ pub trait BlockQueue: Send {
         let _ = timeout;
         false
     }
+    /// A hint, given before the first submission: requests may be submitted by threads that then go
+    /// on with other work and do not reap (blkback's inline mode: a vCPU thread that returns to its
+    /// guest), so their completions must reach the queue without waiting for the submitting thread to
+    /// enter the kernel. The default does nothing (its completions do not depend on the submitter);
+    /// the io_uring engine gives up `IORING_SETUP_COOP_TASKRUN`, under which the kernel posts a
+    /// completion only when the submitting thread next enters the kernel (measured: 6 to 24 ms for a
+    /// submitter that spins in user space, against about 50 µs for the I/O).
+    fn any_thread_submits(&mut self) {}
 }
 
 /// A block device that blkback serves.

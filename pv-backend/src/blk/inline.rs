@@ -97,7 +97,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(super) fn new(server: QueueServer, doorbell: Arc<Doorbell>) -> Arc<Self> {
+    pub(super) fn new(mut server: QueueServer, doorbell: Arc<Doorbell>) -> Arc<Self> {
+        // A vCPU thread that kicks and returns to its guest must not hold back the completions of
+        // what it submitted until its next exit.
+        server.dev_any_thread_submits();
         Arc::new(Self {
             server: Mutex::new(Some(server)),
             stop: AtomicBool::new(false),
@@ -327,5 +330,21 @@ impl InlineDevice {
     /// Whether no queue is connected (or inline serving is off).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The guest kicked the port whose events ring `doorbell` (the doorbell blkback gave
+    /// [`EventChannels::bind`](crate::backend::EventChannels::bind) for it): if that is a connected
+    /// queue's, calls its [`InlineQueue::notify`] and returns `true`; `false` (nothing done) for any
+    /// other doorbell, so that the caller rings it. For a hypervisor layer that knows its ports by the
+    /// doorbells it bound them to.
+    pub fn notify_kick(&self, doorbell: &Arc<Doorbell>) -> bool {
+        let q = lock(&self.0)
+            .iter()
+            .find(|q| Arc::ptr_eq(&q.0.doorbell, doorbell))
+            .cloned();
+        q.is_some_and(|q| {
+            q.notify();
+            true
+        })
     }
 }

@@ -821,6 +821,11 @@ impl QueueServer {
         })
     }
 
+    /// [`BlockQueue::any_thread_submits`].
+    pub(super) fn dev_any_thread_submits(&mut self) {
+        self.dev.any_thread_submits();
+    }
+
     /// [`BlockQueue::quiet`].
     pub(super) fn dev_quiet(&mut self) {
         self.dev.quiet();

@@ -308,6 +308,30 @@ impl BlockQueue for UringQueue {
         self.wait_in_ring(timeout)
     }
 
+    fn any_thread_submits(&mut self) {
+        if !self.pending.is_empty() || self.bell_armed {
+            return;
+        }
+        // A plain ring: the kernel interrupts the submitting thread to post each completion (task
+        // work with a signal), rather than waiting for it to enter the kernel.
+        let entries = self.ring.params().sq_entries();
+        let ring = match IoUring::new(entries) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring: a ring without COOP_TASKRUN; keeping the first");
+                return;
+            }
+        };
+        if let Some(d) = &self.doorbell {
+            if let Err(e) = ring.submitter().register_eventfd(d.as_raw_fd()) {
+                tracing::warn!(error = %e, "io_uring: registering the doorbell; keeping the first ring");
+                return;
+            }
+        }
+        let _ = self.ring.submitter().unregister_eventfd();
+        self.ring = ring;
+    }
+
     fn sleep(&mut self, doorbell: &Doorbell, timeout: Duration) -> bool {
         let ours = self
             .doorbell
