@@ -306,6 +306,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 devid: xvd_devid(i as u32),
                 backend: backend.clone(),
                 read_only: *ro,
+                inline: matches!(backend, VbdBackend::Image(_)),
             });
         }
         for (i, link) in spec.vifs.iter().enumerate() {

@@ -125,14 +125,23 @@ struct DiskRun {
     events: u64,
 }
 
+/// A vbd the disk benchmarks read.
+struct Vbd {
+    what: &'static str,
+    backend: VbdBackend,
+    /// [`VbdConfig::inline`].
+    inline: bool,
+}
+
 /// Runs `workload=rounds` (`disk-bench` or `disk-load`), checking that the guest read the whole image
 /// `rounds` times in 32 KiB requests.
-fn disk_run(ts: &Toolstack, backend: &VbdBackend, workload: &str, rounds: u64) -> DiskRun {
+fn disk_run(ts: &Toolstack, vbd: &Vbd, workload: &str, rounds: u64) -> DiskRun {
     let mut cfg = config("disk", &format!("{workload}={rounds}"));
     cfg.vbds.push(VbdConfig {
         devid: xvd_devid(0),
-        backend: backend.clone(),
+        backend: vbd.backend.clone(),
         read_only: true,
+        inline: vbd.inline,
     });
     let ev0 = ts.backend_notifications();
     let mut g = ts.create(cfg).unwrap();
@@ -209,42 +218,66 @@ fn disk(c: &mut Criterion) {
     let ts = Toolstack::new(Hypervisor::new().expect("/dev/kvm")).unwrap();
     let img = image();
     let daemon = Daemon::start(&img);
-    let mut backends = vec![("a file", VbdBackend::Image(img.0.clone()))];
+    let mut vbds = vec![
+        Vbd {
+            what: "a file (queue threads)",
+            backend: VbdBackend::Image(img.0.clone()),
+            inline: false,
+        },
+        Vbd {
+            what: "a file (served inline on the vCPU thread)",
+            backend: VbdBackend::Image(img.0.clone()),
+            inline: true,
+        },
+    ];
     if let Some(d) = &daemon {
-        backends.push((
-            "vhost-user-blk (qemu-storage-daemon, zero copy)",
-            VbdBackend::VhostUser(d.sock.clone()),
-        ));
+        vbds.push(Vbd {
+            what: "vhost-user-blk (qemu-storage-daemon, zero copy)",
+            backend: VbdBackend::VhostUser(d.sock.clone()),
+            inline: false,
+        });
     }
-    for (what, backend) in &backends {
-        for workload in ["disk-bench", "disk-load"] {
+    for workload in ["disk-bench", "disk-load"] {
+        let mut iops = Vec::new();
+        for vbd in &vbds {
             // Per I/O: a long run minus a short one.
-            let short = disk_run(&ts, backend, workload, 1);
-            let long = disk_run(&ts, backend, workload, 8);
+            let short = disk_run(&ts, vbd, workload, 1);
+            let long = disk_run(&ts, vbd, workload, 8);
             let (x, h, e) = per_read(&short, &long);
+            let rate = long.reads as f64 * 1e9 / long.ns as f64;
+            iops.push(rate);
             eprintln!(
-                "vbd on {what}: 32 KiB reads, depth {} ({workload}), per I/O: {x:.2} exits, {h:.2} hypercalls, {e:.2} back-end events; {:.0} IOPS ({:.1} MiB/s)",
+                "vbd on {}: 32 KiB reads, depth {} ({workload}), per I/O: {x:.2} exits, {h:.2} hypercalls, {e:.2} back-end events, {:.2} blocks served inline; {rate:.0} IOPS ({:.1} MiB/s)",
+                vbd.what,
                 long.depth,
-                long.reads as f64 * 1e9 / long.ns as f64,
+                (long.stats.blocks_served - short.stats.blocks_served) as f64
+                    / (long.reads - short.reads) as f64,
                 (long.reads * READ_BYTES) as f64 / f64::from(1 << 20) * 1e9 / long.ns as f64,
             );
         }
+        eprintln!(
+            "{workload}: served inline / by queue threads = {:.3} (IOPS)",
+            iops[1] / iops[0]
+        );
     }
     let mut g = c.benchmark_group("vbd");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_millis(500));
-    for (what, backend) in &backends {
+    for vbd in &vbds {
         for (workload, depth) in [
             ("disk-bench", "QD 1"),
             ("disk-load", "every ring slot busy"),
         ] {
             g.bench_function(
-                format!("32 KiB read, {depth}, guest blkfront to blkback on {what} (guest-timed, per read)"),
+                format!(
+                    "32 KiB read, {depth}, guest blkfront to blkback on {} (guest-timed, per read)",
+                    vbd.what
+                ),
                 |b| {
                     b.iter_custom(|iters| {
                         let rounds = iters.div_ceil(READS_PER_ROUND).max(1);
-                        let r = disk_run(&ts, backend, workload, rounds);
+                        let r = disk_run(&ts, vbd, workload, rounds);
                         Duration::from_nanos(r.ns * iters / r.reads)
                     })
                 },

@@ -272,6 +272,8 @@ pub struct Stats {
     pub hypercalls: AtomicU64,
     /// Times the vCPU slept in `SCHEDOP_block` or `SCHEDOP_poll`.
     pub blocks: AtomicU64,
+    /// Blocks in which a [`BlockedService`] did work on the vCPU thread.
+    pub blocks_served: AtomicU64,
     /// Bytes written to the console (accepted by the rate limit).
     pub console_bytes: AtomicU64,
     /// Event upcalls delivered into the guest's callback.
@@ -291,6 +293,8 @@ pub struct StatsSnapshot {
     pub hypercalls: u64,
     /// Blocks.
     pub blocks: u64,
+    /// Blocks in which a [`BlockedService`] did work on the vCPU thread.
+    pub blocks_served: u64,
     /// Console bytes.
     pub console_bytes: u64,
     /// Event upcalls delivered.
@@ -407,6 +411,19 @@ pub(crate) struct DomainCore {
     pub(crate) ballooned: Mutex<std::collections::BTreeSet<u64>>,
     /// Per vCPU, the event callback's address (`CALLBACKTYPE_event`), 0 if none.
     pub(crate) event_callback: Vec<AtomicU64>,
+    /// Domain 0's work that a vCPU thread does while its guest blocks ([`Domain::add_blocked_service`]).
+    pub(crate) blocked_services: Mutex<Arc<[Arc<dyn BlockedService>]>>,
+}
+
+/// Work of domain 0 (the Blanket layer) that a vCPU thread of the guest does itself while the guest blocks
+/// in `SCHEDOP_block` or `SCHEDOP_poll`, instead of another thread waking to do it and then waking the vCPU:
+/// blkback's inline serving ([`pv_backend::blk::InlineDevice`]) sleeps in the disk's io_uring there and
+/// answers the guest's requests as they complete. Added with [`Domain::add_blocked_service`].
+pub trait BlockedService: Send + Sync {
+    /// Serves, for at most `budget`, what the guest waits for; returns early once `wake()` holds (an
+    /// event is pending for the vCPU, or the domain is paused or destroyed). Returns whether it did
+    /// anything; the vCPU then blocks as before until its event.
+    fn serve_blocked(&self, budget: Duration, wake: &dyn Fn() -> bool) -> bool;
 }
 
 impl DomainCore {
@@ -953,6 +970,7 @@ impl Hypervisor {
             event_callback: (0..config.vcpus).map(|_| AtomicU64::new(0)).collect(),
             ballooned: Mutex::new(std::collections::BTreeSet::new()),
             traps: (0..config.vcpus).map(|_| Mutex::new([None; 256])).collect(),
+            blocked_services: Mutex::new(Arc::new([])),
         });
         core.update_time();
         if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -1192,6 +1210,7 @@ impl Domain {
             exits: s.exits.load(Ordering::Relaxed),
             hypercalls: s.hypercalls.load(Ordering::Relaxed),
             blocks: s.blocks.load(Ordering::Relaxed),
+            blocks_served: s.blocks_served.load(Ordering::Relaxed),
             console_bytes: s.console_bytes.load(Ordering::Relaxed),
             upcalls: s.upcalls.load(Ordering::Relaxed),
             console_dropped: s.console_dropped.load(Ordering::Relaxed),
@@ -1199,6 +1218,17 @@ impl Domain {
             cpu_ns,
             run_ns,
         }
+    }
+
+    /// Has the guest's vCPU threads do `service` while the guest blocks (see [`BlockedService`]), for as
+    /// long as the domain lives.
+    pub fn add_blocked_service(&self, service: Arc<dyn BlockedService>) {
+        let mut s = self
+            .core
+            .blocked_services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *s = s.iter().cloned().chain([service]).collect();
     }
 
     /// Sends an event to `port` of this domain from domain 0 (the Blanket layer), as a back-end does.

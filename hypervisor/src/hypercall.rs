@@ -249,6 +249,10 @@ fn poll(core: &DomainCore, vcpu: u32, arg: u64) -> R {
     Ok(0)
 }
 
+/// The longest a vCPU thread serves a [`BlockedService`](crate::BlockedService) in one block: a kick from
+/// another vCPU of the guest on the same device is taken when that wait ends.
+const BLOCKED_SERVICE_BUDGET: Duration = Duration::from_millis(1);
+
 /// Sleeps in `SCHEDOP_block` (`poll` = `None`) or `SCHEDOP_poll`: until an event is pending (an upcall, or
 /// one of the polled ports), the timer or the poll timeout fires, or the domain is paused or destroyed.
 /// The vCPU thread sleeps on the domain's condvar meanwhile and uses no CPU. A vCPU taken down
@@ -265,6 +269,48 @@ fn block(core: &DomainCore, vcpu: u32, poll: Option<(&[u32], Option<u64>)>) {
     if id == 0 {
         c.state = RunState::Blocked;
     }
+    let woken = || match poll {
+        None => core.shared.upcall_pending(vcpu),
+        Some((ports, _)) => {
+            let events = core.shared.two_level();
+            ports.iter().any(|&p| events.is_pending(p).unwrap_or(false))
+        }
+    };
+    let services = core
+        .blocked_services
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if !services.is_empty() && !woken() {
+        // Domain 0's work this vCPU waits for, done here (blkback's inline serving): bounded by the
+        // vCPU's timer and the poll timeout, and given up as soon as an event is pending or the domain
+        // is paused or destroyed. Blocked meanwhile, so that an event sent from here does not kick
+        // this thread.
+        let now = core.system_time();
+        let until = [c.vcpus[id].timer, poll.and_then(|(_, t)| t)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(BLOCKED_SERVICE_BUDGET, |d| {
+                Duration::from_nanos(d.saturating_sub(now))
+            })
+            .min(BLOCKED_SERVICE_BUDGET);
+        drop(c);
+        let wake = || {
+            woken() || {
+                let c = core.lock();
+                c.destroy || c.paused || !c.vcpus[id].up
+            }
+        };
+        let mut served = false;
+        for s in services.iter() {
+            served |= s.serve_blocked(until, &wake);
+        }
+        if served {
+            core.stats.blocks_served.fetch_add(1, Ordering::Relaxed);
+        }
+        c = core.lock();
+    }
     loop {
         if c.destroy || c.paused || !c.vcpus[id].up {
             break;
@@ -273,14 +319,7 @@ fn block(core: &DomainCore, vcpu: u32, poll: Option<(&[u32], Option<u64>)>) {
             // Our own timer: other vCPUs only need waking if it was bound elsewhere (it is not).
             let _ = n;
         }
-        let woken = match poll {
-            None => core.shared.upcall_pending(vcpu),
-            Some((ports, _)) => {
-                let events = core.shared.two_level();
-                ports.iter().any(|&p| events.is_pending(p).unwrap_or(false))
-            }
-        };
-        if woken {
+        if woken() {
             break;
         }
         let now = core.system_time();

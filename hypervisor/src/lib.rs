@@ -151,6 +151,6 @@ mod vcpu;
 pub mod x86;
 
 pub use domain::{
-    ConsoleSink, CrashKind, CrashReport, Domain, DomainConfig, DomainError, DomainExit,
-    GrantResolveError, GrantedPage, Hypervisor, RunState, StatsSnapshot,
+    BlockedService, ConsoleSink, CrashKind, CrashReport, Domain, DomainConfig, DomainError,
+    DomainExit, GrantResolveError, GrantedPage, Hypervisor, RunState, StatsSnapshot,
 };

@@ -35,8 +35,9 @@ fn run(ts: &Toolstack, cfg: GuestConfig) -> (DomainExit, String) {
     let exit = g.wait_timeout(Duration::from_secs(60));
     let out = g.all_output();
     eprintln!(
-        "[{name}] {exit}\n{out}\nback-end errors: {:?}",
-        g.backend_errors()
+        "[{name}] {exit}\n{out}\nback-end errors: {:?}; blocks served inline: {}",
+        g.backend_errors(),
+        g.domain().stats().blocks_served
     );
     (exit, out)
 }
@@ -195,23 +196,50 @@ fn pattern(seed: u64, off: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn with_vbd(mut cfg: GuestConfig, image: &Image) -> GuestConfig {
+fn with_vbd(cfg: GuestConfig, image: &Image) -> GuestConfig {
+    with_vbd_inline(cfg, image, true)
+}
+
+fn with_vbd_inline(mut cfg: GuestConfig, image: &Image, inline: bool) -> GuestConfig {
     cfg.vbds.push(VbdConfig {
         devid: xvd_devid(0),
         backend: VbdBackend::Image(image.0.clone()),
         read_only: false,
+        inline,
     });
     cfg
 }
 
 #[test]
 fn disk_data_written_by_one_boot_is_read_back_by_the_next() {
-    let image = Image::new("disk", 2 << 20);
+    write_then_verify(false);
+}
+
+#[test]
+fn disk_data_served_inline_on_the_vcpu_thread_is_read_back_by_the_next_boot() {
+    write_then_verify(true);
+}
+
+/// A guest writes its disk and a second boot reads it back, with the vbd served inline on the guest's
+/// vCPU threads or by blkback's queue threads: the kicks the vCPU threads served are counted only inline.
+fn write_then_verify(inline: bool) {
+    let image = Image::new(if inline { "inline" } else { "disk" }, 2 << 20);
     let ts = toolstack();
+    let with_vbd = |cfg, image| with_vbd_inline(cfg, image, inline);
     let (exit, out) = run(
         &ts,
         with_vbd(guest_config("writer", "disk-write=7"), &image),
     );
+    // 2 MiB in at most 44 KiB a request: dozens of kicks.
+    if inline {
+        assert!(
+            ts.inline_kicks() >= 20,
+            "{} kicks served inline",
+            ts.inline_kicks()
+        );
+    } else {
+        assert_eq!(ts.inline_kicks(), 0);
+    }
     assert_eq!(exit, POWEROFF, "{out}");
     assert!(
         out.contains("disk-write: 2097152 bytes written with seed 7 and flushed"),

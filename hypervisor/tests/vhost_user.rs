@@ -131,6 +131,7 @@ fn guest_config(name: &str, cmdline: &str, socket: &Path, read_only: bool) -> Gu
         devid: xvd_devid(0),
         backend: VbdBackend::VhostUser(socket.to_path_buf()),
         read_only,
+        inline: false,
     });
     g
 }

@@ -23,13 +23,15 @@ pub mod xenstored;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use pv_backend::backend::{Doorbell, EventChannel, EventChannelError, EventChannels, GrantTableV1};
+use pv_backend::blk::InlineDevice;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use xen_abi::DomId;
 
 use crate::builder::MAX_GRANT_FRAMES;
-use crate::domain::{Domain, Hypervisor};
+use crate::domain::{BlockedService, Domain, Hypervisor};
 use crate::memory::PAGE_SIZE;
 
 /// The errors of attaching devices to a domain.
@@ -187,8 +189,20 @@ impl Dom0Port {
         doorbell: Arc<Doorbell>,
         sent: Arc<AtomicU64>,
     ) -> Result<Self, DeviceError> {
+        Self::bind_with(hv, domid, port, sent, move |_| doorbell.ring())
+    }
+
+    /// Binds port `port` of guest `domid`: every event the guest sends on it calls `on_event` on the
+    /// sender's vCPU thread.
+    fn bind_with(
+        hv: &Hypervisor,
+        domid: DomId,
+        port: u32,
+        sent: Arc<AtomicU64>,
+        on_event: impl Fn(u32) + Send + Sync + 'static,
+    ) -> Result<Self, DeviceError> {
         let local = hv
-            .dom0_bind_interdomain(domid, port, move |_| doorbell.ring())
+            .dom0_bind_interdomain(domid, port, on_event)
             .map_err(|errno| DeviceError::Bind { domid, port, errno })?;
         Ok(Self {
             hv: hv.clone(),
@@ -223,6 +237,57 @@ pub struct Dom0Evtchns {
     hv: Hypervisor,
     /// Events domain 0 sent to guests through ports bound here (back-end notifications).
     pub sent: Arc<AtomicU64>,
+    /// The blkback device whose queues take the guest's kicks inline ([`Dom0Evtchns::kicking_inline`]).
+    inline: Option<InlineKicks>,
+}
+
+/// Where a blkback device served inline ([`pv_backend::blk::BlkConfig::inline`]) takes the guest's
+/// kicks: set once the `BlkBack` exists ([`InlineKicks::set`]), since it is made with its event channels.
+#[derive(Clone, Debug)]
+pub struct InlineKicks {
+    dev: Arc<std::sync::OnceLock<InlineDevice>>,
+    served: Arc<AtomicU64>,
+}
+
+impl InlineKicks {
+    /// Kicks not yet taken by any device; `served` counts those a queue serves inline.
+    pub fn new(served: Arc<AtomicU64>) -> Self {
+        Self {
+            dev: Arc::default(),
+            served,
+        }
+    }
+
+    /// The device whose queues take the kicks ([`BlkBack::inline`](pv_backend::blk::BlkBack::inline));
+    /// a second call is ignored.
+    pub fn set(&self, dev: InlineDevice) {
+        let _ = self.dev.set(dev);
+    }
+
+    /// The guest kicked the port whose events ring `doorbell`: served by its queue on this (the guest's
+    /// vCPU) thread when nobody serves it, else the doorbell is rung, as without inline serving.
+    fn kick(&self, doorbell: &Arc<Doorbell>) {
+        match self.dev.get().and_then(|d| d.notify_kick(doorbell)) {
+            Some(true) => {
+                self.served.fetch_add(1, Ordering::Relaxed);
+            }
+            // The queue was busy: `notify` rang its doorbell.
+            Some(false) => {}
+            None => doorbell.ring(),
+        }
+    }
+}
+
+impl BlockedService for InlineDevice {
+    fn serve_blocked(&self, budget: Duration, wake: &dyn Fn() -> bool) -> bool {
+        let mut served = false;
+        for i in 0..self.len() {
+            if let Some(q) = self.queue(i) {
+                served |= q.block(budget, wake);
+            }
+        }
+        served
+    }
 }
 
 impl std::fmt::Debug for Dom0Evtchns {
@@ -237,6 +302,17 @@ impl Dom0Evtchns {
         Self {
             hv: hv.clone(),
             sent: Arc::default(),
+            inline: None,
+        }
+    }
+
+    /// The same channels (and counter), for a blkback device served inline: the guest's kick on a port
+    /// bound through them is served on the guest's vCPU thread by the queue behind it (see
+    /// [`InlineQueue::notify`](pv_backend::blk::InlineQueue::notify)) once `kicks` is set.
+    pub fn kicking_inline(&self, kicks: InlineKicks) -> Self {
+        Self {
+            inline: Some(kicks),
+            ..self.clone()
         }
     }
 }
@@ -248,8 +324,14 @@ impl EventChannels for Dom0Evtchns {
         port: u32,
         doorbell: Arc<Doorbell>,
     ) -> Result<Arc<dyn EventChannel>, EventChannelError> {
-        let p = Dom0Port::bind(&self.hv, domid, port, doorbell, self.sent.clone())
-            .map_err(|_| EventChannelError::NoSuchPort { domid, port })?;
+        let sent = self.sent.clone();
+        let p = match self.inline.clone() {
+            Some(kicks) => {
+                Dom0Port::bind_with(&self.hv, domid, port, sent, move |_| kicks.kick(&doorbell))
+            }
+            None => Dom0Port::bind(&self.hv, domid, port, doorbell, sent),
+        }
+        .map_err(|_| EventChannelError::NoSuchPort { domid, port })?;
         Ok(Arc::new(p))
     }
 }

@@ -334,17 +334,14 @@ impl InlineDevice {
 
     /// The guest kicked the port whose events ring `doorbell` (the doorbell blkback gave
     /// [`EventChannels::bind`](crate::backend::EventChannels::bind) for it): if that is a connected
-    /// queue's, calls its [`InlineQueue::notify`] and returns `true`; `false` (nothing done) for any
-    /// other doorbell, so that the caller rings it. For a hypervisor layer that knows its ports by the
-    /// doorbells it bound them to.
-    pub fn notify_kick(&self, doorbell: &Arc<Doorbell>) -> bool {
+    /// queue's, calls its [`InlineQueue::notify`] and returns what that returned (whether it served the
+    /// ring here); `None` (nothing done) for any other doorbell, which the caller then rings. For a
+    /// hypervisor layer that knows its ports by the doorbells it bound them to.
+    pub fn notify_kick(&self, doorbell: &Arc<Doorbell>) -> Option<bool> {
         let q = lock(&self.0)
             .iter()
             .find(|q| Arc::ptr_eq(&q.0.doorbell, doorbell))
             .cloned();
-        q.is_some_and(|q| {
-            q.notify();
-            true
-        })
+        q.map(|q| q.notify())
     }
 }
