@@ -28,6 +28,8 @@ const VCPUOP_UP: u64 = 1;
 const VCPUOP_DOWN: u64 = 2;
 const VCPUOP_IS_UP: u64 = 3;
 const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
+/// `ETIME`: a single-shot deadline in the past, with `VCPU_SSHOTTMR_future`.
+const ETIME: i64 = 62;
 
 #[repr(C, align(16))]
 struct Stack([u8; 16384]);
@@ -168,11 +170,19 @@ extern "C" fn ap_main(id: u64) -> ! {
         },
         _ => {}
     }
-    // A per-vCPU timer: VIRQ_TIMER bound on this vCPU, a single-shot 2 ms ahead.
+    // A per-vCPU timer: VIRQ_TIMER bound on this vCPU, a single-shot 2 ms ahead. `VCPU_SSHOTTMR_future`
+    // refuses a deadline already past (`-ETIME`): when the host did not run this vCPU for 2 ms between
+    // reading the time and the hypercall, try again with a new deadline.
     let tport = p.bind_virq_on(hc::VIRQ_TIMER, me).unwrap_or(0);
-    let t0 = p.time_ns();
-    let arg = [t0 + 2_000_000, 1];
-    let r = vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, id, arg.as_ptr() as u64);
+    let (mut t0, mut r) = (0, -ETIME);
+    for _ in 0..100 {
+        if r != -ETIME {
+            break;
+        }
+        t0 = p.time_ns();
+        let arg = [t0 + 2_000_000, 1];
+        r = vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, id, arg.as_ptr() as u64);
+    }
     if r == 0 && tport != 0 {
         wait_port(&p, me, tport);
         TIMER_OK[id as usize].store(u32::from(p.time_ns() >= t0 + 2_000_000), Ordering::SeqCst);
