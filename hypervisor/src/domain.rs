@@ -413,6 +413,9 @@ pub(crate) struct DomainCore {
     pub(crate) event_callback: Vec<AtomicU64>,
     /// Domain 0's work that a vCPU thread does while its guest blocks ([`Domain::add_blocked_service`]).
     pub(crate) blocked_services: Mutex<Arc<[Arc<dyn BlockedService>]>>,
+    /// Per vCPU, whether its thread is in a [`BlockedService`] (maybe asleep in a device): an event for it
+    /// then kicks the thread (the signal ends that sleep with `EINTR`), so the event is not held up.
+    pub(crate) serving_blocked: Vec<AtomicBool>,
 }
 
 /// Work of domain 0 (the Blanket layer) that a vCPU thread of the guest does itself while the guest blocks
@@ -456,6 +459,15 @@ impl DomainCore {
             // so it is alive; the signal's handler is installed before the thread is registered.
             unsafe { libc::pthread_kill(t, kick_signal()) };
         }
+    }
+
+    /// Whether the calling thread is vCPU `vcpu`'s.
+    fn on_vcpu_thread(&self, vcpu: u32) -> bool {
+        self.kick_thread.get(vcpu as usize).is_some_and(|slot| {
+            // SAFETY: pthread_self has no preconditions; pthread_equal compares two thread ids.
+            (*slot.lock().unwrap_or_else(|e| e.into_inner()))
+                .is_some_and(|t| unsafe { libc::pthread_equal(t, libc::pthread_self()) } != 0)
+        })
     }
 
     /// Wakes every vCPU (to pause, destroy or stop the domain).
@@ -508,7 +520,13 @@ impl DomainCore {
             .get(vcpu as usize)
             .map(|c| c.load(Ordering::SeqCst))
             .unwrap_or(0);
-        if running && n == Notify::Upcall && cb != 0 {
+        // Not its own thread: the service's own answers are sent from there, awake.
+        let serving = self
+            .serving_blocked
+            .get(vcpu as usize)
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+            && !self.on_vcpu_thread(vcpu);
+        if (running && n == Notify::Upcall && cb != 0) || serving {
             self.kick(vcpu);
         }
     }
@@ -971,6 +989,7 @@ impl Hypervisor {
             ballooned: Mutex::new(std::collections::BTreeSet::new()),
             traps: (0..config.vcpus).map(|_| Mutex::new([None; 256])).collect(),
             blocked_services: Mutex::new(Arc::new([])),
+            serving_blocked: (0..config.vcpus).map(|_| AtomicBool::new(false)).collect(),
         });
         core.update_time();
         if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {

@@ -284,8 +284,7 @@ fn block(core: &DomainCore, vcpu: u32, poll: Option<(&[u32], Option<u64>)>) {
     if !services.is_empty() && !woken() {
         // Domain 0's work this vCPU waits for, done here (blkback's inline serving): bounded by the
         // vCPU's timer and the poll timeout, and given up as soon as an event is pending or the domain
-        // is paused or destroyed. Blocked meanwhile, so that an event sent from here does not kick
-        // this thread.
+        // is paused or destroyed (an event or a pause kicks this thread meanwhile: `serving_blocked`).
         let now = core.system_time();
         let until = [c.vcpus[id].timer, poll.and_then(|(_, t)| t)]
             .into_iter()
@@ -303,9 +302,11 @@ fn block(core: &DomainCore, vcpu: u32, poll: Option<(&[u32], Option<u64>)>) {
             }
         };
         let mut served = false;
+        core.serving_blocked[id].store(true, Ordering::SeqCst);
         for s in services.iter() {
             served |= s.serve_blocked(until, &wake);
         }
+        core.serving_blocked[id].store(false, Ordering::SeqCst);
         if served {
             core.stats.blocks_served.fetch_add(1, Ordering::Relaxed);
         }
