@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blanket_hypervisor::{
-    CrashKind, Domain, DomainConfig, DomainExit, Hypervisor, RunState, guest,
+    BlockedService, CrashKind, Domain, DomainConfig, DomainExit, Hypervisor, RunState, guest,
 };
 use xen_abi::sched::ShutdownReason;
 
@@ -327,6 +327,80 @@ fn an_event_from_domain_0_wakes_a_blocked_guest() {
         finish(&mut d),
         DomainExit::Shutdown(ShutdownReason::Poweroff)
     );
+    assert!(
+        d.console_output()
+            .contains(&format!("got event on port {port}"))
+    );
+}
+
+/// A [`BlockedService`] that sleeps, as a device wait does, until the vCPU's wake condition holds,
+/// for 10 s at most; a signal ends each sleep early (`nanosleep` returns `EINTR`).
+#[derive(Default)]
+struct Sleeper {
+    /// When the vCPU thread entered it, and how long it stayed.
+    calls: Mutex<Vec<(Instant, Option<Duration>)>>,
+}
+
+impl BlockedService for Sleeper {
+    fn serve_blocked(&self, _budget: Duration, wake: &dyn Fn() -> bool) -> bool {
+        let t0 = Instant::now();
+        let i = {
+            let mut c = self.calls.lock().unwrap();
+            c.push((t0, None));
+            c.len() - 1
+        };
+        while !wake() && t0.elapsed() < Duration::from_secs(10) {
+            let ts = libc::timespec {
+                tv_sec: 10,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec; no remainder is asked for.
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        }
+        self.calls.lock().unwrap()[i].1 = Some(t0.elapsed());
+        true
+    }
+}
+
+#[test]
+fn an_event_ends_the_wait_of_a_blocked_service_on_the_vcpu_thread() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = hv.create_domain(config("served", "wait-event")).unwrap();
+    let sleeper = Arc::new(Sleeper::default());
+    d.add_blocked_service(sleeper.clone());
+    d.start().unwrap();
+    let port = offered_port(&d);
+    // The guest blocks, and its vCPU thread sleeps in the service.
+    let t0 = Instant::now();
+    while sleeper.calls.lock().unwrap().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the service is called"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        sleeper.calls.lock().unwrap()[0].1,
+        None,
+        "still in the service"
+    );
+    assert_eq!(d.state(), RunState::Blocked);
+    let sent = Instant::now();
+    d.notify(port);
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    // The event kicked the thread out of its sleep: well before the service's own 10 s.
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "the event waited {:?}",
+        sent.elapsed()
+    );
+    let calls = sleeper.calls.lock().unwrap();
+    assert!(calls.iter().all(|c| c.1.is_some()), "{:?}", *calls);
+    assert!(d.stats().blocks_served >= 1);
     assert!(
         d.console_output()
             .contains(&format!("got event on port {port}"))
