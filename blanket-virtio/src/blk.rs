@@ -375,6 +375,11 @@ pub struct BlkOptions {
     pub event_idx: bool,
     /// Use `VIRTIO_F_INDIRECT_DESC` when offered.
     pub indirect_desc: bool,
+    /// With indirect descriptors on a split ring, requests of up to this many descriptors
+    /// (a one-buffer read or write takes three) go straight into the descriptor table while it
+    /// has room, longer ones through an indirect table ([`SplitQueue::set_direct_max`]; 0:
+    /// every request of two or more descriptors indirect). Packed rings ignore it.
+    pub direct_max: usize,
     /// Use packed rings (`VIRTIO_F_RING_PACKED`) when offered.
     pub packed_ring: bool,
     /// Use `VIRTIO_F_IN_ORDER` when offered: descriptors in ring order, and completions
@@ -391,6 +396,7 @@ impl Default for BlkOptions {
             timeout: Duration::from_secs(10),
             event_idx: true,
             indirect_desc: true,
+            direct_max: split::DIRECT_MAX,
             packed_ring: true,
             in_order: true,
         }
@@ -631,7 +637,9 @@ impl<T: Transport> BlkDriver<T> {
             let vq: Box<dyn VirtQueue> = if bit(features, VIRTIO_F_RING_PACKED) {
                 Box::new(PackedQueue::allocate(&mem, size, qf)?)
             } else {
-                Box::new(SplitQueue::allocate(&mem, size, qf)?)
+                let mut q = SplitQueue::allocate(&mem, size, qf)?;
+                q.set_direct_max(options.direct_max);
+                Box::new(q)
             };
             transport.setup_queue(i, &vq.layout())?;
             let slots = mem.alloc(u64::from(size) * SLOT_BYTES)?;

@@ -318,6 +318,9 @@ fn in_order_batches_complete_every_request_once_and_wrap() {
             batch,
             BlkOptions {
                 indirect_desc,
+                // Indirect tables for every request when they are on (short chains would
+                // otherwise be direct).
+                direct_max: 0,
                 queue_size: 16,
                 ..BlkOptions::default()
             },

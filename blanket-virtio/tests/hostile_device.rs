@@ -442,7 +442,12 @@ fn in_order_driver(hostile: Hostile, packed: bool) -> Driver {
     dev.packed = packed;
     dev.in_order = true;
     dev.hostile = hostile;
-    let d = BlkDriver::new(InProcessTransport::new(mem, dev), BlkOptions::default()).unwrap();
+    // Every read through an indirect table (one descriptor each), so that heads are 0, 1, 2...
+    let options = BlkOptions {
+        direct_max: 0,
+        ..BlkOptions::default()
+    };
+    let d = BlkDriver::new(InProcessTransport::new(mem, dev), options).unwrap();
     let in_order = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
     assert!(d.features() & in_order != 0, "IN_ORDER not negotiated");
     d

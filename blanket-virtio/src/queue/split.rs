@@ -69,6 +69,11 @@ struct UsedElem {
 unsafe impl ByteValued for UsedElem {}
 const _: () = assert!(size_of::<UsedElem>() == size_of::<vring_used_elem>());
 
+/// With `INDIRECT_DESC`, the longest chain [`SplitQueue::add`] writes as direct descriptors by
+/// default: a virtio-blk read or write of one buffer (header, data, status) and a discard
+/// (header, range, status) take three, as in libblkio, which never uses indirect tables.
+pub const DIRECT_MAX: usize = 4;
+
 /// The driver's private view of each descriptor. Never read back from shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
@@ -97,6 +102,9 @@ pub struct SplitQueue<M: GuestMemoryBackend = GuestMemoryMmap> {
     /// One indirect table of `max_indirect` descriptors per head, or `None`.
     indirect_tables: Option<GuestAddress>,
     max_indirect: u16,
+    /// With indirect descriptors: chains of up to this many segments go straight into the
+    /// descriptor table while a quarter of it stays free (see [`SplitQueue::set_direct_max`]).
+    direct_max: usize,
     slots: Vec<Slot>,
     /// Private copy of the `next` links the driver wrote.
     next: Vec<u16>,
@@ -267,6 +275,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
             } else {
                 0
             },
+            direct_max: DIRECT_MAX,
             slots: vec![Slot::Free; usize::from(size)],
             next: vec![0; usize::from(size)],
             free: (0..size).collect(),
@@ -369,9 +378,30 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         self.broken
     }
 
+    /// With `INDIRECT_DESC`, chains of up to `n` segments are written as direct descriptors
+    /// while that leaves a quarter of the table free (an indirect table costs the device one
+    /// more translation and read per request, and the driver one more descriptor write);
+    /// longer chains, and short ones once the table is that full, use an indirect table, one
+    /// descriptor each. A full queue then holds fewer requests than with indirect tables
+    /// only (its size): at least 7/16 of its size with chains of four, half with three. The
+    /// default is [`DIRECT_MAX`]; 0 or 1 makes every chain of two or more segments indirect.
+    /// Without `INDIRECT_DESC` every chain is direct whatever this says.
+    pub fn set_direct_max(&mut self, n: usize) {
+        self.direct_max = n;
+    }
+
+    /// Whether a chain of `segments` goes through an indirect table, with `free` descriptors
+    /// free: a short chain is direct if a quarter of the table stays free after it.
+    #[inline]
+    fn use_indirect(&self, segments: usize, free: usize) -> bool {
+        self.features.indirect_desc
+            && segments > 1
+            && (segments > self.direct_max || free < segments + usize::from(self.layout.size / 4))
+    }
+
     /// Ring descriptors a chain of `segments` needs.
     fn ring_descs_for(&self, segments: usize) -> usize {
-        if self.features.indirect_desc && segments > 1 {
+        if self.use_indirect(segments, self.free.len()) {
             1
         } else {
             segments
@@ -402,7 +432,7 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
         if n == 0 {
             return Err(Error::EmptyChain);
         }
-        let use_indirect = self.features.indirect_desc && n > 1;
+        let use_indirect = self.use_indirect(n, self.free.len());
         if (use_indirect && n > usize::from(self.max_indirect))
             || (!use_indirect && n > usize::from(self.layout.size))
         {
@@ -1074,6 +1104,8 @@ mod tests {
             );
             assert_eq!(q.host.mapped(), if indirect_desc { 4 } else { 3 });
             q.set_host_view(host_view);
+            // Indirect for a chain of three (by default it would be direct).
+            q.set_direct_max(0);
             let segs = [
                 seg(&dma, 16, false),
                 seg(&dma, 4096, true),
@@ -1207,6 +1239,71 @@ mod tests {
         q.set_publish_on_add(true).unwrap();
         assert_eq!(avail_idx(), 2);
         assert!(q.publish().unwrap());
+    }
+
+    #[test]
+    fn short_chains_are_direct_while_the_table_has_room_and_indirect_after() {
+        let (dma, mut q, mut dev) = queue(
+            8,
+            QueueFeatures {
+                event_idx: true,
+                indirect_desc: true,
+                in_order: false,
+            },
+        );
+        let mem = dma.guest_memory();
+        let three = [
+            seg(&dma, 16, false),
+            seg(&dma, 4096, true),
+            seg(&dma, 1, true),
+        ];
+        let five = [seg(&dma, 16, false); 5];
+        // Three descriptors each while a quarter of the table (2) stays free: 8 -> 5 -> 2.
+        let a = q.add(&three).unwrap();
+        assert_eq!(q.free_descriptors(), 5);
+        let b = q.add(&three).unwrap();
+        assert_eq!(q.free_descriptors(), 2);
+        // Two free: the next chain of three goes indirect (one descriptor), as does any chain
+        // longer than DIRECT_MAX.
+        assert!(q.has_room_for(3));
+        let c = q.add(&three).unwrap();
+        assert_eq!(q.free_descriptors(), 1);
+        let d = q.add(&five).unwrap();
+        assert_eq!(q.free_descriptors(), 0);
+        assert!(!q.has_room_for(1));
+        q.publish().unwrap();
+        for (head, segs) in [(a, &three[..]), (b, &three), (c, &three), (d, &five)] {
+            let chain = dev.pop_avail(mem).unwrap().unwrap();
+            assert_eq!(chain.head, head);
+            assert_eq!(chain.segments, segs);
+        }
+        // The middle of a direct chain is not a head, whatever the device says.
+        dev.push_used(mem, u32::from(q.next[usize::from(a)]), 0)
+            .unwrap();
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedIdNotHead { head, .. }) if head == a
+        ));
+        q.reset().unwrap();
+        let mut dev = DeviceQueue::new(q.layout());
+        // Completed in any order, every descriptor comes back.
+        let heads: Vec<u16> = (0..4)
+            .map(|i| q.add(if i == 3 { &five[..] } else { &three[..] }).unwrap())
+            .collect();
+        q.publish().unwrap();
+        for _ in 0..4 {
+            dev.pop_avail(mem).unwrap().unwrap();
+        }
+        for &h in heads.iter().rev() {
+            dev.push_used(mem, u32::from(h), 0).unwrap();
+        }
+        let mut n = 0;
+        while let Some(c) = q.pop_used().unwrap() {
+            assert!(heads.contains(&c.head));
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        assert_eq!(q.free_descriptors(), 8);
     }
 
     #[test]
