@@ -51,6 +51,8 @@ impl Ring {
             in_order: false,
         };
         let mut q = SplitQueue::allocate(&dma, 256, features).unwrap();
+        // Indirect means indirect here: short chains would otherwise be direct (DIRECT_MAX).
+        q.set_direct_max(0);
         q.set_host_view(host_view);
         let dev = DeviceQueue::new(q.layout());
         let seg = |len: u32, device_writable| Segment {
@@ -112,7 +114,9 @@ impl LayoutRing {
             let dev = DeviceQueue::new_packed(q.layout());
             (Box::new(q), dev)
         } else {
-            let q = SplitQueue::allocate(&dma, 256, features).unwrap();
+            let mut q = SplitQueue::allocate(&dma, 256, features).unwrap();
+            // As packed rings do: every chain of the "indirect" cases through a table.
+            q.set_direct_max(0);
             let dev = DeviceQueue::new(q.layout());
             (Box::new(q), dev)
         };
