@@ -682,15 +682,7 @@ fn req_prod_behind_req_cons_stops_the_ring() {
         bad.front.put(0, &req).unwrap();
     }
     bad.front.kick(0);
-    let end = Instant::now() + T;
-    while gated.waiting.load(Ordering::SeqCst) < 4 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(
-        gated.waiting.load(Ordering::SeqCst),
-        4,
-        "four requests consumed, none answered"
-    );
+    gated.wait_for_waiting(4, T, "four requests consumed, none answered");
     req_prod(&bad).store(2, Ordering::SeqCst);
     bad.front.evtchns.send(1, bad.front.queues[0].port);
     std::thread::sleep(Duration::from_millis(50));

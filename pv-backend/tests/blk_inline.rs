@@ -319,15 +319,7 @@ fn closing_while_an_inline_caller_waits_in_the_device_is_safe() {
     let q = v.inline.queue(0).unwrap();
     v.front.put_rw(0, BLKIF_OP_WRITE, 0, 0, 4096, 7);
     kick(&mut v.front, &q, true);
-    let end = Instant::now() + T;
-    while gated.waiting.load(Ordering::SeqCst) < 1 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(
-        gated.waiting.load(Ordering::SeqCst),
-        1,
-        "the write is at the device"
-    );
+    gated.wait_for_waiting(1, T, "the write is at the device");
     let holder = {
         let q = q.clone();
         std::thread::spawn(move || {
@@ -508,15 +500,7 @@ fn req_prod_behind_req_cons_kicked_inline_stops_the_ring() {
     }
     assert!(bad.front.push(0));
     q.notify();
-    let end = Instant::now() + T;
-    while gated.waiting.load(Ordering::SeqCst) < 4 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(
-        gated.waiting.load(Ordering::SeqCst),
-        4,
-        "four requests consumed, none answered"
-    );
+    gated.wait_for_waiting(4, T, "four requests consumed, none answered");
     req_prod(&bad).store(2, Ordering::SeqCst);
     // Served inline unless the queue thread holds the queue (then it finds the same).
     q.notify();

@@ -154,6 +154,16 @@ impl GatedDevice {
             waiting: Arc::default(),
         }
     }
+
+    /// Waits (up to `timeout`) until `n` requests wait at the gate, and asserts they do (`what`).
+    pub fn wait_for_waiting(&self, n: usize, timeout: std::time::Duration, what: &str) {
+        use std::sync::atomic::Ordering;
+        let end = std::time::Instant::now() + timeout;
+        while self.waiting.load(Ordering::SeqCst) < n && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(self.waiting.load(Ordering::SeqCst), n, "{what}");
+    }
 }
 
 struct GatedQueue {
