@@ -100,7 +100,7 @@ impl Shared {
     pub(super) fn new(mut server: QueueServer, doorbell: Arc<Doorbell>) -> Arc<Self> {
         // A vCPU thread that kicks and returns to its guest must not hold back the completions of
         // what it submitted until its next exit.
-        server.dev_any_thread_submits();
+        server.dev.any_thread_submits();
         Arc::new(Self {
             server: Mutex::new(Some(server)),
             stop: AtomicBool::new(false),
@@ -155,9 +155,9 @@ impl Shared {
                 Err(e) => return self.fail(e),
             }
             if s.busy() {
-                if s.dev_arm() {
+                if s.dev.arm() {
                     // A completion is there already: answer it here rather than wake the thread.
-                    s.dev_quiet();
+                    s.dev.quiet();
                     continue;
                 }
                 InlineStats::add(&self.stats.handed_back);
@@ -189,7 +189,7 @@ impl Shared {
     fn thread_loop(&self) -> Result<(), QueueError> {
         let mut g = lock(&self.server);
         if let Some(s) = g.as_mut() {
-            s.dev_quiet();
+            s.dev.quiet();
         }
         loop {
             if self.stopped() {
@@ -201,9 +201,9 @@ impl Shared {
             if s.pump()? || s.final_check()? {
                 continue;
             }
-            if s.busy() && s.dev_arm() {
+            if s.busy() && s.dev.arm() {
                 // A completion is there already.
-                s.dev_quiet();
+                s.dev.quiet();
                 continue;
             }
             // The queue is free for inline callers while the thread sleeps, on its doorbell, which the
@@ -214,7 +214,7 @@ impl Shared {
             g = lock(&self.server);
             if let Some(s) = g.as_mut() {
                 s.count_sleep();
-                s.dev_quiet();
+                s.dev.quiet();
             }
         }
     }
@@ -243,7 +243,7 @@ impl InlineQueue {
         let Some(s) = g.as_mut() else {
             return false;
         };
-        s.dev_quiet();
+        s.dev.quiet();
         sh.release(s);
         InlineStats::add(&sh.stats.notify_served);
         true
@@ -275,7 +275,7 @@ impl InlineQueue {
             return false;
         }
         InlineStats::add(&sh.stats.block_served);
-        s.dev_quiet();
+        s.dev.quiet();
         let mut deadline = None;
         loop {
             match s.pump() {
@@ -290,7 +290,7 @@ impl InlineQueue {
             }
             let now = Instant::now();
             let end = *deadline.get_or_insert(now + timeout);
-            if now >= end || !s.dev_wait(end - now) {
+            if now >= end || !s.dev.wait_completion(end - now) {
                 break;
             }
         }

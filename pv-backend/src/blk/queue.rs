@@ -186,7 +186,8 @@ pub struct QueueServer {
     domid: DomId,
     ring: AnyRing,
     grants: Arc<dyn GrantAccess>,
-    dev: Box<dyn BlockQueue>,
+    /// The device queue (blkback's inline mode, `super::inline`, quiets, arms and waits in it too).
+    pub(super) dev: Box<dyn BlockQueue>,
     evtchn: Arc<dyn EventChannel>,
     doorbell: Arc<Doorbell>,
     params: QueueParams,
@@ -767,15 +768,8 @@ impl QueueServer {
                 idle = None;
                 slept_from = Some((since, busy));
             }
-            match self.ring.final_check() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(source) => {
-                    return Err(QueueError::Ring {
-                        domid: self.domid,
-                        source,
-                    });
-                }
+            if self.final_check()? {
+                continue;
             }
             if !self.dev.sleep(&self.doorbell, Duration::from_millis(200)) {
                 continue;
@@ -819,26 +813,6 @@ impl QueueServer {
             domid: self.domid,
             source,
         })
-    }
-
-    /// [`BlockQueue::any_thread_submits`].
-    pub(super) fn dev_any_thread_submits(&mut self) {
-        self.dev.any_thread_submits();
-    }
-
-    /// [`BlockQueue::quiet`].
-    pub(super) fn dev_quiet(&mut self) {
-        self.dev.quiet();
-    }
-
-    /// [`BlockQueue::arm`]: the device rings the doorbell for its completions from now on.
-    pub(super) fn dev_arm(&mut self) -> bool {
-        self.dev.arm()
-    }
-
-    /// [`BlockQueue::wait_completion`].
-    pub(super) fn dev_wait(&mut self, timeout: Duration) -> bool {
-        self.dev.wait_completion(timeout)
     }
 
     /// Counts a sleep of the queue thread on its doorbell outside the device.
