@@ -569,11 +569,18 @@ fn completions_of_a_kick_served_inline_do_not_wait_for_the_submitter_to_enter_th
     let env = Env::new();
     let mut v = env.vbd(1, 2048, dev, inline_config(), FrontOptions::default());
     let q = v.inline.queue(0).unwrap();
+    // Only the rounds whose kick was served inline count: the queue thread that answered the previous
+    // round may still hold the queue when the next kick comes (it posts the response before it
+    // releases), and that kick then rings the doorbell instead. A pause between rounds, as a guest's
+    // own work would make, lets it go.
     let mut took = Vec::new();
-    for round in 0..11u64 {
-        v.front.put_rw(0, BLKIF_OP_READ, round * 8, 0, 4096, round);
+    let mut round = 0u64;
+    while took.len() < 10 && round < 100 {
+        std::thread::sleep(Duration::from_millis(2));
+        v.front
+            .put_rw(0, BLKIF_OP_READ, (round % 200) * 8, 0, 4096, round);
         let t = Instant::now();
-        kick(&mut v.front, &q, true);
+        let inline = v.front.push(0) && q.notify();
         let mut out = Vec::new();
         while out.is_empty() && t.elapsed() < T {
             v.front.poll(0, &mut out).unwrap();
@@ -581,15 +588,16 @@ fn completions_of_a_kick_served_inline_do_not_wait_for_the_submitter_to_enter_th
         }
         assert_eq!(out.len(), 1, "round {round}: answered");
         assert_eq!(out[0].status, BLKIF_RSP_OKAY);
-        if round > 0 {
+        if inline && round > 0 {
             took.push(t.elapsed());
         }
+        round += 1;
     }
+    assert_eq!(took.len(), 10, "kicks served inline in {round} rounds");
     took.sort();
     assert!(
         took[took.len() / 2] < Duration::from_micros(1500),
         "median time to a response {:?} (all: {took:?})",
         took[took.len() / 2]
     );
-    assert!(q.stats().snapshot().0 >= 10, "the kicks were served inline");
 }
