@@ -28,6 +28,8 @@
 //! The direct side waits for its completions as blkback's queue does (`BlockQueue::sleep`: in the
 //! ring, for io_uring); `BLKBACK_DIRECT_WAIT=doorbell` makes it arm the queue and sleep on the
 //! doorbell's eventfd instead (`poll` and `read`), as both sides did before.
+//! `BLKBACK_DIRECT_ANY_THREAD=1` gives the direct side's queue the ring an inline blkback queue has
+//! (`BlockQueue::any_thread_submits`: io_uring without `COOP_TASKRUN`), to see what that ring costs.
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -247,6 +249,9 @@ fn direct_side(dev: &FileDevice, p: Pattern) -> DirectSide {
     let mut queue = dev.open_queue().expect("queue");
     let doorbell = Doorbell::new();
     queue.set_doorbell(doorbell.clone());
+    if std::env::var("BLKBACK_DIRECT_ANY_THREAD").is_ok_and(|v| v == "1") {
+        queue.any_thread_submits();
+    }
     DirectSide {
         queue,
         doorbell,
