@@ -41,7 +41,13 @@
 //!   and `kicks/IO`: its `write` system calls per I/O (`syscw` of `/proc/thread-self/io`),
 //!   which in the I/O loop are the kick eventfd writes, each a wake-up of the daemon, and
 //!   `sleeps/IO`: the thread's voluntary context switches per I/O (`/proc/thread-self/status`),
-//!   each a wait for the call eventfd that found nothing ready, then a wake-up by the daemon.
+//!   each a wait for the call eventfd that found nothing ready, then a wake-up by the daemon;
+//!   `runq/IO`: the time the thread spent runnable but waiting for a CPU (the second field of
+//!   `/proc/thread-self/schedstat`), mostly between a wake-up and running; and the same for
+//!   the daemon, all its threads summed (`/proc/<pid>/task/*`): `qsd cpu/IO`, `qsd sl/IO` (its
+//!   sleeps: how often it ran out of work and waited for a kick or its own I/O) and
+//!   `qsd runq/IO`. At 1 MiB on `null-co` the daemon is the bottleneck, and these say whether a
+//!   driver leaves it idle or makes it wait for a CPU.
 //!
 //! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
 //! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it (a whole
@@ -452,24 +458,96 @@ fn thread_writes() -> u64 {
         .unwrap_or(0)
 }
 
-/// The times this thread has slept (`voluntary_ctxt_switches` of `/proc/thread-self/status`):
-/// in the I/O loop, the waits for the call eventfd that found nothing ready.
-fn thread_sleeps() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("voluntary_ctxt_switches:")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
+/// Scheduler counters of a thread or a process: CPU time, time spent runnable waiting for a
+/// CPU (`/proc/.../schedstat`, nanoseconds) and voluntary context switches (sleeps).
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    cpu_ns: u64,
+    runq_ns: u64,
+    sleeps: u64,
 }
 
-/// Wall-clock and driver-thread CPU nanoseconds per I/O, kicks and sleeps per I/O, over about
-/// `budget` of back-to-back batches large enough that filling and draining the queue does not
-/// matter.
-fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64, f64, f64) {
+impl Sched {
+    /// The counters of one task directory (`/proc/thread-self`, `/proc/<pid>/task/<tid>`).
+    fn of_task(dir: &Path) -> Sched {
+        let mut fields = std::fs::read_to_string(dir.join("schedstat"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let cpu_ns = fields.next().unwrap_or(0);
+        let runq_ns = fields.next().unwrap_or(0);
+        let sleeps = std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            })
+            .unwrap_or(0);
+        Sched {
+            cpu_ns,
+            runq_ns,
+            sleeps,
+        }
+    }
+
+    /// The driver's thread (the caller).
+    fn this_thread() -> Sched {
+        Sched::of_task(Path::new("/proc/thread-self"))
+    }
+
+    /// All the threads of process `pid` (the daemon: its main loop and its worker threads),
+    /// summed. Threads that ended in between are not counted.
+    fn of_process(pid: u32) -> Sched {
+        let mut sum = Sched::default();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let s = Sched::of_task(&t.path());
+                sum.cpu_ns += s.cpu_ns;
+                sum.runq_ns += s.runq_ns;
+                sum.sleeps += s.sleeps;
+            }
+        }
+        sum
+    }
+
+    fn since(self, before: Sched) -> Sched {
+        Sched {
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            runq_ns: self.runq_ns.saturating_sub(before.runq_ns),
+            sleeps: self.sleeps.saturating_sub(before.sleeps),
+        }
+    }
+}
+
+/// What one timed stretch of a driver gives, per I/O.
+#[derive(Clone, Copy, Default)]
+struct Timed {
+    /// Wall-clock ns.
+    wall: f64,
+    /// Driver-thread CPU ns (user and system).
+    cpu: f64,
+    /// Kicks (eventfd writes).
+    kicks: f64,
+    /// Sleeps of the driver's thread.
+    sleeps: f64,
+    /// Driver-thread ns runnable but waiting for a CPU (after a wake-up, mostly).
+    runq: f64,
+    /// The daemon's CPU ns, all threads.
+    qsd_cpu: f64,
+    /// The daemon's sleeps, all threads.
+    qsd_sleeps: f64,
+    /// The daemon's ns runnable but waiting for a CPU, all threads.
+    qsd_runq: f64,
+}
+
+/// Wall-clock and driver-thread CPU nanoseconds per I/O, kicks and sleeps per I/O, and the
+/// daemon's (process `qsd`) CPU, sleeps and run-queue waits per I/O, over about `budget` of
+/// back-to-back batches large enough that filling and draining the queue does not matter.
+fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration, qsd: u32) -> Timed {
     let batch = if w.len == SMALL {
         (w.depth as u64 * 32).max(2000)
     } else {
@@ -479,72 +557,74 @@ fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration) -> (f64, f64, f64
     let (mut t, mut n) = (Duration::ZERO, 0u64);
     let cpu0 = thread_cpu();
     let writes0 = thread_writes();
-    let sleeps0 = thread_sleeps();
+    let me0 = Sched::this_thread();
+    let qsd0 = Sched::of_process(qsd);
     while t < budget {
         t += bench.run(w, batch, &mut sectors);
         n += batch;
     }
     let cpu = thread_cpu() - cpu0;
     let writes = thread_writes() - writes0;
-    let sleeps = thread_sleeps() - sleeps0;
-    (
-        t.as_nanos() as f64 / n as f64,
-        cpu.as_nanos() as f64 / n as f64,
-        writes as f64 / n as f64,
-        sleeps as f64 / n as f64,
-    )
+    let me = Sched::this_thread().since(me0);
+    let daemon = Sched::of_process(qsd).since(qsd0);
+    let per = |v: f64| v / n as f64;
+    Timed {
+        wall: per(t.as_nanos() as f64),
+        cpu: per(cpu.as_nanos() as f64),
+        kicks: per(writes as f64),
+        sleeps: per(me.sleeps as f64),
+        runq: per(me.runq_ns as f64),
+        qsd_cpu: per(daemon.cpu_ns as f64),
+        qsd_sleeps: per(daemon.sleeps as f64),
+        qsd_runq: per(daemon.runq_ns as f64),
+    }
 }
 
 /// What the paired rounds give for one driver, each a median over the rounds.
 #[derive(Clone, Copy)]
 struct Paired {
-    /// Wall-clock ns per I/O.
-    ns: f64,
+    /// The medians of each counter (wall-clock, CPU, kicks, ... per I/O).
+    t: Timed,
     /// The ratio libblkio/this driver of ns per I/O, taken within each round.
     ratio: f64,
-    /// Driver-thread CPU ns per I/O (user and system: the driver and its syscalls).
-    cpu: f64,
-    /// Kicks (eventfd writes) per I/O.
-    kicks: f64,
-    /// Sleeps (voluntary context switches of the driver's thread) per I/O.
-    sleeps: f64,
 }
 
 /// Paired rounds: each round runs every driver for a short while, one after the other, and
 /// each driver's ratio is taken within the round, so that load from elsewhere on the machine
 /// (which drifts over seconds) hits both sides of a ratio alike.
-fn paired(sock: &Path, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired> {
+fn paired(sock: &Path, qsd: u32, mode: Mode, w: Workload) -> BTreeMap<&'static str, Paired> {
     const ROUNDS: usize = 7;
     let budget = Duration::from_millis(200);
-    let mut ns: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    let mut cpu: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    let mut kicks: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    let mut sleeps: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut runs: BTreeMap<&'static str, Vec<Timed>> = BTreeMap::new();
     let mut ratios: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..ROUNDS {
-        let round: Vec<(f64, f64, f64, f64)> = DRIVERS
+        let round: Vec<Timed> = DRIVERS
             .iter()
-            .map(|d| timed(&mut *connect(d, sock, mode), w, budget))
+            .map(|d| timed(&mut *connect(d, sock, mode), w, budget, qsd))
             .collect();
-        for (d, (wall, c, k, z)) in DRIVERS.iter().zip(&round) {
-            ns.entry(d).or_default().push(*wall);
-            cpu.entry(d).or_default().push(*c);
-            kicks.entry(d).or_default().push(*k);
-            sleeps.entry(d).or_default().push(*z);
-            ratios.entry(d).or_default().push(round[2].0 / wall);
+        for (d, t) in DRIVERS.iter().zip(&round) {
+            runs.entry(d).or_default().push(*t);
+            ratios.entry(d).or_default().push(round[2].wall / t.wall);
         }
     }
     DRIVERS
         .iter()
         .map(|d| {
+            let m = |f: fn(&Timed) -> f64| median(&runs[d].iter().map(f).collect::<Vec<_>>());
             (
                 *d,
                 Paired {
-                    ns: median(&ns[d]),
+                    t: Timed {
+                        wall: m(|t| t.wall),
+                        cpu: m(|t| t.cpu),
+                        kicks: m(|t| t.kicks),
+                        sleeps: m(|t| t.sleeps),
+                        runq: m(|t| t.runq),
+                        qsd_cpu: m(|t| t.qsd_cpu),
+                        qsd_sleeps: m(|t| t.qsd_sleeps),
+                        qsd_runq: m(|t| t.qsd_runq),
+                    },
                     ratio: median(&ratios[d]),
-                    cpu: median(&cpu[d]),
-                    kicks: median(&kicks[d]),
-                    sleeps: median(&sleeps[d]),
                 },
             )
         })
@@ -573,7 +653,7 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
         }
     );
     println!(
-        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8} {:>9}",
+        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10}",
         "case",
         "driver",
         "criterion",
@@ -582,7 +662,11 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
         "ratio",
         "cpu/IO",
         "kicks/IO",
-        "sleeps/IO"
+        "sleeps/IO",
+        "runq/IO",
+        "qsd cpu/IO",
+        "qsd sl/IO",
+        "qsd runq/IO"
     );
     for (case, p) in paired {
         for d in DRIVERS {
@@ -591,24 +675,23 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
                 let v = &samples[&(case.clone(), d)];
                 median(&v[v.len().saturating_sub(SAMPLES)..])
             };
-            let Paired {
-                ns,
-                ratio,
-                cpu,
-                kicks,
-                sleeps,
-            } = p[d];
+            let Paired { t, ratio } = p[d];
             println!(
-                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us {:>8.3} {:>9.3}",
+                "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us {:>8.3} {:>9.3} {:>6.2} us \
+                 {:>7.2} us {:>10.3} {:>8.2} us",
                 case,
                 d,
                 fmt(case, crit(d)),
                 crit("libblkio") / crit(d),
-                fmt(case, ns),
+                fmt(case, t.wall),
                 ratio,
-                cpu / 1000.0,
-                kicks,
-                sleeps
+                t.cpu / 1000.0,
+                t.kicks,
+                t.sleeps,
+                t.runq / 1000.0,
+                t.qsd_cpu / 1000.0,
+                t.qsd_sleeps,
+                t.qsd_runq / 1000.0
             );
         }
     }
@@ -675,7 +758,10 @@ fn bench(c: &mut Criterion) {
                 measure(c, &samples, &group, w, d, b);
             }
             if all {
-                pairs.push((format!("{group}/{depth}"), paired(&daemon.sock, mode, w)));
+                pairs.push((
+                    format!("{group}/{depth}"),
+                    paired(&daemon.sock, daemon.child.id(), mode, w),
+                ));
             }
         }
         drop(daemon);
