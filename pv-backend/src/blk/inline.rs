@@ -144,10 +144,10 @@ impl Shared {
     /// finds none, and arms the device for the thread if requests are still there.
     fn release(&self, s: &mut QueueServer) {
         loop {
-            match s.pump() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return self.fail(e),
+            // One pass takes every request there is (a ring holds no more than the queue may have
+            // in flight), so the final check, not another pass, says whether more came.
+            if let Err(e) = s.pump() {
+                return self.fail(e);
             }
             match s.final_check() {
                 Ok(true) => continue,

@@ -210,12 +210,10 @@ impl UringQueue {
                 tracing::warn!(error = %e, "io_uring: running completions");
             }
         }
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (key, res) in done {
+        // Straight off the completion queue (its head moves when `cq` drops), without a vector per
+        // call: the loop touches only the other fields.
+        let cq = self.ring.completion();
+        for (key, res) in cq.map(|c| (c.user_data(), c.result())) {
             if key == DOORBELL_KEY {
                 // The doorbell's eventfd was read (drained), or the read was cancelled. A kernel
                 // that refuses the read would complete each one at once: stop using it.
