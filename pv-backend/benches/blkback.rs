@@ -28,6 +28,8 @@
 //! The direct side waits for its completions as blkback's queue does (`BlockQueue::sleep`: in the
 //! ring, for io_uring); `BLKBACK_DIRECT_WAIT=doorbell` makes it arm the queue and sleep on the
 //! doorbell's eventfd instead (`poll` and `read`), as both sides did before.
+//! `BLKBACK_FIXED=1` gives blkback the guest's memory to register with io_uring (fixed buffers,
+//! `BlkBack::with_fixed_memory`).
 //! `BLKBACK_DIRECT_ANY_THREAD=1` gives the direct side's queue the ring an inline blkback queue has
 //! (`BlockQueue::any_thread_submits`: io_uring without `COOP_TASKRUN`), to see what that ring costs.
 
@@ -104,6 +106,12 @@ struct BlkSide {
     inline: Option<InlineQueue>,
 }
 
+/// `BLKBACK_FIXED=1`: blkback's queues register the guest's memory with io_uring
+/// ([`BlkBack::with_fixed_memory`]).
+fn fixed_mode() -> bool {
+    std::env::var("BLKBACK_FIXED").is_ok_and(|v| v == "1")
+}
+
 /// `BLKBACK_INLINE=1`: blkback serves its queue inline ([`BlkConfig::inline`]).
 fn inline_mode() -> bool {
     std::env::var("BLKBACK_INLINE").is_ok_and(|v| v == "1")
@@ -145,7 +153,10 @@ fn blk_side(dev: Arc<dyn BlockDevice>) -> BlkSide {
         config.in_flight_poll_time = Duration::from_micros(us);
     }
     config.inline = inline_mode();
-    let blk = BlkBack::new(grants, evtchns.clone(), dev, config);
+    let mut blk = BlkBack::new(grants, evtchns.clone(), dev, config);
+    if fixed_mode() {
+        blk = blk.with_fixed_memory(guest.fixed_memory());
+    }
     let inline = blk.inline();
     let back = BackendThread::spawn(&store, &paths.backend, blk);
     let opts = FrontOptions {

@@ -137,6 +137,7 @@ pub struct BlkBack {
     fatal: Arc<Mutex<Option<String>>>,
     protocol: Option<BlkifProtocol>,
     inline: super::InlineDevice,
+    fixed_memory: Option<super::FixedMemory>,
 }
 
 impl std::fmt::Debug for BlkBack {
@@ -166,7 +167,18 @@ impl BlkBack {
             fatal: Arc::default(),
             protocol: None,
             inline: super::InlineDevice::default(),
+            fixed_memory: None,
         }
+    }
+
+    /// The guest's memory, which each queue's device may register with the kernel when it opens
+    /// ([`BlockQueue::register_memory`](super::BlockQueue::register_memory)): the io_uring engine
+    /// then reads and writes one-buffer requests into it with fixed buffers, without pinning their
+    /// pages per request (`FileDevice::fixed_ios` counts them). Registering pins all of the memory
+    /// for as long as a queue is connected.
+    pub fn with_fixed_memory(mut self, memory: super::FixedMemory) -> Self {
+        self.fixed_memory = Some(memory);
+        self
     }
 
     /// The inline entries of this device's queues ([`BlkConfig::inline`]): the handle follows the
@@ -253,10 +265,13 @@ impl BlkBack {
                 .evtchns
                 .bind(domid, port, doorbell.clone())
                 .map_err(|source| dev(BlkConnectError::EventChannel { queue, source }))?;
-            let dq = self
+            let mut dq = self
                 .device
                 .open_queue()
                 .map_err(|e| dev(BlkConnectError::Device(e)))?;
+            if let Some(m) = &self.fixed_memory {
+                dq.register_memory(m);
+            }
             let server = QueueServer::new(
                 domid,
                 ring,

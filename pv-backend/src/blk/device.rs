@@ -217,6 +217,64 @@ pub trait BlockQueue: Send {
     /// completion only when the submitting thread next enters the kernel (measured: 6 to 24 ms for a
     /// submitter that spins in user space, against about 50 µs for the I/O).
     fn any_thread_submits(&mut self) {}
+    /// A hint, given before the first submission: the [`IoBuf`]s of this queue's requests mostly lie
+    /// in `memory` (a guest's RAM). A queue may register it with the kernel once, so that requests
+    /// into it are not pinned page by page (io_uring's fixed buffers); it keeps a clone of `memory`
+    /// while registered. Returns whether it did. The default does nothing and returns `false`.
+    fn register_memory(&mut self, memory: &FixedMemory) -> bool {
+        let _ = memory;
+        false
+    }
+}
+
+/// Host memory that a [`BlockQueue`] may register with the kernel for its I/O
+/// ([`BlockQueue::register_memory`]): a guest's RAM, as ranges of this process's address space,
+/// kept mapped by the value it holds (for example the guest memory's `Arc`). Cheap to clone.
+#[derive(Clone)]
+pub struct FixedMemory {
+    ranges: Arc<[(usize, usize)]>,
+    _keep: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for FixedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixedMemory")
+            .field("ranges", &self.ranges.len())
+            .field("bytes", &self.ranges.iter().map(|r| r.1).sum::<usize>())
+            .finish()
+    }
+}
+
+impl FixedMemory {
+    /// Memory given as `(start, length)` ranges, which `keep` keeps mapped. Empty ranges are left
+    /// out.
+    ///
+    /// # Safety
+    ///
+    /// For as long as `keep` lives, each range must stay mapped, readable and writable, to the same
+    /// pages: the kernel pins them when a queue registers the memory and reads and writes those pages,
+    /// whatever the process maps at the addresses later. So no `munmap`, `mremap` or `MAP_FIXED`
+    /// mapping over them, no `MADV_DONTNEED` or `MADV_REMOVE` on a private mapping and no hole punched
+    /// in the file behind a shared one (a balloon that gives pages back must not use this).
+    pub unsafe fn new(
+        ranges: impl IntoIterator<Item = (NonNull<u8>, usize)>,
+        keep: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        let ranges: Vec<(usize, usize)> = ranges
+            .into_iter()
+            .filter(|r| r.1 > 0)
+            .map(|(p, len)| (p.as_ptr() as usize, len))
+            .collect();
+        Self {
+            ranges: ranges.into(),
+            _keep: keep,
+        }
+    }
+
+    /// The ranges, as `(start address, length)`.
+    pub fn ranges(&self) -> &[(usize, usize)] {
+        &self.ranges
+    }
 }
 
 /// A block device that blkback serves.

@@ -37,6 +37,8 @@ pub(super) struct FileInner {
     info: BlockInfo,
     /// How a discard is done.
     discard: DiscardHow,
+    /// Reads and writes submitted on registered memory (io_uring's `READ_FIXED`/`WRITE_FIXED`).
+    pub(super) fixed_ios: std::sync::atomic::AtomicU64,
 }
 
 /// How [`IoOp::Discard`] reaches the disk.
@@ -193,6 +195,7 @@ impl FileDevice {
                     discard_alignment: alignment,
                 },
                 discard,
+                fixed_ios: std::sync::atomic::AtomicU64::new(0),
             }),
             threads: opts.threads.max(1),
             io_uring: opts.io_uring,
@@ -202,6 +205,14 @@ impl FileDevice {
     /// Whether `O_DIRECT` is in use.
     pub fn is_direct(&self) -> bool {
         self.inner.direct.is_some()
+    }
+
+    /// How many reads and writes its queues have submitted on registered memory
+    /// ([`BlockQueue::register_memory`]: io_uring's fixed buffers), over all queues.
+    pub fn fixed_ios(&self) -> u64 {
+        self.inner
+            .fixed_ios
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -77,6 +77,25 @@ impl TestGuest {
         })
     }
 
+    /// Its memory as [`FixedMemory`](super::FixedMemory), kept mapped by (a clone of) the guest,
+    /// for [`BlkBack::with_fixed_memory`](super::BlkBack::with_fixed_memory).
+    pub fn fixed_memory(self: &Arc<Self>) -> super::FixedMemory {
+        use vm_memory::{GuestMemoryRegion, MemoryRegionAddress};
+        let ranges: Vec<_> = self
+            .grants
+            .memory()
+            .iter()
+            .filter_map(|r| {
+                let p = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some((std::ptr::NonNull::new(p)?, usize::try_from(r.len()).ok()?))
+            })
+            .collect();
+        // SAFETY: the regions are anonymous mappings made by `GuestMemoryMmap`, unmapped only when it
+        // drops, which the guest clone held by the `FixedMemory` prevents; a test guest never remaps,
+        // discards or punches its memory.
+        unsafe { super::FixedMemory::new(ranges, self.clone()) }
+    }
+
     /// Allocates `n` contiguous pages; returns the first frame.
     pub fn alloc_pages(&self, n: u32) -> u32 {
         let f = self.next_frame.fetch_add(n, Ordering::Relaxed);

@@ -31,7 +31,9 @@ pub mod queue;
 mod uring;
 
 pub use back::{BlkBack, BlkConfig, BlkConnectError};
-pub use device::{BlockDevice, BlockInfo, BlockQueue, IoBuf, IoCompletion, IoOp, IoRequest};
+pub use device::{
+    BlockDevice, BlockInfo, BlockQueue, FixedMemory, IoBuf, IoCompletion, IoOp, IoRequest,
+};
 pub use file::{FileDevice, FileOptions};
 pub use inline::{InlineDevice, InlineQueue, InlineStats};
 pub use mem::MemDevice;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, types};
 
-use super::device::{BlockQueue, IoCompletion, IoOp, IoRequest};
+use super::device::{BlockQueue, FixedMemory, IoCompletion, IoOp, IoRequest};
 use super::file::FileInner;
 use crate::backend::Doorbell;
 
@@ -54,6 +54,48 @@ pub(super) struct UringQueue {
     bell_armed: bool,
     /// The kernel failed a `READ` of the eventfd: the queue sleeps on the doorbell instead.
     bell_refused: bool,
+    /// The ring's registered buffers, `(start, length)`: buffer `i` is `fixed_bufs[i]`, chunks of at
+    /// most [`FIXED_CHUNK`] of the memory given to [`BlockQueue::register_memory`].
+    fixed_bufs: Vec<(usize, usize)>,
+    /// That memory, kept mapped while registered (declared after `ring`, so it drops after it).
+    fixed: Option<FixedMemory>,
+}
+
+/// The largest buffer io_uring registers (the kernel refuses more than 1 GiB per buffer).
+const FIXED_CHUNK: usize = 1 << 30;
+/// The most buffers io_uring registers on one ring (`IORING_MAX_REG_BUFFERS`).
+const FIXED_MAX_BUFS: usize = 1 << 14;
+
+/// `ranges` cut into pieces of at most [`FIXED_CHUNK`] bytes.
+fn fixed_chunks(ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for &(start, len) in ranges {
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(FIXED_CHUNK);
+            out.push((start + off, n));
+            off += n;
+        }
+    }
+    out
+}
+
+/// Registers `chunks` as `ring`'s fixed buffers.
+///
+/// # Safety
+///
+/// Each chunk is mapped memory that stays mapped to the same pages while the ring lives (the
+/// contract of [`FixedMemory::new`], whose value the caller keeps for as long).
+unsafe fn register_chunks(ring: &IoUring, chunks: &[(usize, usize)]) -> io::Result<()> {
+    let iov: Vec<libc::iovec> = chunks
+        .iter()
+        .map(|&(start, len)| libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: the caller's promise; the kernel pins the pages and copies the iovecs.
+    unsafe { ring.submitter().register_buffers(&iov) }
 }
 
 impl std::fmt::Debug for UringQueue {
@@ -84,7 +126,17 @@ impl UringQueue {
             bell_buf: Box::new(UnsafeCell::new(0)),
             bell_armed: false,
             bell_refused: false,
+            fixed_bufs: Vec::new(),
+            fixed: None,
         })
+    }
+
+    /// The index of the registered buffer that holds `len` bytes at `addr`, if one does.
+    fn fixed_index(&self, addr: usize, len: usize) -> Option<u16> {
+        let i = self.fixed_bufs.iter().position(|&(start, n)| {
+            addr >= start && addr - start <= n && len <= n - (addr - start)
+        })?;
+        u16::try_from(i).ok()
     }
 
     /// Puts a `READ` of the doorbell's eventfd in the submission queue unless one is outstanding
@@ -134,24 +186,49 @@ impl UringQueue {
                     });
                     return;
                 }
-                let iov: Vec<libc::iovec> = bufs
-                    .iter()
-                    .map(|b| libc::iovec {
-                        iov_base: b.as_ptr().cast(),
-                        iov_len: b.len(),
-                    })
-                    .collect();
-                let n = u32::try_from(iov.len()).unwrap_or(u32::MAX);
-                let e = if write {
-                    opcode::Writev::new(fd, iov.as_ptr(), n)
-                        .offset(*offset)
-                        .build()
-                } else {
-                    opcode::Readv::new(fd, iov.as_ptr(), n)
-                        .offset(*offset)
-                        .build()
+                let fixed = match bufs.as_slice() {
+                    [b] => self
+                        .fixed_index(b.as_ptr() as usize, b.len())
+                        .zip(u32::try_from(b.len()).ok())
+                        .map(|(i, n)| (b, i, n)),
+                    _ => None,
                 };
-                (e, iov, req.op.data_len())
+                if let Some((b, i, n)) = fixed {
+                    // One buffer in registered memory: no iovec, and the kernel does not pin its
+                    // pages again.
+                    let e = if write {
+                        opcode::WriteFixed::new(fd, b.as_ptr().cast_const(), n, i)
+                            .offset(*offset)
+                            .build()
+                    } else {
+                        opcode::ReadFixed::new(fd, b.as_ptr(), n, i)
+                            .offset(*offset)
+                            .build()
+                    };
+                    self.inner
+                        .fixed_ios
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    (e, Vec::new(), req.op.data_len())
+                } else {
+                    let iov: Vec<libc::iovec> = bufs
+                        .iter()
+                        .map(|b| libc::iovec {
+                            iov_base: b.as_ptr().cast(),
+                            iov_len: b.len(),
+                        })
+                        .collect();
+                    let n = u32::try_from(iov.len()).unwrap_or(u32::MAX);
+                    let e = if write {
+                        opcode::Writev::new(fd, iov.as_ptr(), n)
+                            .offset(*offset)
+                            .build()
+                    } else {
+                        opcode::Readv::new(fd, iov.as_ptr(), n)
+                            .offset(*offset)
+                            .build()
+                    };
+                    (e, iov, req.op.data_len())
+                }
             }
             IoOp::Flush => (
                 opcode::Fsync::new(bfd)
@@ -306,6 +383,29 @@ impl BlockQueue for UringQueue {
         self.wait_in_ring(timeout)
     }
 
+    fn register_memory(&mut self, memory: &FixedMemory) -> bool {
+        if self.fixed.is_some() {
+            return true;
+        }
+        let chunks = fixed_chunks(memory.ranges());
+        if chunks.is_empty() || chunks.len() > FIXED_MAX_BUFS {
+            return false;
+        }
+        // SAFETY: `FixedMemory::new`'s contract keeps the ranges mapped to the same pages while
+        // `memory` lives, and its clone is kept in `fixed`, which drops after the ring.
+        match unsafe { register_chunks(&self.ring, &chunks) } {
+            Ok(()) => {
+                self.fixed_bufs = chunks;
+                self.fixed = Some(memory.clone());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "io_uring: registering guest memory; pinning per request");
+                false
+            }
+        }
+    }
+
     fn any_thread_submits(&mut self) {
         if !self.pending.is_empty() || self.bell_armed {
             return;
@@ -326,8 +426,17 @@ impl BlockQueue for UringQueue {
                 return;
             }
         }
+        // SAFETY: as in `register_memory`: `fixed` keeps the memory mapped, and drops after the ring.
+        let refused = !self.fixed_bufs.is_empty()
+            && unsafe { register_chunks(&ring, &self.fixed_bufs) }
+                .inspect_err(|e| tracing::warn!(error = %e, "io_uring: registering guest memory on the new ring; pinning per request"))
+                .is_err();
         let _ = self.ring.submitter().unregister_eventfd();
         self.ring = ring;
+        if refused {
+            self.fixed_bufs.clear();
+            self.fixed = None;
+        }
     }
 
     fn sleep(&mut self, doorbell: &Doorbell, timeout: Duration) -> bool {

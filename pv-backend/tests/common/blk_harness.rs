@@ -33,10 +33,27 @@ impl Env {
         config: BlkConfig,
         opts: FrontOptions,
     ) -> Vbd {
+        self.vbd_with(domid, pages, dev, config, opts, false)
+    }
+
+    /// As [`vbd`](Self::vbd), with the guest's memory given to blkback to register with its
+    /// device (`BlkBack::with_fixed_memory`) when `fixed`.
+    pub fn vbd_with(
+        &self,
+        domid: u16,
+        pages: u32,
+        dev: Arc<dyn BlockDevice>,
+        config: BlkConfig,
+        opts: FrontOptions,
+        fixed: bool,
+    ) -> Vbd {
         let guest = TestGuest::new(domid, 0, pages, 8);
         let paths = add_vbd(&self.store, domid, 51712);
         let grants: Arc<dyn GrantAccess> = Arc::new(guest.grants.clone());
-        let blk = BlkBack::new(grants, self.evtchns.clone(), dev, config);
+        let mut blk = BlkBack::new(grants, self.evtchns.clone(), dev, config);
+        if fixed {
+            blk = blk.with_fixed_memory(guest.fixed_memory());
+        }
         let inline = blk.inline();
         let back = BackendThread::spawn(&self.store, &paths.backend, blk);
         let front = BlkFront::connect(
