@@ -307,6 +307,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 backend: backend.clone(),
                 read_only: *ro,
                 inline: matches!(backend, VbdBackend::Image(_)),
+                fixed_memory: false,
             });
         }
         for (i, link) in spec.vifs.iter().enumerate() {

@@ -139,6 +139,8 @@ struct Vbd {
     backend: VbdBackend,
     /// [`VbdConfig::inline`].
     inline: bool,
+    /// [`VbdConfig::fixed_memory`].
+    fixed: bool,
 }
 
 /// Runs `workload=rounds` (`disk-bench` or `disk-load`), checking that the guest read the whole image
@@ -150,6 +152,7 @@ fn disk_run(ts: &Toolstack, vbd: &Vbd, workload: &str, rounds: u64) -> DiskRun {
         backend: vbd.backend.clone(),
         read_only: true,
         inline: vbd.inline,
+        fixed_memory: vbd.fixed,
     });
     let ev0 = ts.backend_notifications();
     let mut g = ts.create(cfg).unwrap();
@@ -231,11 +234,19 @@ fn disk(c: &mut Criterion) {
             what: "a file (queue threads)",
             backend: VbdBackend::Image(img.0.clone()),
             inline: false,
+            fixed: false,
         },
         Vbd {
             what: "a file (served inline on the vCPU thread)",
             backend: VbdBackend::Image(img.0.clone()),
             inline: true,
+            fixed: false,
+        },
+        Vbd {
+            what: "a file (inline, guest memory registered: fixed buffers)",
+            backend: VbdBackend::Image(img.0.clone()),
+            inline: true,
+            fixed: true,
         },
     ];
     if let Some(d) = &daemon {
@@ -243,6 +254,7 @@ fn disk(c: &mut Criterion) {
             what: "vhost-user-blk (qemu-storage-daemon, zero copy)",
             backend: VbdBackend::VhostUser(d.sock.clone()),
             inline: false,
+            fixed: false,
         });
     }
     for workload in ["disk-bench", "disk-load"] {
@@ -264,8 +276,9 @@ fn disk(c: &mut Criterion) {
             );
         }
         eprintln!(
-            "{workload}: served inline / by queue threads = {:.3} (IOPS)",
-            iops[1] / iops[0]
+            "{workload}: served inline / by queue threads = {:.3}, inline with fixed buffers / inline = {:.3} (IOPS)",
+            iops[1] / iops[0],
+            iops[2] / iops[1]
         );
     }
     let mut g = c.benchmark_group("vbd");

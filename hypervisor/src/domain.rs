@@ -409,6 +409,9 @@ pub(crate) struct DomainCore {
     pub(crate) traps: Vec<Mutex<TrapTable>>,
     /// Frames the guest gave back (`XENMEM_decrease_reservation`), their memory returned to the host.
     pub(crate) ballooned: Mutex<std::collections::BTreeSet<u64>>,
+    /// The guest's memory is registered with a back end's io_uring ([`Domain::fixed_memory`]): its
+    /// pages must stay the memfd's, so a frame given back is zeroed rather than punched out.
+    pub(crate) ram_pinned: AtomicBool,
     /// Per vCPU, the event callback's address (`CALLBACKTYPE_event`), 0 if none.
     pub(crate) event_callback: Vec<AtomicU64>,
     /// Domain 0's work that a vCPU thread does while its guest blocks ([`Domain::add_blocked_service`]).
@@ -987,6 +990,7 @@ impl Hypervisor {
             grant_frames: AtomicU64::new(0),
             event_callback: (0..config.vcpus).map(|_| AtomicU64::new(0)).collect(),
             ballooned: Mutex::new(std::collections::BTreeSet::new()),
+            ram_pinned: AtomicBool::new(false),
             traps: (0..config.vcpus).map(|_| Mutex::new([None; 256])).collect(),
             blocked_services: Mutex::new(Arc::new([])),
             serving_blocked: (0..config.vcpus).map(|_| AtomicBool::new(false)).collect(),
@@ -1082,6 +1086,30 @@ impl Domain {
     /// The guest's memory.
     pub fn memory(&self) -> &GuestRam {
         &self.core.ram
+    }
+
+    /// The guest's memory for pv-backend's fixed buffers (`BlkBack::with_fixed_memory`). From now on
+    /// a frame the guest gives back (`XENMEM_decrease_reservation`) is zeroed rather than punched out
+    /// of the memfd: the pages a back end registered must stay the memfd's pages, so ballooning no
+    /// longer returns this guest's memory to the host.
+    pub fn fixed_memory(&self) -> Option<pv_backend::blk::FixedMemory> {
+        {
+            // A balloon call under way finishes its punching first (it holds the lock throughout).
+            let _calls = self
+                .core
+                .ballooned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.core.ram_pinned.store(true, Ordering::SeqCst);
+        }
+        let ram = &self.core.ram;
+        let base = std::ptr::NonNull::new(ram.host_base())?;
+        let len = usize::try_from(ram.size()).ok()?;
+        let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::new(ram.memory().clone());
+        // SAFETY: `base..base + len` is the one mapping of the guest's memfd, which the clone of its
+        // regions in `keep` keeps mapped; the hypervisor never unmaps, remaps or advises it, and with
+        // `ram_pinned` set the balloon zeroes pages instead of punching holes (hypercall.rs).
+        Some(unsafe { pv_backend::blk::FixedMemory::new([(base, len)], keep) })
     }
 
     /// The number of vCPUs.

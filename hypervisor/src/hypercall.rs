@@ -782,7 +782,16 @@ fn memory_op(core: &DomainCore, cmd: u64, arg: u64) -> R {
                     if pfn < first_free || pfn >= core.ram.nr_pages() || set.contains(&pfn) {
                         break;
                     }
-                    if core.ram.discard(pfn * PAGE_SIZE, PAGE_SIZE).is_err() {
+                    // A page registered with a back end's io_uring stays the memfd's: zero it instead
+                    // (it still reads as zero, but its memory is not returned).
+                    let given_back = if core.ram_pinned.load(Ordering::SeqCst) {
+                        core.ram
+                            .write(pfn * PAGE_SIZE, &[0u8; PAGE_SIZE as usize])
+                            .is_ok()
+                    } else {
+                        core.ram.discard(pfn * PAGE_SIZE, PAGE_SIZE).is_ok()
+                    };
+                    if !given_back {
                         break;
                     }
                     set.insert(pfn);

@@ -126,6 +126,13 @@ pub struct VbdConfig {
     /// An image is then served by io_uring (by the thread pool if this kernel has no io_uring, which
     /// inline serving does not help). On by default for images ([`VbdConfig::image`]).
     pub inline: bool,
+    /// Register the guest's memory with the image's io_uring (pv-backend's fixed buffers,
+    /// `BlkBack::with_fixed_memory`): one-buffer reads and writes then pin no pages per request
+    /// (`Toolstack::fixed_ios` counts them). It pins all of the guest's memory while the vbd is
+    /// connected, and from then on ballooning zeroes the frames a guest gives back instead of
+    /// returning their memory to the host ([`Domain::fixed_memory`]). Images on io_uring only (with
+    /// `inline`, or alone, which then also serves the image by io_uring). Off by default.
+    pub fixed_memory: bool,
 }
 
 impl VbdConfig {
@@ -136,6 +143,7 @@ impl VbdConfig {
             backend: VbdBackend::Image(path.into()),
             read_only: false,
             inline: true,
+            fixed_memory: false,
         }
     }
 
@@ -146,6 +154,7 @@ impl VbdConfig {
             backend: VbdBackend::VhostUser(socket.into()),
             read_only: false,
             inline: false,
+            fixed_memory: false,
         }
     }
 }
@@ -216,6 +225,8 @@ pub struct Toolstack {
     switch: Arc<Switch>,
     /// See [`Toolstack::inline_kicks`].
     inline_kicks: Arc<AtomicU64>,
+    /// See [`Toolstack::fixed_ios`]: what vbds gone since counted, and the counters of the others.
+    fixed_ios: Arc<Mutex<(u64, Vec<Arc<AtomicU64>>)>>,
 }
 
 impl Toolstack {
@@ -229,6 +240,7 @@ impl Toolstack {
             evtchns,
             switch: Arc::new(switch),
             inline_kicks: Arc::default(),
+            fixed_ios: Arc::default(),
         })
     }
 
@@ -256,6 +268,22 @@ impl Toolstack {
     /// no queue thread woken.
     pub fn inline_kicks(&self) -> u64 {
         self.inline_kicks.load(Ordering::Relaxed)
+    }
+
+    /// Reads and writes that image vbds with [`VbdConfig::fixed_memory`] sent on the guest's
+    /// registered memory (io_uring fixed buffers), over every guest this toolstack served.
+    pub fn fixed_ios(&self) -> u64 {
+        let mut g = self.fixed_ios.lock().unwrap_or_else(|e| e.into_inner());
+        let (gone, live) = &mut *g;
+        live.retain(|c| {
+            // A counter only this list still holds: its vbd is gone; fold it in.
+            let keep = Arc::strong_count(c) > 1;
+            if !keep {
+                *gone += c.load(Ordering::Relaxed);
+            }
+            keep
+        });
+        *gone + live.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>()
     }
 
     /// Creates the domain, writes its XenStore directories, starts its back-ends and its console; the
@@ -384,6 +412,7 @@ impl Toolstack {
     fn add_vbd(&self, domain: &Domain, vbd: &VbdConfig) -> Result<Backend, ToolstackError> {
         let domid = domain.domid();
         let mut inline = vbd.inline;
+        let mut fixed = vbd.fixed_memory && matches!(vbd.backend, VbdBackend::Image(_));
         let dev: Arc<dyn BlockDevice> = match &vbd.backend {
             VbdBackend::Image(path) => {
                 let open = |io_uring| {
@@ -398,16 +427,22 @@ impl Toolstack {
                         source,
                     })
                 };
-                let mut dev = open(inline)?;
-                // Inline serving waits in the queue's io_uring: without one (a kernel built without it,
-                // or `kernel.io_uring_disabled`), the thread pool serves the image as before.
-                if inline && dev.open_queue().is_err() {
+                let mut dev = open(inline || fixed)?;
+                // Inline serving waits in the queue's io_uring, and fixed buffers are io_uring's:
+                // without one (a kernel built without it, or `kernel.io_uring_disabled`), the thread
+                // pool serves the image as before.
+                if (inline || fixed) && dev.open_queue().is_err() {
                     tracing::warn!(
                         path = %path.display(),
-                        "no io_uring here: the vbd is served by blkback's threads, not inline"
+                        "no io_uring here: the vbd is served by blkback's threads, not inline, without fixed buffers"
                     );
                     inline = false;
+                    fixed = false;
                     dev = open(false)?;
+                }
+                if fixed {
+                    let mut g = self.fixed_ios.lock().unwrap_or_else(|e| e.into_inner());
+                    g.1.push(dev.fixed_io_counter());
                 }
                 Arc::new(dev)
             }
@@ -440,7 +475,7 @@ impl Toolstack {
         } else {
             self.evtchns.clone()
         };
-        let blk = BlkBack::new(
+        let mut blk = BlkBack::new(
             Arc::new(grant_table(domain)?),
             Arc::new(evtchns),
             dev,
@@ -449,6 +484,9 @@ impl Toolstack {
                 ..BlkConfig::default()
             },
         );
+        if fixed && let Some(memory) = domain.fixed_memory() {
+            blk = blk.with_fixed_memory(memory);
+        }
         if inline {
             let dev = blk.inline();
             kicks.set(dev.clone());

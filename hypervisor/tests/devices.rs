@@ -200,32 +200,56 @@ fn with_vbd(cfg: GuestConfig, image: &Image) -> GuestConfig {
     with_vbd_inline(cfg, image, true)
 }
 
-fn with_vbd_inline(mut cfg: GuestConfig, image: &Image, inline: bool) -> GuestConfig {
+fn with_vbd_inline(cfg: GuestConfig, image: &Image, inline: bool) -> GuestConfig {
+    with_vbd_served(cfg, image, inline, false)
+}
+
+fn with_vbd_served(
+    mut cfg: GuestConfig,
+    image: &Image,
+    inline: bool,
+    fixed_memory: bool,
+) -> GuestConfig {
     cfg.vbds.push(VbdConfig {
         devid: xvd_devid(0),
         backend: VbdBackend::Image(image.0.clone()),
         read_only: false,
         inline,
+        fixed_memory,
     });
     cfg
 }
 
 #[test]
 fn disk_data_written_by_one_boot_is_read_back_by_the_next() {
-    write_then_verify(false);
+    write_then_verify(false, false);
 }
 
 #[test]
 fn disk_data_served_inline_on_the_vcpu_thread_is_read_back_by_the_next_boot() {
-    write_then_verify(true);
+    write_then_verify(true, false);
+}
+
+#[test]
+fn disk_data_through_registered_guest_memory_is_read_back_by_the_next_boot() {
+    write_then_verify(true, true);
 }
 
 /// A guest writes its disk and a second boot reads it back, with the vbd served inline on the guest's
-/// vCPU threads or by blkback's queue threads: the kicks the vCPU threads served are counted only inline.
-fn write_then_verify(inline: bool) {
-    let image = Image::new(if inline { "inline" } else { "disk" }, 2 << 20);
+/// vCPU threads or by blkback's queue threads, and with the guest's memory registered with the
+/// image's io_uring or not: the kicks the vCPU threads served are counted only inline, the fixed
+/// I/Os only with the memory registered.
+fn write_then_verify(inline: bool, fixed: bool) {
+    let image = Image::new(
+        match (inline, fixed) {
+            (_, true) => "fixed",
+            (true, false) => "inline",
+            (false, false) => "disk",
+        },
+        2 << 20,
+    );
     let ts = toolstack();
-    let with_vbd = |cfg, image| with_vbd_inline(cfg, image, inline);
+    let with_vbd = |cfg, image| with_vbd_served(cfg, image, inline, fixed);
     let (exit, out) = run(
         &ts,
         with_vbd(guest_config("writer", "disk-write=7"), &image),
@@ -239,6 +263,15 @@ fn write_then_verify(inline: bool) {
         );
     } else {
         assert_eq!(ts.inline_kicks(), 0);
+    }
+    if fixed {
+        assert!(
+            ts.fixed_ios() >= 20,
+            "{} reads and writes on registered memory",
+            ts.fixed_ios()
+        );
+    } else {
+        assert_eq!(ts.fixed_ios(), 0);
     }
     assert_eq!(exit, POWEROFF, "{out}");
     assert!(

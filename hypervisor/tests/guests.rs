@@ -589,6 +589,40 @@ fn ballooned_memory_goes_back_to_the_host_and_returns() {
     );
 }
 
+/// With the guest's memory registered for a back end's fixed buffers (`Domain::fixed_memory`), its
+/// pages must stay the memfd's: a frame given back reads as zero all the same, but its memory stays.
+#[test]
+fn ballooned_memory_registered_for_fixed_buffers_is_zeroed_not_returned() {
+    let hv = Hypervisor::new().unwrap();
+    let mut d = hv
+        .create_domain(config("balloon-fixed", "balloon=8"))
+        .unwrap();
+    let memory = d.fixed_memory().expect("the guest's memory");
+    assert_eq!(memory.ranges().len(), 1);
+    d.start().unwrap();
+    wait_for_console(&d, "balloon: touched 8 MiB");
+    let touched = d.host_memory_bytes();
+    wait_for_console(&d, "balloon: released");
+    let released = d.host_memory_bytes();
+    assert_eq!(
+        finish(&mut d),
+        DomainExit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let out = d.console_output();
+    assert!(
+        out.contains("released 2048 pages, reservation 2048, reads 0, kernel frame 0"),
+        "the pages given back read as zero: {out}"
+    );
+    assert!(
+        out.contains("populated 2048 pages, reservation 4096"),
+        "{out}"
+    );
+    assert!(
+        released + (1 << 20) >= touched,
+        "the memory stays with the guest: {touched} -> {released}"
+    );
+}
+
 #[test]
 fn exceptions_are_bounced_to_the_guests_trap_table_handlers() {
     let hv = Hypervisor::new().unwrap();

@@ -132,6 +132,7 @@ fn guest_config(name: &str, cmdline: &str, socket: &Path, read_only: bool) -> Gu
         backend: VbdBackend::VhostUser(socket.to_path_buf()),
         read_only,
         inline: false,
+        fixed_memory: false,
     });
     g
 }

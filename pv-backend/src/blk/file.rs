@@ -38,7 +38,7 @@ pub(super) struct FileInner {
     /// How a discard is done.
     discard: DiscardHow,
     /// Reads and writes submitted on registered memory (io_uring's `READ_FIXED`/`WRITE_FIXED`).
-    pub(super) fixed_ios: std::sync::atomic::AtomicU64,
+    pub(super) fixed_ios: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How [`IoOp::Discard`] reaches the disk.
@@ -195,7 +195,7 @@ impl FileDevice {
                     discard_alignment: alignment,
                 },
                 discard,
-                fixed_ios: std::sync::atomic::AtomicU64::new(0),
+                fixed_ios: Arc::default(),
             }),
             threads: opts.threads.max(1),
             io_uring: opts.io_uring,
@@ -213,6 +213,12 @@ impl FileDevice {
         self.inner
             .fixed_ios
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The counter behind [`fixed_ios`](Self::fixed_ios), which outlives the device (for a caller
+    /// that totals it after the device is gone).
+    pub fn fixed_io_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.inner.fixed_ios.clone()
     }
 }
 
