@@ -34,8 +34,9 @@
 //! At the end the bench prints, for every case and driver, two medians with the ratio
 //! ours/libblkio (in IOPS or bytes per second: above 1.0, ours is faster):
 //! - `criterion`: the median of criterion's samples, each driver measured in turn;
-//! - `paired`: seven rounds, each running every driver for 200 ms one after the other, the
-//!   ratio taken within each round and its median reported. On a shared machine whose load
+//! - `paired`: seven rounds, each running every driver for 200 ms one after the other (in the
+//!   reverse order every other round), the ratio taken within each round and its median
+//!   reported. On a shared machine whose load
 //!   drifts over seconds this is the steadier ratio. With it, `cpu/IO`: the CPU time (user
 //!   and system) the driver's thread spends per I/O, the driver's own cost whatever the load,
 //!   and `kicks/IO`: its `write` system calls per I/O (`syscw` of `/proc/thread-self/io`),
@@ -104,8 +105,10 @@ fn start(backend: &str) -> Option<Daemon> {
         format!("driver=null-co,node-name=disk0,size={DISK_BYTES},read-zeroes=on")
     } else {
         let img = dir.path().join("disk.img");
-        // Fill it, so reads hit data rather than holes.
+        // Fill it, so reads hit data rather than holes, and write it back now: otherwise the
+        // kernel writes its 256 MiB back while the first driver is measured.
         std::fs::write(&img, vec![0x5a; DISK_BYTES as usize]).ok()?;
+        std::fs::File::open(&img).ok()?.sync_all().ok()?;
         format!(
             "driver=file,node-name=disk0,filename={},cache.direct=off",
             img.display()
@@ -597,11 +600,18 @@ fn paired(sock: &Path, qsd: u32, mode: Mode, w: Workload) -> BTreeMap<&'static s
     let budget = Duration::from_millis(200);
     let mut runs: BTreeMap<&'static str, Vec<Timed>> = BTreeMap::new();
     let mut ratios: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    for _ in 0..ROUNDS {
-        let round: Vec<Timed> = DRIVERS
-            .iter()
-            .map(|d| timed(&mut *connect(d, sock, mode), w, budget, qsd))
-            .collect();
+    for r in 0..ROUNDS {
+        // Every other round runs the drivers in the reverse order, so that none always runs
+        // first or right after the same other driver's disconnect.
+        let mut round = vec![Timed::default(); DRIVERS.len()];
+        let order: Vec<usize> = if r % 2 == 0 {
+            (0..DRIVERS.len()).collect()
+        } else {
+            (0..DRIVERS.len()).rev().collect()
+        };
+        for i in order {
+            round[i] = timed(&mut *connect(DRIVERS[i], sock, mode), w, budget, qsd);
+        }
         for (d, t) in DRIVERS.iter().zip(&round) {
             runs.entry(d).or_default().push(*t);
             ratios.entry(d).or_default().push(round[2].wall / t.wall);
