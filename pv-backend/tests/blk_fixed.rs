@@ -8,28 +8,13 @@ mod harness;
 
 use std::sync::Arc;
 
-use harness::{Env, MIB, pattern};
+use harness::{Env, Image, MIB, pattern};
 use pv_backend::blk::front::FrontOptions;
-use pv_backend::blk::{BlkConfig, FileDevice, FileOptions};
+use pv_backend::blk::{BlkConfig, FileDevice};
 use xen_abi::blkif::{BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY, BlkifRequest};
 
-struct Image(std::path::PathBuf);
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn uring_disk(name: &str, size: usize) -> (Image, Arc<FileDevice>) {
-    let path = std::env::temp_dir().join(format!("blk-fixed-{name}-{}.img", std::process::id()));
-    std::fs::write(&path, vec![0u8; size]).unwrap();
-    let opts = FileOptions {
-        io_uring: true,
-        ..FileOptions::default()
-    };
-    let dev = FileDevice::open(&path, opts).unwrap();
-    (Image(path), Arc::new(dev))
+    harness::uring_disk("blk-fixed", name, size)
 }
 
 fn disk_bytes(img: &Image, offset: usize, len: usize) -> Vec<u8> {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::{Env, GatedDevice, MIB, Vbd, assert_serves, pattern};
+use harness::{Env, GatedDevice, Image, MIB, Vbd, assert_serves, pattern};
 use pv_backend::blk::front::{BlkFront, FrontOptions};
-use pv_backend::blk::{BlkConfig, BlockDevice, FileDevice, FileOptions, InlineQueue, MemDevice};
+use pv_backend::blk::{BlkConfig, BlockDevice, FileDevice, InlineQueue, MemDevice};
 use xen_abi::blkif::{
     BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequest,
     BlkifRequestSegment, BlkifResponse,
@@ -29,23 +29,8 @@ fn inline_config() -> BlkConfig {
     }
 }
 
-struct Image(std::path::PathBuf);
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn uring_disk(name: &str, size: usize) -> (Image, Arc<dyn BlockDevice>) {
-    let path = std::env::temp_dir().join(format!("blk-inline-{name}-{}.img", std::process::id()));
-    std::fs::write(&path, vec![0u8; size]).unwrap();
-    let opts = FileOptions {
-        io_uring: true,
-        ..FileOptions::default()
-    };
-    let dev = FileDevice::open(&path, opts).unwrap();
-    (Image(path), Arc::new(dev))
+fn uring_disk(name: &str, size: usize) -> (Image, Arc<FileDevice>) {
+    harness::uring_disk("blk-inline", name, size)
 }
 
 /// A small xorshift, seeded per test.

@@ -5,11 +5,34 @@ use std::sync::{Arc, Mutex};
 
 use pv_backend::backend::{GrantAccess, LocalEventChannels};
 use pv_backend::blk::front::{BackendThread, BlkFront, FrontOptions, TestGuest, add_vbd};
-use pv_backend::blk::{BlkBack, BlkConfig, BlockDevice, InlineDevice, MemDevice};
+use pv_backend::blk::{
+    BlkBack, BlkConfig, BlockDevice, FileDevice, FileOptions, InlineDevice, MemDevice,
+};
 use pv_backend::xenstore::XenStore;
 use pv_backend::xenstore::server::SharedStore;
 
 pub const MIB: u64 = 1 << 20;
+
+/// An image file in the temp dir, removed on drop.
+pub struct Image(pub std::path::PathBuf);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A zeroed image of `size` bytes named after `test` and `name`, served by io_uring.
+pub fn uring_disk(test: &str, name: &str, size: usize) -> (Image, Arc<FileDevice>) {
+    let path = std::env::temp_dir().join(format!("{test}-{name}-{}.img", std::process::id()));
+    std::fs::write(&path, vec![0u8; size]).unwrap();
+    let opts = FileOptions {
+        io_uring: true,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(&path, opts).unwrap();
+    (Image(path), Arc::new(dev))
+}
 
 pub struct Env {
     pub store: SharedStore,
