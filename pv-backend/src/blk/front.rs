@@ -78,7 +78,8 @@ impl TestGuest {
     }
 
     /// Its memory as [`FixedMemory`](super::FixedMemory), kept mapped by (a clone of) the guest,
-    /// for [`BlkBack::with_fixed_memory`](super::BlkBack::with_fixed_memory).
+    /// for [`BlkBack::with_fixed_memory`](super::BlkBack::with_fixed_memory). Not for a guest made
+    /// [`with_memory`](Self::with_memory) on a memfd that the caller punches holes in.
     pub fn fixed_memory(self: &Arc<Self>) -> super::FixedMemory {
         use vm_memory::{GuestMemoryRegion, MemoryRegionAddress};
         let ranges: Vec<_> = self
@@ -90,9 +91,10 @@ impl TestGuest {
                 Some((std::ptr::NonNull::new(p)?, usize::try_from(r.len()).ok()?))
             })
             .collect();
-        // SAFETY: the regions are anonymous mappings made by `GuestMemoryMmap`, unmapped only when it
-        // drops, which the guest clone held by the `FixedMemory` prevents; a test guest never remaps,
-        // discards or punches its memory.
+        // SAFETY: the regions are mappings made by `GuestMemoryMmap` (anonymous, or the memfd given to
+        // `with_memory`), unmapped only when it drops, which the guest clone held by the `FixedMemory`
+        // prevents; a test guest never remaps, discards or punches its memory (a caller of
+        // `with_memory` that punches its memfd must not take this).
         unsafe { super::FixedMemory::new(ranges, self.clone()) }
     }
 
