@@ -9,6 +9,10 @@
 //!   buffers to the same `FileDevice` engine on the `O_DIRECT` descriptor, so the ratio is what the ring,
 //!   the grants and blkback cost.
 //!
+//! By default blkback serves with its queue threads. The Blanket layer's configuration, in which the
+//! front end's thread serves the queue on its kick and its wait (as a vCPU's exits do) and the guest's
+//! memory is registered with io_uring, is `BLKBACK_INLINE=1 BLKBACK_FIXED=1 BLKBACK_ENGINES=uring`.
+//!
 //! Both engines are measured, io_uring (`uring`) and the thread pool of `preadv`/`pwritev` (`pool`);
 //! `BLKBACK_ENGINES=uring` (or `pool`) picks one.
 //!
