@@ -236,8 +236,14 @@ fn kicks_served_inline_leave_the_queue_thread_asleep(dev: Arc<dyn BlockDevice>) 
         std::thread::sleep(Duration::from_millis(1));
     }
     let (served, rung, ..) = q.stats().snapshot();
-    assert_eq!(served, 50, "every kick served inline");
-    assert_eq!(rung, 0, "no kick rang the doorbell");
+    // A completion that comes before the caller's block (a test thread preempted in between, on a
+    // loaded machine) wakes the queue thread, which may still hold the queue at the next kick: allow
+    // a few of those, not a habit.
+    assert_eq!(served + rung, 50, "every kick counted");
+    assert!(
+        served >= 45,
+        "the kicks were served inline: {served} served, {rung} rang the doorbell"
+    );
     assert!(
         v.front.queues[0].doorbell.rings() > 0,
         "the front end got its events"
@@ -246,7 +252,7 @@ fn kicks_served_inline_leave_the_queue_thread_asleep(dev: Arc<dyn BlockDevice>) 
     std::thread::sleep(Duration::from_millis(30));
     let (_, _, _, _, sleeps1) = v.back.totals();
     assert!(
-        sleeps1 - sleeps0 <= 5,
+        sleeps1 - sleeps0 <= 8,
         "the queue thread slept on: woken {} times for 50 I/Os",
         sleeps1 - sleeps0
     );
