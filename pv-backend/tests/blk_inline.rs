@@ -553,42 +553,54 @@ fn invalid_requests_kicked_inline_get_the_thread_paths_errors() {
 /// A vCPU that kicks inline and goes back to its guest (here: spins in user space, no system call)
 /// gets its completions from the queue thread without delay: on an io_uring created with
 /// `COOP_TASKRUN` the kernel posted them only when the submitting thread next entered the kernel (6 to
-/// 24 ms measured here, a median of about 4 ms, the timer tick; about 0.1 ms now).
+/// 24 ms measured here, a median of about 4 ms, the timer tick; about 0.1 ms now). On a loaded machine
+/// the queue thread itself may wait milliseconds for a CPU (two CPU hogs beside the other tests gave
+/// medians of 1.6 to 5.9 ms), so up to three tries of ten rounds are made, and one must have a median
+/// under 1.5 ms: with the cooperative ring every try is slower than that.
 #[test]
 fn completions_of_a_kick_served_inline_do_not_wait_for_the_submitter_to_enter_the_kernel() {
     let (_img, dev) = uring_disk("spin", MIB as usize);
     let env = Env::new();
     let mut v = env.vbd(1, 2048, dev, inline_config(), FrontOptions::default());
     let q = v.inline.queue(0).unwrap();
-    // Only the rounds whose kick was served inline count: the queue thread that answered the previous
-    // round may still hold the queue when the next kick comes (it posts the response before it
-    // releases), and that kick then rings the doorbell instead. A pause between rounds, as a guest's
-    // own work would make, lets it go.
-    let mut took = Vec::new();
+    let mut medians = Vec::new();
     let mut round = 0u64;
-    while took.len() < 10 && round < 100 {
-        std::thread::sleep(Duration::from_millis(2));
-        v.front
-            .put_rw(0, BLKIF_OP_READ, (round % 200) * 8, 0, 4096, round);
-        let t = Instant::now();
-        let inline = v.front.push(0) && q.notify();
-        let mut out = Vec::new();
-        while out.is_empty() && t.elapsed() < T {
-            v.front.poll(0, &mut out).unwrap();
-            std::hint::spin_loop();
+    for _ in 0..3 {
+        // Only the rounds whose kick was served inline count: the queue thread that answered the
+        // previous round may still hold the queue when the next kick comes (it posts the response
+        // before it releases), and that kick then rings the doorbell instead. A pause between
+        // rounds, as a guest's own work would make, lets it go.
+        let mut took = Vec::new();
+        let first = round;
+        while took.len() < 10 && round < first + 100 {
+            std::thread::sleep(Duration::from_millis(2));
+            v.front
+                .put_rw(0, BLKIF_OP_READ, (round % 200) * 8, 0, 4096, round);
+            let t = Instant::now();
+            let inline = v.front.push(0) && q.notify();
+            let mut out = Vec::new();
+            while out.is_empty() && t.elapsed() < T {
+                v.front.poll(0, &mut out).unwrap();
+                std::hint::spin_loop();
+            }
+            assert_eq!(out.len(), 1, "round {round}: answered");
+            assert_eq!(out[0].status, BLKIF_RSP_OKAY);
+            if inline && round > first {
+                took.push(t.elapsed());
+            }
+            round += 1;
         }
-        assert_eq!(out.len(), 1, "round {round}: answered");
-        assert_eq!(out[0].status, BLKIF_RSP_OKAY);
-        if inline && round > 0 {
-            took.push(t.elapsed());
+        assert_eq!(
+            took.len(),
+            10,
+            "kicks served inline in {} rounds",
+            round - first
+        );
+        took.sort();
+        medians.push(took[took.len() / 2]);
+        if took[took.len() / 2] < Duration::from_micros(1500) {
+            return;
         }
-        round += 1;
     }
-    assert_eq!(took.len(), 10, "kicks served inline in {round} rounds");
-    took.sort();
-    assert!(
-        took[took.len() / 2] < Duration::from_micros(1500),
-        "median time to a response {:?} (all: {took:?})",
-        took[took.len() / 2]
-    );
+    panic!("median times to a response of three tries: {medians:?}");
 }
