@@ -51,6 +51,8 @@
 //!   driver leaves it idle or makes it wait for a CPU.
 //!
 //! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
+//! `BLANKET_BENCH_SPIN_NS` sets ours' `BlkOptions::spin` (how long `wait` polls before it
+//! sleeps; 0 sleeps at once, the default is `BlkOptions::default()`'s);
 //! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it (a whole
 //! name, `qsd-null/randread-4k/1`, only that case);
 //! `BLANKET_BENCH_DRIVERS=libblkio` (a comma-separated list) runs only those drivers, without
@@ -209,6 +211,11 @@ impl Ours {
             // No timeout, as libblkio's `do_io` is called here: its ppoll arms no timer, and
             // neither does our epoll_wait then (the socket still ends it if the daemon dies).
             timeout: Duration::MAX,
+            // `BLANKET_BENCH_SPIN_NS` overrides the poll before sleeping (0: sleep at once).
+            spin: std::env::var("BLANKET_BENCH_SPIN_NS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(BlkOptions::default().spin, Duration::from_nanos),
             ..BlkOptions::default()
         };
         let mut disk = BlkDriver::new(t, options).expect("driver");

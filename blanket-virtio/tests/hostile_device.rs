@@ -301,6 +301,74 @@ fn device_never_completes_times_out() {
 }
 
 #[test]
+fn wait_polls_for_its_spin_then_sleeps_and_still_ends_when_nothing_completes() {
+    use blanket_virtio::blk::{DataBuf, Request};
+    use std::time::{Duration, Instant};
+    let spin = Duration::from_millis(50);
+    let mut d = BlkDriver::new(
+        device(Hostile::NeverCompletes),
+        BlkOptions {
+            spin,
+            ..BlkOptions::default()
+        },
+    )
+    .unwrap();
+    let mem = d.memory().clone();
+    let buf = |_| DataBuf {
+        addr: mem.alloc(4096).unwrap(),
+        len: 4096,
+    };
+    let bufs: Vec<DataBuf> = (0..2).map(buf).collect();
+    let mut out = Vec::new();
+    // One request in flight: its completion is a whole round trip away, no polling.
+    d.submit(
+        0,
+        &Request::Read {
+            sector: 0,
+            bufs: &bufs[..1],
+        },
+        1,
+    )
+    .unwrap();
+    d.kick(0).unwrap();
+    let t = Instant::now();
+    let e = d.wait(0, &mut out).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            blk::Error::Transport(transport::Error::Timeout { queue: 0, .. })
+        ),
+        "{e:?}"
+    );
+    assert!(t.elapsed() < spin, "one request in flight: no spin");
+    // Two in flight: the used ring is polled for the spin, then the wait goes to the transport
+    // (which, for this device, times out at once).
+    d.submit(
+        0,
+        &Request::Read {
+            sector: 8,
+            bufs: &bufs[1..],
+        },
+        2,
+    )
+    .unwrap();
+    d.kick(0).unwrap();
+    let t = Instant::now();
+    let e = d.wait(0, &mut out).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            blk::Error::Transport(transport::Error::Timeout { queue: 0, .. })
+        ),
+        "{e:?}"
+    );
+    let took = t.elapsed();
+    assert!(took >= spin, "polled {took:?}, less than the spin");
+    assert!(took < spin * 20, "polled {took:?}, far beyond the spin");
+    assert!(out.is_empty());
+}
+
+#[test]
 fn queue_size_of_zero() {
     let e = BlkDriver::new(device(Hostile::QueueSize(0)), BlkOptions::default()).unwrap_err();
     assert!(
