@@ -140,29 +140,38 @@ impl Shared {
         self.stop();
     }
 
-    /// What a holder does before it lets go: takes every request on the ring until the final check
-    /// finds none, and arms the device for the thread if requests are still there.
-    fn release(&self, s: &mut QueueServer) {
+    /// Serves `s` until ring.h's final check (which re-arms `req_event`) finds no request and no
+    /// completion is ready, or the queue is stopped. Returns whether requests are still at the
+    /// device, which is then armed, so that their completions ring the doorbell.
+    fn settle(&self, s: &mut QueueServer) -> Result<bool, QueueError> {
         loop {
+            if self.stopped() {
+                return Ok(false);
+            }
             // One pass takes every request there is (a ring holds no more than the queue may have
             // in flight), so the final check, not another pass, says whether more came.
-            if let Err(e) = s.pump() {
-                return self.fail(e);
+            s.pump()?;
+            if s.final_check()? {
+                continue;
             }
-            match s.final_check() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return self.fail(e),
+            if !s.busy() {
+                return Ok(false);
             }
-            if s.busy() {
-                if s.dev.arm() {
-                    // A completion is there already: answer it here rather than wake the thread.
-                    s.dev.quiet();
-                    continue;
-                }
-                InlineStats::add(&self.stats.handed_back);
+            if !s.dev.arm() {
+                return Ok(true);
             }
-            return;
+            // A completion is there already: answer it here rather than wake the thread.
+            s.dev.quiet();
+        }
+    }
+
+    /// What a holder does before it lets go: [`settle`](Self::settle), leaving requests still in
+    /// flight to the thread.
+    fn release(&self, s: &mut QueueServer) {
+        match self.settle(s) {
+            Ok(true) => InlineStats::add(&self.stats.handed_back),
+            Ok(false) => {}
+            Err(e) => self.fail(e),
         }
     }
 
@@ -198,13 +207,9 @@ impl Shared {
             let Some(s) = g.as_mut() else {
                 return Ok(());
             };
-            if s.pump()? || s.final_check()? {
-                continue;
-            }
-            if s.busy() && s.dev.arm() {
-                // A completion is there already.
-                s.dev.quiet();
-                continue;
+            self.settle(s)?;
+            if self.stopped() {
+                return Ok(());
             }
             // The queue is free for inline callers while the thread sleeps, on its doorbell, which the
             // device rings for its completions from now on (armed), until a holder quiets it: so a
