@@ -280,10 +280,16 @@ impl InlineKicks {
 
 impl BlockedService for InlineDevice {
     fn serve_blocked(&self, budget: Duration, wake: &dyn Fn() -> bool) -> bool {
+        // One budget for all the queues, not one each.
+        let end = std::time::Instant::now() + budget;
         let mut served = false;
         for i in 0..self.len() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
             if let Some(q) = self.queue(i) {
-                served |= q.block(budget, wake);
+                served |= q.block(left, wake);
             }
         }
         served
