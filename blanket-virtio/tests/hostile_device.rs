@@ -320,49 +320,35 @@ fn wait_polls_for_its_spin_then_sleeps_and_still_ends_when_nothing_completes() {
     };
     let bufs: Vec<DataBuf> = (0..2).map(buf).collect();
     let mut out = Vec::new();
+    // Submits a read of `bufs[i]`, kicks, and times the wait, which must end in the transport's
+    // timeout (this device never completes).
+    let mut wait_for = |i: usize| {
+        d.submit(
+            0,
+            &Request::Read {
+                sector: 8 * i as u64,
+                bufs: &bufs[i..i + 1],
+            },
+            i as u64 + 1,
+        )
+        .unwrap();
+        d.kick(0).unwrap();
+        let t = Instant::now();
+        let e = d.wait(0, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                blk::Error::Transport(transport::Error::Timeout { queue: 0, .. })
+            ),
+            "{e:?}"
+        );
+        t.elapsed()
+    };
     // One request in flight: its completion is a whole round trip away, no polling.
-    d.submit(
-        0,
-        &Request::Read {
-            sector: 0,
-            bufs: &bufs[..1],
-        },
-        1,
-    )
-    .unwrap();
-    d.kick(0).unwrap();
-    let t = Instant::now();
-    let e = d.wait(0, &mut out).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            blk::Error::Transport(transport::Error::Timeout { queue: 0, .. })
-        ),
-        "{e:?}"
-    );
-    assert!(t.elapsed() < spin, "one request in flight: no spin");
+    assert!(wait_for(0) < spin, "one request in flight: no spin");
     // Two in flight: the used ring is polled for the spin, then the wait goes to the transport
     // (which, for this device, times out at once).
-    d.submit(
-        0,
-        &Request::Read {
-            sector: 8,
-            bufs: &bufs[1..],
-        },
-        2,
-    )
-    .unwrap();
-    d.kick(0).unwrap();
-    let t = Instant::now();
-    let e = d.wait(0, &mut out).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            blk::Error::Transport(transport::Error::Timeout { queue: 0, .. })
-        ),
-        "{e:?}"
-    );
-    let took = t.elapsed();
+    let took = wait_for(1);
     assert!(took >= spin, "polled {took:?}, less than the spin");
     assert!(took < spin * 20, "polled {took:?}, far beyond the spin");
     assert!(out.is_empty());
