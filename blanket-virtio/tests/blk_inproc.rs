@@ -552,3 +552,63 @@ fn the_call_fd_given_is_written_when_the_device_notifies() {
     assert_eq!(back, [8u8; 512]);
     assert!(d.transport_mut().set_call_fd(99, None).is_err());
 }
+
+#[test]
+fn wait_for_takes_at_least_min_and_refuses_more_than_in_flight() {
+    for packed in [false, true] {
+        let mut d = if packed {
+            packed_driver(BlkOptions::default())
+        } else {
+            driver()
+        };
+        let mut out = Vec::new();
+        // 0 is a poll; 1 with nothing in flight could never be met.
+        assert_eq!(d.wait_for(0, &mut out, 0).unwrap(), 0);
+        assert!(matches!(
+            d.wait_for(0, &mut out, 1),
+            Err(blk::Error::TooFewInFlight {
+                min: 1,
+                in_flight: 0
+            })
+        ));
+        assert!(matches!(
+            d.wait_for(9, &mut out, 1),
+            Err(blk::Error::NoSuchQueue(9, _))
+        ));
+        let bufs: Vec<DataBuf> = (0..3)
+            .map(|_| DataBuf {
+                addr: d.memory().alloc(4096).unwrap(),
+                len: 4096,
+            })
+            .collect();
+        for (i, b) in bufs.iter().enumerate() {
+            let req = Request::Read {
+                sector: i as u64 * 8,
+                bufs: std::slice::from_ref(b),
+            };
+            d.submit(0, &req, i as u64).unwrap();
+        }
+        assert!(matches!(
+            d.wait_for(0, &mut out, 4),
+            Err(blk::Error::TooFewInFlight {
+                min: 4,
+                in_flight: 3
+            })
+        ));
+        d.kick(0).unwrap();
+        assert_eq!(d.wait_for(0, &mut out, 3).unwrap(), 3, "packed {packed}");
+        out.sort_by_key(|c| c.tag);
+        assert!(out.iter().map(|c| c.tag).eq(0..3));
+        assert!(out.iter().all(|c| c.status == Status::Ok));
+        // A completion a blocking helper kept counts as one to wait for.
+        out.clear();
+        let req = Request::Read {
+            sector: 0,
+            bufs: std::slice::from_ref(&bufs[0]),
+        };
+        d.submit(0, &req, 7).unwrap();
+        d.flush().unwrap();
+        assert_eq!(d.wait_for(0, &mut out, 1).unwrap(), 1);
+        assert_eq!(out[0].tag, 7);
+    }
+}

@@ -231,6 +231,13 @@ pub trait VirtQueue: std::fmt::Debug + Send {
     fn pop_used(&mut self) -> Result<Option<Completion>, Error>;
     /// Asks for a notification at the next completion; says whether one is already pending.
     fn enable_notifications(&mut self) -> Result<bool, Error>;
+    /// Asks for a notification once `n` more buffers are used (at most: a layout or feature
+    /// set that cannot count them notifies at the next one); says whether used buffers are
+    /// already pending. The default is [`VirtQueue::enable_notifications`].
+    fn enable_notifications_after(&mut self, n: u16) -> Result<bool, Error> {
+        let _ = n;
+        self.enable_notifications()
+    }
     /// Asks the device not to notify (a hint).
     fn disable_notifications(&mut self) -> Result<(), Error>;
     /// Forgets everything in flight and zeroes the rings (after a device reset).

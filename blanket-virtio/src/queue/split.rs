@@ -962,13 +962,22 @@ impl<M: GuestMemoryBackend> SplitQueue<M> {
     /// `EVENT_IDX`, else clearing `NO_INTERRUPT`), then says whether used buffers are already
     /// pending, in which case the caller must not sleep waiting for one.
     pub fn enable_notifications(&mut self) -> Result<bool, Error> {
+        self.enable_notifications_after(1)
+    }
+
+    /// Asks the device for a notification once `n` more buffers are used (`used_event` set
+    /// `n - 1` past the last one popped, so the device skips the notifications before the
+    /// `n`th; without `EVENT_IDX` it notifies at the next one, as `n` 1). Then says whether
+    /// used buffers are already pending: the caller should pop them, not sleep, and ask again
+    /// for what it still waits for. `n` 0 is taken as 1.
+    pub fn enable_notifications_after(&mut self, n: u16) -> Result<bool, Error> {
         if self.broken {
             return Err(Error::Broken);
         }
         if self.features.event_idx {
             self.store16(
                 Area::Avail,
-                self.last_used,
+                self.last_used.wrapping_add(n.max(1) - 1),
                 self.used_event_addr(),
                 Ordering::Release,
             )?;
@@ -1027,6 +1036,9 @@ impl<M: GuestMemoryBackend + std::fmt::Debug + Send + Sync> super::VirtQueue for
     }
     fn enable_notifications(&mut self) -> Result<bool, Error> {
         SplitQueue::enable_notifications(self)
+    }
+    fn enable_notifications_after(&mut self, n: u16) -> Result<bool, Error> {
+        SplitQueue::enable_notifications_after(self, n)
     }
     fn disable_notifications(&mut self) -> Result<(), Error> {
         SplitQueue::disable_notifications(self)
