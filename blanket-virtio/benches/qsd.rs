@@ -465,7 +465,17 @@ fn thread_cpu() -> Duration {
 /// The `write` system calls this thread has made (`syscw` of `/proc/thread-self/io`): in the
 /// I/O loop, the kicks (eventfd writes) both drivers make.
 fn thread_writes() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/io")
+    writes_in("/proc/thread-self/io")
+}
+
+/// The `write` system calls of process `pid`, all its threads (`syscw` of `/proc/<pid>/io`).
+fn process_writes(pid: u32) -> u64 {
+    writes_in(&format!("/proc/{pid}/io"))
+}
+
+/// `syscw` of an `io` file of `/proc`.
+fn writes_in(path: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
@@ -558,6 +568,8 @@ struct Timed {
     qsd_cpu: f64,
     /// The daemon's sleeps, all threads.
     qsd_sleeps: f64,
+    /// The daemon's `write` system calls (its call eventfd writes, which wake the driver).
+    qsd_writes: f64,
     /// The daemon's ns runnable but waiting for a CPU, all threads.
     qsd_runq: f64,
 }
@@ -572,11 +584,20 @@ fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration, qsd: u32) -> Time
         64
     };
     let mut sectors = Sectors::new(w.random);
+    // Untimed first, while `warm` lasts: the daemon's first touches of a new connection's
+    // buffers (page faults) and its tear-down of the connection before are not the steady
+    // state measured.
+    let warm = warm_up();
+    let started = Instant::now();
+    while started.elapsed() < warm {
+        bench.run(w, batch, &mut sectors);
+    }
     let (mut t, mut n) = (Duration::ZERO, 0u64);
     let cpu0 = thread_cpu();
     let writes0 = thread_writes();
     let me0 = Sched::this_thread();
     let qsd0 = Sched::of_process(qsd);
+    let qsd_writes0 = process_writes(qsd);
     while t < budget {
         t += bench.run(w, batch, &mut sectors);
         n += batch;
@@ -585,6 +606,7 @@ fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration, qsd: u32) -> Time
     let writes = thread_writes() - writes0;
     let me = Sched::this_thread().since(me0);
     let daemon = Sched::of_process(qsd).since(qsd0);
+    let qsd_writes = process_writes(qsd).saturating_sub(qsd_writes0);
     let per = |v: f64| v / n as f64;
     Timed {
         wall: per(t.as_nanos() as f64),
@@ -594,8 +616,19 @@ fn timed(bench: &mut dyn Bench, w: Workload, budget: Duration, qsd: u32) -> Time
         runq: per(me.runq_ns as f64),
         qsd_cpu: per(daemon.cpu_ns as f64),
         qsd_sleeps: per(daemon.sleeps as f64),
+        qsd_writes: per(qsd_writes as f64),
         qsd_runq: per(daemon.runq_ns as f64),
     }
+}
+
+/// How long each driver runs untimed after connecting, in the paired rounds:
+/// `BLANKET_BENCH_WARM_MS` (default 20 ms; 0 for none).
+fn warm_up() -> Duration {
+    let ms = std::env::var("BLANKET_BENCH_WARM_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    Duration::from_millis(ms)
 }
 
 /// What the paired rounds give for one driver, each a median over the rounds.
@@ -647,6 +680,7 @@ fn paired(sock: &Path, qsd: u32, mode: Mode, w: Workload) -> BTreeMap<&'static s
                         runq: m(|t| t.runq),
                         qsd_cpu: m(|t| t.qsd_cpu),
                         qsd_sleeps: m(|t| t.qsd_sleeps),
+                        qsd_writes: m(|t| t.qsd_writes),
                         qsd_runq: m(|t| t.qsd_runq),
                     },
                     ratio: median(&ratios[d]),
@@ -678,7 +712,7 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
         }
     );
     println!(
-        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "{:<26} {:<21} {:>14} {:>7} {:>14} {:>7} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
         "case",
         "driver",
         "criterion",
@@ -691,6 +725,7 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
         "runq/IO",
         "qsd cpu/IO",
         "qsd sl/IO",
+        "qsd wr/IO",
         "qsd runq/IO"
     );
     for (case, p) in paired {
@@ -703,7 +738,7 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
             let Paired { t, ratio } = p[d];
             println!(
                 "{:<26} {:<21} {:>14} {:>7.2} {:>14} {:>7.2} {:>6.2} us {:>8.3} {:>9.3} {:>6.2} us \
-                 {:>7.2} us {:>10.3} {:>8.2} us",
+                 {:>7.2} us {:>10.3} {:>10.3} {:>8.2} us",
                 case,
                 d,
                 fmt(case, crit(d)),
@@ -716,6 +751,7 @@ fn report(samples: &Samples, paired: &Report, mode: Mode) {
                 t.runq / 1000.0,
                 t.qsd_cpu / 1000.0,
                 t.qsd_sleeps,
+                t.qsd_writes,
                 t.qsd_runq / 1000.0
             );
         }

@@ -402,8 +402,10 @@ pub struct BlkOptions {
     /// sleep, the wake-up and the device's eventfd write that ends it are saved (libblkio's
     /// `do_io` gets a similar grace from its always-armed notification: a completion signalled
     /// while it was busy makes its next `ppoll` return at once). Where completions are further
-    /// apart (1 MiB reads, one every 30 us or so), each sleep costs up to this much CPU more,
-    /// for nothing. `Duration::ZERO` sleeps at once. The default is 2 us.
+    /// apart (1 MiB reads, one every 30 us or so), a poll costs this much CPU for nothing, so
+    /// after one in vain the next waits on the queue sleep at once: 2 of them, then 4, 8 and
+    /// up to 16 after each further poll in vain, until a poll finds a completion.
+    /// `Duration::ZERO` sleeps at once. The default is 2 us.
     pub spin: Duration,
 }
 
@@ -515,7 +517,16 @@ struct BlkQueue {
     tags: Vec<Option<u64>>,
     /// Requests in flight (the `Some` entries of `tags`).
     in_flight: usize,
+    /// The polls before sleeping ([`BlkOptions::spin`]) back off after one in vain: the
+    /// waits to skip the poll after the last one that found nothing (doubled by each such
+    /// poll up to [`SPIN_BACKOFF_MAX`], 0 again after one that found a completion)...
+    spin_backoff: u8,
+    /// ... and how many of them are left.
+    spin_skip: u8,
 }
+
+/// The most waits that sleep at once after polls in vain (see `BlkQueue::spin_backoff`).
+const SPIN_BACKOFF_MAX: u8 = 16;
 
 impl BlkQueue {
     /// The host address of `len` bytes at `offset` into the slots, if they are mapped: `host`
@@ -683,6 +694,8 @@ impl<T: Transport> BlkDriver<T> {
                 slots_host,
                 tags: vec![None; usize::from(size)],
                 in_flight: 0,
+                spin_backoff: 0,
+                spin_skip: 0,
             });
         }
         transport.activate()?;
@@ -1140,20 +1153,39 @@ impl<T: Transport> BlkDriver<T> {
         mut got: usize,
     ) -> Result<usize, Error> {
         // Polled until then before sleeping (see `BlkOptions::spin`); taken at the first look
-        // that finds too few.
+        // that finds too few, unless the polls are backing off; `None` also once it is over.
         let mut spin_until: Option<Instant> = None;
+        let mut spin_from = None;
+        let mut first = true;
         loop {
             got += self.poll_ring(queue, out)?;
+            let q = &mut self.queues[usize::from(queue)];
             if got >= min {
+                if spin_from.is_some_and(|from| got > from) {
+                    q.spin_backoff = 0;
+                }
                 return Ok(got);
             }
-            let q = &mut self.queues[usize::from(queue)];
-            if !self.spin.is_zero() && q.in_flight > 1 {
-                let now = Instant::now();
-                let until = *spin_until.get_or_insert_with(|| now + self.spin);
-                if now < until {
+            if std::mem::take(&mut first) && !self.spin.is_zero() && q.in_flight > 1 {
+                if q.spin_skip > 0 {
+                    q.spin_skip -= 1;
+                } else {
+                    spin_until = Some(Instant::now() + self.spin);
+                    spin_from = Some(got);
+                }
+            }
+            if let Some(until) = spin_until {
+                if Instant::now() < until {
                     std::hint::spin_loop();
                     continue;
+                }
+                spin_until = None;
+                if spin_from.take() == Some(got) {
+                    // In vain: sleep at once in the next waits, for longer each time.
+                    q.spin_backoff = (q.spin_backoff.max(1) * 2).min(SPIN_BACKOFF_MAX);
+                    q.spin_skip = q.spin_backoff;
+                } else {
+                    q.spin_backoff = 0;
                 }
             }
             // Fewer than 2^16 are ever in flight (the queue's size bounds them).

@@ -320,19 +320,21 @@ fn wait_polls_for_its_spin_then_sleeps_and_still_ends_when_nothing_completes() {
     };
     let bufs: Vec<DataBuf> = (0..2).map(buf).collect();
     let mut out = Vec::new();
-    // Submits a read of `bufs[i]`, kicks, and times the wait, which must end in the transport's
-    // timeout (this device never completes).
-    let mut wait_for = |i: usize| {
-        d.submit(
-            0,
-            &Request::Read {
-                sector: 8 * i as u64,
-                bufs: &bufs[i..i + 1],
-            },
-            i as u64 + 1,
-        )
-        .unwrap();
-        d.kick(0).unwrap();
+    // Submits a read of `bufs[i]` (if any), kicks, and times the wait, which must end in the
+    // transport's timeout (this device never completes).
+    let mut wait_for = |i: Option<usize>| {
+        if let Some(i) = i {
+            d.submit(
+                0,
+                &Request::Read {
+                    sector: 8 * i as u64,
+                    bufs: &bufs[i..i + 1],
+                },
+                i as u64 + 1,
+            )
+            .unwrap();
+            d.kick(0).unwrap();
+        }
         let t = Instant::now();
         let e = d.wait(0, &mut out).unwrap_err();
         assert!(
@@ -345,12 +347,26 @@ fn wait_polls_for_its_spin_then_sleeps_and_still_ends_when_nothing_completes() {
         t.elapsed()
     };
     // One request in flight: its completion is a whole round trip away, no polling.
-    assert!(wait_for(0) < spin, "one request in flight: no spin");
+    assert!(wait_for(Some(0)) < spin, "one request in flight: no spin");
     // Two in flight: the used ring is polled for the spin, then the wait goes to the transport
     // (which, for this device, times out at once).
-    let took = wait_for(1);
-    assert!(took >= spin, "polled {took:?}, less than the spin");
-    assert!(took < spin * 20, "polled {took:?}, far beyond the spin");
+    let polled = |took: Duration| {
+        assert!(took >= spin, "polled {took:?}, less than the spin");
+        assert!(took < spin * 20, "polled {took:?}, far beyond the spin");
+    };
+    polled(wait_for(Some(1)));
+    // A poll in vain backs off: the next 2 waits sleep at once, then one polls again, in vain
+    // again, and the next 4 sleep at once; and so on, doubling up to 16.
+    for skipped in [2, 4, 8, 16, 16] {
+        for k in 0..skipped {
+            let took = wait_for(None);
+            assert!(
+                took < spin,
+                "wait {k} after a poll in vain polled for {took:?}"
+            );
+        }
+        polled(wait_for(None));
+    }
     assert!(out.is_empty());
 }
 
