@@ -126,6 +126,19 @@ pub enum Error {
     /// [`BlkDriver::reconnect`] to a device that lost a feature, queues or queue size.
     #[error("the device changed across the reconnection: {0}")]
     DeviceChanged(&'static str),
+    /// The device went away and could not be reconnected to within
+    /// [`BlkOptions::reconnect`]. The requests in flight are kept: a later wait tries again,
+    /// and [`BlkDriver::reconnect`] with a new transport hands their tags back.
+    #[error(
+        "the device went away and no reconnection succeeded within {after:?} (is the back-end running?)"
+    )]
+    ReconnectFailed {
+        /// How long reconnecting was tried.
+        after: Duration,
+        /// Why the last attempt failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// [`BlkDriver::wait_for`] asked for more completions than requests are in flight.
     #[error(
         "waiting for {min} completions with {in_flight} requests in flight: submit more, or wait for fewer"
@@ -407,6 +420,22 @@ pub struct BlkOptions {
     /// up to 16 after each further poll in vain, until a poll finds a completion.
     /// `Duration::ZERO` sleeps at once. The default is 2 us.
     pub spin: Duration,
+    /// Transparent reconnection: when the device goes away (a vhost-user daemon killed or
+    /// restarted: [`transport::Error::DeviceGone`] from a wait or a kick), keep trying to open
+    /// a new connection to it ([`Transport::reopen`]) for up to this long, then resubmit the
+    /// requests that were in flight, so that the caller sees nothing but the delay. Requests
+    /// the device completed before it went are handed out, not done again; the others may
+    /// have reached the disk and run once more (virtio-blk gives no ordering between requests
+    /// in flight, so a caller cannot have relied on them not having run). Each attempt that
+    /// fails waits a little longer before the next (5 ms, doubling up to 100 ms, the last one
+    /// as time runs out); then the wait fails with [`Error::ReconnectFailed`], and the
+    /// requests stay recorded for a later wait to try again. `None` (the default) reports
+    /// the device gone at once, for the caller to [`BlkDriver::reconnect`].
+    ///
+    /// The driver then keeps a private copy of each request in flight (its type, sectors and
+    /// buffers). A caller that only busy-polls ([`BlkDriver::poll`]) learns of a device gone
+    /// only from a [`BlkDriver::wait`] or [`BlkDriver::kick`].
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for BlkOptions {
@@ -422,6 +451,7 @@ impl Default for BlkOptions {
             packed_ring: true,
             in_order: true,
             spin: Duration::from_micros(2),
+            reconnect: None,
         }
     }
 }
@@ -523,6 +553,21 @@ struct BlkQueue {
     spin_backoff: u8,
     /// ... and how many of them are left.
     spin_skip: u8,
+    /// With [`BlkOptions::reconnect`], a copy of each request in flight, by head (empty
+    /// otherwise), to resubmit after a reconnection.
+    records: Vec<Record>,
+    /// Completions taken from the ring but not handed out yet: a blocking helper's wait saw
+    /// them (queue 0), or they were in the ring when the device went away.
+    stashed: Vec<BlkCompletion>,
+}
+
+/// What [`BlkDriver::submit`] put into a chain, kept to put it again after a reconnection.
+#[derive(Clone, Debug, Default)]
+struct Record {
+    kind: u32,
+    sector: u64,
+    range: Option<RangeSeg>,
+    bufs: Vec<DataBuf>,
 }
 
 /// The most waits that sleep at once after polls in vain (see `BlkQueue::spin_backoff`).
@@ -605,9 +650,10 @@ pub struct BlkDriver<T: Transport> {
     timeout: Duration,
     /// See [`BlkOptions::spin`].
     spin: Duration,
-    /// Completions of queue 0 that a blocking helper saw while waiting for its own; handed out
-    /// by the next [`BlkDriver::poll`] of queue 0.
-    stashed: Vec<BlkCompletion>,
+    /// See [`BlkOptions::reconnect`].
+    reconnect: Option<Duration>,
+    /// Transparent reconnections made.
+    reconnections: u64,
     /// Scratch for the chain [`BlkDriver::submit`] builds.
     segs: Vec<Segment>,
 }
@@ -696,6 +742,12 @@ impl<T: Transport> BlkDriver<T> {
                 in_flight: 0,
                 spin_backoff: 0,
                 spin_skip: 0,
+                records: if options.reconnect.is_some() {
+                    vec![Record::default(); usize::from(size)]
+                } else {
+                    Vec::new()
+                },
+                stashed: Vec::new(),
             });
         }
         transport.activate()?;
@@ -715,7 +767,8 @@ impl<T: Transport> BlkDriver<T> {
             segment_bytes,
             timeout: options.timeout,
             spin: options.spin,
-            stashed: Vec::new(),
+            reconnect: options.reconnect,
+            reconnections: 0,
             segs: Vec::new(),
         })
     }
@@ -727,7 +780,21 @@ impl<T: Transport> BlkDriver<T> {
     /// resubmitted by the caller.
     ///
     /// The old device must no longer use the rings: with vhost-user, its socket closed.
-    pub fn reconnect(&mut self, mut transport: T) -> Result<Vec<u64>, Error> {
+    pub fn reconnect(&mut self, transport: T) -> Result<Vec<u64>, Error> {
+        self.reattach(transport)?;
+        let mut lost = Vec::new();
+        for q in &mut self.queues {
+            lost.extend(q.tags.iter_mut().filter_map(Option::take));
+            q.in_flight = 0;
+        }
+        lost.retain(|&t| t != BLOCKING_TAG);
+        Ok(lost)
+    }
+
+    /// Checks that `transport` reaches the same device, resets the rings and gives them to it:
+    /// the requests in flight keep their tags (and records), for the caller to drop or
+    /// resubmit.
+    fn reattach(&mut self, mut transport: T) -> Result<(), Error> {
         if !Arc::ptr_eq(transport.memory(), &self.mem) {
             return Err(Error::DifferentMemory);
         }
@@ -747,10 +814,7 @@ impl<T: Transport> BlkDriver<T> {
         if transport.max_queue_size()? < size {
             return Err(Error::DeviceChanged("queue size"));
         }
-        let mut lost = Vec::new();
         for (i, q) in self.queues.iter_mut().enumerate() {
-            lost.extend(q.tags.iter_mut().filter_map(Option::take));
-            q.in_flight = 0;
             q.vq.reset()?;
             transport.setup_queue(i as u16, &q.vq.layout())?;
         }
@@ -759,8 +823,109 @@ impl<T: Transport> BlkDriver<T> {
         (self.max_segments, self.segment_bytes) = segment_limits(&config, indirect, size);
         self.transport = transport;
         self.config = config;
-        lost.retain(|&t| t != BLOCKING_TAG);
-        Ok(lost)
+        Ok(())
+    }
+
+    /// After the device went away (`gone`), with [`BlkOptions::reconnect`]: takes what it
+    /// completed before it went (stashed on each queue, to be handed out), reconnects within
+    /// the time allowed, and resubmits the rest. Without it, returns `gone`.
+    fn recover(&mut self, gone: Error) -> Result<(), Error> {
+        let Some(limit) = self.reconnect else {
+            return Err(gone);
+        };
+        tracing::warn!(error = %gone, "virtio-blk device went away; reconnecting");
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        let mut attempts = 0u32;
+        loop {
+            for i in 0..self.num_queues() {
+                let mut done = Vec::new();
+                // A ring the device left broken keeps the rest: they are resubmitted.
+                let _ = self.poll_ring(i, &mut done);
+                self.queues[usize::from(i)].stashed.append(&mut done);
+            }
+            attempts += 1;
+            let failed: Error = match self.transport.reopen() {
+                Ok(t) => match self.reattach(t) {
+                    Ok(()) => match self.resubmit() {
+                        Ok(n) => {
+                            self.reconnections += 1;
+                            tracing::info!(
+                                attempts,
+                                resubmitted = n,
+                                after = ?started.elapsed(),
+                                "virtio-blk device reconnected"
+                            );
+                            return Ok(());
+                        }
+                        // Gone again at once: its requests are still recorded.
+                        Err(e @ Error::Transport(transport::Error::DeviceGone(_))) => e,
+                        Err(e) => return Err(e),
+                    },
+                    // Another device, or a broken one: trying again will not help.
+                    Err(
+                        e @ (Error::DeviceChanged(_)
+                        | Error::DifferentMemory
+                        | Error::InvalidConfig { .. }
+                        | Error::NotVersion1(_)),
+                    ) => return Err(e),
+                    Err(e) => e,
+                },
+                Err(transport::Error::ReconnectUnsupported) => return Err(gone),
+                Err(e) => e.into(),
+            };
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Error::ReconnectFailed {
+                    after: limit,
+                    source: Box::new(failed),
+                });
+            }
+            tracing::debug!(error = %failed, attempts, "virtio-blk reconnection attempt failed");
+            // The last attempt is made as time runs out.
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Puts the recorded requests in flight onto the new rings and kicks every queue; returns
+    /// how many. A request stays recorded until its completion is taken, so this can run
+    /// again if the device goes away during it.
+    fn resubmit(&mut self) -> Result<usize, Error> {
+        // A device back with smaller segment limits would refuse some: none is taken then.
+        let fits = |r: &Record| {
+            r.bufs.len() <= self.max_segments && r.bufs.iter().all(|b| b.len <= self.segment_bytes)
+        };
+        let all_fit = self.queues.iter().all(|q| {
+            q.tags
+                .iter()
+                .zip(&q.records)
+                .all(|(t, r)| t.is_none() || fits(r))
+        });
+        if !all_fit {
+            return Err(Error::DeviceChanged("segment limits"));
+        }
+        let mut n = 0;
+        for i in 0..self.num_queues() {
+            let q = &mut self.queues[usize::from(i)];
+            let pending: Vec<(u64, Record)> = q
+                .tags
+                .iter_mut()
+                .zip(q.records.iter_mut())
+                .filter_map(|(t, r)| Some((t.take()?, std::mem::take(r))))
+                .collect();
+            q.in_flight = 0;
+            for (tag, r) in pending {
+                self.add_chain(i, r.kind, r.sector, &r.bufs, r.range, tag)?;
+                n += 1;
+            }
+        }
+        for i in 0..self.num_queues() {
+            if self.queues[usize::from(i)].vq.publish()? {
+                self.transport.notify(i)?;
+            }
+        }
+        Ok(n)
     }
 
     /// Resets queue `queue` alone and starts it again, empty, while the other queues keep
@@ -788,6 +953,12 @@ impl<T: Transport> BlkDriver<T> {
         self.transport.enable_queue(queue)?;
         lost.retain(|&t| t != BLOCKING_TAG);
         Ok(lost)
+    }
+
+    /// How many times the driver reconnected to the device by itself
+    /// ([`BlkOptions::reconnect`]).
+    pub fn reconnections(&self) -> u64 {
+        self.reconnections
     }
 
     /// The validated config.
@@ -935,6 +1106,19 @@ impl<T: Transport> BlkDriver<T> {
                 )
             }
         };
+        self.add_chain(queue, kind, sector, bufs, range, tag)
+    }
+
+    /// Writes the slot of a checked request and adds its chain to `queue` (in range).
+    fn add_chain(
+        &mut self,
+        queue: u16,
+        kind: u32,
+        sector: u64,
+        bufs: &[DataBuf],
+        range: Option<RangeSeg>,
+        tag: u64,
+    ) -> Result<(), Error> {
         let data_writable = matches!(kind, VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID);
         let q = &mut self.queues[usize::from(queue)];
         let segments_needed = bufs.len() + 2 + usize::from(range.is_some());
@@ -1006,6 +1190,13 @@ impl<T: Transport> BlkDriver<T> {
         debug_assert_eq!(added, head);
         q.tags[usize::from(added)] = Some(tag);
         q.in_flight += 1;
+        if let Some(r) = q.records.get_mut(usize::from(added)) {
+            r.kind = kind;
+            r.sector = sector;
+            r.range = range;
+            r.bufs.clear();
+            r.bufs.extend_from_slice(bufs);
+        }
         Ok(())
     }
 
@@ -1017,18 +1208,22 @@ impl<T: Transport> BlkDriver<T> {
             .get_mut(usize::from(queue))
             .ok_or(Error::NoSuchQueue(queue, nq))?;
         if q.vq.publish()? {
-            self.transport.notify(queue)?;
+            match self.transport.notify(queue) {
+                Err(e @ transport::Error::DeviceGone(_)) => self.recover(e.into())?,
+                r => r?,
+            }
         }
         Ok(())
     }
 
-    /// Hands out the completions a blocking helper stashed, for queue 0.
+    /// Hands out the completions of `queue` taken from its ring before (see
+    /// `BlkQueue::stashed`).
     fn take_stashed(&mut self, queue: u16, out: &mut Vec<BlkCompletion>) -> usize {
-        if queue != 0 {
+        let Some(q) = self.queues.get_mut(usize::from(queue)) else {
             return 0;
-        }
-        let n = self.stashed.len();
-        out.append(&mut self.stashed);
+        };
+        let n = q.stashed.len();
+        out.append(&mut q.stashed);
         n
     }
 
@@ -1090,16 +1285,13 @@ impl<T: Transport> BlkDriver<T> {
     /// (one given with [`Transport::set_call_fd`]). Returns whether completions are in the used
     /// ring already, looked at after a full fence: then the caller should poll, not sleep.
     pub fn enable_notifications(&mut self, queue: u16) -> Result<bool, Error> {
-        // Completions kept by a blocking helper are queue 0's.
-        if queue == 0 && !self.stashed.is_empty() {
-            return Ok(true);
-        }
         let nq = self.num_queues();
         let q = self
             .queues
             .get_mut(usize::from(queue))
             .ok_or(Error::NoSuchQueue(queue, nq))?;
-        Ok(q.vq.enable_notifications()?)
+        let ring = q.vq.enable_notifications()?;
+        Ok(ring || !q.stashed.is_empty())
     }
 
     /// Waits for at least one completion on `queue` (or the timeout), then polls. With nothing
@@ -1193,7 +1385,14 @@ impl<T: Transport> BlkDriver<T> {
             if q.vq.enable_notifications_after(need)? {
                 continue;
             }
-            self.transport.wait(queue, self.timeout)?;
+            match self.transport.wait(queue, self.timeout) {
+                Err(e @ transport::Error::DeviceGone(_)) => {
+                    self.recover(e.into())?;
+                    // What the device completed before it went.
+                    got += self.take_stashed(queue, out);
+                }
+                r => r?,
+            }
         }
     }
 
@@ -1213,7 +1412,7 @@ impl<T: Transport> BlkDriver<T> {
                 if c.tag == BLOCKING_TAG {
                     mine = Some(c);
                 } else {
-                    self.stashed.push(c);
+                    self.queues[0].stashed.push(c);
                 }
             }
             if let Some(c) = mine {

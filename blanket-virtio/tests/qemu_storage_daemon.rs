@@ -749,3 +749,151 @@ fn one_queue_is_reset_and_runs_again() {
         qemu_io_verify(&img, 0x20 + round as u8, 4096 * (1 + round), 4096);
     }
 }
+
+/// The block-number-stamped pattern of 4 KiB block `block`.
+fn stamped(block: u64) -> [u8; 4096] {
+    let mut b = [(block % 251) as u8 ^ 0x5a; 4096];
+    b[..8].copy_from_slice(&block.to_le_bytes());
+    b
+}
+
+#[test]
+fn daemon_restarted_during_io_is_reconnected_transparently() {
+    const BLOCKS: u64 = 4096;
+    const DEPTH: usize = 32;
+    let Some(d) = start(1, |_| {}) else {
+        return;
+    };
+    let img = d.image();
+    let mem = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    let t = VhostUserTransport::connect(&d.sock, mem.clone()).unwrap();
+    let options = BlkOptions {
+        timeout: Duration::from_secs(5),
+        reconnect: Some(Duration::from_secs(10)),
+        ..BlkOptions::default()
+    };
+    let mut disk = BlkDriver::new(t, options).unwrap();
+    let bufs: Vec<DataBuf> = (0..DEPTH)
+        .map(|_| DataBuf {
+            addr: mem.alloc(4096).unwrap(),
+            len: 4096,
+        })
+        .collect();
+    // Once a third of the writes are done, the daemon is killed (the I/O loop goes on only
+    // after that), and a new one is started on the same image and socket 200 ms later.
+    let (kill, killed) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+    let restarter = std::thread::spawn(move || {
+        let mut d = d;
+        kill.1.recv().unwrap();
+        d.kill();
+        killed.0.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        d.restart();
+        d
+    });
+    let submit = |disk: &mut BlkDriver<VhostUserTransport>, slot: usize, block: u64| {
+        mem.guest_memory()
+            .write_slice(&stamped(block), bufs[slot].addr)
+            .unwrap();
+        let req = Request::Write {
+            sector: block * 8,
+            bufs: std::slice::from_ref(&bufs[slot]),
+        };
+        disk.submit(0, &req, slot as u64).unwrap();
+    };
+    let mut next = 0u64;
+    for slot in 0..DEPTH {
+        submit(&mut disk, slot, next);
+        next += 1;
+    }
+    disk.kick(0).unwrap();
+    let (mut done, mut out, mut signalled) = (0u64, Vec::new(), false);
+    while done < BLOCKS {
+        out.clear();
+        disk.wait(0, &mut out).unwrap();
+        for c in &out {
+            assert_eq!(c.status, Status::Ok);
+            done += 1;
+            if next < BLOCKS {
+                submit(&mut disk, c.tag as usize, next);
+                next += 1;
+            }
+        }
+        disk.kick(0).unwrap();
+        if done >= BLOCKS / 3 && !signalled {
+            signalled = true;
+            kill.0.send(()).unwrap();
+            killed.1.recv().unwrap();
+        }
+    }
+    disk.flush().unwrap();
+    let d = restarter.join().unwrap();
+    assert_eq!(disk.reconnections(), 1);
+    // Every write is in the image, as qemu-img sees it, the ones in flight at the kill too.
+    let reference = d.dir.path().join("reference.img");
+    let mut want = Vec::with_capacity((BLOCKS * 4096) as usize);
+    for block in 0..BLOCKS {
+        want.extend_from_slice(&stamped(block));
+    }
+    std::fs::write(&reference, want).unwrap();
+    let out = run(
+        "qemu-img",
+        &[
+            "compare",
+            "-U",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            path(&img),
+            path(&reference),
+        ],
+    );
+    assert!(out.contains("identical"), "{out}");
+}
+
+#[test]
+fn daemon_not_back_fails_the_wait_after_the_reconnect_limit() {
+    let Some(mut d) = start(1, |_| {}) else {
+        return;
+    };
+    let mem = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    let t = VhostUserTransport::connect(&d.sock, mem.clone()).unwrap();
+    let limit = Duration::from_millis(300);
+    let options = BlkOptions {
+        timeout: Duration::from_secs(5),
+        reconnect: Some(limit),
+        ..BlkOptions::default()
+    };
+    let mut disk = BlkDriver::new(t, options).unwrap();
+    disk.write(0, &[0x41; 4096]).unwrap();
+    d.kill();
+    let buf = DataBuf {
+        addr: mem.alloc(4096).unwrap(),
+        len: 4096,
+    };
+    let req = Request::Read {
+        sector: 0,
+        bufs: std::slice::from_ref(&buf),
+    };
+    disk.submit(0, &req, 3).unwrap();
+    disk.kick(0).unwrap();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let e = disk.wait(0, &mut out).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, blk::Error::ReconnectFailed { .. }), "{e:?}");
+    assert!(e.to_string().contains("is the back-end running?"), "{e}");
+    assert!(
+        took >= limit && took < Duration::from_secs(3),
+        "gave up after {took:?}"
+    );
+    // The read stays recorded: once a daemon is back, the next wait reconnects and runs it.
+    d.restart();
+    assert_eq!(disk.wait(0, &mut out).unwrap(), 1);
+    assert_eq!((out[0].tag, out[0].status), (3, Status::Ok));
+    let mut back = [0u8; 4096];
+    mem.guest_memory().read_slice(&mut back, buf.addr).unwrap();
+    assert!(back.iter().all(|&b| b == 0x41));
+    assert_eq!(disk.reconnections(), 1);
+}

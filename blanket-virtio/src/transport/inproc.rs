@@ -57,6 +57,9 @@ pub enum Error {
         /// Config space size.
         size: usize,
     },
+    /// Duplicating a call eventfd for a new transport failed.
+    #[error("cannot duplicate a call eventfd")]
+    Dup(#[source] std::io::Error),
 }
 
 /// A chain as the device sees it.
@@ -416,6 +419,15 @@ pub trait DeviceModel {
     /// Forgets what the device held for queue `index` (its in-flight buffers), at a queue
     /// reset. The transport forgets the queue's rings itself.
     fn reset_queue(&mut self, _index: u16) {}
+    /// The device as it comes back after going away (a restarted daemon: its disk kept, its
+    /// rings and requests in flight forgotten), for [`Transport::reopen`]; `None` (the
+    /// default) if it does not come back.
+    fn restarted(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// The in-process transport: a [`DeviceModel`] run synchronously on each kick.
@@ -620,6 +632,22 @@ impl<D: DeviceModel> Transport for InProcessTransport<D> {
         Ok(())
     }
 
+    /// A new transport to [`DeviceModel::restarted`] over the same memory, with the call
+    /// eventfds given with [`Transport::set_call_fd`] (duplicated).
+    fn reopen(&self) -> Result<Self, super::Error> {
+        let device = self
+            .device
+            .restarted()
+            .ok_or_else(|| super::Error::DeviceGone("in-process device not back".into()))?;
+        let mut new = Self::new(self.mem.clone(), device);
+        for (slot, fd) in new.calls.iter_mut().zip(&self.calls) {
+            if let Some(fd) = fd {
+                *slot = Some(fd.try_clone().map_err(Error::Dup)?);
+            }
+        }
+        Ok(new)
+    }
+
     fn wait(&mut self, index: u16, timeout: Duration) -> Result<(), super::Error> {
         if self.device.gone() {
             return Err(super::Error::DeviceGone("in-process device gone".into()));
@@ -663,6 +691,9 @@ pub enum Hostile {
     NeverCompletes,
     /// Disappears (like a reset or a closed socket) when kicked.
     GoneOnKick,
+    /// Executes this many requests in its life, then disappears when it takes the next one
+    /// (the ones done before stay completed in the used ring).
+    GoneAfter(u64),
     /// Reports this queue size limit.
     QueueSize(u16),
     /// Reports this config space instead of its own.
@@ -683,7 +714,7 @@ pub enum Hostile {
 }
 
 /// A virtio-blk device over a RAM disk.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MemBlkDevice {
     /// The disk's bytes (a multiple of 512).
     pub disk: Vec<u8>,
@@ -706,6 +737,10 @@ pub struct MemBlkDevice {
     pub ring_reset: bool,
     /// Queue resets seen, by queue index.
     pub queue_resets: Vec<u16>,
+    /// Requests executed (over its restarts: [`DeviceModel::restarted`] keeps the count).
+    pub executed: u64,
+    /// Times it came back after going away.
+    pub restarts: u64,
     gone: bool,
     last_completed: Option<u32>,
 }
@@ -726,6 +761,8 @@ impl MemBlkDevice {
             in_order_batch: 8,
             ring_reset: true,
             queue_resets: Vec::new(),
+            executed: 0,
+            restarts: 0,
             gone: false,
             last_completed: None,
         }
@@ -963,7 +1000,15 @@ impl DeviceModel for MemBlkDevice {
             if self.hostile == Hostile::NeverCompletes {
                 continue;
             }
+            if let Hostile::GoneAfter(n) = self.hostile {
+                if self.executed >= n {
+                    // The chain is dropped unfinished; the ones before are reported below.
+                    self.gone = true;
+                    break;
+                }
+            }
             let (_, written) = self.execute(mem, &chain)?;
+            self.executed += 1;
             let len = written + 1;
             let head = u32::from(chain.head);
             let writable: u32 = chain
@@ -1034,6 +1079,16 @@ impl DeviceModel for MemBlkDevice {
 
     fn reset_queue(&mut self, index: u16) {
         self.queue_resets.push(index);
+    }
+
+    /// Comes back honest, with its disk, serial, offers and counters, and nothing in flight.
+    fn restarted(&self) -> Option<Self> {
+        let mut d = self.clone();
+        d.gone = false;
+        d.hostile = Hostile::None;
+        d.last_completed = None;
+        d.restarts += 1;
+        Some(d)
     }
 }
 

@@ -38,6 +38,11 @@ pub enum Error {
     /// The transport or the device cannot reset one queue alone (no `VIRTIO_F_RING_RESET`).
     #[error("queue {0} cannot be reset alone: the device or transport has no queue reset")]
     QueueResetUnsupported(u16),
+    /// The transport cannot open a new connection to its device ([`Transport::reopen`]).
+    #[error(
+        "this transport cannot reconnect to its device: make a new transport and call the driver's reconnect"
+    )]
+    ReconnectUnsupported,
 }
 
 /// The control plane and notifications of one virtio device, as a driver uses them.
@@ -117,5 +122,19 @@ pub trait Transport {
     /// [`Transport::setup_queue`].
     fn enable_queue(&mut self, index: u16) -> Result<(), Error> {
         Err(Error::QueueResetUnsupported(index))
+    }
+
+    /// Opens a new connection to the same device, after this one went away
+    /// ([`Error::DeviceGone`]: a vhost-user daemon killed or restarted), over the same memory
+    /// and with the call descriptors given with [`Transport::set_call_fd`]. The new transport
+    /// starts again at the beginning of the call order (features, config, queues). A device
+    /// that is not back yet is an error, for the caller to retry; the driver's transparent
+    /// reconnection ([`crate::blk::BlkOptions::reconnect`]) does. Fails with
+    /// [`Error::ReconnectUnsupported`] by default.
+    fn reopen(&self) -> Result<Self, Error>
+    where
+        Self: Sized,
+    {
+        Err(Error::ReconnectUnsupported)
     }
 }

@@ -441,6 +441,26 @@ impl Transport for VhostUserTransport {
         true
     }
 
+    /// Connects to the socket path again, over the same memory. Each queue's call eventfd is
+    /// carried over (a duplicate of the same eventfd, so one given with
+    /// [`Transport::set_call_fd`] stays the one signalled); kick eventfds are new.
+    fn reopen(&self) -> Result<Self, super::Error> {
+        let mut new = Self::connect(&self.path, self.mem.clone())?;
+        for call in &self.calls {
+            let call = call.try_clone().map_err(|source| Error::EventFd {
+                op: "dup (call)",
+                source,
+            })?;
+            new.waits.push(new.wait_set(&call)?);
+            new.kicks.push(Self::eventfd()?);
+            new.calls.push(call);
+            new.ready.push(false);
+            new.stopped.push(false);
+            new.reset_batch.push(false);
+        }
+        Ok(new)
+    }
+
     fn reset_queue(&mut self, index: u16) -> Result<(), super::Error> {
         let i = self.check_queue(index)?;
         if !self.ready.get(i).copied().unwrap_or(false) {
