@@ -51,6 +51,7 @@
 //!   driver leaves it idle or makes it wait for a CPU.
 //!
 //! `BLANKET_BENCH_SECS` sets criterion's measurement time per case (default 3 s);
+//! `BLANKET_BENCH_RECONNECT=1` turns ours' `BlkOptions::reconnect` on;
 //! `BLANKET_BENCH_SPIN_NS` sets ours' `BlkOptions::spin` (how long `wait` polls before it
 //! sleeps; 0 sleeps at once, the default is `BlkOptions::default()`'s);
 //! `BLANKET_BENCH_ONLY=null/randread-4k/1` runs only the cases whose name contains it (a whole
@@ -219,6 +220,9 @@ impl Ours {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map_or(BlkOptions::default().spin, Duration::from_nanos),
+            // `BLANKET_BENCH_RECONNECT=1` measures with transparent reconnection on (a copy
+            // of each request kept for resubmission).
+            reconnect: std::env::var_os("BLANKET_BENCH_RECONNECT").map(|_| Duration::from_secs(10)),
             ..BlkOptions::default()
         };
         let mut disk = BlkDriver::new(t, options).expect("driver");

@@ -808,9 +808,12 @@ fn daemon_restarted_during_io_is_reconnected_transparently() {
     }
     disk.kick(0).unwrap();
     let (mut done, mut out, mut signalled) = (0u64, Vec::new(), false);
+    let mut longest = Duration::ZERO;
     while done < BLOCKS {
         out.clear();
+        let waited = Instant::now();
         disk.wait(0, &mut out).unwrap();
+        longest = longest.max(waited.elapsed());
         for c in &out {
             assert_eq!(c.status, Status::Ok);
             done += 1;
@@ -829,6 +832,9 @@ fn daemon_restarted_during_io_is_reconnected_transparently() {
     disk.flush().unwrap();
     let d = restarter.join().unwrap();
     assert_eq!(disk.reconnections(), 1);
+    // Down for 200 ms, plus the new daemon's start-up: the one wait that spans it says how
+    // long the reconnection took (printed, not asserted: it depends on the machine's load).
+    eprintln!("the wait across the restart took {longest:?}");
     // Every write is in the image, as qemu-img sees it, the ones in flight at the kill too.
     let reference = d.dir.path().join("reference.img");
     let mut want = Vec::with_capacity((BLOCKS * 4096) as usize);
