@@ -426,7 +426,10 @@ pub struct BlkOptions {
     /// requests that were in flight, so that the caller sees nothing but the delay. Requests
     /// the device completed before it went are handed out, not done again; the others may
     /// have reached the disk and run once more (virtio-blk gives no ordering between requests
-    /// in flight, so a caller cannot have relied on them not having run). Each attempt that
+    /// in flight, so a caller cannot have relied on them not having run). The time counts
+    /// from when the device was first found gone since it last completed a request, so a
+    /// device that comes back and goes away again at once cannot keep a wait going for ever.
+    /// Each attempt that
     /// fails waits a little longer before the next (5 ms, doubling up to 100 ms, the last one
     /// as time runs out); then the wait fails with [`Error::ReconnectFailed`], and the
     /// requests stay recorded for a later wait to try again. `None` (the default) reports
@@ -654,6 +657,10 @@ pub struct BlkDriver<T: Transport> {
     reconnect: Option<Duration>,
     /// Transparent reconnections made.
     reconnections: u64,
+    /// When the device was first found gone since it last completed a request: the time
+    /// allowed to reconnect counts from then, so that a device that comes back and goes away
+    /// again at once, over and over, cannot keep a wait going for ever.
+    gone_since: Option<Instant>,
     /// Scratch for the chain [`BlkDriver::submit`] builds.
     segs: Vec<Segment>,
 }
@@ -769,6 +776,7 @@ impl<T: Transport> BlkDriver<T> {
             spin: options.spin,
             reconnect: options.reconnect,
             reconnections: 0,
+            gone_since: None,
             segs: Vec::new(),
         })
     }
@@ -833,8 +841,18 @@ impl<T: Transport> BlkDriver<T> {
         let Some(limit) = self.reconnect else {
             return Err(gone);
         };
+        if let Some(since) = self.gone_since {
+            // Gone again before it completed anything since the last loss.
+            if since.elapsed() >= limit {
+                // A later wait, the caller's choice, gets the whole time again.
+                self.gone_since = None;
+                return Err(Error::ReconnectFailed {
+                    after: limit,
+                    source: Box::new(gone),
+                });
+            }
+        }
         tracing::warn!(error = %gone, "virtio-blk device went away; reconnecting");
-        let started = Instant::now();
         let mut pause = Duration::from_millis(5);
         let mut attempts = 0u32;
         loop {
@@ -844,6 +862,7 @@ impl<T: Transport> BlkDriver<T> {
                 let _ = self.poll_ring(i, &mut done);
                 self.queues[usize::from(i)].stashed.append(&mut done);
             }
+            let started = *self.gone_since.get_or_insert_with(Instant::now);
             attempts += 1;
             let failed: Error = match self.transport.reopen() {
                 Ok(t) => match self.reattach(t) {
@@ -853,7 +872,7 @@ impl<T: Transport> BlkDriver<T> {
                             tracing::info!(
                                 attempts,
                                 resubmitted = n,
-                                after = ?started.elapsed(),
+                                since_gone = ?started.elapsed(),
                                 "virtio-blk device reconnected"
                             );
                             return Ok(());
@@ -876,6 +895,7 @@ impl<T: Transport> BlkDriver<T> {
             };
             let left = limit.saturating_sub(started.elapsed());
             if left.is_zero() {
+                self.gone_since = None;
                 return Err(Error::ReconnectFailed {
                     after: limit,
                     source: Box::new(failed),
@@ -1263,6 +1283,10 @@ impl<T: Transport> BlkDriver<T> {
                 len: c.len,
             });
             n += 1;
+        }
+        if n > 0 {
+            // The device works: a later loss gets the whole time to reconnect again.
+            self.gone_since = None;
         }
         Ok(n)
     }

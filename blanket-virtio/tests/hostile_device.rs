@@ -4,6 +4,7 @@
 
 use std::mem::offset_of;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use blanket_virtio::blk::{self, BlkDriver, BlkOptions, CONFIG_BYTES, Status};
 use blanket_virtio::memory::DmaMemory;
@@ -284,6 +285,83 @@ fn device_resets_in_the_middle_of_a_request() {
         matches!(e, blk::Error::Transport(transport::Error::DeviceGone(_))),
         "{e:?}"
     );
+}
+
+/// A driver that reconnects by itself, within `limit`, to a device that goes away with its
+/// first request and comes back as `after` says (`None`: not at all).
+fn reconnecting(after: Option<Hostile>, limit: Duration) -> Driver {
+    let mut t = device(Hostile::GoneOnKick);
+    let dev = t.device_mut();
+    dev.comes_back = after.is_some();
+    dev.after_restart = after.unwrap_or_default();
+    let options = BlkOptions {
+        reconnect: Some(limit),
+        ..BlkOptions::default()
+    };
+    BlkDriver::new(t, options).unwrap()
+}
+
+#[test]
+fn a_device_that_does_not_come_back_fails_the_wait_after_the_limit() {
+    let limit = Duration::from_millis(50);
+    let mut d = reconnecting(None, limit);
+    let started = Instant::now();
+    let e = d.read(0, &mut [0u8; 512]).unwrap_err();
+    let took = started.elapsed();
+    match &e {
+        blk::Error::ReconnectFailed { after, source } => {
+            assert_eq!(*after, limit);
+            assert!(
+                matches!(
+                    **source,
+                    blk::Error::Transport(transport::Error::DeviceGone(_))
+                ),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected ReconnectFailed, got {other:?}"),
+    }
+    assert!(took >= limit && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(d.reconnections(), 0);
+}
+
+#[test]
+fn a_device_that_comes_back_as_another_is_refused_without_retrying() {
+    let mut honest = MemBlkDevice::new(2048);
+    honest.num_queues = 2;
+    let mut garbage = honest.honest_config();
+    garbage.fill(0xff);
+    // The limit is far off: a refusal comes at once, not when it runs out.
+    let limit = Duration::from_secs(30);
+    for after in [Hostile::Config(garbage), Hostile::QueueSize(16)] {
+        let mut d = reconnecting(Some(after.clone()), limit);
+        let started = Instant::now();
+        let e = d.read(0, &mut [0u8; 512]).unwrap_err();
+        match after {
+            Hostile::QueueSize(_) => assert!(
+                matches!(e, blk::Error::DeviceChanged("queue size")),
+                "{e:?}"
+            ),
+            _ => assert!(matches!(e, blk::Error::InvalidConfig { .. }), "{e:?}"),
+        }
+        assert!(started.elapsed() < limit / 2, "retried until the limit");
+        assert_eq!(d.reconnections(), 0);
+    }
+}
+
+#[test]
+fn a_device_that_goes_away_again_at_once_cannot_keep_a_wait_going() {
+    // Every time it comes back it takes the request and goes away again, completing nothing:
+    // each reconnection succeeds, but the time allowed counts from the first loss.
+    let limit = Duration::from_millis(200);
+    let mut d = reconnecting(Some(Hostile::GoneOnKick), limit);
+    let started = Instant::now();
+    let e = d.read(0, &mut [0u8; 512]).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, blk::Error::ReconnectFailed { .. }), "{e:?}");
+    assert!(took >= limit && took < Duration::from_secs(5), "{took:?}");
+    assert!(d.reconnections() >= 1, "{}", d.reconnections());
+    assert!(d.transport().device().restarts >= 1);
 }
 
 #[test]

@@ -741,6 +741,11 @@ pub struct MemBlkDevice {
     pub executed: u64,
     /// Times it came back after going away.
     pub restarts: u64,
+    /// Whether it comes back after going away (on by default).
+    pub comes_back: bool,
+    /// How it behaves once back (honest by default): a device that restarts as something
+    /// else, with another config or queue size.
+    pub after_restart: Hostile,
     gone: bool,
     last_completed: Option<u32>,
 }
@@ -763,6 +768,8 @@ impl MemBlkDevice {
             queue_resets: Vec::new(),
             executed: 0,
             restarts: 0,
+            comes_back: true,
+            after_restart: Hostile::None,
             gone: false,
             last_completed: None,
         }
@@ -1081,11 +1088,15 @@ impl DeviceModel for MemBlkDevice {
         self.queue_resets.push(index);
     }
 
-    /// Comes back honest, with its disk, serial, offers and counters, and nothing in flight.
+    /// Comes back (unless `comes_back` is off) as `after_restart` says, with its disk,
+    /// serial, offers and counters, and nothing in flight.
     fn restarted(&self) -> Option<Self> {
+        if !self.comes_back {
+            return None;
+        }
         let mut d = self.clone();
         d.gone = false;
-        d.hostile = Hostile::None;
+        d.hostile = self.after_restart.clone();
         d.last_completed = None;
         d.restarts += 1;
         Some(d)
