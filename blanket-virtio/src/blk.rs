@@ -834,10 +834,21 @@ impl<T: Transport> BlkDriver<T> {
         Ok(())
     }
 
+    /// For a caller that found the device gone by other means (one that watches the
+    /// vhost-user socket itself, as the `pv-backend` bridge does): with
+    /// [`BlkOptions::reconnect`], takes what the device completed before it went (handed out
+    /// by the next poll or wait), reconnects and resubmits the requests in flight, as a wait
+    /// that finds the device gone does; fails with [`Error::ReconnectFailed`] when the time
+    /// runs out. Without it, fails with [`transport::Error::DeviceGone`].
+    pub fn recover(&mut self) -> Result<(), Error> {
+        let gone = transport::Error::DeviceGone("found gone by the driver's caller".into());
+        self.recover_from(gone.into())
+    }
+
     /// After the device went away (`gone`), with [`BlkOptions::reconnect`]: takes what it
     /// completed before it went (stashed on each queue, to be handed out), reconnects within
     /// the time allowed, and resubmits the rest. Without it, returns `gone`.
-    fn recover(&mut self, gone: Error) -> Result<(), Error> {
+    fn recover_from(&mut self, gone: Error) -> Result<(), Error> {
         let Some(limit) = self.reconnect else {
             return Err(gone);
         };
@@ -1229,7 +1240,7 @@ impl<T: Transport> BlkDriver<T> {
             .ok_or(Error::NoSuchQueue(queue, nq))?;
         if q.vq.publish()? {
             match self.transport.notify(queue) {
-                Err(e @ transport::Error::DeviceGone(_)) => self.recover(e.into())?,
+                Err(e @ transport::Error::DeviceGone(_)) => self.recover_from(e.into())?,
                 r => r?,
             }
         }
@@ -1411,7 +1422,7 @@ impl<T: Transport> BlkDriver<T> {
             }
             match self.transport.wait(queue, self.timeout) {
                 Err(e @ transport::Error::DeviceGone(_)) => {
-                    self.recover(e.into())?;
+                    self.recover_from(e.into())?;
                     // What the device completed before it went.
                     got += self.take_stashed(queue, out);
                 }

@@ -18,7 +18,11 @@
 //!   every virtqueue a thread watches the vhost-user socket
 //!   ([`VhostUserTransport::notification_fds`]): a closed socket (the daemon killed) fails every
 //!   request in flight and every later one with an error, which blkback answers with
-//!   `BLKIF_RSP_ERROR`, instead of a hang. The in-process transport completes during the kick.
+//!   `BLKIF_RSP_ERROR`, instead of a hang. With the driver's `BlkOptions::reconnect`, the
+//!   watcher first reconnects ([`BlkDriver::recover`]: the requests in flight go to the new
+//!   connection, and blkback sees only the delay; its queues wait on the bridge meanwhile) and
+//!   fails everything only when that does not succeed in time. The in-process transport
+//!   completes during the kick.
 //! - **Operations.** Read and write map to `VIRTIO_BLK_T_IN`/`OUT`, flush to `VIRTIO_BLK_T_FLUSH`,
 //!   discard to `VIRTIO_BLK_T_DISCARD` (or to `VIRTIO_BLK_T_WRITE_ZEROES` with the unmap flag when
 //!   the device only has write-zeroes, or when [`BridgeOptions::discard_as_write_zeroes`] asks for
@@ -450,11 +454,16 @@ fn relay<T: Transport + CompletionSource + Send + 'static>(
     shared: Weak<Shared<T>>,
     vq: u16,
     call: OwnedFd,
-    gone: OwnedFd,
+    mut gone: OwnedFd,
 ) {
     let ms = RELAY_TICK.as_millis() as libc::c_int;
     let mut call = Some(call);
     let mut generation = 0u64;
+    // The driver's reconnections when `gone` was taken: another virtqueue's watcher may
+    // reconnect first, and this one then only watches the new connection.
+    let mut connection = shared
+        .upgrade()
+        .map_or(0, |s| lock(&s.inner).driver.reconnections());
     loop {
         let mut fds = [
             libc::pollfd {
@@ -493,11 +502,46 @@ fn relay<T: Transport + CompletionSource + Send + 'static>(
             return;
         }
         if fds[1].revents != 0 {
-            g.break_all(format!(
-                "the device's socket closed (revents {:#x}): the vhost-user back-end is gone",
-                fds[1].revents
-            ));
-            return;
+            if g.driver.reconnections() == connection {
+                // With `BlkOptions::reconnect`, the requests in flight go to a new connection;
+                // without, or once its time runs out, everything fails.
+                if let Err(e) = g.driver.recover() {
+                    let why = match e {
+                        blk::Error::Transport(crate::transport::Error::DeviceGone(_)) => {
+                            String::new()
+                        }
+                        e => format!(", and reconnecting failed: {e}"),
+                    };
+                    g.break_all(format!(
+                        "the device's socket closed (revents {:#x}): the vhost-user back-end is gone{why}",
+                        fds[1].revents
+                    ));
+                    return;
+                }
+                // What the old device completed, and what the new one did already.
+                for v in 0..g.driver.num_queues() {
+                    g.poll_vq(v);
+                    g.start_all(&shared, v);
+                }
+                g.ring_doorbells();
+            }
+            connection = g.driver.reconnections();
+            match g.driver.transport().completion_fds(vq) {
+                Ok(Some((c, s))) => {
+                    gone = s;
+                    if g.vqs[usize::from(vq)].direct.is_none() {
+                        call = Some(c);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    g.break_all(format!(
+                        "virtqueue {vq}'s notifications cannot be watched after reconnecting: {e}"
+                    ));
+                    return;
+                }
+            }
+            continue;
         }
         let state = &g.vqs[usize::from(vq)];
         if state.generation != generation {

@@ -64,6 +64,8 @@ struct Daemon {
     child: Child,
     dir: tempfile::TempDir,
     sock: PathBuf,
+    num_queues: u16,
+    writable: bool,
 }
 
 impl Daemon {
@@ -82,30 +84,46 @@ impl Daemon {
         );
         prepare(&img);
         let sock = dir.path().join("vhost-user-blk.sock");
-        let mut child = Command::new(DAEMON)
+        let child = Self::spawn(&img, &sock, num_queues, writable);
+        let mut d = Self {
+            child,
+            dir,
+            sock,
+            num_queues,
+            writable,
+        };
+        d.wait_for_socket();
+        Some(d)
+    }
+
+    fn spawn(img: &Path, sock: &Path, num_queues: u16, writable: bool) -> Child {
+        Command::new(DAEMON)
             .args([
                 "--blockdev",
                 &format!(
                     "driver=file,node-name=file0,filename={},discard=unmap,cache.direct=off",
-                    path(&img)
+                    path(img)
                 ),
                 "--export",
                 &format!(
                     "type=vhost-user-blk,id=exp0,node-name=file0,writable={},\
                      num-queues={num_queues},addr.type=unix,addr.path={}",
                     if writable { "on" } else { "off" },
-                    path(&sock)
+                    path(sock)
                 ),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
+        while !self.sock.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
+                if let Some(mut e) = self.child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
                 panic!("{DAEMON} exited with {status}: {err}");
@@ -113,7 +131,15 @@ impl Daemon {
             assert!(Instant::now() < deadline, "{DAEMON} made no socket");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Some(Self { child, dir, sock })
+    }
+
+    /// Kills the daemon and starts a new one on the same image and socket path `pause` later.
+    fn restart_after(&mut self, pause: Duration) {
+        self.kill();
+        std::thread::sleep(pause);
+        let _ = std::fs::remove_file(&self.sock);
+        self.child = Self::spawn(&self.image(), &self.sock, self.num_queues, self.writable);
+        self.wait_for_socket();
     }
 
     fn image(&self) -> PathBuf {
@@ -166,6 +192,17 @@ struct Stack {
 /// Builds the stack on `d`. With `zero_copy`, the guest's memory is a memfd that the driver maps
 /// as a foreign region and the bounce pool is empty, so only zero-copy requests can work.
 fn stack(d: &Daemon, zero_copy: bool, bridge: BridgeOptions, front_queues: Option<u32>) -> Stack {
+    stack_with(d, zero_copy, bridge, front_queues, None)
+}
+
+/// [`stack`], with the driver's `BlkOptions::reconnect`.
+fn stack_with(
+    d: &Daemon,
+    zero_copy: bool,
+    bridge: BridgeOptions,
+    front_queues: Option<u32>,
+    reconnect: Option<Duration>,
+) -> Stack {
     let store: SharedStore = Arc::new(Mutex::new(XenStore::default()));
     let evtchns = LocalEventChannels::new();
     let domid = 7;
@@ -205,6 +242,7 @@ fn stack(d: &Daemon, zero_copy: bool, bridge: BridgeOptions, front_queues: Optio
         BlkOptions {
             event_idx: false,
             num_queues: 4,
+            reconnect,
             ..BlkOptions::default()
         },
     )
@@ -601,4 +639,72 @@ fn without_the_direct_doorbell_the_relay_thread_serves() {
     std::thread::sleep(Duration::from_millis(300));
     let st = s.front.write(16, &data);
     assert!(!st.is_empty() && st.iter().all(|&x| x == BLKIF_RSP_ERROR));
+}
+
+#[test]
+fn a_restarted_daemon_is_reconnected_and_blkback_carries_on() {
+    for direct_doorbell in [true, false] {
+        let Some(d) = Daemon::start(1, true, |_| {}) else {
+            return;
+        };
+        let opts = BridgeOptions {
+            direct_doorbell,
+            ..BridgeOptions::default()
+        };
+        let mut s = stack_with(&d, true, opts, None, Some(Duration::from_secs(10)));
+        assert_eq!(s.dev.signals_doorbell_directly(0), direct_doorbell);
+        let data = pattern(6, 64 << 10);
+        assert!(all_ok(&s.front.write(0, &data)));
+        // A full ring of 64 KiB writes of the data buffer, each at its own place; the daemon
+        // is killed under them and a new one started 200 ms later.
+        let n = s.front.free(0) as usize;
+        let segs = s.front.segments(0, 64 << 10);
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.extend(
+                s.front
+                    .queue_rw(0, BLKIF_OP_WRITE, 256 + i as u64 * 128, &segs),
+            );
+        }
+        s.front.kick(0);
+        let mut d = d;
+        let restarter = std::thread::spawn(move || {
+            d.restart_after(Duration::from_millis(200));
+            d
+        });
+        let started = Instant::now();
+        let rsps = s.front.wait(0, ids.len(), Duration::from_secs(10));
+        let took = started.elapsed();
+        let d = restarter.join().unwrap();
+        assert_eq!(rsps.len(), ids.len(), "answered in {took:?}");
+        assert!(
+            rsps.iter().all(|r| r.status == BLKIF_RSP_OKAY),
+            "direct {direct_doorbell}: {:?}; broken: {:?}",
+            rsps.iter().map(|r| r.status).collect::<Vec<_>>(),
+            s.dev.broken()
+        );
+        assert!(s.dev.broken().is_none());
+        assert_eq!(s.dev.with_driver(|drv| drv.reconnections()), 1);
+        assert_eq!(flush(&mut s.front), BLKIF_RSP_OKAY);
+        for i in 0..n as u64 {
+            assert!(
+                image_bytes(&d, (256 + i * 128) * 512, 64 << 10) == data,
+                "write {i} is in the image (direct {direct_doorbell})"
+            );
+        }
+        // And the vbd goes on working.
+        let more = pattern(7, 4096);
+        assert!(all_ok(&s.front.write(8, &more)));
+        let mut back = vec![0u8; 4096];
+        assert!(all_ok(&s.front.read(8, &mut back)));
+        assert_eq!(back, more);
+        eprintln!(
+            "direct doorbell {direct_doorbell}: {} requests across the restart answered in {took:?}",
+            ids.len()
+        );
+        // The stack goes first: with the daemon killed under it, its watcher would try to
+        // reconnect for the whole 10 s.
+        drop(s);
+        drop(d);
+    }
 }
