@@ -643,15 +643,19 @@ fn without_the_direct_doorbell_the_relay_thread_serves() {
 
 #[test]
 fn a_restarted_daemon_is_reconnected_and_blkback_carries_on() {
-    for direct_doorbell in [true, false] {
-        let Some(d) = Daemon::start(1, true, |_| {}) else {
+    // With two virtqueues each has a watcher: one reconnects, the other follows it (a second
+    // reconnection would show in the count).
+    for (direct_doorbell, queues) in [(true, 1), (false, 1), (true, 2)] {
+        let Some(d) = Daemon::start(queues, true, |_| {}) else {
             return;
         };
         let opts = BridgeOptions {
             direct_doorbell,
             ..BridgeOptions::default()
         };
-        let mut s = stack_with(&d, true, opts, None, Some(Duration::from_secs(10)));
+        let front_queues = (queues > 1).then_some(u32::from(queues));
+        let mut s = stack_with(&d, true, opts, front_queues, Some(Duration::from_secs(10)));
+        assert_eq!(s.dev.with_driver(|drv| drv.num_queues()), queues);
         assert_eq!(s.dev.signals_doorbell_directly(0), direct_doorbell);
         let data = pattern(6, 64 << 10);
         assert!(all_ok(&s.front.write(0, &data)));
@@ -699,7 +703,7 @@ fn a_restarted_daemon_is_reconnected_and_blkback_carries_on() {
         assert!(all_ok(&s.front.read(8, &mut back)));
         assert_eq!(back, more);
         eprintln!(
-            "direct doorbell {direct_doorbell}: {} requests across the restart answered in {took:?}",
+            "direct doorbell {direct_doorbell}, {queues} queues: {} requests across the restart answered in {took:?}",
             ids.len()
         );
         // The stack goes first: with the daemon killed under it, its watcher would try to
