@@ -305,6 +305,51 @@ fn a_killed_daemon_fails_the_guests_io_instead_of_hanging_it_and_a_neighbour_goe
 }
 
 #[test]
+fn a_restarted_daemon_is_reconnected_and_the_guests_io_goes_on() {
+    if !have_daemon() {
+        return;
+    }
+    let mut export = Export::start("restart", true);
+    let ts = toolstack();
+    let mut reader = ts
+        .create(guest_config(
+            "reader",
+            "disk-bench=40",
+            &export.socket(),
+            true,
+        ))
+        .expect("create");
+    reader.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.all_output().contains("connected") {
+        assert!(Instant::now() < deadline, "{}", reader.all_output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Killed while the guest reads, and a new daemon on the same image and socket 200 ms later.
+    std::thread::sleep(Duration::from_millis(100));
+    export.kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = std::fs::remove_file(export.socket());
+    export = export.spawn(true);
+    let exit = reader.wait_timeout(Duration::from_secs(60));
+    let out = reader.all_output();
+    eprintln!(
+        "[reader] {exit} {:?} after the kill\n{out}",
+        killed.elapsed()
+    );
+    assert_eq!(exit, POWEROFF, "{out}");
+    assert!(out.contains("disk-bench: 5120 reads"), "{out}");
+    assert!(
+        reader.backend_errors().is_empty(),
+        "{:?}",
+        reader.backend_errors()
+    );
+    drop(reader);
+    drop(export);
+}
+
+#[test]
 fn a_vhost_user_vbd_with_no_daemon_is_a_clear_error_at_create() {
     let ts = toolstack();
     let sock = std::env::temp_dir().join(format!("blanket-vub-{}-absent.sock", std::process::id()));

@@ -12,6 +12,11 @@
 //! hands over is a granted guest page, and a request that were not would fail with `BLKIF_RSP_ERROR` rather
 //! than be copied (so the device tests prove that every request went zero copy).
 //!
+//! **A restarted daemon.** The driver reconnects by itself for up to [`RECONNECT`] after the daemon's
+//! socket closes (blanket-virtio's `BlkOptions::reconnect`): the guest's requests in flight go to the new
+//! daemon, and the guest sees only the delay. A daemon gone for longer fails the guest's I/O with
+//! `BLKIF_RSP_ERROR`, as one killed for good does, well before the guest's own 10 s timeout.
+//!
 //! The device learns the guest's whole memory, as a vhost-user device always does: give a guest only
 //! devices you trust with all of it (the driver checks what the device writes back, not what it touches).
 
@@ -40,6 +45,10 @@ const DRIVER_MEMORY: u64 = 4 << 20;
 
 /// Virtqueues asked for (blkback's rings share them round-robin when there are more rings).
 const QUEUES: u16 = 4;
+
+/// How long the driver keeps trying to reconnect to a daemon whose socket closed (see the
+/// [module](self) docs).
+pub const RECONNECT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A virtio-blk device over vhost-user at `socket`, serving `domain`'s vbd with zero copy (see the
 /// [module](self) docs); `read_only` presents it read-only whatever the device offers.
@@ -83,6 +92,7 @@ pub fn vhost_user_blk(
             // The bridge sleeps on the call eventfd itself (blanket-virtio's pv_backend docs).
             event_idx: false,
             num_queues: QUEUES,
+            reconnect: Some(RECONNECT),
             ..BlkOptions::default()
         },
     )
