@@ -1340,12 +1340,13 @@ impl<T: Transport> BlkDriver<T> {
     /// Waits until at least `min` completions of `queue` are appended to `out` (or the
     /// timeout), then polls; returns how many were appended. libblkio's `min_completions`.
     ///
-    /// With `VIRTIO_F_EVENT_IDX` on a split ring, the device is asked to notify only when the
-    /// last of the `min` is used (`used_event` set ahead), so it skips the notifications, and
-    /// the wake-ups, of the ones before: a caller that can use completions in batches (a deep
-    /// queue of large requests, whose device is the bottleneck) saves the device an eventfd
-    /// write per request. Without it, and on packed rings, the device notifies each one and the
-    /// driver sleeps again until there are `min`. `min` 0 is a [`Self::poll`]; a `min` above
+    /// With `VIRTIO_F_EVENT_IDX`, the device is asked to notify only when the last of the
+    /// `min` is used (split: `used_event` set ahead; packed: the event offset set as far ahead
+    /// as the shortest chain in flight allows, exact when the requests are alike), so it skips
+    /// the notifications, and the wake-ups, of the ones before: a caller that can use
+    /// completions in batches (a deep queue of large requests, whose device is the bottleneck)
+    /// saves the device an eventfd write per request. Without it the device notifies each
+    /// one, and the driver sleeps again until there are `min`. `min` 0 is a [`Self::poll`]; a `min` above
     /// the requests in flight is [`Error::TooFewInFlight`], as it could never be met. The
     /// timeout ([`BlkOptions::timeout`]) is for each sleep.
     pub fn wait_for(

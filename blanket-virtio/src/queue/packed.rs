@@ -60,6 +60,11 @@ pub fn event_area_bytes() -> u64 {
     size_of::<vring_packed_desc_event>() as u64
 }
 
+/// The `in_flight_by_descs` bucket of a chain of `ring_descs` ring descriptors.
+fn descs_bucket(ring_descs: u16) -> usize {
+    usize::from(ring_descs.clamp(1, 4)) - 1
+}
+
 /// A packed descriptor as laid out in memory (section 2.8.13), little-endian.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -100,6 +105,9 @@ pub struct PackedQueue<M: GuestMemory = GuestMemoryMmap> {
     /// Descriptors made available since the last `publish`.
     added_since_publish: u16,
     in_flight: u16,
+    /// The chains in flight by how many ring descriptors they take: 1, 2, 3, and 4 or more
+    /// (see `enable_notifications_after`).
+    in_flight_by_descs: [u16; 4],
     broken: bool,
     /// With `IN_ORDER`: the ids in flight, in the order they were made available.
     order: VecDeque<u16>,
@@ -172,6 +180,7 @@ impl<M: GuestMemory> PackedQueue<M> {
             used_wrap: true,
             added_since_publish: 0,
             in_flight: 0,
+            in_flight_by_descs: [0; 4],
             broken: false,
             order: VecDeque::new(),
             batch_left: 0,
@@ -396,6 +405,7 @@ impl<M: GuestMemory> PackedQueue<M> {
         self.free_ids.push_back(id);
         self.num_free += ring_descs;
         self.in_flight -= 1;
+        self.in_flight_by_descs[descs_bucket(ring_descs)] -= 1;
         let advanced = u32::from(self.next_used) + u32::from(ring_descs);
         if advanced >= u32::from(size) {
             self.next_used = (advanced - u32::from(size)) as u16;
@@ -547,6 +557,7 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
                     self.order.push_back(id);
                 }
                 self.in_flight += 1;
+                self.in_flight_by_descs[descs_bucket(ring_descs)] += 1;
                 Ok(id)
             }
             Err(e) => {
@@ -608,12 +619,37 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
     }
 
     fn enable_notifications(&mut self) -> Result<bool, Error> {
+        self.enable_notifications_after(1)
+    }
+
+    /// With `EVENT_IDX`, the event offset is placed where the used descriptor of the `n`-th
+    /// completion from now can be at the earliest: each completion moves the used position
+    /// past its chain's ring descriptors (2.8.6), and the chains complete in any order, so
+    /// the offset is `n - 1` times the fewest ring descriptors of a chain in flight past the
+    /// next used position. The device notifies when it writes a used descriptor at or past
+    /// it (2.8.10): at the `n`-th completion when the chains in flight are alike (all
+    /// indirect, or the same requests), before it when they are not, never after.
+    fn enable_notifications_after(&mut self, n: u16) -> Result<bool, Error> {
         if self.broken {
             return Err(Error::Broken);
         }
         if self.features.event_idx {
-            let off_wrap =
-                self.next_used | (u16::from(self.used_wrap) << VRING_PACKED_EVENT_F_WRAP_CTR);
+            let fewest = self
+                .in_flight_by_descs
+                .iter()
+                .position(|&c| c > 0)
+                .map_or(1, |b| b as u32 + 1);
+            // Fewer than `size` descriptors are in flight after the next used one, so the
+            // offset is less than one lap ahead.
+            let ahead = u32::from(n.saturating_sub(1)) * fewest;
+            let size = u32::from(self.layout.size);
+            let mut pos = u32::from(self.next_used) + ahead.min(size - 1);
+            let mut wrap = self.used_wrap;
+            if pos >= size {
+                pos -= size;
+                wrap = !wrap;
+            }
+            let off_wrap = pos as u16 | (u16::from(wrap) << VRING_PACKED_EVENT_F_WRAP_CTR);
             self.write_driver_event(off_wrap, VRING_PACKED_EVENT_FLAG_DESC as u16)?;
         } else {
             self.write_driver_event(0, VRING_PACKED_EVENT_FLAG_ENABLE as u16)?;
@@ -638,6 +674,7 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
         self.used_wrap = true;
         self.added_since_publish = 0;
         self.in_flight = 0;
+        self.in_flight_by_descs = [0; 4];
         self.broken = false;
         self.order.clear();
         self.batch_left = 0;

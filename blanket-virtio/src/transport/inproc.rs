@@ -22,9 +22,10 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED, vring_avail,
-    vring_used, vring_used_elem,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
+    VRING_PACKED_DESC_F_USED, VRING_PACKED_EVENT_F_WRAP_CTR, VRING_PACKED_EVENT_FLAG_DESC,
+    VRING_PACKED_EVENT_FLAG_DISABLE, vring_avail, vring_used, vring_used_elem,
 };
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -258,6 +259,65 @@ impl DeviceQueue {
     /// The queue's layout.
     pub fn layout(&self) -> QueueLayout {
         self.layout
+    }
+
+    /// Where the next used element goes: `used.idx` on a split ring (the flag `false`), the
+    /// next used descriptor's position and the device's wrap counter on a packed ring. Taken
+    /// before pushing, for [`DeviceQueue::should_notify`].
+    pub fn used_position(&self) -> (u16, bool) {
+        match &self.packed {
+            Some(st) => (self.used_idx, st.used_wrap),
+            None => (self.used_idx, false),
+        }
+    }
+
+    /// Whether the driver asks to be notified of what was used since `before` (a
+    /// [`DeviceQueue::used_position`]), as a device decides it: on a split ring from
+    /// `VRING_AVAIL_F_NO_INTERRUPT`, or with `event_idx` from `used_event` (2.7.10); on a
+    /// packed ring from the driver event suppression area, with `DESC` the offset and wrap
+    /// counter it names (2.8.10). Nothing used since `before` needs no notification.
+    pub fn should_notify(
+        &self,
+        mem: &GuestMemoryMmap,
+        before: (u16, bool),
+        event_idx: bool,
+    ) -> Result<bool, Error> {
+        let now = self.used_position();
+        if now == before {
+            return Ok(false);
+        }
+        let size = u32::from(self.layout.size);
+        let avail = self.layout.avail_ring;
+        if self.packed.is_some() {
+            let raw: u32 = mem.load(avail, Ordering::Acquire).map_err(Error::Memory)?;
+            let raw = u32::from_le(raw);
+            let (off_wrap, flags) = ((raw & 0xffff) as u16, raw >> 16);
+            return Ok(match flags {
+                VRING_PACKED_EVENT_FLAG_DISABLE => false,
+                VRING_PACKED_EVENT_FLAG_DESC if event_idx => {
+                    let line = |pos: u16, wrap: bool| u32::from(pos) + if wrap { size } else { 0 };
+                    let m = 2 * size;
+                    let event = line(
+                        off_wrap & !(1 << VRING_PACKED_EVENT_F_WRAP_CTR),
+                        off_wrap >> VRING_PACKED_EVENT_F_WRAP_CTR != 0,
+                    );
+                    let (old, new) = (line(before.0, before.1), line(now.0, now.1));
+                    (new + 2 * m - event - 1) % m < (new + m - old) % m
+                }
+                // ENABLE, and reserved values: notify.
+                _ => true,
+            });
+        }
+        if event_idx {
+            let at =
+                avail.unchecked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(size));
+            let event: u16 = mem.load(at, Ordering::Acquire).map_err(Error::Memory)?;
+            let event = u16::from_le(event);
+            let (old, new) = (before.0, now.0);
+            return Ok(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old));
+        }
+        let flags: u16 = mem.load(avail, Ordering::Acquire).map_err(Error::Memory)?;
+        Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
     }
 
     /// The next chain the driver made available, if any. Every walk is bounded by the queue size.
