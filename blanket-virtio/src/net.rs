@@ -16,7 +16,7 @@
 
 use std::mem::{offset_of, size_of};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
@@ -182,6 +182,25 @@ pub enum Error {
         len: usize,
         /// What is wrong.
         why: &'static str,
+    },
+    /// [`NetDriver::reconnect`] with a transport over other memory.
+    #[error("the new transport does not share the driver's memory")]
+    DifferentMemory,
+    /// [`NetDriver::reconnect`] to a device that lost a feature, queue pairs, queue size or
+    /// its config space.
+    #[error("the device changed across the reconnection: {0}")]
+    DeviceChanged(&'static str),
+    /// The device went away and could not be reconnected to within
+    /// [`NetOptions::reconnect`].
+    #[error(
+        "the device went away and no reconnection succeeded within {after:?} (is the back-end running?)"
+    )]
+    ReconnectFailed {
+        /// How long reconnecting was tried.
+        after: Duration,
+        /// Why the last attempt failed.
+        #[source]
+        source: Box<Error>,
     },
 }
 
@@ -487,6 +506,15 @@ pub struct NetOptions {
     /// space to half the transport's queues). More than one needs `VIRTIO_NET_F_MQ`; with a
     /// control queue the driver then sends `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
     pub queue_pairs: u16,
+    /// Transparent reconnection: when a wait for a frame ([`NetDriver::recv_wait`]) finds the
+    /// device gone (a vhost-user back-end killed or restarted), keep trying to reconnect
+    /// ([`Transport::reopen`], then [`NetDriver::reconnect`]) for up to this long, retrying
+    /// from 5 ms and doubling to 100 ms, and go on waiting. Frames being sent, and frames
+    /// received and not read, are lost, as on a link that went down; the receive mode, MAC
+    /// address and queue pairs set through the control queue are set again. When the time
+    /// runs out the wait fails with [`Error::ReconnectFailed`]. `None` (the default) reports
+    /// the device gone at once.
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for NetOptions {
@@ -498,6 +526,7 @@ impl Default for NetOptions {
             in_order: true,
             offloads: false,
             queue_pairs: 1,
+            reconnect: None,
         }
     }
 }
@@ -542,6 +571,20 @@ pub struct NetDriver<T: Transport> {
     mergeable: bool,
     offloads: Offloads,
     timeout: Duration,
+    /// Whether the device had a config space (and so a control queue it may have).
+    config_space: bool,
+    /// See [`NetOptions::reconnect`].
+    reconnect: Option<Duration>,
+    /// Reconnections made ([`NetDriver::reconnect`], by hand or transparently).
+    reconnections: u64,
+    /// When the device was first found gone since a frame last came in: the time allowed to
+    /// reconnect counts from then, so a device that comes back and goes away again at once
+    /// cannot keep a wait going for ever.
+    gone_since: Option<Instant>,
+    /// What the control queue set, to set again after a reconnection.
+    promisc: Option<bool>,
+    allmulti: Option<bool>,
+    mac_set: Option<[u8; 6]>,
 }
 
 impl<T: Transport> NetDriver<T> {
@@ -702,6 +745,13 @@ impl<T: Transport> NetDriver<T> {
             mergeable,
             offloads,
             timeout: options.timeout,
+            config_space,
+            reconnect: options.reconnect,
+            reconnections: 0,
+            gone_since: None,
+            promisc: None,
+            allmulti: None,
+            mac_set: None,
         };
         for p in 0..npairs {
             d.refill(p)?;
@@ -791,6 +841,141 @@ impl<T: Transport> NetDriver<T> {
         self.transport.enable_queue(2 * pair)?;
         self.transport.enable_queue(2 * pair + 1)?;
         self.refill(pair)
+    }
+
+    /// Carries on with `transport`, a new connection to the same device after the old one
+    /// went away (a restarted vhost-user back-end), sharing the same memory: the same features
+    /// are negotiated, every ring is reset and given to the device again, the receive queues
+    /// are filled, and what was set through the control queue (receive modes, MAC address,
+    /// queue pairs) is set again. Frames being sent and frames received but not read are lost.
+    ///
+    /// The old device must no longer use the rings: with vhost-user, its socket closed.
+    pub fn reconnect(&mut self, mut transport: T) -> Result<(), Error> {
+        if !Arc::ptr_eq(transport.memory(), &self.mem) {
+            return Err(Error::DifferentMemory);
+        }
+        let offered = transport.device_features()?;
+        if offered & self.features != self.features {
+            return Err(Error::DeviceChanged("features"));
+        }
+        if transport.has_config_space() != self.config_space {
+            return Err(Error::DeviceChanged("config space"));
+        }
+        transport.set_driver_features(self.features)?;
+        let npairs = self.queue_pairs();
+        let mut config = self.config.clone();
+        if self.config_space {
+            let mut raw = [0u8; CONFIG_BYTES];
+            transport.read_config(0, &mut raw)?;
+            config = NetConfig::parse(&raw, self.features)?;
+            if config.max_queue_pairs < npairs {
+                return Err(Error::DeviceChanged("queue pairs"));
+            }
+            if config.max_frame() > self.config.max_frame() {
+                // The transmit slots were sized for the old MTU.
+                return Err(Error::DeviceChanged("mtu"));
+            }
+        } else if bit(self.features, VIRTIO_NET_F_MQ) && transport.max_queues()? / 2 < npairs {
+            return Err(Error::DeviceChanged("queue pairs"));
+        }
+        let size = self.pairs.first().map_or(0, |p| p.rx.layout().size);
+        if transport.max_queue_size()? < size {
+            return Err(Error::DeviceChanged("queue size"));
+        }
+        for (i, p) in self.pairs.iter_mut().enumerate() {
+            p.rx.reset()?;
+            p.tx.reset()?;
+            p.gso_free = (0..p.gso_slots.len()).rev().collect();
+            p.gso_of_id.fill(None);
+            transport.setup_queue(2 * i as u16, &p.rx.layout())?;
+            transport.setup_queue(2 * i as u16 + 1, &p.tx.layout())?;
+        }
+        if let Some(c) = self.ctrl.as_mut() {
+            c.vq.reset()?;
+            transport.setup_queue(c.index, &c.vq.layout())?;
+        }
+        transport.activate()?;
+        self.transport = transport;
+        self.config = config;
+        for p in 0..npairs {
+            self.refill(p)?;
+        }
+        if let Some(on) = self.promisc {
+            self.set_promisc(on)?;
+        }
+        if let Some(on) = self.allmulti {
+            self.set_allmulti(on)?;
+        }
+        if let Some(mac) = self.mac_set {
+            self.set_mac(mac)?;
+        }
+        if self.ctrl.is_some() && self.active_pairs > 1 {
+            self.set_queue_pairs(self.active_pairs)?;
+        }
+        self.reconnections += 1;
+        Ok(())
+    }
+
+    /// The memory shared with the device (a new transport for [`Self::reconnect`] is made
+    /// over it).
+    pub fn memory(&self) -> &Arc<DmaMemory> {
+        &self.mem
+    }
+
+    /// How many times the driver reconnected ([`Self::reconnect`], or by itself with
+    /// [`NetOptions::reconnect`]).
+    pub fn reconnections(&self) -> u64 {
+        self.reconnections
+    }
+
+    /// After the device went away (`gone`), with [`NetOptions::reconnect`]: reopens the
+    /// transport and reconnects within the time allowed; without it, returns `gone`.
+    fn recover_from(&mut self, gone: Error) -> Result<(), Error> {
+        let Some(limit) = self.reconnect else {
+            return Err(gone);
+        };
+        let started = *self.gone_since.get_or_insert_with(Instant::now);
+        if started.elapsed() >= limit {
+            // Gone again, with no frame in since the first loss: a later wait starts afresh.
+            self.gone_since = None;
+            return Err(Error::ReconnectFailed {
+                after: limit,
+                source: Box::new(gone),
+            });
+        }
+        tracing::warn!(error = %gone, "virtio-net device went away; reconnecting");
+        let mut pause = Duration::from_millis(5);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let failed: Error = match self.transport.reopen() {
+                Ok(t) => match self.reconnect(t) {
+                    Ok(()) => {
+                        tracing::info!(attempts, after = ?started.elapsed(), "virtio-net device reconnected");
+                        return Ok(());
+                    }
+                    Err(
+                        e @ (Error::DeviceChanged(_)
+                        | Error::DifferentMemory
+                        | Error::InvalidConfig { .. }),
+                    ) => return Err(e),
+                    Err(e) => e,
+                },
+                Err(transport::Error::ReconnectUnsupported) => return Err(gone),
+                Err(e) => e.into(),
+            };
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                self.gone_since = None;
+                return Err(Error::ReconnectFailed {
+                    after: limit,
+                    source: Box::new(failed),
+                });
+            }
+            tracing::debug!(error = %failed, attempts, "virtio-net reconnection attempt failed");
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Posts receive buffers into every free slot of pair `pair`'s receive queue.
@@ -1004,12 +1189,17 @@ impl<T: Transport> NetDriver<T> {
     pub fn recv_wait_on(&mut self, pair: u16) -> Result<(NetHdr, Vec<u8>), Error> {
         loop {
             if let Some(f) = self.recv_on(pair)? {
+                // The device works: a later loss gets the whole time to reconnect again.
+                self.gone_since = None;
                 return Ok(f);
             }
             if self.pair(pair)?.rx.enable_notifications()? {
                 continue;
             }
-            self.transport.wait(2 * pair, self.timeout)?;
+            match self.transport.wait(2 * pair, self.timeout) {
+                Err(e @ transport::Error::DeviceGone(_)) => self.recover_from(e.into())?,
+                r => r?,
+            }
         }
     }
 
@@ -1108,7 +1298,9 @@ impl<T: Transport> NetDriver<T> {
             VIRTIO_NET_CTRL_RX as u8,
             VIRTIO_NET_CTRL_RX_PROMISC as u8,
             &[u8::from(on)],
-        )
+        )?;
+        self.promisc = Some(on);
+        Ok(())
     }
 
     /// Turns all-multicast receive on or off (`VIRTIO_NET_CTRL_RX_ALLMULTI`; needs
@@ -1119,7 +1311,9 @@ impl<T: Transport> NetDriver<T> {
             VIRTIO_NET_CTRL_RX as u8,
             VIRTIO_NET_CTRL_RX_ALLMULTI as u8,
             &[u8::from(on)],
-        )
+        )?;
+        self.allmulti = Some(on);
+        Ok(())
     }
 
     /// Sets the device's MAC address (`VIRTIO_NET_CTRL_MAC_ADDR_SET`; needs `CTRL_MAC_ADDR`).
@@ -1135,6 +1329,7 @@ impl<T: Transport> NetDriver<T> {
             &mac,
         )?;
         self.config.mac = Some(mac);
+        self.mac_set = Some(mac);
         Ok(())
     }
 

@@ -152,6 +152,63 @@ fn testpmd_killed_gives_device_gone_not_a_hang() {
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
+#[test]
+fn testpmd_restarted_is_reconnected_and_frames_loop_again() {
+    for packed_ring in [false, true] {
+        let mut pmd = start_pmd("io", 1);
+        let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
+        let t = VhostUserTransport::connect(&pmd.sock, mem).unwrap();
+        let options = NetOptions {
+            packed_ring,
+            timeout: Duration::from_millis(500),
+            reconnect: Some(Duration::from_secs(30)),
+            ..NetOptions::default()
+        };
+        let mut d = NetDriver::new(t, options).unwrap();
+        warm_up(&mut d, 1);
+        let f = frame(200, 1);
+        d.send(&f).unwrap();
+        assert_eq!(d.recv_wait().unwrap(), f);
+        // Killed, then started again on the same socket (it takes a second or two): the
+        // driver's wait finds it gone and reconnects by itself.
+        pmd.kill();
+        let restarter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            pmd.restart().unwrap();
+            pmd
+        });
+        let started = Instant::now();
+        let mut seq = 100;
+        // Frames sent while it is down, or before it forwards again, are lost, as on a link
+        // that went down: send until one comes back.
+        let back = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no frame came back within 60 s"
+            );
+            seq += 1;
+            let f = frame(300, seq);
+            d.send(&f).unwrap();
+            match d.recv_wait() {
+                Ok(got) => break (got, f),
+                Err(net::Error::Transport(transport::Error::Timeout { .. })) => continue,
+                Err(e) => panic!("packed {packed_ring}: {e:?}"),
+            }
+        };
+        let took = started.elapsed();
+        let _pmd = restarter.join().unwrap();
+        assert_eq!(back.0, back.1);
+        assert_eq!(d.reconnections(), 1);
+        // And it goes on: frames of every size come back in order.
+        for i in 0..100u32 {
+            let f = frame(60 + (i as usize * 14) % 1455, 1000 + i);
+            d.send(&f).unwrap();
+            assert_eq!(d.recv_wait().unwrap(), f, "frame {i}");
+        }
+        eprintln!("packed {packed_ring}: the first frame came back {took:?} after the kill");
+    }
+}
+
 /// An IPv4/UDP frame of `len` bytes whose UDP checksum field holds the pseudo-header sum, as a
 /// stack leaves it for the device (`NEEDS_CSUM` at 34, offset 6).
 fn udp_frame(len: usize, seq: u32) -> Vec<u8> {

@@ -662,3 +662,63 @@ fn a_polling_driver_turns_notifications_off_and_still_receives() {
         ));
     }
 }
+
+// ---- Reconnection. ----
+
+#[test]
+fn a_reconnection_sets_the_control_state_again_and_frames_flow_on_every_pair() {
+    for packed in [false, true] {
+        let mut dev = ctrl_device(3);
+        dev.packed = packed;
+        let mut d = driver_with_pairs(dev, 3).unwrap();
+        d.set_promisc(true).unwrap();
+        d.set_allmulti(false).unwrap();
+        let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        d.set_mac(mac).unwrap();
+        d.set_queue_pairs(2).unwrap();
+        // A frame sent and not read is lost with the old device.
+        d.send(&frame(80, 1)).unwrap();
+        // A new device, as a restarted back-end is: fresh state, nothing in flight.
+        let mut fresh = ctrl_device(3);
+        fresh.packed = packed;
+        let mem = d.memory().clone();
+        d.reconnect(InProcessTransport::new(mem, fresh)).unwrap();
+        assert_eq!(d.reconnections(), 1);
+        let dev = d.transport().device();
+        assert!(dev.promisc && !dev.allmulti, "packed {packed}");
+        assert_eq!(dev.mac, mac);
+        assert_eq!(dev.active_pairs, 2);
+        assert_eq!(dev.commands.len(), 4, "{:?}", dev.commands);
+        assert_eq!(d.config().mac, Some(mac));
+        // Every pair set up loops back, and the lost frame does not come back.
+        for pair in 0..3u16 {
+            let f = frame(100 + usize::from(pair), 10 + pair as u8);
+            d.send_on(pair, &f, &NetHdr::default()).unwrap();
+            assert_eq!(d.recv_wait_on(pair).unwrap().1, f, "pair {pair}");
+        }
+        assert!(d.recv().unwrap().is_none());
+    }
+}
+
+#[test]
+fn a_reconnection_to_a_device_that_changed_is_refused() {
+    let mut d = driver_with_pairs(ctrl_device(2), 2).unwrap();
+    let mem = d.memory().clone();
+    // Fewer pairs than set up.
+    let e = d
+        .reconnect(InProcessTransport::new(mem.clone(), ctrl_device(1)))
+        .unwrap_err();
+    assert!(matches!(e, net::Error::DeviceChanged(_)), "{e:?}");
+    // A larger MTU than the transmit slots were made for.
+    let mut big = ctrl_device(2);
+    big.mtu = 9000;
+    let e = d.reconnect(InProcessTransport::new(mem, big)).unwrap_err();
+    assert!(matches!(e, net::Error::DeviceChanged("mtu")), "{e:?}");
+    // Other memory.
+    let other = Arc::new(DmaMemory::new(32 << 20).unwrap());
+    let e = d
+        .reconnect(InProcessTransport::new(other, ctrl_device(2)))
+        .unwrap_err();
+    assert!(matches!(e, net::Error::DifferentMemory), "{e:?}");
+    assert_eq!(d.reconnections(), 0);
+}

@@ -59,6 +59,8 @@ pub struct Testpmd {
     pub sock: PathBuf,
     /// The `--file-prefix`: DPDK's runtime directory is named after it.
     prefix: String,
+    /// Its command line, to start it again.
+    args: Vec<String>,
 }
 
 impl Testpmd {
@@ -74,27 +76,44 @@ impl Testpmd {
             std::process::id(),
             COUNT.fetch_add(1, Ordering::Relaxed)
         );
-        let log = |name: &str| {
-            File::create(dir.path().join(name)).map_err(|e| failed(format!("log {name}: {e}")))
-        };
         let q = opts.queues;
-        let child = Command::new(TESTPMD)
-            .args([
-                "--no-pci",
-                "--no-huge",
-                "-m",
-                &opts.memory_mb.to_string(),
-                "--file-prefix",
-                &prefix,
-                "--vdev",
-                &format!("net_vhost0,iface={},queues={q}", sock.display()),
-                "--",
-                &format!("--total-num-mbufs={}", opts.mbufs),
-                &format!("--rxq={q}"),
-                &format!("--txq={q}"),
-                &format!("--forward-mode={}", opts.mode),
-                "--port-topology=loop",
-            ])
+        let args: Vec<String> = [
+            "--no-pci",
+            "--no-huge",
+            "-m",
+            &opts.memory_mb.to_string(),
+            "--file-prefix",
+            &prefix,
+            "--vdev",
+            &format!("net_vhost0,iface={},queues={q}", sock.display()),
+            "--",
+            &format!("--total-num-mbufs={}", opts.mbufs),
+            &format!("--rxq={q}"),
+            &format!("--txq={q}"),
+            &format!("--forward-mode={}", opts.mode),
+            "--port-topology=loop",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let child = Self::spawn(&args, dir.path())?;
+        let mut t = Testpmd {
+            child,
+            dir,
+            sock,
+            prefix,
+            args,
+        };
+        t.wait_for_socket()?;
+        Ok(t)
+    }
+
+    fn spawn(args: &[String], dir: &std::path::Path) -> Result<Child, StartError> {
+        let log = |name: &str| {
+            File::create(dir.join(name)).map_err(|e| StartError::Failed(format!("log {name}: {e}")))
+        };
+        Command::new(TESTPMD)
+            .args(args)
             // testpmd runs until a line arrives on its standard input: keep it open.
             .stdin(Stdio::piped())
             .stdout(log("stdout")?)
@@ -105,13 +124,12 @@ impl Testpmd {
                     "cannot run {TESTPMD} ({e}): install Debian's dpdk-dev package, which has \
                      it (scripts/setup does)"
                 ))
-            })?;
-        let mut t = Testpmd {
-            child,
-            dir,
-            sock,
-            prefix,
-        };
+            })
+    }
+
+    fn wait_for_socket(&mut self) -> Result<(), StartError> {
+        let t = self;
+        let failed = |what: String| StartError::Failed(what);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !t.sock.exists() {
             if let Ok(Some(status)) = t.child.try_wait() {
@@ -129,7 +147,15 @@ impl Testpmd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(t)
+        Ok(())
+    }
+
+    /// Kills it, and starts it again on the same socket path with the same command line.
+    pub fn restart(&mut self) -> Result<(), StartError> {
+        self.kill();
+        let _ = std::fs::remove_file(&self.sock);
+        self.child = Self::spawn(&self.args, self.dir.path())?;
+        self.wait_for_socket()
     }
 
     /// Its standard output and error so far.
