@@ -13,8 +13,8 @@
 //! bits 4-6: the queue size, `1 << min(n, 5)`; bit 7: a split ring publishes at `publish` only,
 //! not as each chain is added, its default), then 8-byte steps `[op, a, b, c, d, e, f, g]`:
 //! driver: 0 add a chain of `a % 4 + 1` segments (buffers from `b`, lengths from `c, d`, writable
-//! bits from `e`); 1 publish; 2 poll `a % 8 + 1` times; 3 enable (`a` even) or disable
-//! notifications; 4 reset (the device's state too). Device: 5 write a used element (split: slot
+//! bits from `e`); 1 publish; 2 poll `a % 8 + 1` times; 3 enable (`a` even: at the next
+//! completion with `b` 0, else after `b` more) or disable notifications; 4 reset (the device's state too). Device: 5 write a used element (split: slot
 //! `a`, id `b..=e` LE, len `f, g`) or a descriptor (packed: position `a`, id `b, c`, len `d, e`,
 //! flags `f, g`); 6 set `used.idx` to `a, b` (split) or the device event area to `a..=d` (packed);
 //! 7 write the 4 bytes `c..=f` at offset `a, b` of the area the device writes; 8 complete the next
@@ -354,7 +354,12 @@ fuzz_target!(|data: &[u8]| {
             2 => h.poll(&mut *q, a % 8 + 1),
             3 => {
                 if a % 2 == 0 {
-                    let r = q.enable_notifications();
+                    // `b` 0: at the next completion; else after `b` more (a batch wait).
+                    let r = if b == 0 {
+                        q.enable_notifications()
+                    } else {
+                        q.enable_notifications_after(u16::from(b))
+                    };
                     assert_eq!(r.is_err(), h.model.broken, "enable_notifications: {r:?}");
                 } else {
                     let _ = q.disable_notifications();
