@@ -1135,7 +1135,9 @@ impl<T: Transport + CompletionSource + Send + 'static> BlockQueue for VirtioBloc
 /// [`NetDevice::wait_readable`](pv_backend::net::NetDevice::wait_readable) waits through
 /// [`NetDriver::recv_wait_on`](crate::net::NetDriver::recv_wait_on), in steps of the driver's
 /// `NetOptions::timeout` (so give it a short one, such as 10 ms); a frame it finds is kept for
-/// the next receive.
+/// the next receive. With the driver's `NetOptions::reconnect`, a back-end that restarts is
+/// reconnected to during that wait, and frames flow again (tested against dpdk-testpmd);
+/// without it, the wait fails with `NetError::Disconnected`.
 #[derive(Debug)]
 pub struct VirtioNet<T: Transport + Send> {
     driver: std::cell::RefCell<crate::net::NetDriver<T>>,

@@ -34,6 +34,15 @@ fn start_pmd() -> Option<Testpmd> {
 }
 
 fn device(t: &Testpmd, offloads: bool) -> VirtioNet<VhostUserTransport> {
+    device_with(t, offloads, None)
+}
+
+/// [`device`], with the driver's `NetOptions::reconnect`.
+fn device_with(
+    t: &Testpmd,
+    offloads: bool,
+    reconnect: Option<Duration>,
+) -> VirtioNet<VhostUserTransport> {
     let mem = Arc::new(DmaMemory::new(16 << 20).unwrap());
     let tr = VhostUserTransport::connect(&t.sock, mem).unwrap();
     let mut d = NetDriver::new(
@@ -41,6 +50,7 @@ fn device(t: &Testpmd, offloads: bool) -> VirtioNet<VhostUserTransport> {
         NetOptions {
             offloads,
             timeout: Duration::from_millis(10),
+            reconnect,
             ..NetOptions::default()
         },
     )
@@ -244,4 +254,50 @@ fn a_killed_testpmd_is_an_error_not_a_hang() {
         "wait_readable after testpmd died: {r:?}"
     );
     assert!(start.elapsed() < Duration::from_secs(2), "no hang");
+}
+
+#[test]
+fn a_restarted_testpmd_is_reconnected_and_frames_flow_again() {
+    let Some(mut t) = start_pmd() else {
+        return;
+    };
+    let mut dev = device_with(&t, false, Some(Duration::from_secs(30)));
+    let mut buf = vec![0u8; dev.max_frame_len()];
+    let f = frame(300, 1);
+    dev.send(&f, &FrameMeta::default()).unwrap();
+    assert_eq!(recv_one(&mut dev, &mut buf).0, f);
+    t.kill();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        t.restart().unwrap();
+        t
+    });
+    // Frames sent while it is down are lost: send until one comes back.
+    let started = Instant::now();
+    let mut seq = 10;
+    'back: loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing came back"
+        );
+        seq += 1;
+        let f = frame(400, seq);
+        dev.send(&f, &FrameMeta::default()).unwrap();
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_millis(500) {
+            if let Some(info) = dev.recv(&mut buf).unwrap() {
+                assert_eq!(&buf[..info.len], &f[..]);
+                break 'back;
+            }
+            dev.wait_readable(Duration::from_millis(100)).unwrap();
+        }
+    }
+    let took = started.elapsed();
+    let _t = restarter.join().unwrap();
+    for i in 0..50u32 {
+        let f = frame(60 + 29 * i as usize, 1000 + i);
+        dev.send(&f, &FrameMeta::default()).unwrap();
+        assert_eq!(recv_one(&mut dev, &mut buf).0, f, "frame {i}");
+    }
+    eprintln!("the first frame came back {took:?} after the kill");
 }
