@@ -33,7 +33,7 @@ use crate::memory::DmaMemory;
 use crate::queue::VirtQueue;
 use crate::queue::packed::PackedQueue;
 use crate::queue::split::{self, MAX_INDIRECT_DESCRIPTORS, QueueFeatures, Segment, SplitQueue};
-use crate::transport::{self, Transport};
+use crate::transport::{self, Attempt, NotReconnected, Transport};
 
 /// The sector size of virtio-blk addresses, whatever the device's block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -852,70 +852,71 @@ impl<T: Transport> BlkDriver<T> {
         let Some(limit) = self.reconnect else {
             return Err(gone);
         };
-        if let Some(since) = self.gone_since {
-            // Gone again before it completed anything since the last loss.
-            if since.elapsed() >= limit {
-                // A later wait, the caller's choice, gets the whole time again.
-                self.gone_since = None;
-                return Err(Error::ReconnectFailed {
-                    after: limit,
-                    source: Box::new(gone),
-                });
-            }
+        if self
+            .gone_since
+            .is_some_and(|since| since.elapsed() >= limit)
+        {
+            // Gone again before it completed anything since the first loss; a later wait,
+            // the caller's choice, gets the whole time again.
+            self.gone_since = None;
+            return Err(Error::ReconnectFailed {
+                after: limit,
+                source: Box::new(gone),
+            });
         }
         tracing::warn!(error = %gone, "virtio-blk device went away; reconnecting");
-        let mut pause = Duration::from_millis(5);
-        let mut attempts = 0u32;
-        loop {
+        let started = *self.gone_since.get_or_insert_with(Instant::now);
+        let mut gone = Some(gone);
+        let mut resubmitted = 0;
+        let reconnected = transport::reconnect_within("virtio-blk", started, limit, || {
             for i in 0..self.num_queues() {
                 let mut done = Vec::new();
                 // A ring the device left broken keeps the rest: they are resubmitted.
                 let _ = self.poll_ring(i, &mut done);
                 self.queues[usize::from(i)].stashed.append(&mut done);
             }
-            let started = *self.gone_since.get_or_insert_with(Instant::now);
-            attempts += 1;
-            let failed: Error = match self.transport.reopen() {
-                Ok(t) => match self.reattach(t) {
-                    Ok(()) => match self.resubmit() {
-                        Ok(n) => {
-                            self.reconnections += 1;
-                            tracing::info!(
-                                attempts,
-                                resubmitted = n,
-                                since_gone = ?started.elapsed(),
-                                "virtio-blk device reconnected"
-                            );
-                            return Ok(());
-                        }
-                        // Gone again at once: its requests are still recorded.
-                        Err(e @ Error::Transport(transport::Error::DeviceGone(_))) => e,
-                        Err(e) => return Err(e),
-                    },
+            match self.transport.reopen() {
+                // A request stays recorded until its completion is taken: a device gone again
+                // during the resubmission gets them all again at the next attempt.
+                Ok(t) => match self.reattach(t).and_then(|()| self.resubmit()) {
+                    Ok(n) => {
+                        resubmitted = n;
+                        Attempt::Done
+                    }
                     // Another device, or a broken one: trying again will not help.
                     Err(
                         e @ (Error::DeviceChanged(_)
                         | Error::DifferentMemory
                         | Error::InvalidConfig { .. }
                         | Error::NotVersion1(_)),
-                    ) => return Err(e),
-                    Err(e) => e,
+                    ) => Attempt::Fail(e),
+                    Err(e) => Attempt::Again(e),
                 },
-                Err(transport::Error::ReconnectUnsupported) => return Err(gone),
-                Err(e) => e.into(),
-            };
-            let left = limit.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                self.gone_since = None;
-                return Err(Error::ReconnectFailed {
-                    after: limit,
-                    source: Box::new(failed),
-                });
+                Err(e @ transport::Error::ReconnectUnsupported) => {
+                    Attempt::Fail(gone.take().unwrap_or(e.into()))
+                }
+                Err(e) => Attempt::Again(e.into()),
             }
-            tracing::debug!(error = %failed, attempts, "virtio-blk reconnection attempt failed");
-            // The last attempt is made as time runs out.
-            std::thread::sleep(pause.min(left));
-            pause = (pause * 2).min(Duration::from_millis(100));
+        });
+        match reconnected {
+            Ok(attempts) => {
+                self.reconnections += 1;
+                tracing::info!(
+                    attempts,
+                    resubmitted,
+                    since_gone = ?started.elapsed(),
+                    "virtio-blk device reconnected"
+                );
+                Ok(())
+            }
+            Err(NotReconnected::TimedOut(e)) => {
+                self.gone_since = None;
+                Err(Error::ReconnectFailed {
+                    after: limit,
+                    source: Box::new(e),
+                })
+            }
+            Err(NotReconnected::Failed(e)) => Err(e),
         }
     }
 

@@ -40,7 +40,7 @@ use crate::memory::DmaMemory;
 use crate::queue::VirtQueue;
 use crate::queue::packed::PackedQueue;
 use crate::queue::split::{self, QueueFeatures, Segment, SplitQueue};
-use crate::transport::{self, Transport};
+use crate::transport::{self, Attempt, NotReconnected, Transport};
 
 /// Bytes of the header in front of every frame (`virtio_net_hdr_v1`).
 pub const HDR_BYTES: usize = size_of::<virtio_net_hdr_v1>();
@@ -934,8 +934,10 @@ impl<T: Transport> NetDriver<T> {
         let Some(limit) = self.reconnect else {
             return Err(gone);
         };
-        let started = *self.gone_since.get_or_insert_with(Instant::now);
-        if started.elapsed() >= limit {
+        if self
+            .gone_since
+            .is_some_and(|since| since.elapsed() >= limit)
+        {
             // Gone again, with no frame in since the first loss: a later wait starts afresh.
             self.gone_since = None;
             return Err(Error::ReconnectFailed {
@@ -944,37 +946,39 @@ impl<T: Transport> NetDriver<T> {
             });
         }
         tracing::warn!(error = %gone, "virtio-net device went away; reconnecting");
-        let mut pause = Duration::from_millis(5);
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let failed: Error = match self.transport.reopen() {
-                Ok(t) => match self.reconnect(t) {
-                    Ok(()) => {
-                        tracing::info!(attempts, after = ?started.elapsed(), "virtio-net device reconnected");
-                        return Ok(());
-                    }
-                    Err(
-                        e @ (Error::DeviceChanged(_)
-                        | Error::DifferentMemory
-                        | Error::InvalidConfig { .. }),
-                    ) => return Err(e),
-                    Err(e) => e,
-                },
-                Err(transport::Error::ReconnectUnsupported) => return Err(gone),
-                Err(e) => e.into(),
-            };
-            let left = limit.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                self.gone_since = None;
-                return Err(Error::ReconnectFailed {
-                    after: limit,
-                    source: Box::new(failed),
-                });
+        let started = *self.gone_since.get_or_insert_with(Instant::now);
+        let mut gone = Some(gone);
+        let reconnected = transport::reconnect_within("virtio-net", started, limit, || match self
+            .transport
+            .reopen()
+        {
+            Ok(t) => match self.reconnect(t) {
+                Ok(()) => Attempt::Done,
+                Err(
+                    e @ (Error::DeviceChanged(_)
+                    | Error::DifferentMemory
+                    | Error::InvalidConfig { .. }),
+                ) => Attempt::Fail(e),
+                Err(e) => Attempt::Again(e),
+            },
+            Err(e @ transport::Error::ReconnectUnsupported) => {
+                Attempt::Fail(gone.take().unwrap_or(e.into()))
             }
-            tracing::debug!(error = %failed, attempts, "virtio-net reconnection attempt failed");
-            std::thread::sleep(pause.min(left));
-            pause = (pause * 2).min(Duration::from_millis(100));
+            Err(e) => Attempt::Again(e.into()),
+        });
+        match reconnected {
+            Ok(attempts) => {
+                tracing::info!(attempts, since_gone = ?started.elapsed(), "virtio-net device reconnected");
+                Ok(())
+            }
+            Err(NotReconnected::TimedOut(e)) => {
+                self.gone_since = None;
+                Err(Error::ReconnectFailed {
+                    after: limit,
+                    source: Box::new(e),
+                })
+            }
+            Err(NotReconnected::Failed(e)) => Err(e),
         }
     }
 

@@ -171,6 +171,22 @@ fn connect(d: &Daemon, num_queues: u16) -> BlkDriver<VhostUserTransport> {
     .unwrap()
 }
 
+/// Submits a read of 4 KiB at sector 0 into a new buffer, tagged `tag`, and kicks; returns
+/// the buffer.
+fn read_4k_at_0(disk: &mut BlkDriver<VhostUserTransport>, tag: u64) -> DataBuf {
+    let buf = DataBuf {
+        addr: disk.memory().alloc(4096).unwrap(),
+        len: 4096,
+    };
+    let req = Request::Read {
+        sector: 0,
+        bufs: std::slice::from_ref(&buf),
+    };
+    disk.submit(0, &req, tag).unwrap();
+    disk.kick(0).unwrap();
+    buf
+}
+
 #[test]
 fn config_and_protocol_features() {
     let Some(d) = start(2, |_| {}) else { return };
@@ -371,17 +387,8 @@ fn daemon_killed_ends_a_wait_without_timeout() {
         ..BlkOptions::default()
     };
     let mut disk = BlkDriver::new(t, options).unwrap();
-    let buf = DataBuf {
-        addr: mem.alloc(4096).unwrap(),
-        len: 4096,
-    };
     // A round trip first: the export serves, and a wait without timeout returns completions.
-    let req = Request::Read {
-        sector: 0,
-        bufs: std::slice::from_ref(&buf),
-    };
-    disk.submit(0, &req, 1).unwrap();
-    disk.kick(0).unwrap();
+    read_4k_at_0(&mut disk, 1);
     let mut out = Vec::new();
     while out.is_empty() {
         disk.wait(0, &mut out).unwrap();
@@ -874,16 +881,7 @@ fn daemon_not_back_fails_the_wait_after_the_reconnect_limit() {
     let mut disk = BlkDriver::new(t, options).unwrap();
     disk.write(0, &[0x41; 4096]).unwrap();
     d.kill();
-    let buf = DataBuf {
-        addr: mem.alloc(4096).unwrap(),
-        len: 4096,
-    };
-    let req = Request::Read {
-        sector: 0,
-        bufs: std::slice::from_ref(&buf),
-    };
-    disk.submit(0, &req, 3).unwrap();
-    disk.kick(0).unwrap();
+    let buf = read_4k_at_0(&mut disk, 3);
     let mut out = Vec::new();
     let started = Instant::now();
     let e = disk.wait(0, &mut out).unwrap_err();

@@ -7,7 +7,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::memory::DmaMemory;
 use crate::queue::split::QueueLayout;
@@ -136,5 +136,51 @@ pub trait Transport {
         Self: Sized,
     {
         Err(Error::ReconnectUnsupported)
+    }
+}
+
+/// How one reconnection attempt ended, for [`reconnect_within`].
+pub(crate) enum Attempt<E> {
+    /// Reconnected.
+    Done,
+    /// Failed, worth another try (the device is not back yet).
+    Again(E),
+    /// Failed for good (another device, or a broken one).
+    Fail(E),
+}
+
+/// How [`reconnect_within`] ended without reconnecting.
+pub(crate) enum NotReconnected<E> {
+    /// The time ran out: the last attempt's error.
+    TimedOut(E),
+    /// An attempt failed for good.
+    Failed(E),
+}
+
+/// Makes reconnection attempts until one reconnects or fails for good, pausing 5 ms between
+/// them and doubling up to 100 ms, until `limit` after `started` (the last attempt made as the
+/// time runs out). Returns how many attempts it took.
+pub(crate) fn reconnect_within<E: std::fmt::Display>(
+    device: &str,
+    started: Instant,
+    limit: Duration,
+    mut attempt: impl FnMut() -> Attempt<E>,
+) -> Result<u32, NotReconnected<E>> {
+    let mut pause = Duration::from_millis(5);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let e = match attempt() {
+            Attempt::Done => return Ok(attempts),
+            Attempt::Fail(e) => return Err(NotReconnected::Failed(e)),
+            Attempt::Again(e) => e,
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(NotReconnected::TimedOut(e));
+        }
+        tracing::debug!(error = %e, attempts, "{device}: reconnection attempt failed");
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
