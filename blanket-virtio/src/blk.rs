@@ -33,7 +33,7 @@ use crate::memory::DmaMemory;
 use crate::queue::VirtQueue;
 use crate::queue::packed::PackedQueue;
 use crate::queue::split::{self, MAX_INDIRECT_DESCRIPTORS, QueueFeatures, Segment, SplitQueue};
-use crate::transport::{self, Attempt, NotReconnected, Transport};
+use crate::transport::{self, Attempt, Transport};
 
 /// The sector size of virtio-blk addresses, whatever the device's block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -852,72 +852,49 @@ impl<T: Transport> BlkDriver<T> {
         let Some(limit) = self.reconnect else {
             return Err(gone);
         };
-        if self
-            .gone_since
-            .is_some_and(|since| since.elapsed() >= limit)
-        {
-            // Gone again before it completed anything since the first loss; a later wait,
-            // the caller's choice, gets the whole time again.
-            self.gone_since = None;
-            return Err(Error::ReconnectFailed {
-                after: limit,
-                source: Box::new(gone),
-            });
-        }
-        tracing::warn!(error = %gone, "virtio-blk device went away; reconnecting");
-        let started = *self.gone_since.get_or_insert_with(Instant::now);
-        let mut gone = Some(gone);
-        let mut resubmitted = 0;
-        let reconnected = transport::reconnect_within("virtio-blk", started, limit, || {
-            for i in 0..self.num_queues() {
-                let mut done = Vec::new();
-                // A ring the device left broken keeps the rest: they are resubmitted.
-                let _ = self.poll_ring(i, &mut done);
-                self.queues[usize::from(i)].stashed.append(&mut done);
-            }
-            match self.transport.reopen() {
-                // A request stays recorded until its completion is taken: a device gone again
-                // during the resubmission gets them all again at the next attempt.
-                Ok(t) => match self.reattach(t).and_then(|()| self.resubmit()) {
-                    Ok(n) => {
-                        resubmitted = n;
-                        Attempt::Done
-                    }
-                    // Another device, or a broken one: trying again will not help.
-                    Err(
-                        e @ (Error::DeviceChanged(_)
-                        | Error::DifferentMemory
-                        | Error::InvalidConfig { .. }
-                        | Error::NotVersion1(_)),
-                    ) => Attempt::Fail(e),
-                    Err(e) => Attempt::Again(e),
-                },
-                Err(e @ transport::Error::ReconnectUnsupported) => {
-                    Attempt::Fail(gone.take().unwrap_or(e.into()))
+        // Taken out while the attempts borrow the driver; completions the old rings still
+        // hold are the old device's work, not the new one's, so they do not clear it.
+        let mut gone_since = self.gone_since.take();
+        let timed_out = |e| Error::ReconnectFailed {
+            after: limit,
+            source: Box::new(e),
+        };
+        let r = transport::reconnect_within(
+            "virtio-blk device",
+            limit,
+            &mut gone_since,
+            gone,
+            timed_out,
+            |gone| {
+                for i in 0..self.num_queues() {
+                    let mut done = Vec::new();
+                    // A ring the device left broken keeps the rest: they are resubmitted.
+                    let _ = self.poll_ring(i, &mut done);
+                    self.queues[usize::from(i)].stashed.append(&mut done);
                 }
-                Err(e) => Attempt::Again(e.into()),
-            }
-        });
-        match reconnected {
-            Ok(attempts) => {
-                self.reconnections += 1;
-                tracing::info!(
-                    attempts,
-                    resubmitted,
-                    since_gone = ?started.elapsed(),
-                    "virtio-blk device reconnected"
-                );
-                Ok(())
-            }
-            Err(NotReconnected::TimedOut(e)) => {
-                self.gone_since = None;
-                Err(Error::ReconnectFailed {
-                    after: limit,
-                    source: Box::new(e),
-                })
-            }
-            Err(NotReconnected::Failed(e)) => Err(e),
-        }
+                match self.transport.reopen() {
+                    // A request stays recorded until its completion is taken: a device gone
+                    // again during the resubmission gets them all at the next attempt.
+                    Ok(t) => match self.reattach(t).and_then(|()| self.resubmit()) {
+                        Ok(_) => Attempt::Done,
+                        // Another device, or a broken one: trying again will not help.
+                        Err(
+                            e @ (Error::DeviceChanged(_)
+                            | Error::DifferentMemory
+                            | Error::InvalidConfig { .. }
+                            | Error::NotVersion1(_)),
+                        ) => Attempt::Fail(e),
+                        Err(e) => Attempt::Again(e),
+                    },
+                    Err(e @ transport::Error::ReconnectUnsupported) => {
+                        Attempt::Fail(gone.take().unwrap_or(e.into()))
+                    }
+                    Err(e) => Attempt::Again(e.into()),
+                }
+            },
+        );
+        self.gone_since = gone_since;
+        r.map(|_| self.reconnections += 1)
     }
 
     /// Puts the recorded requests in flight onto the new rings and kicks every queue; returns

@@ -40,7 +40,7 @@ use crate::memory::DmaMemory;
 use crate::queue::VirtQueue;
 use crate::queue::packed::PackedQueue;
 use crate::queue::split::{self, QueueFeatures, Segment, SplitQueue};
-use crate::transport::{self, Attempt, NotReconnected, Transport};
+use crate::transport::{self, Attempt, Transport};
 
 /// Bytes of the header in front of every frame (`virtio_net_hdr_v1`).
 pub const HDR_BYTES: usize = size_of::<virtio_net_hdr_v1>();
@@ -934,52 +934,35 @@ impl<T: Transport> NetDriver<T> {
         let Some(limit) = self.reconnect else {
             return Err(gone);
         };
-        if self
-            .gone_since
-            .is_some_and(|since| since.elapsed() >= limit)
-        {
-            // Gone again, with no frame in since the first loss: a later wait starts afresh.
-            self.gone_since = None;
-            return Err(Error::ReconnectFailed {
-                after: limit,
-                source: Box::new(gone),
-            });
-        }
-        tracing::warn!(error = %gone, "virtio-net device went away; reconnecting");
-        let started = *self.gone_since.get_or_insert_with(Instant::now);
-        let mut gone = Some(gone);
-        let reconnected = transport::reconnect_within("virtio-net", started, limit, || match self
-            .transport
-            .reopen()
-        {
-            Ok(t) => match self.reconnect(t) {
-                Ok(()) => Attempt::Done,
-                Err(
-                    e @ (Error::DeviceChanged(_)
-                    | Error::DifferentMemory
-                    | Error::InvalidConfig { .. }),
-                ) => Attempt::Fail(e),
-                Err(e) => Attempt::Again(e),
+        let mut gone_since = self.gone_since.take();
+        let timed_out = |e| Error::ReconnectFailed {
+            after: limit,
+            source: Box::new(e),
+        };
+        let r = transport::reconnect_within(
+            "virtio-net device",
+            limit,
+            &mut gone_since,
+            gone,
+            timed_out,
+            |gone| match self.transport.reopen() {
+                Ok(t) => match self.reconnect(t) {
+                    Ok(()) => Attempt::Done,
+                    Err(
+                        e @ (Error::DeviceChanged(_)
+                        | Error::DifferentMemory
+                        | Error::InvalidConfig { .. }),
+                    ) => Attempt::Fail(e),
+                    Err(e) => Attempt::Again(e),
+                },
+                Err(e @ transport::Error::ReconnectUnsupported) => {
+                    Attempt::Fail(gone.take().unwrap_or(e.into()))
+                }
+                Err(e) => Attempt::Again(e.into()),
             },
-            Err(e @ transport::Error::ReconnectUnsupported) => {
-                Attempt::Fail(gone.take().unwrap_or(e.into()))
-            }
-            Err(e) => Attempt::Again(e.into()),
-        });
-        match reconnected {
-            Ok(attempts) => {
-                tracing::info!(attempts, since_gone = ?started.elapsed(), "virtio-net device reconnected");
-                Ok(())
-            }
-            Err(NotReconnected::TimedOut(e)) => {
-                self.gone_since = None;
-                Err(Error::ReconnectFailed {
-                    after: limit,
-                    source: Box::new(e),
-                })
-            }
-            Err(NotReconnected::Failed(e)) => Err(e),
-        }
+        );
+        self.gone_since = gone_since;
+        r.map(|_| ())
     }
 
     /// Posts receive buffers into every free slot of pair `pair`'s receive queue.

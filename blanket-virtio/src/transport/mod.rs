@@ -149,35 +149,46 @@ pub(crate) enum Attempt<E> {
     Fail(E),
 }
 
-/// How [`reconnect_within`] ended without reconnecting.
-pub(crate) enum NotReconnected<E> {
-    /// The time ran out: the last attempt's error.
-    TimedOut(E),
-    /// An attempt failed for good.
-    Failed(E),
-}
-
-/// Makes reconnection attempts until one reconnects or fails for good, pausing 5 ms between
-/// them and doubling up to 100 ms, until `limit` after `started` (the last attempt made as the
-/// time runs out). Returns how many attempts it took.
+/// Reconnects after the device went away (`gone`): unless it was already gone for `limit`
+/// without working since (`gone_since`, set at the first loss and cleared by the driver when
+/// the device works again), makes attempts until one reconnects or fails for good, pausing
+/// 5 ms between them and doubling up to 100 ms, until `limit` after the first loss (the last
+/// attempt made as the time runs out). `attempt` is given `gone` to return when the transport
+/// cannot reconnect at all. When the time runs out, `gone_since` is cleared (a later wait, the
+/// caller's choice, gets the whole time again) and the last error goes through `timed_out`.
+/// Returns how many attempts it took.
 pub(crate) fn reconnect_within<E: std::fmt::Display>(
     device: &str,
-    started: Instant,
     limit: Duration,
-    mut attempt: impl FnMut() -> Attempt<E>,
-) -> Result<u32, NotReconnected<E>> {
+    gone_since: &mut Option<Instant>,
+    gone: E,
+    timed_out: impl FnOnce(E) -> E,
+    mut attempt: impl FnMut(&mut Option<E>) -> Attempt<E>,
+) -> Result<u32, E> {
+    if gone_since.is_some_and(|since| since.elapsed() >= limit) {
+        // Gone again, without working since the first loss.
+        *gone_since = None;
+        return Err(timed_out(gone));
+    }
+    tracing::warn!(error = %gone, "{device} went away; reconnecting");
+    let started = *gone_since.get_or_insert_with(Instant::now);
+    let mut gone = Some(gone);
     let mut pause = Duration::from_millis(5);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let e = match attempt() {
-            Attempt::Done => return Ok(attempts),
-            Attempt::Fail(e) => return Err(NotReconnected::Failed(e)),
+        let e = match attempt(&mut gone) {
+            Attempt::Done => {
+                tracing::info!(attempts, since_gone = ?started.elapsed(), "{device} reconnected");
+                return Ok(attempts);
+            }
+            Attempt::Fail(e) => return Err(e),
             Attempt::Again(e) => e,
         };
         let left = limit.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return Err(NotReconnected::TimedOut(e));
+            *gone_since = None;
+            return Err(timed_out(e));
         }
         tracing::debug!(error = %e, attempts, "{device}: reconnection attempt failed");
         std::thread::sleep(pause.min(left));
