@@ -429,11 +429,12 @@ pub struct BlkOptions {
     /// in flight, so a caller cannot have relied on them not having run). The time counts
     /// from when the device was first found gone since it last completed a request, so a
     /// device that comes back and goes away again at once cannot keep a wait going for ever.
-    /// Each attempt that
-    /// fails waits a little longer before the next (5 ms, doubling up to 100 ms, the last one
-    /// as time runs out); then the wait fails with [`Error::ReconnectFailed`], and the
-    /// requests stay recorded for a later wait to try again. `None` (the default) reports
-    /// the device gone at once, for the caller to [`BlkDriver::reconnect`].
+    /// Each attempt that fails waits a little longer before the next (5 ms, doubling up to
+    /// 100 ms, the last one as time runs out); then the wait fails with
+    /// [`Error::ReconnectFailed`], and the requests stay recorded for a later wait to try
+    /// again. A device that comes back as another (a garbage config, fewer queues or
+    /// features, a smaller queue) is refused at once. `None` (the default) reports the device
+    /// gone at once, for the caller to [`BlkDriver::reconnect`].
     ///
     /// The driver then keeps a private copy of each request in flight (its type, sectors and
     /// buffers). A caller that only busy-polls ([`BlkDriver::poll`]) learns of a device gone
