@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use blanket_hypervisor::devices::DeviceError;
 use blanket_hypervisor::devices::console::ConsoleOutput;
 use blanket_hypervisor::toolstack::{
-    GuestConfig, Toolstack, ToolstackError, VbdBackend, VbdConfig, xvd_devid,
+    Guest, GuestConfig, Toolstack, ToolstackError, VbdBackend, VbdConfig, xvd_devid,
 };
 use blanket_hypervisor::{DomainConfig, DomainExit, Hypervisor, guest};
 use pv_backend::backend::{LocalXs, XsHandle};
@@ -114,6 +114,15 @@ impl Drop for Export {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits (up to 30 s) until `reader`'s vbd is connected, so the guest is reading its disk.
+fn wait_until_reading(reader: &Guest) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.all_output().contains("connected") {
+        assert!(Instant::now() < deadline, "{}", reader.all_output());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -279,11 +288,7 @@ fn a_killed_daemon_fails_the_guests_io_instead_of_hanging_it_and_a_neighbour_goe
     reader.start().unwrap();
     neighbour.start().unwrap();
     // Kill it once the guest is reading.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reader.all_output().contains("connected") {
-        assert!(Instant::now() < deadline, "{}", reader.all_output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_reading(&reader);
     std::thread::sleep(Duration::from_millis(200));
     export.kill();
     let t = Instant::now();
@@ -320,11 +325,7 @@ fn a_restarted_daemon_is_reconnected_and_the_guests_io_goes_on() {
         ))
         .expect("create");
     reader.start().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reader.all_output().contains("connected") {
-        assert!(Instant::now() < deadline, "{}", reader.all_output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_reading(&reader);
     // Killed while the guest reads, and a new daemon on the same image and socket 200 ms later.
     std::thread::sleep(Duration::from_millis(100));
     export.kill();

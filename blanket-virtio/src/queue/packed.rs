@@ -634,14 +634,20 @@ impl<M: GuestMemory + std::fmt::Debug + Send + Sync> VirtQueue for PackedQueue<M
             return Err(Error::Broken);
         }
         if self.features.event_idx {
-            let fewest = self
-                .in_flight_by_descs
-                .iter()
-                .position(|&c| c > 0)
-                .map_or(1, |b| b as u32 + 1);
             // Fewer than `size` descriptors are in flight after the next used one, so the
-            // offset is less than one lap ahead.
-            let ahead = u32::from(n.saturating_sub(1)) * fewest;
+            // offset is less than one lap ahead. At the next completion (`n` 1, every plain
+            // `enable_notifications`) it is the next used position itself.
+            let ahead = match n {
+                0 | 1 => 0,
+                n => {
+                    let fewest = self
+                        .in_flight_by_descs
+                        .iter()
+                        .position(|&c| c > 0)
+                        .map_or(1, |b| b as u32 + 1);
+                    u32::from(n - 1) * fewest
+                }
+            };
             let size = u32::from(self.layout.size);
             let mut pos = u32::from(self.next_used) + ahead.min(size - 1);
             let mut wrap = self.used_wrap;
