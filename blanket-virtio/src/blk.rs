@@ -866,7 +866,7 @@ impl<T: Transport> BlkDriver<T> {
             &mut gone_since,
             gone,
             timed_out,
-            |gone| {
+            || {
                 for i in 0..self.num_queues() {
                     let mut done = Vec::new();
                     // A ring the device left broken keeps the rest: they are resubmitted.
@@ -887,9 +887,7 @@ impl<T: Transport> BlkDriver<T> {
                         ) => Attempt::Fail(e),
                         Err(e) => Attempt::Again(e),
                     },
-                    Err(e @ transport::Error::ReconnectUnsupported) => {
-                        Attempt::Fail(gone.take().unwrap_or(e.into()))
-                    }
+                    Err(transport::Error::ReconnectUnsupported) => Attempt::Unsupported,
                     Err(e) => Attempt::Again(e.into()),
                 }
             },

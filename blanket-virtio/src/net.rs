@@ -945,7 +945,7 @@ impl<T: Transport> NetDriver<T> {
             &mut gone_since,
             gone,
             timed_out,
-            |gone| match self.transport.reopen() {
+            || match self.transport.reopen() {
                 Ok(t) => match self.reconnect(t) {
                     Ok(()) => Attempt::Done,
                     Err(
@@ -955,9 +955,7 @@ impl<T: Transport> NetDriver<T> {
                     ) => Attempt::Fail(e),
                     Err(e) => Attempt::Again(e),
                 },
-                Err(e @ transport::Error::ReconnectUnsupported) => {
-                    Attempt::Fail(gone.take().unwrap_or(e.into()))
-                }
+                Err(transport::Error::ReconnectUnsupported) => Attempt::Unsupported,
                 Err(e) => Attempt::Again(e.into()),
             },
         );

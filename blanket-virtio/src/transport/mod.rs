@@ -147,14 +147,17 @@ pub(crate) enum Attempt<E> {
     Again(E),
     /// Failed for good (another device, or a broken one).
     Fail(E),
+    /// The transport cannot reconnect at all ([`Error::ReconnectUnsupported`]): the loss
+    /// stands.
+    Unsupported,
 }
 
 /// Reconnects after the device went away (`gone`): unless it was already gone for `limit`
 /// without working since (`gone_since`, set at the first loss and cleared by the driver when
 /// the device works again), makes attempts until one reconnects or fails for good, pausing
 /// 5 ms between them and doubling up to 100 ms, until `limit` after the first loss (the last
-/// attempt made as the time runs out). `attempt` is given `gone` to return when the transport
-/// cannot reconnect at all. When the time runs out, `gone_since` is cleared (a later wait, the
+/// attempt made as the time runs out). A transport that cannot reconnect at all returns
+/// `gone`. When the time runs out, `gone_since` is cleared (a later wait, the
 /// caller's choice, gets the whole time again) and the last error goes through `timed_out`.
 /// Returns how many attempts it took.
 pub(crate) fn reconnect_within<E: std::fmt::Display>(
@@ -163,7 +166,7 @@ pub(crate) fn reconnect_within<E: std::fmt::Display>(
     gone_since: &mut Option<Instant>,
     gone: E,
     timed_out: impl FnOnce(E) -> E,
-    mut attempt: impl FnMut(&mut Option<E>) -> Attempt<E>,
+    mut attempt: impl FnMut() -> Attempt<E>,
 ) -> Result<u32, E> {
     if gone_since.is_some_and(|since| since.elapsed() >= limit) {
         // Gone again, without working since the first loss.
@@ -172,17 +175,17 @@ pub(crate) fn reconnect_within<E: std::fmt::Display>(
     }
     tracing::warn!(error = %gone, "{device} went away; reconnecting");
     let started = *gone_since.get_or_insert_with(Instant::now);
-    let mut gone = Some(gone);
     let mut pause = Duration::from_millis(5);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let e = match attempt(&mut gone) {
+        let e = match attempt() {
             Attempt::Done => {
                 tracing::info!(attempts, since_gone = ?started.elapsed(), "{device} reconnected");
                 return Ok(attempts);
             }
             Attempt::Fail(e) => return Err(e),
+            Attempt::Unsupported => return Err(gone),
             Attempt::Again(e) => e,
         };
         let left = limit.saturating_sub(started.elapsed());
